@@ -1,0 +1,276 @@
+"""ALE of one set of experiments: maps, analytic p and z, and Monte Carlo FWE."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Callable
+
+import nibabel as nib
+import numpy as np
+
+from gpuale.backends import get_backend, resolve_device
+from gpuale.backends.numpy_ import ObservedALE
+from gpuale.clusters import cluster_table, experiment_contributions
+from gpuale.dataset import Dataset
+from gpuale.grid import Grid, load_grid
+from gpuale.inference import (
+    ClusterInference,
+    MonteCarloNull,
+    correct_fwe,
+    fdr_threshold,
+    monte_carlo_null,
+    threshold_interval,
+)
+from gpuale.problem import Problem, compile_problem
+from gpuale.stats import AnalyticNull, analytic_null, p_to_z
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_CLUSTER_FORMING_P",
+    "DEFAULT_ITERS",
+    "ALEResult",
+    "run_ale",
+]
+
+#: Cluster-forming (uncorrected) p and cluster-level FWE alpha recommended by
+#: Eickhoff et al. (2012, 2016).
+DEFAULT_CLUSTER_FORMING_P = 0.001
+DEFAULT_ALPHA = 0.05
+#: Monte Carlo iterations: Eickhoff et al. (2016) and NiMARE use 5,000-10,000.
+DEFAULT_ITERS = 5000
+DEFAULT_SEED = 0
+#: Below this many experiments ALE results are driven by single experiments
+#: (Eickhoff et al. 2016, NeuroImage 137:70).
+MIN_RECOMMENDED_EXPERIMENTS = 17
+
+
+class FewExperimentsWarning(UserWarning):
+    """Fewer experiments than Eickhoff et al. (2016) recommend."""
+
+
+class MonteCarloPrecisionWarning(UserWarning):
+    """A cluster's FWE p is within Monte Carlo error of alpha."""
+
+
+@dataclasses.dataclass(eq=False)
+class ALEResult:
+    """Everything an ALE run produced. Maps are in-mask vectors; see :meth:`images`."""
+
+    dataset: Dataset
+    grid: Grid
+    problem: Problem
+    observed: ObservedALE
+    analytic_null: AnalyticNull
+    p: np.ndarray
+    z: np.ndarray
+    cluster_forming_p: float
+    threshold: float
+    alpha: float
+    connectivity: int
+    device: str
+    montecarlo: MonteCarloNull | None = None
+    inference: ClusterInference | None = None
+    fdr_q: float | None = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ale(self) -> np.ndarray:
+        return self.observed.ale
+
+    @property
+    def significant_clusters(self) -> np.ndarray:
+        """Per cluster label: cluster-size FWE p < alpha (index 0 = background, False)."""
+        if self.inference is None:
+            return np.zeros(1, dtype=bool)
+        sig = self.inference.p_size < self.alpha
+        sig[0] = False
+        return sig
+
+    def maps(self) -> dict[str, np.ndarray]:
+        """Named in-mask maps (NiMARE's names for the corrected ones)."""
+        maps: dict[str, np.ndarray] = {
+            "ale": self.ale,
+            "p": self.p.astype(np.float32),
+            "z": self.z.astype(np.float32),
+        }
+        inf = self.inference
+        if inf is not None:
+            maps.update(
+                {
+                    "logp_level-voxel": inf.logp(inf.p_voxel),
+                    "z_level-voxel": inf.z(inf.p_voxel),
+                    "logp_desc-size_level-cluster": inf.logp(inf.p_cluster_size),
+                    "z_desc-size_level-cluster": inf.z(inf.p_cluster_size),
+                    "logp_desc-mass_level-cluster": inf.logp(inf.p_cluster_mass),
+                    "z_desc-mass_level-cluster": inf.z(inf.p_cluster_mass),
+                }
+            )
+            keep = self.significant_clusters[inf.labels]
+            maps["z_thresholded"] = np.where(keep, self.z, 0.0).astype(np.float32)
+            labels = np.zeros_like(inf.labels)
+            order = np.flatnonzero(self.significant_clusters)
+            renumber = np.zeros(self.significant_clusters.size, dtype=np.int32)
+            renumber[order] = np.arange(1, order.size + 1)
+            labels = renumber[inf.labels]
+            maps["cluster_labels"] = labels.astype(np.int16)
+        if self.fdr_q is not None:
+            cut = fdr_threshold(self.p, self.fdr_q)
+            maps["z_fdr"] = np.where(self.p <= cut, self.z, 0.0).astype(np.float32)
+        return maps
+
+    def images(self) -> dict[str, nib.Nifti1Image]:
+        """The maps as NIfTI images on the analysis grid."""
+        return {name: self.grid.to_image(values) for name, values in self.maps().items()}
+
+    def clusters(self) -> list[dict]:
+        """Significant clusters (cluster-size FWE p < alpha), largest first."""
+        if self.inference is None:
+            return []
+        inf = self.inference
+        return cluster_table(
+            self.grid, self.ale, self.z, inf.labels, inf.p_size, inf.p_mass,
+            self.significant_clusters,
+        )
+
+    def contributions(self, clusters: list[dict] | None = None) -> list[dict]:
+        """Per significant cluster, the share of its ALE each experiment accounts for."""
+        if self.inference is None:
+            return []
+        return experiment_contributions(
+            self.problem, self.dataset, self.ale, self.observed.log_sum,
+            self.inference.labels, self.clusters() if clusters is None else clusters,
+        )
+
+    def cluster_size_threshold(self) -> dict[str, float] | None:
+        """Cluster size needed for FWE alpha, with its 95% Monte Carlo interval."""
+        if self.montecarlo is None:
+            return None
+        est, lo, hi = threshold_interval(self.montecarlo.max_cluster_size, self.alpha)
+        return {"voxels": est, "ci95_low": lo, "ci95_high": hi}
+
+
+def run_ale(
+    dataset: Dataset,
+    *,
+    grid: Grid | None = None,
+    fwhm_mm: float | None = None,
+    n_iters: int = DEFAULT_ITERS,
+    seed: int = DEFAULT_SEED,
+    cluster_forming_p: float = DEFAULT_CLUSTER_FORMING_P,
+    alpha: float = DEFAULT_ALPHA,
+    connectivity: int = 6,
+    device: str = "cpu",
+    n_workers: int | None = None,
+    fdr_q: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ALEResult:
+    """Activation likelihood estimation with cluster-level FWE correction.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    grid : Grid, optional
+        Analysis mask and grid; the MNI152 2 mm brain mask by default.
+    fwhm_mm : float, optional
+        Fixed kernel FWHM; by default it follows each experiment's sample size.
+    n_iters : int
+        Monte Carlo permutations; 0 skips FWE correction.
+    seed : int
+        Seed of the counter-based generator (see :mod:`gpuale.rng`).
+    cluster_forming_p : float
+        Uncorrected p that defines clusters (ALE threshold from the analytic null).
+    alpha : float
+        Cluster-level FWE level for the thresholded map and the cluster table.
+    connectivity : {6, 18, 26}
+        Neighbourhood for clusters (6, faces, as NiMARE; 18 as SPM and the Eickhoff lab).
+    device : str
+        ``auto``, ``cpu``, ``gpu`` or ``gpu:N``.
+    n_workers : int, optional
+        CPU worker processes for the permutations.
+    fdr_q : float, optional
+        Also write a voxel-wise FDR (Benjamini-Hochberg) thresholded map (discouraged).
+    progress : callable, optional
+        Called with the number of permutations finished since the last call.
+
+    Returns
+    -------
+    ALEResult
+    """
+    _check_probability("cluster_forming_p", cluster_forming_p)
+    _check_probability("alpha", alpha)
+    if n_iters < 0:
+        raise ValueError(f"n_iters must be >= 0, got {n_iters}")
+    if fdr_q is not None:
+        _check_probability("fdr_q", fdr_q)
+    caught: list[str] = []
+    if len(dataset) < MIN_RECOMMENDED_EXPERIMENTS:
+        message = (
+            f"only {len(dataset)} experiments; ALE needs at least "
+            f"{MIN_RECOMMENDED_EXPERIMENTS} to avoid results driven by single experiments "
+            "(Eickhoff et al. 2016)"
+        )
+        warnings.warn(message, FewExperimentsWarning, stacklevel=2)
+        caught.append(message)
+    resolved = resolve_device(device)
+    backend = get_backend(resolved)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    grid = grid or load_grid()
+    problem = compile_problem(dataset, grid, fwhm_mm=fwhm_mm)
+    observed = backend.observed_ale(problem)
+    timings["observed_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    null = analytic_null(observed.ma_values, grid.n_voxels, max_ale=float(observed.ale.max()))
+    try:
+        threshold = null.threshold_for_p(cluster_forming_p)
+    except ValueError:
+        # Nothing observed reaches the cluster-forming threshold; the permutations still
+        # need it, so keep every bin.
+        null = analytic_null(observed.ma_values, grid.n_voxels)
+        threshold = null.threshold_for_p(cluster_forming_p)
+    p = null.p_values(observed.ale)
+    z = p_to_z(p)
+    timings["analytic_null_s"] = time.perf_counter() - start
+
+    result = ALEResult(
+        dataset=dataset, grid=grid, problem=problem, observed=observed, analytic_null=null,
+        p=p, z=z, cluster_forming_p=cluster_forming_p, threshold=threshold, alpha=alpha,
+        connectivity=connectivity, device=resolved, fdr_q=fdr_q, timings=timings,
+        warnings=caught,
+    )
+    if n_iters:
+        start = time.perf_counter()
+        result.montecarlo = monte_carlo_null(
+            problem, backend=backend, seed=seed, n_iters=n_iters, threshold=threshold,
+            connectivity=connectivity, n_workers=n_workers, progress=progress,
+        )
+        timings["montecarlo_s"] = time.perf_counter() - start
+        result.inference = correct_fwe(observed.ale, grid, result.montecarlo)
+        _warn_near_alpha(result)
+    return result
+
+
+def _check_probability(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value!r}")
+
+
+def _warn_near_alpha(result: ALEResult) -> None:
+    """Warn when a cluster's FWE p is within Monte Carlo error (95%) of alpha."""
+    n = result.montecarlo.n_iters
+    error = 1.96 * np.sqrt(result.alpha * (1 - result.alpha) / n)
+    p = result.inference.p_size[1:]
+    close = np.flatnonzero(np.abs(p - result.alpha) <= error)
+    for index in close:
+        size = int(result.inference.cluster_size[index + 1])
+        message = (
+            f"a cluster of {size} voxels has cluster-level FWE p = {p[index]:.4f}, within "
+            f"Monte Carlo error (+/-{error:.4f} at {n} iterations) of alpha = {result.alpha}; "
+            "run more iterations before calling it (non)significant"
+        )
+        warnings.warn(message, MonteCarloPrecisionWarning, stacklevel=3)
+        result.warnings.append(message)

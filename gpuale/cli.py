@@ -1,0 +1,236 @@
+"""The command line: ``gpuale global``, and friends. A thin layer over the Python API."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import warnings
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from gpuale import __version__
+from gpuale._files import check_output_dir
+from gpuale.analysis import (
+    DEFAULT_ALPHA,
+    DEFAULT_CLUSTER_FORMING_P,
+    DEFAULT_ITERS,
+    DEFAULT_SEED,
+    run_ale,
+)
+from gpuale.examples import EXAMPLES, resolve_input
+from gpuale.grid import load_grid
+from gpuale.inference import RunInterrupted
+from gpuale.io import load_dataset
+from gpuale.output import save_ale
+from gpuale.space import DEFAULT_TAL_TRANSFORM
+
+app = typer.Typer(
+    help=(
+        "GPU-accelerated activation likelihood estimation (ALE) for coordinate-based "
+        "meta-analysis. Results match NiMARE 0.22.1 on the same data."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+err = Console(stderr=True)
+
+
+class Space(str, Enum):
+    MNI = "MNI"
+    TAL = "TAL"
+
+
+class TalTransform(str, Enum):
+    lancaster_other = "lancaster_other"
+    lancaster_spm = "lancaster_spm"
+    lancaster_fsl = "lancaster_fsl"
+
+
+class Connectivity(str, Enum):
+    faces = "6"
+    edges = "18"
+    corners = "26"
+
+
+_DEFAULT_TAL = TalTransform(DEFAULT_TAL_TRANSFORM)
+
+INPUTS_HELP = (
+    "Coordinate files: Sleuth text (GingerALE), CSV/TSV tables (one row per focus), a "
+    "folder with experiments.csv and foci/, or NiMARE dataset JSON. Several inputs are "
+    f"combined. Bundled data: {', '.join('example:' + k for k in EXAMPLES)}."
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gpuale {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """gpuale command line."""
+
+
+@contextmanager
+def _user_errors():
+    """Turn expected failures into one clear line and an exit status, never a traceback."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield
+            finally:
+                for w in caught:
+                    err.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    except RunInterrupted as exc:
+        err.print(f"[red]interrupted:[/] {exc}; no outputs were written", highlight=False)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        err.print("[red]interrupted:[/] no outputs were written", highlight=False)
+        raise typer.Exit(130) from None
+    except (ValueError, OSError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _progress_bar(total: int, quiet: bool, description: str):
+    if quiet or total == 0 or not err.is_terminal:
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[progress.percentage]{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+@app.command("global")
+def global_(
+    inputs: Annotated[list[str], typer.Argument(help=INPUTS_HELP, show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")],
+    iters: Annotated[
+        int,
+        typer.Option(
+            "--iters",
+            help="Monte Carlo iterations for FWE correction (Eickhoff et al. 2016 use "
+            "5,000-10,000); 0 = no Monte Carlo, only ALE, p and z.",
+            min=0,
+        ),
+    ] = DEFAULT_ITERS,
+    seed: Annotated[int, typer.Option(help="Seed of the permutations.", min=0)] = DEFAULT_SEED,
+    cluster_p: Annotated[
+        float, typer.Option("--cluster-p", help="Cluster-forming (uncorrected) p.")
+    ] = DEFAULT_CLUSTER_FORMING_P,
+    alpha: Annotated[float, typer.Option(help="Cluster-level FWE alpha.")] = DEFAULT_ALPHA,
+    connectivity: Annotated[
+        Connectivity,
+        typer.Option(help="Cluster neighbourhood: 6 (faces, NiMARE), 18 (SPM), 26."),
+    ] = Connectivity.faces,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, gpu or gpu:N ('gpu' without one is an error).")
+    ] = "cpu",
+    workers: Annotated[
+        int | None, typer.Option(help="CPU worker processes (default: all cores).", min=1)
+    ] = None,
+    space: Annotated[
+        Space | None,
+        typer.Option(help="Space of inputs that do not state it (a conflict is an error)."),
+    ] = None,
+    tal_transform: Annotated[
+        TalTransform, typer.Option(help="Talairach -> MNI transform (Lancaster et al. 2007).")
+    ] = _DEFAULT_TAL,
+    mask: Annotated[
+        Path | None, typer.Option(help="Mask NIfTI (default: MNI152 2 mm brain mask).")
+    ] = None,
+    fwhm: Annotated[
+        float | None,
+        typer.Option(help="Fixed kernel FWHM in mm (default: from each sample size)."),
+    ] = None,
+    fdr: Annotated[
+        float | None,
+        typer.Option(help="Also write a voxel-wise FDR map at this q (discouraged for ALE)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """ALE of all experiments in INPUTS, with cluster-level FWE correction.
+
+    Writes ale, p, z (and with --iters > 0 the FWE maps, a thresholded z map, cluster
+    labels, clusters.tsv, contributions.tsv, nulls.npz) and run.json into --out.
+    """
+    with _user_errors():
+        check_output_dir(out, force=force)
+        paths = [resolve_input(value) for value in inputs]
+        dataset = load_dataset(
+            paths, space=space.value if space else None, tal_transform=tal_transform.value
+        )
+        grid = load_grid(mask)
+        if not quiet:
+            err.print(
+                f"{len(dataset)} experiments, {dataset.n_foci} foci, "
+                f"{grid.n_voxels} in-mask voxels; {iters} iterations on {device}",
+                highlight=False,
+            )
+        with _progress_bar(iters, quiet, "Monte Carlo") as progress:
+            result = run_ale(
+                dataset, grid=grid, fwhm_mm=fwhm, n_iters=iters, seed=seed,
+                cluster_forming_p=cluster_p, alpha=alpha, connectivity=int(connectivity.value),
+                device=device, n_workers=workers, fdr_q=fdr, progress=progress,
+            )
+        command = shlex.join(["gpuale", *sys.argv[1:]])
+        save_ale(result, out, inputs=paths, command=command, force=force)
+        if not quiet:
+            _summary(result, out)
+
+
+def _summary(result, out: Path) -> None:
+    clusters = result.clusters()
+    err.print(
+        f"max ALE {float(result.ale.max()):.4f}; cluster-forming ALE {result.threshold:.5f} "
+        f"(p < {result.cluster_forming_p})",
+        highlight=False,
+    )
+    if result.montecarlo is not None:
+        err.print(
+            f"{len(clusters)} cluster(s) with cluster-level FWE p < {result.alpha}",
+            highlight=False,
+        )
+        for c in clusters:
+            err.print(
+                f"  #{c['cluster']}: {c['size_voxels']} voxels, peak "
+                f"({c['peak_x']:.0f}, {c['peak_y']:.0f}, {c['peak_z']:.0f}), "
+                f"p = {c['p_fwe_size']:.4f}",
+                highlight=False,
+            )
+    err.print(f"results in {out}", highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

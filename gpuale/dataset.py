@@ -1,0 +1,124 @@
+"""The in-memory meta-analysis: experiments with their foci in MNI millimetres."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["Dataset", "Experiment"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Experiment:
+    """One contrast of one study: a sample size and its peak coordinates.
+
+    Parameters
+    ----------
+    id : str
+        Identifier, unique within a :class:`Dataset`.
+    label : str
+        Human-readable description (e.g. the Sleuth label lines joined by `` | ``).
+    n_subjects : int
+        Sample size; sets the width of the ALE kernel (Eickhoff et al. 2009).
+    foci : ndarray of shape (n_foci, 3)
+        Peak coordinates in MNI millimetres (already converted from Talairach).
+    space : {"MNI", "TAL"}
+        Space the coordinates were reported in.
+    source : str
+        Where the experiment was read from, as ``file:line``.
+    metadata : mapping
+        Extra columns (task type, age, ...) for subset selection.
+    """
+
+    id: str
+    label: str
+    n_subjects: int
+    foci: np.ndarray
+    space: str = "MNI"
+    source: str = ""
+    metadata: Mapping[str, object] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        foci = np.asarray(self.foci, dtype=np.float64)
+        if foci.ndim != 2 or foci.shape[1] != 3:
+            raise ValueError(
+                f"experiment {self.id!r} ({self.source}): foci must have shape (n, 3), "
+                f"got {foci.shape}"
+            )
+        if foci.shape[0] == 0:
+            raise ValueError(f"experiment {self.id!r} ({self.source}) has no foci")
+        if not np.all(np.isfinite(foci)):
+            raise ValueError(f"experiment {self.id!r} ({self.source}) has non-finite foci")
+        if int(self.n_subjects) != self.n_subjects or self.n_subjects < 1:
+            raise ValueError(
+                f"experiment {self.id!r} ({self.source}): sample size must be a positive "
+                f"integer, got {self.n_subjects!r}"
+            )
+        foci.setflags(write=False)
+        object.__setattr__(self, "foci", foci)
+        object.__setattr__(self, "n_subjects", int(self.n_subjects))
+
+    @property
+    def n_foci(self) -> int:
+        return int(self.foci.shape[0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """An ordered collection of experiments with unique ids.
+
+    The order is the analysis order: MA maps are combined, and the analytic null is
+    convolved, experiment by experiment in this order.
+    """
+
+    experiments: tuple[Experiment, ...]
+
+    def __post_init__(self) -> None:
+        experiments = tuple(self.experiments)
+        if not experiments:
+            raise ValueError("a dataset needs at least one experiment")
+        seen: dict[str, Experiment] = {}
+        for exp in experiments:
+            if exp.id in seen:
+                raise ValueError(
+                    f"duplicate experiment id {exp.id!r} ({seen[exp.id].source} and "
+                    f"{exp.source})"
+                )
+            seen[exp.id] = exp
+        object.__setattr__(self, "experiments", experiments)
+
+    @classmethod
+    def concat(cls, datasets: Iterable[Dataset]) -> Dataset:
+        """Combine several datasets into one analysis (ids must stay unique)."""
+        return cls(tuple(exp for ds in datasets for exp in ds.experiments))
+
+    def __len__(self) -> int:
+        return len(self.experiments)
+
+    def __iter__(self):
+        return iter(self.experiments)
+
+    def __getitem__(self, index: int) -> Experiment:
+        return self.experiments[index]
+
+    @property
+    def ids(self) -> list[str]:
+        return [exp.id for exp in self.experiments]
+
+    @property
+    def n_foci(self) -> int:
+        return sum(exp.n_foci for exp in self.experiments)
+
+    @property
+    def sample_sizes(self) -> np.ndarray:
+        return np.array([exp.n_subjects for exp in self.experiments], dtype=np.int64)
+
+    def subset(self, ids: Sequence[str]) -> Dataset:
+        """The experiments with these ids, in the dataset's order."""
+        wanted = set(ids)
+        unknown = wanted.difference(self.ids)
+        if unknown:
+            raise ValueError(f"unknown experiment ids: {sorted(unknown)}")
+        return Dataset(tuple(exp for exp in self.experiments if exp.id in wanted))

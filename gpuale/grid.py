@@ -1,0 +1,138 @@
+"""The analysis grid: a brain mask on a voxel lattice, and mm <-> voxel conversion."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = ["Grid", "default_mask_path", "load_grid"]
+
+#: The MNI152 (FSL 6th generation, asymmetric) 2 mm brain mask NiMARE uses for ALE.
+DEFAULT_MASK_NAME = "tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz"
+
+
+def default_mask_path() -> Path:
+    """Path of the bundled MNI152 2 mm brain mask (91 x 109 x 91, 228,483 voxels)."""
+    return Path(str(resources.files("gpuale") / "data" / DEFAULT_MASK_NAME))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Grid:
+    """A 3-D voxel lattice with a brain mask.
+
+    Attributes
+    ----------
+    mask : ndarray of bool, shape (X, Y, Z)
+        In-mask voxels.
+    affine : ndarray of shape (4, 4)
+        Voxel -> mm (RAS) transform.
+    voxel_sizes : tuple of float
+        Voxel edge lengths in mm as stored in the header (float32, as NiMARE reads them).
+    source : str
+        Where the mask came from.
+    """
+
+    mask: np.ndarray
+    affine: np.ndarray
+    voxel_sizes: tuple[float, float, float]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        mask = np.asarray(self.mask)
+        if mask.ndim != 3:
+            raise ValueError(f"mask {self.source!r} must be 3-D, got shape {mask.shape}")
+        mask = mask.astype(bool)
+        if not mask.any():
+            raise ValueError(f"mask {self.source!r} has no non-zero voxels")
+        mask.setflags(write=False)
+        object.__setattr__(self, "mask", mask)
+        in_mask = np.flatnonzero(mask.ravel()).astype(np.int64)
+        in_mask.setflags(write=False)
+        object.__setattr__(self, "in_mask_flat", in_mask)
+
+    in_mask_flat: np.ndarray = dataclasses.field(init=False, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.mask.shape)  # type: ignore[return-value]
+
+    @property
+    def n_voxels(self) -> int:
+        """Number of in-mask voxels."""
+        return int(self.in_mask_flat.size)
+
+    def mm_to_voxel(self, xyz: np.ndarray) -> np.ndarray:
+        """Voxel indices nearest to mm coordinates.
+
+        Rounds half to even (``numpy.round``), as NiMARE does: on a 2 mm grid every odd
+        millimetre coordinate lies exactly half-way between two voxels.
+        """
+        xyz = np.atleast_2d(np.asarray(xyz, dtype=np.float64))
+        ijk = nib.affines.apply_affine(np.linalg.inv(self.affine), xyz)
+        return np.round(ijk).astype(np.int64)
+
+    def voxel_to_mm(self, ijk: np.ndarray) -> np.ndarray:
+        return nib.affines.apply_affine(self.affine, np.atleast_2d(ijk))
+
+    def to_volume(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """Scatter in-mask values (length ``n_voxels``) into a 3-D volume."""
+        values = np.asarray(values)
+        if values.shape[0] != self.n_voxels:
+            raise ValueError(f"expected {self.n_voxels} in-mask values, got {values.shape[0]}")
+        out = np.full(self.mask.size, fill, dtype=values.dtype)
+        out[self.in_mask_flat] = values
+        return out.reshape(self.shape)
+
+    def to_image(self, values: np.ndarray, fill: float = 0.0) -> nib.Nifti1Image:
+        """In-mask values as a NIfTI image on this grid."""
+        volume = self.to_volume(values, fill)
+        if volume.dtype == np.float64:
+            volume = volume.astype(np.float32)
+        img = nib.Nifti1Image(volume, self.affine)
+        img.header.set_zooms(self.voxel_sizes)
+        img.set_qform(self.affine, code=4)
+        img.set_sform(self.affine, code=4)
+        return img
+
+    def same_as(self, other: Grid) -> bool:
+        return (
+            self.shape == other.shape
+            and np.allclose(self.affine, other.affine)
+            and bool(np.array_equal(self.mask, other.mask))
+        )
+
+    def checksum(self) -> str:
+        digest = hashlib.sha256(np.packbits(self.mask).tobytes())
+        digest.update(np.asarray(self.affine, dtype=np.float64).tobytes())
+        return digest.hexdigest()[:16]
+
+
+def load_grid(path: str | Path | None = None) -> Grid:
+    """Load a mask NIfTI as the analysis grid (the bundled MNI152 2 mm mask by default).
+
+    Raises
+    ------
+    ValueError
+        If the file cannot be read as NIfTI, is not 3-D, or has no non-zero voxels.
+    """
+    path = default_mask_path() if path is None else Path(path)
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except FileNotFoundError:
+        raise ValueError(f"mask {str(path)!r} does not exist") from None
+    except Exception as exc:  # nibabel raises many types for unreadable files
+        raise ValueError(f"mask {str(path)!r} is not a readable NIfTI image: {exc}") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"mask {str(path)!r} must be 3-D, got shape {data.shape}")
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"mask {str(path)!r} contains NaN or infinite values")
+    zooms = tuple(np.float32(z) for z in img.header.get_zooms()[:3])
+    return Grid(mask=data != 0, affine=np.asarray(img.affine), voxel_sizes=zooms, source=str(path))

@@ -1,0 +1,127 @@
+"""Saving an ALE result: NIfTI maps, cluster tables, null distributions and run.json."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gpuale._files import atomic_output_dir, environment, file_checksum, write_json, write_tsv
+from gpuale.analysis import ALEResult
+
+__all__ = ["CLUSTER_COLUMNS", "CONTRIBUTION_COLUMNS", "save_ale"]
+
+CLUSTER_COLUMNS = (
+    "cluster", "size_voxels", "volume_mm3", "peak_x", "peak_y", "peak_z", "peak_ale",
+    "peak_zstat", "com_x", "com_y", "com_z", "p_fwe_size", "p_fwe_mass",
+)
+CONTRIBUTION_COLUMNS = (
+    "cluster", "experiment", "label", "n_subjects", "foci_in_cluster", "contribution_pct",
+    "max_ma",
+)
+
+
+def save_ale(
+    result: ALEResult,
+    out_dir: str | Path,
+    *,
+    inputs: Sequence[str | Path] = (),
+    command: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Write a result into ``out_dir`` (all or nothing).
+
+    Files: ``ale``, ``p``, ``z`` and, with Monte Carlo, the FWE maps (``*.nii.gz``),
+    ``clusters.tsv``, ``contributions.tsv``, ``nulls.npz`` (the analytic null histogram
+    and the per-permutation maxima, so thresholds can be changed without re-running) and
+    ``run.json`` (settings, inputs with checksums, timings), written last.
+    """
+    with atomic_output_dir(out_dir, force=force) as tmp:
+        written = []
+        for name, image in result.images().items():
+            image.to_filename(str(tmp / f"{name}.nii.gz"))
+            written.append(f"{name}.nii.gz")
+        clusters = result.clusters()
+        if result.inference is not None:
+            write_tsv(tmp / "clusters.tsv", clusters, CLUSTER_COLUMNS)
+            write_tsv(tmp / "contributions.tsv", result.contributions(clusters),
+                      CONTRIBUTION_COLUMNS)
+            written += ["clusters.tsv", "contributions.tsv"]
+        _save_nulls(result, tmp / "nulls.npz")
+        written.append("nulls.npz")
+        write_json(tmp / "run.json", run_record(result, inputs, command, clusters, written))
+    return Path(out_dir)
+
+
+def _save_nulls(result: ALEResult, path: Path) -> None:
+    null = result.analytic_null
+    arrays = {
+        "analytic_bin_centers": null.bin_centers,
+        "analytic_weights": null.weights,
+        "analytic_overflow": np.array(null.overflow),
+    }
+    mc = result.montecarlo
+    if mc is not None:
+        arrays.update(
+            max_ale=mc.max_ale,
+            max_cluster_size=mc.max_cluster_size,
+            max_cluster_mass=mc.max_cluster_mass,
+            seed=np.array(mc.seed, dtype=np.uint64),
+            cluster_forming_threshold=np.array(mc.threshold),
+        )
+    np.savez_compressed(path, **arrays)
+
+
+def run_record(
+    result: ALEResult,
+    inputs: Sequence[str | Path],
+    command: str | None,
+    clusters: list[dict],
+    outputs: list[str],
+) -> dict:
+    """The contents of run.json."""
+    dataset = result.dataset
+    mc = result.montecarlo
+    record = {
+        "analysis": "ale",
+        "command": command,
+        "environment": environment(),
+        "inputs": [{"path": str(p), "sha256": file_checksum(p)} for p in inputs],
+        "n_experiments": len(dataset),
+        "n_foci": dataset.n_foci,
+        "n_subjects_total": int(dataset.sample_sizes.sum()),
+        "experiments": [
+            {"id": exp.id, "n_subjects": exp.n_subjects, "n_foci": exp.n_foci,
+             "space": exp.space, "fwhm_mm": float(fwhm), "source": exp.source}
+            for exp, fwhm in zip(dataset, result.problem.fwhm_mm)
+        ],
+        "kernel_fwhm_mm": {
+            "min": float(result.problem.fwhm_mm.min()),
+            "max": float(result.problem.fwhm_mm.max()),
+        },
+        "mask": {
+            "source": result.grid.source,
+            "shape": list(result.grid.shape),
+            "n_voxels": result.grid.n_voxels,
+            "checksum": result.grid.checksum(),
+        },
+        "settings": {
+            "iterations": mc.n_iters if mc else 0,
+            "seed": mc.seed if mc else None,
+            "cluster_forming_p": result.cluster_forming_p,
+            "cluster_forming_ale": result.threshold,
+            "alpha": result.alpha,
+            "connectivity": result.connectivity,
+            "device": result.device,
+            "fdr_q": result.fdr_q,
+            "null_method": "analytic (Eickhoff et al. 2012), bins of 1e-5",
+        },
+        "max_ale": float(result.ale.max()),
+        "cluster_size_threshold": result.cluster_size_threshold(),
+        "n_significant_clusters": len(clusters),
+        "timings_s": result.timings,
+        "warnings": result.warnings,
+        "outputs": outputs + ["run.json"],
+    }
+    return record

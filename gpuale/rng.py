@@ -1,0 +1,120 @@
+"""Counter-based random draws: the voxel of focus j in permutation i is a pure function.
+
+gpuale uses Philox4x32-10 (Salmon et al. 2011, "Parallel random numbers: as easy as
+1, 2, 3", SC'11), keyed by the 64-bit seed. The counter of a draw is
+
+    (focus j, permutation i, stream, 0)
+
+so a permutation's draws depend only on (seed, i, j): any batch size, any number of
+worker processes and the CUDA kernels (``kernels/philox.cuh``, the same function) give
+the same null distributions. A uniform integer in [0, n) is taken from the first two
+output words as a 64-bit fraction: ``floor(((w1 << 32) | w0) * n / 2**64)`` (bias below
+n / 2**64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "STREAM_CONTRAST_SPLIT",
+    "STREAM_RELOCATE_FOCI",
+    "philox4x32",
+    "relocation_draws",
+    "uniform_below",
+]
+
+PHILOX_M0 = np.uint64(0xD2511F53)
+PHILOX_M1 = np.uint64(0xCD9E8D57)
+PHILOX_W0 = np.uint32(0x9E3779B9)  # golden ratio
+PHILOX_W1 = np.uint32(0xBB67AE85)  # sqrt(3) - 1
+PHILOX_ROUNDS = 10
+
+#: Stream word of the counter: relocating foci for the Monte Carlo null.
+STREAM_RELOCATE_FOCI = 0
+#: Stream word of the counter: random splits of pooled experiments for contrasts.
+STREAM_CONTRAST_SPLIT = 1
+
+_LOW32 = np.uint64(0xFFFFFFFF)
+_SHIFT32 = np.uint64(32)
+
+
+def _split_seed(seed: int) -> tuple[np.uint32, np.uint32]:
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
+    return np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32)
+
+
+def philox4x32(counter: np.ndarray, seed: int) -> np.ndarray:
+    """Philox4x32-10 of each counter row.
+
+    Parameters
+    ----------
+    counter : ndarray of uint32, shape (..., 4)
+    seed : int
+        64-bit key: low word is key 0, high word key 1.
+
+    Returns
+    -------
+    ndarray of uint32, shape (..., 4)
+    """
+    ctr = np.asarray(counter, dtype=np.uint32)
+    if ctr.shape[-1] != 4:
+        raise ValueError(f"counter must have 4 words in its last axis, got {ctr.shape}")
+    k0, k1 = _split_seed(seed)
+    c0, c1, c2, c3 = (ctr[..., w].astype(np.uint64) for w in range(4))
+    with np.errstate(over="ignore"):
+        for round_ in range(PHILOX_ROUNDS):
+            if round_:
+                k0 = np.uint32(k0 + PHILOX_W0)
+                k1 = np.uint32(k1 + PHILOX_W1)
+            p0 = PHILOX_M0 * c0
+            p1 = PHILOX_M1 * c2
+            hi0, lo0 = p0 >> _SHIFT32, p0 & _LOW32
+            hi1, lo1 = p1 >> _SHIFT32, p1 & _LOW32
+            c0 = hi1 ^ c1 ^ np.uint64(k0)
+            c1 = lo1
+            c2 = hi0 ^ c3 ^ np.uint64(k1)
+            c3 = lo0
+    return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
+
+
+def uniform_below(words: np.ndarray, n: int) -> np.ndarray:
+    """Map the first two words of each Philox output to an integer in [0, n).
+
+    Computes ``floor(u * n / 2**64)`` for ``u = (w1 << 32) | w0`` exactly in 64-bit
+    integer arithmetic (the same steps as ``gpuale_uniform_below`` in the CUDA header).
+    """
+    if not 0 < n < 2**32:
+        raise ValueError(f"n must be in [1, 2**32), got {n}")
+    n64 = np.uint64(n)
+    lo = words[..., 0].astype(np.uint64)
+    hi = words[..., 1].astype(np.uint64)
+    # u * n = hi * n * 2^32 + lo * n; neither product overflows since n < 2^32, and
+    # hi * n + (lo * n >> 32) < 2^64.
+    carry = (lo * n64) >> _SHIFT32
+    return ((hi * n64 + carry) >> _SHIFT32).astype(np.int64)
+
+
+def relocation_draws(
+    seed: int, first_permutation: int, n_permutations: int, n_foci: int, n_choices: int
+) -> np.ndarray:
+    """Random in-mask voxel choices for a batch of permutations.
+
+    Returns
+    -------
+    ndarray of int64, shape (n_permutations, n_foci)
+        Entry ``[b, j]`` is the choice (in ``[0, n_choices)``) for focus ``j`` in
+        permutation ``first_permutation + b``.
+    """
+    if first_permutation < 0 or first_permutation + n_permutations > 2**32:
+        raise ValueError("permutation indices must lie in [0, 2**32)")
+    perm = np.arange(first_permutation, first_permutation + n_permutations, dtype=np.uint64)
+    focus = np.arange(n_foci, dtype=np.uint64)
+    counter = np.empty((n_permutations, n_foci, 4), dtype=np.uint32)
+    counter[..., 0] = focus[None, :]
+    counter[..., 1] = perm[:, None]
+    counter[..., 2] = STREAM_RELOCATE_FOCI
+    counter[..., 3] = 0
+    return uniform_below(philox4x32(counter, seed), n_choices)
