@@ -1,0 +1,73 @@
+"""Shared fixtures: small synthetic grids and datasets with known structure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpuale.dataset import Dataset, Experiment
+from gpuale.grid import Grid
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """The workplace's shared data folder, if this checkout has one beside or inside it."""
+    for candidate in (REPO / "shared" / "data", REPO.parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture
+def small_grid() -> Grid:
+    """A 24 x 26 x 22 grid of 2 mm voxels with an ellipsoidal mask."""
+    shape = (24, 26, 22)
+    ijk = np.indices(shape).astype(float)
+    centre = (np.array(shape) - 1) / 2
+    radii = np.array(shape) / 2.2
+    inside = (((ijk - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0) <= 1
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-24.0, -26.0, -22.0]
+    return Grid(mask=inside, affine=affine, voxel_sizes=(np.float32(2),) * 3, source="synthetic")
+
+
+def random_dataset(grid: Grid, n_experiments: int, rng: np.random.Generator,
+                   foci_range=(1, 6), n_range=(5, 40)) -> Dataset:
+    """Experiments with foci at random in-mask voxel centres (some near the edge)."""
+    in_mask = np.argwhere(grid.mask)
+    experiments = []
+    for e in range(n_experiments):
+        k = int(rng.integers(*foci_range))
+        vox = in_mask[rng.integers(0, len(in_mask), size=k)]
+        experiments.append(
+            Experiment(
+                id=f"exp{e:03d}", label=f"experiment {e}", n_subjects=int(rng.integers(*n_range)),
+                foci=grid.voxel_to_mm(vox),
+            )
+        )
+    return Dataset(tuple(experiments))
+
+
+def dense_ma_maps(problem) -> np.ndarray:
+    """Brute force: every experiment's MA over the whole volume by direct evaluation.
+
+    For every voxel and focus, the kernel value at their offset (0 outside the kernel's
+    cube), and the maximum over the experiment's foci. Independent of the box stamping.
+    """
+    grid = problem.grid
+    vox = np.indices(grid.shape).reshape(3, -1).T
+    maps = np.zeros((problem.n_experiments, vox.shape[0]), dtype=np.float32)
+    for e in range(problem.n_experiments):
+        kernel = problem.experiment_kernel(e)
+        r = kernel.shape[0] // 2
+        for f in range(problem.experiment_offsets[e], problem.experiment_offsets[e + 1]):
+            off = vox - problem.focus_ijk[f]
+            inside = np.all(np.abs(off) <= r, axis=1)
+            idx = off[inside] + r
+            values = np.zeros(vox.shape[0], dtype=np.float32)
+            values[inside] = kernel[idx[:, 0], idx[:, 1], idx[:, 2]]
+            maps[e] = np.maximum(maps[e], values)
+    return maps.reshape((problem.n_experiments, *grid.shape))
