@@ -1,0 +1,146 @@
+"""The command line as a user meets it: outputs, run.json, clear errors, no half outputs."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gpuale import cli
+from gpuale.grid import load_grid
+
+runner = CliRunner()
+
+SLEUTH = """// Reference=MNI
+// Study A
+// Subjects=20
+-40\t20\t10
+-42\t24\t12
+38\t22\t8
+
+// Study B
+// Subjects=12
+-38\t18\t12
+-44\t22\t10
+
+// Study C
+// Subjects=30
+-40\t22\t8
+40\t20\t10
+0\t-60\t30
+"""
+
+
+@pytest.fixture
+def sleuth_file(tmp_path):
+    path = tmp_path / "foci.txt"
+    path.write_text(SLEUTH)
+    return path
+
+
+def test_global_writes_maps_and_run_record(sleuth_file, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(cli.app, ["global", str(sleuth_file), "--out", str(out),
+                                     "--iters", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    for name in ("ale", "p", "z"):
+        img = nib.load(out / f"{name}.nii.gz")
+        assert img.shape == (91, 109, 91)
+        np.testing.assert_allclose(img.affine, load_grid().affine)
+    record = json.loads((out / "run.json").read_text())
+    assert record["n_experiments"] == 3 and record["n_foci"] == 8
+    assert record["settings"]["iterations"] == 0
+    assert len(record["inputs"]) == 1 and len(record["inputs"][0]["sha256"]) == 64
+    assert record["kernel_fwhm_mm"]["min"] == pytest.approx(8.9, abs=0.1)
+    assert "observed_s" in record["timings_s"]
+    # Few experiments: the Eickhoff et al. (2016) warning reaches run.json.
+    assert any("17" in w for w in record["warnings"])
+    ale = nib.load(out / "ale.nii.gz").get_fdata()
+    assert ale.max() > 0.01
+
+
+def test_global_with_monte_carlo_writes_tables(sleuth_file, tmp_path):
+    out = tmp_path / "mc"
+    result = runner.invoke(cli.app, ["global", str(sleuth_file), "--out", str(out),
+                                     "--iters", "20", "--workers", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    header = (out / "clusters.tsv").read_text().splitlines()[0].split("\t")
+    assert header[:3] == ["cluster", "size_voxels", "volume_mm3"]
+    assert (out / "contributions.tsv").exists()
+    nulls = np.load(out / "nulls.npz")
+    assert nulls["max_ale"].shape == (20,) and nulls["max_cluster_size"].shape == (20,)
+    record = json.loads((out / "run.json").read_text())
+    assert record["settings"]["seed"] == 0 and record["settings"]["iterations"] == 20
+    assert record["cluster_size_threshold"]["ci95_low"] <= record["cluster_size_threshold"][
+        "ci95_high"]
+
+
+def test_bad_coordinate_row_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text(SLEUTH.replace("-42\t24\t12", "-42\t24"))
+    result = runner.invoke(cli.app, ["global", str(bad), "--out", str(tmp_path / "o"),
+                                     "--iters", "0"])
+    assert result.exit_code == 2
+    assert "bad.txt" in result.output and "line 5" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_refuses_to_overwrite_without_force(sleuth_file, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    args = ["global", str(sleuth_file), "--out", str(out), "--iters", "0", "--quiet"]
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2 and "--force" in result.output
+    assert (out / "keep.txt").read_text() == "precious"
+    result = runner.invoke(cli.app, [*args, "--force"])
+    assert result.exit_code == 0
+    assert not (out / "keep.txt").exists() and (out / "run.json").exists()
+
+
+def test_failed_run_leaves_nothing_that_looks_finished(sleuth_file, tmp_path, monkeypatch):
+    import gpuale.output
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gpuale.output, "write_json", broken)
+    out = tmp_path / "out"
+    result = runner.invoke(cli.app, ["global", str(sleuth_file), "--out", str(out),
+                                     "--iters", "0", "--quiet"])
+    assert result.exit_code == 2 and "disk full" in result.output
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [sleuth_file]
+
+
+def test_gpu_without_a_gpu_is_a_clear_error(sleuth_file, tmp_path):
+    from gpuale.backends import _gpu_available
+
+    if _gpu_available():
+        pytest.skip("this machine has a GPU")
+    result = runner.invoke(cli.app, ["global", str(sleuth_file), "--out", str(tmp_path / "o"),
+                                     "--iters", "0", "--device", "gpu"])
+    assert result.exit_code == 2 and "GPU" in result.output
+
+
+def test_missing_space_asks_the_user_to_state_it(tmp_path):
+    path = tmp_path / "nospace.txt"
+    path.write_text(SLEUTH.replace("// Reference=MNI\n", ""))
+    result = runner.invoke(cli.app, ["global", str(path), "--out", str(tmp_path / "o"),
+                                     "--iters", "0"])
+    assert result.exit_code == 2 and "--space" in result.output
+    ok = runner.invoke(cli.app, ["global", str(path), "--out", str(tmp_path / "o"),
+                                 "--iters", "0", "--space", "MNI", "--quiet"])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_help_lists_the_options():
+    result = runner.invoke(cli.app, ["global", "--help"])
+    assert result.exit_code == 0
+    for option in ("--iters", "--seed", "--cluster-p", "--alpha", "--connectivity",
+                   "--device", "--mask", "--fwhm"):
+        assert option in result.output
