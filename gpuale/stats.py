@@ -223,7 +223,9 @@ def _combine(
     run_end[np.append(run_row[1:] != run_row[:-1], True)] = top + 1
     dest = np.repeat(run_shift, run_end - run_start).reshape(exp_idx.size, top + 1)
     dest += np.arange(top + 1)
-    np.minimum(dest, cut + 1, out=dest)
+    # dest <= a + max shift, so only the last columns can pass the cut.
+    tail = dest[:, max(0, cut + 1 - int(first.max())) :]
+    np.minimum(tail, cut + 1, out=tail)
     mass = exp_hist[exp_idx][:, None] * ale_hist[None, : top + 1]
     out = np.bincount(dest.ravel(), weights=mass.ravel(), minlength=cut + 2)
     # Mass already above the cut stays above it whatever it is combined with.
