@@ -235,7 +235,8 @@ def label_clusters(
     labels : ndarray of int32 (in-mask vector; 0 = not in a cluster)
     sizes, masses : ndarray, one entry per label, index 0 = 0
     """
-    above = np.flatnonzero(ale > threshold)
+    # Compared in float64, as NiMARE compares its float32 ALE with a float64 bin centre.
+    above = np.flatnonzero(ale > np.float64(threshold))
     labels = np.zeros(ale.size, dtype=np.int32)
     if above.size == 0:
         return labels, np.zeros(1, np.int64), np.zeros(1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pytest
 from scipy import stats
 from test_reference_nimare import fit_nimare

@@ -169,7 +169,8 @@ class _PermutationEngine:
     def __init__(self, problem: Problem, threshold: float, connectivity: int) -> None:
         self.problem = problem
         self.grid = problem.grid
-        self.threshold = float(threshold)
+        # NiMARE compares float32 ALE with a float64 bin centre: in float64.
+        self.threshold = np.float64(threshold)
         self.structure = connectivity_structure(connectivity)
         # float32 log1p (as NiMARE), held as float64 so adds need no casting.
         self.log_kernels = [np.log1p(-k).astype(np.float64) for k in problem.kernels]

@@ -1,0 +1,515 @@
+"""The CUDA backend: Monte Carlo null batches on the GPU through CuPy.
+
+Each batch of permutations runs entirely on the device (``kernels/ale_null.cu``): draws,
+log-sum, maximum ALE, thresholding, connected components and the per-permutation maxima,
+with three numbers per permutation coming back. Results match
+:class:`gpuale.backends.numpy_.NumpyBackend` for the same seed: draws are the same
+Philox function, and sums are carried in fixed point so that they do not depend on the
+order of atomic additions.
+
+CuPy is imported only inside functions, so this module imports on machines without it.
+The launch sequence (:class:`_NullPipeline`) takes the array module and a launcher as
+arguments, so the tests run the same sequence on the CPU with numpy and
+:mod:`gpuale._hostshim`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuale.backends.numpy_ import CONNECTIVITY_RANK, NumpyBackend, ObservedALE
+from gpuale.problem import Problem
+
+__all__ = ["CupyBackend", "gpu_available", "kernel_dir"]
+
+#: The kernels of the Monte Carlo null.
+NULL_KERNEL_FILE = "ale_null.cu"
+#: Fixed-point fraction bits of the log-sum (GPUALE_LOG_SUM_FRAC_BITS in the kernels).
+LOG_SUM_FRAC_BITS = 50
+#: Fixed-point fraction bits of cluster masses (GPUALE_MASS_FRAC_BITS in the kernels).
+MASS_FRAC_BITS = 40
+#: A log-sum term is clamped here: exp(-64) < 2**-53, so ALE is 1 exactly either way.
+MAX_LOG_TERM = 64.0
+#: Threads per block.
+BLOCK_SIZE = 256
+#: Largest grid in x and y (CUDA limits; the kernels' grid-stride loops cover the rest).
+MAX_GRID = (2**31 - 1, 65535)
+#: Largest number of permutations in one batch, whatever the free memory.
+MAX_BATCH = 4096
+#: Share of the free device memory a batch may use.
+MEMORY_FRACTION = 0.5
+#: Masses are sums of excesses < 1 in 63-bit fixed point with MASS_FRAC_BITS fraction bits.
+MAX_MASK_VOXELS = 2 ** (63 - MASS_FRAC_BITS)
+
+Launcher = Callable[[str, tuple[int, ...], tuple[int, ...], tuple[Any, ...]], None]
+
+
+def kernel_dir() -> Path:
+    """Folder of the ``.cu`` sources: ``gpuale/kernels/`` when installed, else ``kernels/``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If neither folder holds the kernels.
+    """
+    package = Path(__file__).resolve().parents[1]
+    for folder in (package / "kernels", package.parent / "kernels"):
+        if (folder / NULL_KERNEL_FILE).is_file():
+            return folder
+    raise FileNotFoundError(
+        f"CUDA kernel sources ({NULL_KERNEL_FILE}) are neither in {package / 'kernels'} "
+        f"nor in {package.parent / 'kernels'}; reinstall gpuale"
+    )
+
+
+def gpu_available() -> bool:
+    """Whether CuPy imports and sees a usable CUDA device."""
+    try:
+        import cupy
+    except Exception:  # a broken CUDA install raises more than ImportError
+        return False
+    try:
+        return bool(cupy.is_available())
+    except Exception:
+        return False
+
+
+@functools.cache
+def _null_module(device_id: int) -> Any:
+    """The compiled null kernels on one device (compiled once per device and process)."""
+    import cupy
+
+    folder = kernel_dir()
+    source = (folder / NULL_KERNEL_FILE).read_text()
+    # CuPy's on-disk cache keys on the source and options, not on included headers: a
+    # hash of the headers in the options recompiles when one of them changes.
+    headers = hashlib.sha256()
+    for header in sorted(folder.glob("*.cuh")):
+        headers.update(header.read_bytes())
+    options = ("-std=c++17", f"-I{folder}", f"-DGPUALE_HEADERS_SHA={headers.hexdigest()[:16]}")
+    with cupy.cuda.Device(device_id):
+        return cupy.RawModule(code=source, options=options)
+
+
+def _cupy_launcher() -> Launcher:
+    import cupy
+
+    module = _null_module(cupy.cuda.Device().id)
+    functions: dict[str, Any] = {}
+
+    def launch(name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple) -> None:
+        if name not in functions:
+            functions[name] = module.get_function(name)
+        functions[name](grid, block, args)
+
+    return launch
+
+
+def neg_log_tables(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """``-log1p(-kernel)`` of every kernel in fixed point, concatenated.
+
+    The log is taken in float32 and held as float64, as ``_PermutationEngine`` does, then
+    rounded to units of ``2**-LOG_SUM_FRAC_BITS``.
+
+    Returns
+    -------
+    table : ndarray of uint64
+        The kernels one after the other, each C-ordered.
+    starts : ndarray of int64, shape (n_kernels,)
+        Where each kernel starts in ``table``.
+    """
+    parts = []
+    for kernel in problem.kernels:
+        neg_log = -np.log1p(-kernel).astype(np.float64).ravel()
+        parts.append(np.rint(np.minimum(neg_log, MAX_LOG_TERM) * 2.0**LOG_SUM_FRAC_BITS))
+    sizes = np.array([p.size for p in parts], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    return np.concatenate(parts).astype(np.uint64), starts
+
+
+def focus_info(problem: Problem, kernel_starts: np.ndarray) -> np.ndarray:
+    """Per focus: (first focus of its experiment, end of its experiment, kernel start, side).
+
+    Returns
+    -------
+    ndarray of int32, shape (n_foci, 4)
+    """
+    exp_of_focus = problem.focus_experiment
+    kernel_of_focus = problem.kernel_index[exp_of_focus]
+    sides = np.array([k.shape[0] for k in problem.kernels], dtype=np.int64)
+    offsets = problem.experiment_offsets
+    info = np.stack(
+        [
+            offsets[exp_of_focus],
+            offsets[exp_of_focus + 1],
+            kernel_starts[kernel_of_focus],
+            sides[kernel_of_focus],
+        ],
+        axis=1,
+    )
+    return np.ascontiguousarray(info, dtype=np.int32)
+
+
+@dataclasses.dataclass(eq=False)
+class _Buffers:
+    """Device scratch for up to ``capacity`` permutations."""
+
+    capacity: int
+    focus_pos: Any  # int32 (capacity, n_foci, 4): i, j, k, flat
+    neg_log_sum: Any  # uint64 (capacity, n_mask): -S, then cluster excess / mass
+    label: Any  # int32 (capacity, n_mask)
+    size: Any  # uint32 (capacity, n_mask)
+    max_neg_log_sum: Any  # uint64 (capacity,)
+    max_size: Any  # uint32 (capacity,)
+    max_mass: Any  # uint64 (capacity,)
+
+
+class _NullPipeline:
+    """The launch sequence of one null batch, for one problem, threshold and connectivity.
+
+    Parameters
+    ----------
+    problem : Problem
+    threshold : float
+        Cluster-forming ALE threshold.
+    connectivity : {6, 18, 26}
+    xp : module
+        ``cupy``, or ``numpy`` together with a host-shim launcher.
+    launch : callable
+        ``launch(kernel_name, grid, block, args)``.
+    block_size : int
+    max_grid : tuple of int
+        Largest grid in x and y; small values exercise the grid-stride loops in tests.
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        threshold: float,
+        connectivity: int,
+        *,
+        xp: Any,
+        launch: Launcher,
+        block_size: int = BLOCK_SIZE,
+        max_grid: tuple[int, int] = MAX_GRID,
+    ) -> None:
+        if connectivity not in CONNECTIVITY_RANK:
+            raise ValueError(f"connectivity must be one of 6, 18, 26; got {connectivity!r}")
+        if not np.isfinite(threshold):
+            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+        grid = problem.grid
+        if grid.mask.size >= 2**31:
+            raise ValueError(f"the GPU backend needs grids below 2**31 voxels, got {grid.shape}")
+        if grid.n_voxels >= MAX_MASK_VOXELS:
+            raise ValueError(
+                f"the GPU backend needs masks below {MAX_MASK_VOXELS} voxels, got {grid.n_voxels}"
+            )
+        self.problem = problem
+        self.xp = xp
+        self.launch = launch
+        self.block = (int(block_size),)
+        self.max_grid = max_grid
+        self.threshold = np.float64(threshold)
+        self.connectivity = np.int32(connectivity)
+        self.shape = tuple(np.int32(s) for s in grid.shape)
+        self.n_mask = np.int32(grid.n_voxels)
+        self.n_foci = np.int32(problem.n_foci)
+        table, starts = neg_log_tables(problem)
+        vox_to_mask = np.full(grid.mask.size, -1, dtype=np.int32)
+        vox_to_mask[grid.in_mask_flat] = np.arange(grid.n_voxels, dtype=np.int32)
+        self.table = xp.asarray(table)
+        self.focus_info = xp.asarray(focus_info(problem, starts))
+        self.in_mask_flat = xp.asarray(grid.in_mask_flat.astype(np.int32))
+        self.vox_to_mask = xp.asarray(vox_to_mask)
+        sides = [k.shape[0] for k in problem.kernels]
+        self.max_box = max(s**3 for s in sides)
+
+    def bytes_per_permutation(self) -> int:
+        """Device memory one permutation of a batch needs."""
+        return int(self.n_mask) * (8 + 4 + 4) + int(self.n_foci) * 16 + 8 + 4 + 8
+
+    def buffers(self, capacity: int) -> _Buffers:
+        """Scratch for batches of up to ``capacity`` permutations."""
+        if capacity * int(self.n_foci) >= 2**31:
+            raise ValueError(f"batch of {capacity} permutations x {self.n_foci} foci is too big")
+        xp, n_mask = self.xp, int(self.n_mask)
+        return _Buffers(
+            capacity=capacity,
+            focus_pos=xp.empty((capacity, int(self.n_foci), 4), dtype=xp.int32),
+            neg_log_sum=xp.empty((capacity, n_mask), dtype=xp.uint64),
+            label=xp.empty((capacity, n_mask), dtype=xp.int32),
+            size=xp.empty((capacity, n_mask), dtype=xp.uint32),
+            max_neg_log_sum=xp.empty(capacity, dtype=xp.uint64),
+            max_size=xp.empty(capacity, dtype=xp.uint32),
+            max_mass=xp.empty(capacity, dtype=xp.uint64),
+        )
+
+    def _grid(self, n_x: int, n_y: int = 1) -> tuple[int, int]:
+        blocks_x = -(-max(n_x, 1) // self.block[0])
+        return min(blocks_x, self.max_grid[0]), min(max(n_y, 1), self.max_grid[1])
+
+    def draw(self, buf: _Buffers, seed: int, first: int, count: int) -> None:
+        """Relocate the foci of permutations ``first .. first + count - 1``."""
+        seed = int(seed)
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
+        if first < 0 or first + count > 2**32:
+            raise ValueError("permutation indices must lie in [0, 2**32)")
+        self._check_count(buf, count)
+        _, _, nz = self.shape
+        self.launch(
+            "gpuale_draw_foci",
+            self._grid(count * int(self.n_foci))[:1],
+            self.block,
+            (
+                np.uint32(seed & 0xFFFFFFFF),
+                np.uint32(seed >> 32),
+                np.uint32(first),
+                np.int32(count),
+                self.n_foci,
+                self.n_mask,
+                self.in_mask_flat,
+                self.shape[1],
+                nz,
+                buf.focus_pos,
+            ),
+        )
+
+    def log_sum(self, buf: _Buffers, count: int) -> None:
+        """``-sum_e log1p(-MA_e)`` of every in-mask voxel into ``buf.neg_log_sum``."""
+        self._check_count(buf, count)
+        buf.neg_log_sum[:count].fill(0)
+        nx, ny, nz = self.shape
+        self.launch(
+            "gpuale_log_sum_scatter",
+            self._grid(self.max_box, count * int(self.n_foci)),
+            self.block,
+            (
+                np.int32(count),
+                self.n_foci,
+                buf.focus_pos,
+                self.focus_info,
+                self.table,
+                nx,
+                ny,
+                nz,
+                self.vox_to_mask,
+                self.n_mask,
+                buf.neg_log_sum,
+            ),
+        )
+
+    def reduce(
+        self, buf: _Buffers, count: int, max_ale: Any, max_size: Any, max_mass: Any
+    ) -> None:
+        """Max ALE and largest cluster size and mass of each permutation.
+
+        Overwrites ``buf.neg_log_sum``; writes every element of the three outputs (float64,
+        int64, float64 arrays of length ``count``).
+        """
+        self._check_count(buf, count)
+        for accumulator in (buf.max_neg_log_sum, buf.max_size, buf.max_mass):
+            accumulator[:count].fill(0)
+        voxels = self._grid(int(self.n_mask), count)
+        n_perm = np.int32(count)
+        nx, ny, nz = self.shape
+        self.launch(
+            "gpuale_threshold_init",
+            voxels,
+            self.block,
+            (
+                n_perm,
+                self.n_mask,
+                self.threshold,
+                buf.neg_log_sum,
+                buf.max_neg_log_sum,
+                buf.label,
+                buf.size,
+            ),
+        )
+        self.launch(
+            "gpuale_label_merge",
+            voxels,
+            self.block,
+            (
+                n_perm,
+                self.n_mask,
+                self.in_mask_flat,
+                self.vox_to_mask,
+                nx,
+                ny,
+                nz,
+                self.connectivity,
+                buf.label,
+            ),
+        )
+        self.launch("gpuale_label_compress", voxels, self.block, (n_perm, self.n_mask, buf.label))
+        self.launch(
+            "gpuale_cluster_accumulate",
+            voxels,
+            self.block,
+            (n_perm, self.n_mask, buf.label, buf.size, buf.neg_log_sum),
+        )
+        self.launch(
+            "gpuale_cluster_maxima",
+            voxels,
+            self.block,
+            (
+                n_perm,
+                self.n_mask,
+                buf.label,
+                buf.size,
+                buf.neg_log_sum,
+                buf.max_size,
+                buf.max_mass,
+            ),
+        )
+        self.launch(
+            "gpuale_finish",
+            self._grid(count)[:1],
+            self.block,
+            (
+                n_perm,
+                buf.max_neg_log_sum,
+                buf.max_size,
+                buf.max_mass,
+                max_ale,
+                max_size,
+                max_mass,
+            ),
+        )
+
+    def run(
+        self,
+        buf: _Buffers,
+        seed: int,
+        first: int,
+        count: int,
+        max_ale: Any,
+        max_size: Any,
+        max_mass: Any,
+    ) -> None:
+        """One batch, start to end, with no synchronisation."""
+        self.draw(buf, seed, first, count)
+        self.log_sum(buf, count)
+        self.reduce(buf, count, max_ale, max_size, max_mass)
+
+    @staticmethod
+    def _check_count(buf: _Buffers, count: int) -> None:
+        if not 0 < count <= buf.capacity:
+            raise ValueError(f"count must be in [1, {buf.capacity}], got {count}")
+
+
+class CupyBackend:
+    """Backend on a CUDA GPU; the same results as :class:`NumpyBackend` for the same seed.
+
+    Parameters
+    ----------
+    device_id : int
+        CUDA device to run on.
+    max_batch : int
+        Most permutations per batch; the batch is also limited by free device memory and
+        halved whenever the device runs out of memory.
+    """
+
+    name = "gpu"
+    #: Permutations the inference loop hands over per call: large enough to keep the
+    #: device busy, small enough for a live progress bar.
+    preferred_batch = 1024
+
+    def __init__(self, device_id: int = 0, max_batch: int = MAX_BATCH) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+        self.device_id = int(device_id)
+        self.max_batch = int(max_batch)
+        self._pipeline = None
+        self._pipeline_key = None
+
+    def observed_ale(self, problem: Problem) -> ObservedALE:
+        """ALE map of the observed foci (on the CPU: it is computed once and is cheap)."""
+        return NumpyBackend().observed_ale(problem)
+
+    def null_batch(
+        self,
+        problem: Problem,
+        seed: int,
+        first: int,
+        count: int,
+        threshold: float,
+        connectivity: int = 6,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Monte Carlo null maxima for permutations ``first .. first + count - 1``.
+
+        Returns
+        -------
+        max_ale : ndarray of float64, shape (count,)
+        max_cluster_size : ndarray of int64, shape (count,)
+            Largest cluster (voxels) of ALE > ``threshold``.
+        max_cluster_mass : ndarray of float64, shape (count,)
+            Largest sum of (ALE - threshold) over a cluster.
+
+        Raises
+        ------
+        ValueError
+            For a bad connectivity, threshold, seed or permutation range.
+        cupy.cuda.memory.OutOfMemoryError
+            If not even one permutation fits on the device.
+        """
+        import cupy
+
+        if count < 0:
+            raise ValueError(f"count must be non-negative, got {count}")
+        with cupy.cuda.Device(self.device_id):
+            return self._null_batch(problem, seed, first, count, threshold, connectivity)
+
+    def _null_batch(self, problem, seed, first, count, threshold, connectivity):
+        import cupy
+
+        key = (id(problem), float(threshold), int(connectivity), self.device_id)
+        if self._pipeline_key != key:
+            self._pipeline = _NullPipeline(
+                problem, threshold, connectivity, xp=cupy, launch=_cupy_launcher()
+            )
+            self._pipeline_key = key
+        pipeline = self._pipeline
+        out_ale = cupy.empty(count, dtype=cupy.float64)
+        out_size = cupy.empty(count, dtype=cupy.int64)
+        out_mass = cupy.empty(count, dtype=cupy.float64)
+        batch = min(self._batch_size(pipeline), max(count, 1))
+        buf = None
+        done = 0
+        while done < count:
+            n = min(batch, count - done)
+            try:
+                if buf is None or buf.capacity < n:
+                    buf = None
+                    buf = pipeline.buffers(batch)
+                part = slice(done, done + n)
+                pipeline.run(
+                    buf, seed, first + done, n, out_ale[part], out_size[part], out_mass[part]
+                )
+            except cupy.cuda.memory.OutOfMemoryError:
+                if batch == 1:
+                    raise
+                buf = None
+                cupy.get_default_memory_pool().free_all_blocks()
+                batch //= 2
+                continue
+            done += n
+        # synchronize: the only device -> host copies of a null batch
+        return out_ale.get(), out_size.get(), out_mass.get()
+
+    def _batch_size(self, pipeline: _NullPipeline) -> int:
+        import cupy
+
+        free, _ = cupy.cuda.runtime.memGetInfo()
+        free += cupy.get_default_memory_pool().free_bytes()
+        fits = int(free * MEMORY_FRACTION) // pipeline.bytes_per_permutation()
+        return max(1, min(fits, self.max_batch, (2**31 - 1) // max(int(pipeline.n_foci), 1)))

@@ -1,0 +1,212 @@
+"""The CUDA kernels of the null, compiled for the CPU (kernels/host_shim.h), against numpy.
+
+The launch sequence is the GPU backend's own (`_NullPipeline`), run with numpy arrays and
+the host shim, on a small volume where kernel boxes are clipped by the volume's edges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from gpuale import _hostshim
+from gpuale.backends.cupy_ import LOG_SUM_FRAC_BITS, _NullPipeline, kernel_dir
+from gpuale.backends.numpy_ import (
+    NumpyBackend,
+    _PermutationEngine,
+    ale_from_log_sum,
+    connectivity_structure,
+)
+from gpuale.grid import Grid
+from gpuale.kernel import ale_kernel
+from gpuale.problem import Problem
+from gpuale.rng import relocation_draws
+
+pytestmark = pytest.mark.skipif(
+    not _hostshim.compiler_available(), reason="g++ is needed to run the kernels on the host"
+)
+
+SHAPE = (12, 14, 10)
+THRESHOLD = 0.04
+SEED = 2**40 + 12345  # both key words non-zero
+FIRST = 3
+COUNT = 8
+LOG_SUM_ATOL = 1e-12
+REL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def module() -> _hostshim.HostModule:
+    return _hostshim.load(kernel_dir() / "ale_null.cu")
+
+
+@pytest.fixture(scope="module")
+def problem() -> Problem:
+    rs = np.random.default_rng(7)
+    centre = (np.array(SHAPE) - 1) / 2
+    radius = np.linalg.norm((np.indices(SHAPE).T - centre) / (np.array(SHAPE) / 2), axis=-1).T
+    mask = (radius < 1.05) & (rs.random(SHAPE) > 0.1)
+    grid = Grid(mask=mask, affine=np.eye(4), voxel_sizes=(2.0, 2.0, 2.0))
+    foci_per_experiment = np.array([2, 5, 3, 4, 2, 3, 5, 2])
+    offsets = np.concatenate([[0], np.cumsum(foci_per_experiment)]).astype(np.int64)
+    n_foci = int(offsets[-1])
+    return Problem(
+        grid=grid,
+        focus_ijk=(rs.random((n_foci, 3)) * SHAPE).astype(np.int32),
+        experiment_offsets=offsets,
+        kernel_index=np.array([0, 1, 2, 1, 0, 2, 1, 0], dtype=np.int32),
+        kernels=(ale_kernel(0.8), ale_kernel(1.0), ale_kernel(1.2)),
+        fwhm_mm=np.full(foci_per_experiment.size, 10.0),
+        experiment_ids=tuple(f"e{i}" for i in range(foci_per_experiment.size)),
+    )
+
+
+def _pipeline(
+    problem, module, connectivity=6, block_size=16, max_grid=(3, 5), threshold=THRESHOLD
+):
+    # Small blocks and grids make every grid-stride loop take several turns.
+    return _NullPipeline(
+        problem,
+        threshold,
+        connectivity,
+        xp=np,
+        launch=module.launch,
+        block_size=block_size,
+        max_grid=max_grid,
+    )
+
+
+def _run(pipeline, seed=SEED, first=FIRST, count=COUNT):
+    buf = pipeline.buffers(count)
+    out = (
+        np.full(count, np.nan),
+        np.full(count, -1, dtype=np.int64),
+        np.full(count, np.nan),
+    )
+    pipeline.run(buf, seed, first, count, *out)
+    return buf, out
+
+
+def _neg_log_sum(buf, count):
+    return -buf.neg_log_sum[:count].astype(np.float64) * 2.0**-LOG_SUM_FRAC_BITS
+
+
+@pytest.mark.parametrize("seed", [0, SEED, 2**64 - 1])
+def test_draws_match_numpy_bit_for_bit(problem, module, seed):
+    pipeline = _pipeline(problem, module)
+    first = 2**32 - COUNT if seed == 2**64 - 1 else FIRST  # the last permutation indices
+    buf = pipeline.buffers(COUNT)
+    pipeline.draw(buf, seed, first, COUNT)
+    grid = problem.grid
+    choice = relocation_draws(seed, first, COUNT, problem.n_foci, grid.n_voxels)
+    flat = grid.in_mask_flat[choice]
+    np.testing.assert_array_equal(buf.focus_pos[..., 3], flat)
+    ijk = np.stack(np.unravel_index(flat, grid.shape), axis=-1)
+    np.testing.assert_array_equal(buf.focus_pos[..., :3], ijk)
+
+
+def test_log_sum_matches_numpy(problem, module):
+    pipeline = _pipeline(problem, module)
+    buf = pipeline.buffers(COUNT)
+    pipeline.draw(buf, SEED, FIRST, COUNT)
+    pipeline.log_sum(buf, COUNT)
+    engine = _PermutationEngine(problem, THRESHOLD, 6)
+    got = _neg_log_sum(buf, COUNT)
+    for b in range(COUNT):
+        want = engine.log_sum(buf.focus_pos[b, :, :3].astype(np.int64))
+        np.testing.assert_allclose(got[b], want, rtol=0, atol=LOG_SUM_ATOL)
+
+
+def test_log_sum_counts_an_experiment_once_where_its_boxes_overlap(problem, module):
+    # Foci of one experiment on the same voxel (a tie), next to each other, at the
+    # volume's corners, and a row that overlaps another experiment's.
+    pipeline = _pipeline(problem, module)
+    buf = pipeline.buffers(1)
+    nx, ny, nz = SHAPE
+    spots = [(5, 6, 5), (5, 6, 5), (5, 6, 6), (0, 0, 0), (nx - 1, ny - 1, nz - 1), (5, 7, 5)]
+    ijk = np.array([spots[f % len(spots)] for f in range(problem.n_foci)], dtype=np.int32)
+    buf.focus_pos[0, :, :3] = ijk
+    buf.focus_pos[0, :, 3] = np.ravel_multi_index(tuple(ijk.T), SHAPE)
+    pipeline.log_sum(buf, 1)
+    want = _PermutationEngine(problem, THRESHOLD, 6).log_sum(ijk.astype(np.int64))
+    np.testing.assert_allclose(_neg_log_sum(buf, 1)[0], want, rtol=0, atol=LOG_SUM_ATOL)
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_labels_are_the_connected_components(problem, module, connectivity):
+    pipeline = _pipeline(problem, module, connectivity)
+    buf, _ = _run(pipeline)
+    engine = _PermutationEngine(problem, THRESHOLD, connectivity)
+    grid = problem.grid
+    for b in range(COUNT):
+        ijk = buf.focus_pos[b, :, :3].astype(np.int64)
+        supra = ale_from_log_sum(engine.log_sum(ijk)) > THRESHOLD
+        labels = buf.label[b]
+        np.testing.assert_array_equal(labels >= 0, supra)
+        volume = np.zeros(grid.shape, dtype=bool)
+        volume.reshape(-1)[grid.in_mask_flat[supra]] = True
+        want, _ = ndimage.label(volume, connectivity_structure(connectivity))
+        want = want.reshape(-1)[grid.in_mask_flat[supra]]
+        got = labels[supra]
+        # Every voxel points at a root, and a root is its component's smallest index.
+        np.testing.assert_array_equal(labels[got], got)
+        assert np.all(got <= np.flatnonzero(supra))
+        # The same partition as scipy's: labels correspond one to one.
+        pairs = np.unique(np.stack([got, want]), axis=1)
+        assert pairs.shape[1] == np.unique(got).size == np.unique(want).size
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_null_batch_matches_numpy(problem, module, connectivity):
+    _, (max_ale, max_size, max_mass) = _run(_pipeline(problem, module, connectivity))
+    want_ale, want_size, want_mass = NumpyBackend().null_batch(
+        problem, SEED, FIRST, COUNT, THRESHOLD, connectivity
+    )
+    assert want_size.max() > 1, "the test threshold should leave clusters"
+    np.testing.assert_allclose(max_ale, want_ale, rtol=REL)
+    np.testing.assert_array_equal(max_size, want_size)
+    np.testing.assert_allclose(max_mass, want_mass, rtol=REL, atol=0)
+
+
+def test_threshold_is_compared_in_float64_as_nimare_does(problem, module):
+    # NiMARE compares its float32 ALE with a float64 bin centre, in float64: a threshold
+    # just below a voxel's ALE, which rounds to that ALE in float32, keeps the voxel in.
+    engine = _PermutationEngine(problem, THRESHOLD, 6)
+    ijk = np.stack(
+        np.unravel_index(
+            problem.grid.in_mask_flat[
+                relocation_draws(SEED, FIRST, 1, problem.n_foci, problem.grid.n_voxels)[0]
+            ],
+            SHAPE,
+        ),
+        axis=1,
+    )
+    ale = ale_from_log_sum(engine.log_sum(ijk))
+    value = float(np.sort(ale)[-5])
+    threshold = value - value * 1e-9
+    assert np.float32(threshold) == np.float32(value)
+    assert (ale.astype(np.float64) > threshold).sum() > (ale > np.float32(threshold)).sum()
+    buf, got = _run(_pipeline(problem, module, threshold=threshold), count=1)
+    np.testing.assert_array_equal(buf.label[0] >= 0, ale.astype(np.float64) > threshold)
+    want = NumpyBackend().null_batch(problem, SEED, FIRST, 1, threshold, 6)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[2], want[2], rtol=REL, atol=0)
+
+
+def test_results_do_not_depend_on_launch_shape_or_batch_split(problem, module):
+    _, whole = _run(_pipeline(problem, module, 26, block_size=1, max_grid=(1, 1)))
+    _, head = _run(_pipeline(problem, module, 26, block_size=64), first=FIRST, count=2)
+    _, tail = _run(_pipeline(problem, module, 26), first=FIRST + 2, count=COUNT - 2)
+    for a, b, c in zip(whole, head, tail, strict=True):
+        np.testing.assert_array_equal(a, np.concatenate([b, c]))
+
+
+def test_launch_rejects_untyped_or_mismatched_arguments(module):
+    buf = np.zeros(4, dtype=np.int32)
+    with pytest.raises(TypeError, match="numpy scalar"):
+        module.launch("gpuale_label_compress", (1,), (1,), (1, np.int32(4), buf))
+    with pytest.raises(ValueError, match="has 4 bytes, got int64"):
+        module.launch("gpuale_label_compress", (1,), (1,), (np.int64(1), np.int32(4), buf))
+    with pytest.raises(ValueError, match="takes 3 arguments"):
+        module.launch("gpuale_label_compress", (1,), (1,), (np.int32(1),))
