@@ -123,7 +123,10 @@ class ALEResult:
 
     def images(self) -> dict[str, nib.Nifti1Image]:
         """The maps as NIfTI images on the analysis grid."""
-        return {name: self.grid.to_image(values) for name, values in self.maps().items()}
+        return {
+            name: self.grid.to_image(values, description=f"gpuale:{name}")
+            for name, values in self.maps().items()
+        }
 
     def clusters(self) -> list[dict]:
         """Significant clusters (cluster-size FWE p < alpha), largest first."""

@@ -8,7 +8,13 @@ from gpuale.dataset import Dataset
 from gpuale.grid import Grid
 from gpuale.problem import Problem
 
-__all__ = ["cluster_table", "experiment_contributions", "experiment_ma_at"]
+__all__ = [
+    "cluster_table",
+    "clusters_above",
+    "experiment_contributions",
+    "experiment_ma_at",
+    "map_cluster_table",
+]
 
 
 def experiment_ma_at(problem: Problem, flat_voxels: np.ndarray) -> np.ndarray:
@@ -138,4 +144,63 @@ def experiment_contributions(
                     "max_ma": float(ma[e].max()),
                 }
             )
+    return rows
+
+
+def clusters_above(
+    values: np.ndarray, grid: Grid, *, min_volume_mm3: float = 0.0, connectivity: int = 6
+) -> np.ndarray:
+    """Label the clusters of non-zero voxels of a map, positive and negative apart.
+
+    Clusters smaller than ``min_volume_mm3`` are dropped. Labels run from 1 by decreasing
+    size (positive and negative clusters numbered together).
+
+    Returns
+    -------
+    ndarray of int32 (in-mask vector; 0 = no cluster)
+    """
+    from gpuale.inference import label_clusters
+
+    voxel_mm3 = float(np.prod(np.asarray(grid.voxel_sizes, dtype=np.float64)))
+    labels = np.zeros(values.size, dtype=np.int32)
+    found = []
+    for sign in (1.0, -1.0):
+        part, sizes, _ = label_clusters(
+            (sign * values).astype(np.float32), grid, 0.0, connectivity
+        )
+        for label in range(1, sizes.size):
+            if sizes[label] * voxel_mm3 >= min_volume_mm3:
+                found.append((int(sizes[label]), np.flatnonzero(part == label)))
+    found.sort(key=lambda item: (-item[0], int(item[1][0])))
+    for number, (_, members) in enumerate(found, start=1):
+        labels[members] = number
+    return labels
+
+
+def map_cluster_table(grid: Grid, values: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """One row per labelled cluster of a statistic map: size, peak, sign, centre of mass."""
+    voxel_mm3 = float(np.prod(np.asarray(grid.voxel_sizes, dtype=np.float64)))
+    rows = []
+    for label in range(1, int(labels.max(initial=0)) + 1):
+        members = np.flatnonzero(labels == label)
+        flat = grid.in_mask_flat[members]
+        mm = grid.voxel_to_mm(np.stack(np.unravel_index(flat, grid.shape), axis=1))
+        magnitude = np.abs(values[members].astype(np.float64))
+        peak = int(np.argmax(magnitude))
+        com = (magnitude[:, None] * mm).sum(axis=0) / magnitude.sum()
+        rows.append(
+            {
+                "cluster": label,
+                "sign": "+" if values[members[peak]] > 0 else "-",
+                "size_voxels": int(members.size),
+                "volume_mm3": float(members.size * voxel_mm3),
+                "peak_x": float(mm[peak, 0]),
+                "peak_y": float(mm[peak, 1]),
+                "peak_z": float(mm[peak, 2]),
+                "peak_value": float(values[members[peak]]),
+                "com_x": round(float(com[0]), 2),
+                "com_y": round(float(com[1]), 2),
+                "com_z": round(float(com[2]), 2),
+            }
+        )
     return rows

@@ -88,8 +88,10 @@ class Grid:
         out[self.in_mask_flat] = values
         return out.reshape(self.shape)
 
-    def to_image(self, values: np.ndarray, fill: float = 0.0) -> nib.Nifti1Image:
-        """In-mask values as a NIfTI image on this grid."""
+    def to_image(
+        self, values: np.ndarray, fill: float = 0.0, description: str = ""
+    ) -> nib.Nifti1Image:
+        """In-mask values as a NIfTI image on this grid (``description`` -> descrip)."""
         volume = self.to_volume(values, fill)
         if volume.dtype == np.float64:
             volume = volume.astype(np.float32)
@@ -97,6 +99,7 @@ class Grid:
         img.header.set_zooms(self.voxel_sizes)
         img.set_qform(self.affine, code=4)
         img.set_sform(self.affine, code=4)
+        img.header["descrip"] = description[:79].encode("ascii", "replace")
         return img
 
     def same_as(self, other: Grid) -> bool:

@@ -10,7 +10,13 @@ import numpy as np
 from gpuale._files import atomic_output_dir, environment, file_checksum, write_json, write_tsv
 from gpuale.analysis import ALEResult
 
-__all__ = ["CLUSTER_COLUMNS", "CONTRIBUTION_COLUMNS", "save_ale"]
+__all__ = [
+    "CLUSTER_COLUMNS",
+    "CONTRIBUTION_COLUMNS",
+    "save_ale",
+    "save_conjunction",
+    "save_contrast",
+]
 
 CLUSTER_COLUMNS = (
     "cluster", "size_voxels", "volume_mm3", "peak_x", "peak_y", "peak_z", "peak_ale",
@@ -125,3 +131,91 @@ def run_record(
         "outputs": outputs + ["run.json"],
     }
     return record
+
+
+CONTRAST_CLUSTER_COLUMNS = (
+    "cluster", "direction", "size_voxels", "volume_mm3", "peak_x", "peak_y", "peak_z",
+    "peak_value", "com_x", "com_y", "com_z",
+)
+
+
+def save_contrast(
+    result, out_dir: str | Path, *, inputs_a: Sequence = (), inputs_b: Sequence = (),
+    command: str | None = None, force: bool = False,
+) -> Path:
+    """Write a contrast: group ALE maps, difference, p, signed z, thresholded z, clusters."""
+    with atomic_output_dir(out_dir, force=force) as tmp:
+        written = []
+        for name, values in result.maps().items():
+            result.grid.to_image(values, description=f"gpuale:{name}").to_filename(
+                str(tmp / f"{name}.nii.gz")
+            )
+            written.append(f"{name}.nii.gz")
+        clusters = result.clusters()
+        write_tsv(tmp / "clusters.tsv", clusters, CONTRAST_CLUSTER_COLUMNS)
+        np.savez_compressed(tmp / "nulls.npz", max_abs_difference=result.null.max_abs,
+                            seed=np.array(result.null.seed, dtype=np.uint64))
+        written += ["clusters.tsv", "nulls.npz"]
+        record = {
+            "analysis": "contrast",
+            "command": command,
+            "environment": environment(),
+            "mode": result.mode,
+            "groups": {
+                name: {
+                    "n_experiments": len(group),
+                    "n_foci": group.n_foci,
+                    "experiments": group.ids,
+                    "inputs": [{"path": str(p), "sha256": file_checksum(p)} for p in paths],
+                    "main_effect": getattr(main, "source", None),
+                }
+                for name, group, paths, main in (
+                    ("A", result.group_a, inputs_a, result.main_a),
+                    ("B", result.group_b, inputs_b, result.main_b),
+                )
+            },
+            "settings": {
+                "iterations": result.null.n_iters,
+                "seed": result.null.seed,
+                "p_threshold": result.p_threshold,
+                "min_volume_mm3": result.min_volume_mm3,
+                "connectivity": result.connectivity,
+                "min_z": result.min_z,
+                "device": result.device,
+            },
+            "n_clusters": len(clusters),
+            "timings_s": result.timings,
+            "outputs": written + ["run.json"],
+        }
+        write_json(tmp / "run.json", record)
+    return Path(out_dir)
+
+
+def save_conjunction(
+    result, out_dir: str | Path, *, command: str | None = None, force: bool = False
+) -> Path:
+    """Write a conjunction: the minimum-statistic map, its clusters and run.json."""
+    import nibabel as nib
+
+    with atomic_output_dir(out_dir, force=force) as tmp:
+        img = nib.Nifti1Image(result.values.astype(np.float32), result.affine)
+        img.header["descrip"] = f"gpuale:{result.statistic}".encode()[:79]
+        img.to_filename(str(tmp / "conjunction.nii.gz"))
+        nib.Nifti1Image(result.labels.astype(np.int16), result.affine).to_filename(
+            str(tmp / "cluster_labels.nii.gz")
+        )
+        columns = tuple(c for c in CONTRAST_CLUSTER_COLUMNS if c != "direction")
+        write_tsv(tmp / "clusters.tsv", result.clusters, columns)
+        write_json(tmp / "run.json", {
+            "analysis": "conjunction",
+            "method": "minimum statistic (Nichols et al. 2005)",
+            "command": command,
+            "environment": environment(),
+            "statistic": result.statistic,
+            "inputs": [{"path": str(i.path), "sha256": file_checksum(i.path)}
+                       for i in result.inputs],
+            "n_clusters": len(result.clusters),
+            "outputs": ["conjunction.nii.gz", "cluster_labels.nii.gz", "clusters.tsv",
+                        "run.json"],
+        })
+    return Path(out_dir)
