@@ -30,11 +30,13 @@ from gpuale.analysis import (
     DEFAULT_SEED,
     run_ale,
 )
+from gpuale.conjunction import conjunction
+from gpuale.contrast import DEFAULT_MIN_VOLUME_MM3, MainEffect, run_contrast
 from gpuale.examples import EXAMPLES, resolve_input
 from gpuale.grid import load_grid
 from gpuale.inference import RunInterrupted
 from gpuale.io import load_dataset
-from gpuale.output import save_ale
+from gpuale.output import save_ale, save_conjunction, save_contrast
 from gpuale.space import DEFAULT_TAL_TRANSFORM
 
 app = typer.Typer(
@@ -73,6 +75,51 @@ INPUTS_HELP = (
     "folder with experiments.csv and foci/, or NiMARE dataset JSON. Several inputs are "
     f"combined. Bundled data: {', '.join('example:' + k for k in EXAMPLES)}."
 )
+
+
+IterationsOption = Annotated[
+    int,
+    typer.Option(
+        "--iters",
+        help="Monte Carlo iterations (Eickhoff et al. 2016 use 5,000-10,000); 0 = no Monte "
+        "Carlo (global only).",
+        min=0,
+    ),
+]
+SeedOption = Annotated[int, typer.Option(help="Seed of the permutations.", min=0)]
+DeviceOption = Annotated[
+    str, typer.Option(help="auto, cpu, gpu or gpu:N ('gpu' without one is an error).")
+]
+WorkersOption = Annotated[
+    int | None, typer.Option(help="CPU workers (default: all cores).", min=1)
+]
+SpaceOption = Annotated[
+    Space | None,
+    typer.Option(help="Space of inputs that do not state it (a conflict is an error)."),
+]
+TalOption = Annotated[
+    TalTransform, typer.Option(help="Talairach -> MNI transform (Lancaster et al. 2007).")
+]
+MaskOption = Annotated[
+    Path | None, typer.Option(help="Mask NIfTI (default: MNI152 2 mm brain mask).")
+]
+FwhmOption = Annotated[
+    float | None, typer.Option(help="Fixed kernel FWHM in mm (default: from sample size).")
+]
+ConnectivityOption = Annotated[
+    Connectivity, typer.Option(help="Cluster neighbourhood: 6 (faces, NiMARE), 18 (SPM), 26.")
+]
+ForceOption = Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")]
+
+
+def _load(inputs: list[str], space: Space | None, tal_transform: TalTransform):
+    paths = [resolve_input(value) for value in inputs]
+    dataset = load_dataset(
+        paths, space=space.value if space else None, tal_transform=tal_transform.value
+    )
+    return paths, dataset
 
 
 def _version(value: bool) -> None:
@@ -134,51 +181,26 @@ def _progress_bar(total: int, quiet: bool, description: str):
 @app.command("global")
 def global_(
     inputs: Annotated[list[str], typer.Argument(help=INPUTS_HELP, show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")],
-    iters: Annotated[
-        int,
-        typer.Option(
-            "--iters",
-            help="Monte Carlo iterations for FWE correction (Eickhoff et al. 2016 use "
-            "5,000-10,000); 0 = no Monte Carlo, only ALE, p and z.",
-            min=0,
-        ),
-    ] = DEFAULT_ITERS,
-    seed: Annotated[int, typer.Option(help="Seed of the permutations.", min=0)] = DEFAULT_SEED,
+    out: OutOption,
+    iters: IterationsOption = DEFAULT_ITERS,
+    seed: SeedOption = DEFAULT_SEED,
     cluster_p: Annotated[
         float, typer.Option("--cluster-p", help="Cluster-forming (uncorrected) p.")
     ] = DEFAULT_CLUSTER_FORMING_P,
     alpha: Annotated[float, typer.Option(help="Cluster-level FWE alpha.")] = DEFAULT_ALPHA,
-    connectivity: Annotated[
-        Connectivity,
-        typer.Option(help="Cluster neighbourhood: 6 (faces, NiMARE), 18 (SPM), 26."),
-    ] = Connectivity.faces,
-    device: Annotated[
-        str, typer.Option(help="auto, cpu, gpu or gpu:N ('gpu' without one is an error).")
-    ] = "cpu",
-    workers: Annotated[
-        int | None, typer.Option(help="CPU worker processes (default: all cores).", min=1)
-    ] = None,
-    space: Annotated[
-        Space | None,
-        typer.Option(help="Space of inputs that do not state it (a conflict is an error)."),
-    ] = None,
-    tal_transform: Annotated[
-        TalTransform, typer.Option(help="Talairach -> MNI transform (Lancaster et al. 2007).")
-    ] = _DEFAULT_TAL,
-    mask: Annotated[
-        Path | None, typer.Option(help="Mask NIfTI (default: MNI152 2 mm brain mask).")
-    ] = None,
-    fwhm: Annotated[
-        float | None,
-        typer.Option(help="Fixed kernel FWHM in mm (default: from each sample size)."),
-    ] = None,
+    connectivity: ConnectivityOption = Connectivity.faces,
+    device: DeviceOption = "cpu",
+    workers: WorkersOption = None,
+    space: SpaceOption = None,
+    tal_transform: TalOption = _DEFAULT_TAL,
+    mask: MaskOption = None,
+    fwhm: FwhmOption = None,
     fdr: Annotated[
         float | None,
         typer.Option(help="Also write a voxel-wise FDR map at this q (discouraged for ALE)."),
     ] = None,
-    force: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """ALE of all experiments in INPUTS, with cluster-level FWE correction.
 
@@ -187,10 +209,7 @@ def global_(
     """
     with _user_errors():
         check_output_dir(out, force=force)
-        paths = [resolve_input(value) for value in inputs]
-        dataset = load_dataset(
-            paths, space=space.value if space else None, tal_transform=tal_transform.value
-        )
+        paths, dataset = _load(inputs, space, tal_transform)
         grid = load_grid(mask)
         if not quiet:
             err.print(
@@ -204,10 +223,134 @@ def global_(
                 cluster_forming_p=cluster_p, alpha=alpha, connectivity=int(connectivity.value),
                 device=device, n_workers=workers, fdr_q=fdr, progress=progress,
             )
-        command = shlex.join(["gpuale", *sys.argv[1:]])
-        save_ale(result, out, inputs=paths, command=command, force=force)
+        save_ale(result, out, inputs=paths, command=_command(), force=force)
         if not quiet:
             _summary(result, out)
+
+
+class Mode(str, Enum):
+    whole_brain = "whole-brain"
+    gated = "gated"
+
+
+class Overlap(str, Enum):
+    error = "error"
+    keep = "keep"
+    drop = "drop"
+
+
+@app.command("contrast")
+def contrast(
+    group_a: Annotated[str, typer.Argument(help="Group A input (file, folder, example:).")],
+    group_b: Annotated[str, typer.Argument(help="Group B input (file, folder, example:).")],
+    out: OutOption,
+    mode: Annotated[
+        Mode,
+        typer.Option(help="whole-brain: every voxel, two-sided (NiMARE's ALESubtraction); "
+                     "gated: A>B only within A's significant main effect, one-sided "
+                     "(Eickhoff et al. 2011, GingerALE)."),
+    ] = Mode.whole_brain,
+    iters: IterationsOption = DEFAULT_ITERS,
+    seed: SeedOption = DEFAULT_SEED,
+    p_threshold: Annotated[
+        float | None,
+        typer.Option("--p", help="Threshold of the reported map (default: 0.001 whole-brain, "
+                     "0.05 i.e. P > 0.95 gated)."),
+    ] = None,
+    min_volume: Annotated[
+        float, typer.Option("--min-volume", help="Smallest reported cluster in mm^3.")
+    ] = DEFAULT_MIN_VOLUME_MM3,
+    main_a: Annotated[
+        Path | None, typer.Option(help="`gpuale global` run folder of group A (gated).")
+    ] = None,
+    main_b: Annotated[
+        Path | None, typer.Option(help="`gpuale global` run folder of group B (gated).")
+    ] = None,
+    min_z: Annotated[
+        bool, typer.Option(help="Gated: report min(main-effect z, contrast z).")
+    ] = False,
+    overlap: Annotated[
+        Overlap, typer.Option(help="An experiment in both groups: error, keep or drop.")
+    ] = Overlap.error,
+    connectivity: ConnectivityOption = Connectivity.faces,
+    device: DeviceOption = "cpu",
+    workers: WorkersOption = None,
+    space: SpaceOption = None,
+    tal_transform: TalOption = _DEFAULT_TAL,
+    mask: MaskOption = None,
+    fwhm: FwhmOption = None,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Contrast of two groups of experiments: where ALE_A and ALE_B differ.
+
+    The null splits the pooled experiments at random into groups of the original sizes.
+    Writes group ALE maps, the difference, p, signed z (+ for A>B), the thresholded z,
+    cluster labels, clusters.tsv and run.json into --out.
+    """
+    with _user_errors():
+        check_output_dir(out, force=force)
+        paths_a, dataset_a = _load([group_a], space, tal_transform)
+        paths_b, dataset_b = _load([group_b], space, tal_transform)
+        grid = load_grid(mask)
+        effects = [MainEffect.from_run_dir(p, grid) if p else None for p in (main_a, main_b)]
+        if not quiet:
+            err.print(
+                f"A: {len(dataset_a)} experiments, B: {len(dataset_b)} experiments; "
+                f"{mode.value}, {iters} permutations on {device}",
+                highlight=False,
+            )
+        with _progress_bar(iters, quiet, "Permutations") as progress:
+            result = run_contrast(
+                dataset_a, dataset_b, mode=mode.value, grid=grid, n_iters=max(iters, 1),
+                seed=seed, p_threshold=p_threshold, min_volume_mm3=min_volume,
+                connectivity=int(connectivity.value), main_a=effects[0], main_b=effects[1],
+                min_z=min_z, overlap=overlap.value, fwhm_mm=fwhm, device=device,
+                n_workers=workers, progress=progress,
+            )
+        save_contrast(result, out, inputs_a=paths_a, inputs_b=paths_b, command=_command(),
+                      force=force)
+        if not quiet:
+            clusters = result.clusters()
+            err.print(f"{len(clusters)} contrast cluster(s)", highlight=False)
+            for c in clusters:
+                err.print(
+                    f"  #{c['cluster']} {c['direction']}: {c['size_voxels']} voxels, peak "
+                    f"({c['peak_x']:.0f}, {c['peak_y']:.0f}, {c['peak_z']:.0f}), "
+                    f"z = {c['peak_value']:.2f}",
+                    highlight=False,
+                )
+            err.print(f"results in {out}", highlight=False)
+
+
+@app.command("conjunction")
+def conjunction_(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Thresholded maps or `gpuale global`/`contrast` run folders "
+                       "(their z_thresholded.nii.gz).", show_default=False),
+    ],
+    out: OutOption,
+    min_volume: Annotated[
+        float, typer.Option("--min-volume", help="Smallest reported cluster in mm^3.")
+    ] = 0.0,
+    connectivity: ConnectivityOption = Connectivity.faces,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Conjunction by the minimum statistic (Nichols et al. 2005): where every map is on."""
+    with _user_errors():
+        check_output_dir(out, force=force)
+        result = conjunction(inputs, min_volume_mm3=min_volume,
+                             connectivity=int(connectivity.value))
+        save_conjunction(result, out, command=_command(), force=force)
+        if not quiet:
+            err.print(f"{len(result.clusters)} conjunction cluster(s); results in {out}",
+                      highlight=False)
+
+
+def _command() -> str:
+    return shlex.join(["gpuale", *sys.argv[1:]])
 
 
 def _summary(result, out: Path) -> None:

@@ -131,13 +131,17 @@ def quantize_log_maps(log_maps: np.ndarray) -> np.ndarray:
     return quantized
 
 
-def _ale_difference(xp, sum_a, survival_pool, dtype):
-    """ALE_A - ALE_B = exp(S_pool) / exp(S_A) - exp(S_A) (sums in 2**-40 units)."""
+def _ale_difference(xp, sum_a, total, dtype):
+    """ALE_A - ALE_B = exp(S_B) - exp(S_A), with S_B = S_pool - S_A exact (2**-40 units).
+
+    Equal group sums give exactly 0.
+    """
+    survival_b = ((total - sum_a) * (1.0 / LOG_SCALE)).astype(dtype)
     survival_a = (sum_a * (1.0 / LOG_SCALE)).astype(dtype)
+    xp.exp(survival_b, out=survival_b)
     xp.exp(survival_a, out=survival_a)
-    diff = survival_pool / survival_a
-    diff -= survival_a
-    return diff
+    survival_b -= survival_a
+    return survival_b
 
 
 class _Chunk:
@@ -146,11 +150,7 @@ class _Chunk:
     def __init__(self, xp, log_maps: np.ndarray, columns: slice, observed_split: np.ndarray):
         self.columns = columns
         self.log = xp.asarray(quantize_log_maps(log_maps[:, columns]))
-        total = self.log.sum(axis=0)
-        self.survival_pool = {
-            dtype: xp.exp((total * (1.0 / LOG_SCALE)).astype(dtype))[None, :]
-            for dtype in (xp.float32, xp.float64)
-        }
+        self.total = self.log.sum(axis=0)[None, :]
         self.observed = xp.asarray(observed_split) @ self.log
 
     def accumulate(self, xp, splits, upper, lower):
@@ -159,12 +159,11 @@ class _Chunk:
         c = self.columns
         upper[c] += xp.count_nonzero(sum_a <= self.observed[None, :], axis=0)
         lower[c] += xp.count_nonzero(sum_a >= self.observed[None, :], axis=0)
-        diff = _ale_difference(xp, sum_a, self.survival_pool[xp.float32], xp.float32)
+        diff = _ale_difference(xp, sum_a, self.total, xp.float32)
         return xp.maximum(diff.max(axis=1), -diff.min(axis=1))
 
     def observed_difference(self, xp):
-        return _ale_difference(xp, self.observed[None, :], self.survival_pool[xp.float64],
-                               xp.float64)[0]
+        return _ale_difference(xp, self.observed[None, :], self.total, xp.float64)[0]
 
 
 def contrast_counts(

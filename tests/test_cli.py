@@ -144,3 +144,47 @@ def test_help_lists_the_options():
     for option in ("--iters", "--seed", "--cluster-p", "--alpha", "--connectivity",
                    "--device", "--mask", "--fwhm"):
         assert option in result.output
+
+
+GROUP_B = """// Reference=MNI
+// Study D
+// Subjects=18
+40\t-60\t30
+42\t-62\t28
+
+// Study E
+// Subjects=25
+38\t-58\t32
+"""
+
+
+def test_contrast_and_conjunction_end_to_end(sleuth_file, tmp_path):
+    group_b = tmp_path / "b.txt"
+    group_b.write_text(GROUP_B)
+    out = tmp_path / "contrast"
+    result = runner.invoke(cli.app, ["contrast", str(sleuth_file), str(group_b), "--out",
+                                     str(out), "--iters", "50", "--quiet", "--p", "0.5",
+                                     "--min-volume", "0"])
+    assert result.exit_code == 0, result.output
+    for name in ("ale_A", "ale_B", "z_desc-AminusB", "p_desc-AminusB", "z_thresholded"):
+        assert (out / f"{name}.nii.gz").exists()
+    record = json.loads((out / "run.json").read_text())
+    assert record["groups"]["A"]["n_experiments"] == 3
+    assert record["groups"]["B"]["n_experiments"] == 2
+    z = nib.load(out / "z_desc-AminusB.nii.gz").get_fdata()
+    ijk = np.round(np.linalg.inv(load_grid().affine) @ [-40, 20, 10, 1]).astype(int)[:3]
+    assert z[tuple(ijk)] > 0  # group A's foci are there, B's are not
+
+    conj = tmp_path / "conj"
+    result = runner.invoke(cli.app, ["conjunction", str(out), str(out), "--out", str(conj),
+                                     "--quiet"])
+    assert result.exit_code == 0, result.output
+    same = nib.load(conj / "conjunction.nii.gz").get_fdata()
+    thresholded = nib.load(out / "z_thresholded.nii.gz").get_fdata()
+    np.testing.assert_allclose(same, np.where(thresholded > 0, thresholded, 0), atol=1e-6)
+
+
+def test_contrast_with_shared_experiment_asks_what_to_do(sleuth_file, tmp_path):
+    result = runner.invoke(cli.app, ["contrast", str(sleuth_file), str(sleuth_file),
+                                     "--out", str(tmp_path / "o"), "--iters", "5"])
+    assert result.exit_code == 2 and "--overlap" in result.output

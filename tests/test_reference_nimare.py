@@ -22,12 +22,12 @@ nimare = pytest.importorskip("nimare", reason="the reference tests need the benc
 pytestmark = pytest.mark.reference
 
 
-def nimare_dataset(dataset: Dataset):
+def nimare_dataset(dataset: Dataset, prefix: str = "e"):
     from nimare.dataset import Dataset as NimareDataset
 
     studies = {}
     for index, exp in enumerate(dataset):
-        studies[f"e{index:04d}"] = {
+        studies[f"{prefix}{index:04d}"] = {
             "contrasts": {
                 "0": {
                     "coords": {
