@@ -16,10 +16,12 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from gpuale import __version__
 from gpuale._files import check_output_dir
@@ -30,6 +32,7 @@ from gpuale.analysis import (
     DEFAULT_SEED,
     run_ale,
 )
+from gpuale.backends import resolve_device
 from gpuale.conjunction import conjunction
 from gpuale.contrast import DEFAULT_MIN_VOLUME_MM3, MainEffect, run_contrast
 from gpuale.examples import EXAMPLES, resolve_input
@@ -159,6 +162,14 @@ def _user_errors():
         raise typer.Exit(2) from None
 
 
+class _RateColumn(ProgressColumn):
+    """Permutations per second."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("  -.- it/s" if speed is None else f"{speed:6.1f} it/s", style="cyan")
+
+
 @contextmanager
 def _progress_bar(total: int, quiet: bool, description: str):
     if quiet or total == 0 or not err.is_terminal:
@@ -169,6 +180,7 @@ def _progress_bar(total: int, quiet: bool, description: str):
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("[progress.percentage]{task.percentage:>3.0f}%"),
+        _RateColumn(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -211,17 +223,18 @@ def global_(
         check_output_dir(out, force=force)
         paths, dataset = _load(inputs, space, tal_transform)
         grid = load_grid(mask)
+        chosen = resolve_device(device)
         if not quiet:
             err.print(
                 f"{len(dataset)} experiments, {dataset.n_foci} foci, "
-                f"{grid.n_voxels} in-mask voxels; {iters} iterations on {device}",
+                f"{grid.n_voxels} in-mask voxels; {iters} iterations on {_describe(chosen)}",
                 highlight=False,
             )
         with _progress_bar(iters, quiet, "Monte Carlo") as progress:
             result = run_ale(
                 dataset, grid=grid, fwhm_mm=fwhm, n_iters=iters, seed=seed,
                 cluster_forming_p=cluster_p, alpha=alpha, connectivity=int(connectivity.value),
-                device=device, n_workers=workers, fdr_q=fdr, progress=progress,
+                device=chosen, n_workers=workers, fdr_q=fdr, progress=progress,
             )
         save_ale(result, out, inputs=paths, command=_command(), force=force)
         if not quiet:
@@ -294,10 +307,11 @@ def contrast(
         paths_b, dataset_b = _load([group_b], space, tal_transform)
         grid = load_grid(mask)
         effects = [MainEffect.from_run_dir(p, grid) if p else None for p in (main_a, main_b)]
+        chosen = resolve_device(device)
         if not quiet:
             err.print(
                 f"A: {len(dataset_a)} experiments, B: {len(dataset_b)} experiments; "
-                f"{mode.value}, {iters} permutations on {device}",
+                f"{mode.value}, {iters} permutations on {_describe(chosen)}",
                 highlight=False,
             )
         with _progress_bar(iters, quiet, "Permutations") as progress:
@@ -305,7 +319,7 @@ def contrast(
                 dataset_a, dataset_b, mode=mode.value, grid=grid, n_iters=max(iters, 1),
                 seed=seed, p_threshold=p_threshold, min_volume_mm3=min_volume,
                 connectivity=int(connectivity.value), main_a=effects[0], main_b=effects[1],
-                min_z=min_z, overlap=overlap.value, fwhm_mm=fwhm, device=device,
+                min_z=min_z, overlap=overlap.value, fwhm_mm=fwhm, device=chosen,
                 n_workers=workers, progress=progress,
             )
         save_contrast(result, out, inputs_a=paths_a, inputs_b=paths_b, command=_command(),
@@ -347,6 +361,20 @@ def conjunction_(
         if not quiet:
             err.print(f"{len(result.clusters)} conjunction cluster(s); results in {out}",
                       highlight=False)
+
+
+def _describe(device: str) -> str:
+    """The chosen device in words: the GPU's name, or the CPU with its worker count."""
+    if device == "cpu":
+        return "the CPU"
+    try:
+        import cupy
+
+        index = int(device.partition(":")[2])
+        name = cupy.cuda.runtime.getDeviceProperties(index)["name"].decode()
+        return f"{device} ({name})"
+    except Exception:  # the name is decoration; the run itself reports real errors
+        return device
 
 
 def _command() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import multiprocessing
 import os
 import signal
@@ -73,8 +74,6 @@ _WORKER: dict = {}
 
 
 def _init_worker(problem: Problem, threshold: float, connectivity: int) -> None:
-    # The parent handles Ctrl-C; a worker killed mid-task would only print tracebacks.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.update(problem=problem, threshold=threshold, connectivity=connectivity,
                    backend=NumpyBackend())
 
@@ -154,26 +153,53 @@ def monte_carlo_null(
 
 def _run_in_workers(problem, seed, n_iters, threshold, connectivity, workers, store) -> None:
     context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(problem, threshold, connectivity),
-    )
+    starts = iter(range(0, n_iters, CPU_CHUNK))
+
+    def submit(pool, first):
+        return pool.submit(_worker_batch, seed, first, min(CPU_CHUNK, n_iters - first))
+
+    # Workers are started with SIGINT ignored (the disposition survives exec), so Ctrl-C
+    # reaches only this process, which stops them; a worker interrupted while starting
+    # would otherwise break the pool with a truncated pickle.
+    previous = _ignore_sigint()
     try:
-        futures = [
-            pool.submit(_worker_batch, seed, first, min(CPU_CHUNK, n_iters - first))
-            for first in range(0, n_iters, CPU_CHUNK)
-        ]
-        for future in concurrent.futures.as_completed(futures):
-            store(*future.result())
+        pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_init_worker,
+            initargs=(problem, threshold, connectivity),
+        )
+        # A few chunks in flight per worker: bounded memory, and a prompt stop.
+        pending = {submit(pool, first) for first in itertools.islice(starts, 3 * workers)}
+    finally:
+        _restore_sigint(previous)
+    try:
+        while pending:
+            done, pending = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
+                store(*future.result())
+                first = next(starts, None)
+                if first is not None:
+                    pending.add(submit(pool, first))
     except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
         for process in list(getattr(pool, "_processes", {}).values()):
             process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
         raise RunInterrupted("interrupted during the Monte Carlo permutations") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ignore_sigint():
+    try:
+        return signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are not ours to manage
+        return None
+
+
+def _restore_sigint(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
 
 
 def threshold_interval(

@@ -188,3 +188,24 @@ def test_contrast_with_shared_experiment_asks_what_to_do(sleuth_file, tmp_path):
     result = runner.invoke(cli.app, ["contrast", str(sleuth_file), str(sleuth_file),
                                      "--out", str(tmp_path / "o"), "--iters", "5"])
     assert result.exit_code == 2 and "--overlap" in result.output
+
+
+def test_ctrl_c_stops_cleanly_and_leaves_no_outputs(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpuale", "global", "example:semantic-children", "--out",
+         str(out), "--iters", "100000", "--workers", "2", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(6)  # past loading and the analytic null, into the permutations
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "no outputs" in stderr
+    assert "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
