@@ -115,5 +115,5 @@ def environment() -> dict:
         "scipy": scipy.__version__,
         "nibabel": nibabel.__version__,
         "platform": platform.platform(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

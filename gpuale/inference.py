@@ -10,6 +10,7 @@ memory does not grow with the number of iterations; a permutation's draws depend
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import multiprocessing
@@ -154,24 +155,23 @@ def monte_carlo_null(
 def _run_in_workers(problem, seed, n_iters, threshold, connectivity, workers, store) -> None:
     context = multiprocessing.get_context("spawn")
     starts = iter(range(0, n_iters, CPU_CHUNK))
+    pool = None
 
-    def submit(pool, first):
+    def submit(first):
         return pool.submit(_worker_batch, seed, first, min(CPU_CHUNK, n_iters - first))
 
-    # Workers are started with SIGINT ignored (the disposition survives exec), so Ctrl-C
-    # reaches only this process, which stops them; a worker interrupted while starting
-    # would otherwise break the pool with a truncated pickle.
-    previous = _ignore_sigint()
     try:
-        pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_init_worker,
-            initargs=(problem, threshold, connectivity),
-        )
-        # A few chunks in flight per worker: bounded memory, and a prompt stop.
-        pending = {submit(pool, first) for first in itertools.islice(starts, 3 * workers)}
-    finally:
-        _restore_sigint(previous)
-    try:
+        # Workers start with SIGINT blocked (the mask survives exec), so Ctrl-C reaches
+        # only this process, which stops them; a worker interrupted while starting would
+        # break the pool with a truncated pickle. Here the signal is only held back, and
+        # arrives as soon as the workers exist.
+        with _sigint_blocked():
+            pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=_init_worker,
+                initargs=(problem, threshold, connectivity),
+            )
+            # A few chunks in flight per worker: bounded memory, and a prompt stop.
+            pending = {submit(first) for first in itertools.islice(starts, 3 * workers)}
         while pending:
             done, pending = concurrent.futures.wait(
                 pending, return_when=concurrent.futures.FIRST_COMPLETED
@@ -180,26 +180,29 @@ def _run_in_workers(problem, seed, n_iters, threshold, connectivity, workers, st
                 store(*future.result())
                 first = next(starts, None)
                 if first is not None:
-                    pending.add(submit(pool, first))
+                    pending.add(submit(first))
     except KeyboardInterrupt:
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+        if pool is not None:
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
         raise RunInterrupted("interrupted during the Monte Carlo permutations") from None
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ignore_sigint():
+@contextlib.contextmanager
+def _sigint_blocked():
     try:
-        return signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: signals are not ours to manage
-        return None
-
-
-def _restore_sigint(previous) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGINT, previous)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    except (AttributeError, ValueError):  # no POSIX signal masks here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def threshold_interval(

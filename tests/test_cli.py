@@ -199,12 +199,14 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_outputs(tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, "-m", "gpuale", "global", "example:semantic-children", "--out",
-         str(out), "--iters", "100000", "--workers", "2", "--quiet"],
+         str(out), "--iters", "100000", "--workers", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(6)  # past loading and the analytic null, into the permutations
+    first_line = process.stderr.readline()  # printed once the data are loaded
+    assert "experiments" in first_line
+    time.sleep(4)  # the analytic null, then into the permutations
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "no outputs" in stderr
     assert "Traceback" not in stderr
