@@ -73,6 +73,7 @@ class ALEResult:
     montecarlo: MonteCarloNull | None = None
     inference: ClusterInference | None = None
     fdr_q: float | None = None
+    fwhm_mm: float | None = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
@@ -222,7 +223,12 @@ def run_ale(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     grid = grid or load_grid()
-    problem = compile_problem(dataset, grid, fwhm_mm=fwhm_mm)
+    with warnings.catch_warnings(record=True) as compile_warnings:
+        warnings.simplefilter("always")
+        problem = compile_problem(dataset, grid, fwhm_mm=fwhm_mm)
+    for w in compile_warnings:  # passed on, and kept for run.json
+        warnings.warn(w.message, w.category, stacklevel=2)
+        caught.append(str(w.message))
     observed = backend.observed_ale(problem)
     timings["observed_s"] = time.perf_counter() - start
 
@@ -242,7 +248,8 @@ def run_ale(
     result = ALEResult(
         dataset=dataset, grid=grid, problem=problem, observed=observed, analytic_null=null,
         p=p, z=z, cluster_forming_p=cluster_forming_p, threshold=threshold, alpha=alpha,
-        connectivity=connectivity, device=resolved, fdr_q=fdr_q, timings=timings,
+        connectivity=connectivity, device=resolved, fdr_q=fdr_q, fwhm_mm=fwhm_mm,
+        timings=timings,
         warnings=caught,
     )
     if n_iters:

