@@ -6,7 +6,7 @@ import shlex
 import sys
 import warnings
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -35,12 +35,13 @@ from gpuale.analysis import (
 from gpuale.backends import resolve_device
 from gpuale.conjunction import conjunction
 from gpuale.contrast import DEFAULT_MIN_VOLUME_MM3, MainEffect, run_contrast
-from gpuale.examples import EXAMPLES, resolve_input
+from gpuale.examples import EXAMPLES, example_path, resolve_input
 from gpuale.grid import load_grid
 from gpuale.inference import RunInterrupted
 from gpuale.io import load_dataset
 from gpuale.output import save_ale, save_conjunction, save_contrast
 from gpuale.space import DEFAULT_TAL_TRANSFORM
+from gpuale.study import load_study, run_study
 
 app = typer.Typer(
     help=(
@@ -54,18 +55,18 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
-class Space(str, Enum):
+class Space(StrEnum):
     MNI = "MNI"
     TAL = "TAL"
 
 
-class TalTransform(str, Enum):
+class TalTransform(StrEnum):
     lancaster_other = "lancaster_other"
     lancaster_spm = "lancaster_spm"
     lancaster_fsl = "lancaster_fsl"
 
 
-class Connectivity(str, Enum):
+class Connectivity(StrEnum):
     faces = "6"
     edges = "18"
     corners = "26"
@@ -114,6 +115,11 @@ ConnectivityOption = Annotated[
 ]
 ForceOption = Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+ReportOption = Annotated[
+    bool, typer.Option(help="Write report.html with figures (needs the report extra).")
+]
+
+
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")]
 
 
@@ -211,6 +217,7 @@ def global_(
         float | None,
         typer.Option(help="Also write a voxel-wise FDR map at this q (discouraged for ALE)."),
     ] = None,
+    report: ReportOption = True,
     force: ForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -237,16 +244,17 @@ def global_(
                 device=chosen, n_workers=workers, fdr_q=fdr, progress=progress,
             )
         save_ale(result, out, inputs=paths, command=_command(), force=force)
+        _write_report(out, report, quiet)
         if not quiet:
             _summary(result, out)
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     whole_brain = "whole-brain"
     gated = "gated"
 
 
-class Overlap(str, Enum):
+class Overlap(StrEnum):
     error = "error"
     keep = "keep"
     drop = "drop"
@@ -292,6 +300,7 @@ def contrast(
     tal_transform: TalOption = _DEFAULT_TAL,
     mask: MaskOption = None,
     fwhm: FwhmOption = None,
+    report: ReportOption = True,
     force: ForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -324,6 +333,7 @@ def contrast(
             )
         save_contrast(result, out, inputs_a=paths_a, inputs_b=paths_b, command=_command(),
                       force=force)
+        _write_report(out, report, quiet)
         if not quiet:
             clusters = result.clusters()
             err.print(f"{len(clusters)} contrast cluster(s)", highlight=False)
@@ -349,6 +359,7 @@ def conjunction_(
         float, typer.Option("--min-volume", help="Smallest reported cluster in mm^3.")
     ] = 0.0,
     connectivity: ConnectivityOption = Connectivity.faces,
+    report: ReportOption = True,
     force: ForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -358,9 +369,97 @@ def conjunction_(
         result = conjunction(inputs, min_volume_mm3=min_volume,
                              connectivity=int(connectivity.value))
         save_conjunction(result, out, command=_command(), force=force)
+        _write_report(out, report, quiet)
         if not quiet:
             err.print(f"{len(result.clusters)} conjunction cluster(s); results in {out}",
                       highlight=False)
+
+
+def _write_report(out: Path, report: bool, quiet: bool) -> None:
+    if not report:
+        return
+    from gpuale.report import INSTALL_HINT, report_available, write_report
+
+    if report_available():
+        write_report(out)
+    elif not quiet:
+        err.print(f"no report.html: {INSTALL_HINT}", highlight=False)
+
+
+#: Monte Carlo iterations of the demo on a CPU, so it finishes within a few minutes.
+DEMO_CPU_ITERS = 1000
+
+
+@app.command("run")
+def run_study_(
+    study_file: Annotated[Path, typer.Argument(help="Study file (TOML).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: beside the "
+                                  "study file, named after the study).")
+    ] = None,
+    iters: Annotated[
+        int | None, typer.Option("--iters", help="Override the study's iterations.", min=1)
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="Override the study's device.")] = None,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Run every analysis of a study file in dependency order, reusing finished ones.
+
+    Each analysis goes into OUT/NAME/ with its report; OUT/index.html links them.
+    """
+    with _user_errors():
+        study = load_study(study_file)
+        out = out or study_file.parent / study.name
+        _run_study(study, out, iters, device, force, quiet)
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
+        "gpuale-demo"
+    ),
+    device: DeviceOption = "auto",
+    iters: Annotated[
+        int | None,
+        typer.Option("--iters", help=f"Iterations (default: the study's 5,000 on a GPU, "
+                     f"{DEMO_CPU_ITERS:,} on a CPU).", min=1),
+    ] = None,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """A whole ALE study on bundled real data: children's semantic cognition (50 experiments).
+
+    Global ALE, the three task types, older vs younger children, gated contrasts between
+    task types and their conjunction, each with cluster-level FWE, reports and an index.
+    """
+    with _user_errors():
+        study = load_study(example_path("semantic-children-study"))
+        chosen = resolve_device(device)
+        if iters is None and chosen == "cpu":
+            iters = DEMO_CPU_ITERS
+            if not quiet:
+                err.print(
+                    f"no GPU: {DEMO_CPU_ITERS:,} Monte Carlo iterations per analysis so the "
+                    "demo finishes within minutes on a CPU (the study's 5,000 on a GPU; "
+                    "--iters 5000 for the literature default)",
+                    highlight=False,
+                )
+        _run_study(study, out, iters, chosen, force, quiet)
+
+
+def _run_study(study, out: Path, iters, device, force: bool, quiet: bool) -> None:
+    if out.is_dir() and any(out.iterdir()) and not (out / "study.json").exists():
+        check_output_dir(out, force=force)
+    log = (lambda message: None) if quiet else (lambda m: err.print(m, highlight=False))
+    entries = run_study(
+        study, out, iterations=iters, device=device, log=log,
+        progress_factory=lambda total, name: _progress_bar(total, quiet, name),
+    )
+    if not quiet:
+        ran = sum(entry["status"] == "ran" for entry in entries)
+        err.print(f"{len(entries)} analyses ({ran} run, {len(entries) - ran} reused); "
+                  f"open {out / 'index.html'}", highlight=False)
 
 
 def _describe(device: str) -> str:

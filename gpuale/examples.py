@@ -11,6 +11,7 @@ __all__ = ["EXAMPLES", "example_path", "resolve_input"]
 EXAMPLES = {
     "semantic-children": "semantic-children",
     "semantic-adults": "semantic-adults/adults.txt",
+    "semantic-children-study": "semantic-children-study.toml",
 }
 PREFIX = "example:"
 
