@@ -42,7 +42,9 @@ def main(task: str, *args: str) -> None:
     else:
         raise SystemExit(f"unknown task {task}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mb": peak}))
+    # Worker processes (gpuale's spawn pool; NiMARE's threads share the parent's).
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mb": peak, "worker_peak_rss_mb": worker}))
 
 
 if __name__ == "__main__":

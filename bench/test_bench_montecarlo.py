@@ -49,7 +49,7 @@ def test_gpuale_montecarlo(benchmark, fitted):
     benchmark.extra_info.update(
         dataset=name, iterations=ITERS, cores=CORES,
         ms_per_iteration=1000 * benchmark.stats.stats.mean / ITERS,
-        peak_rss_mb=peak_rss_mb("gpuale-mc", name, str(ITERS), str(CORES)),
+        peak_rss=peak_rss_mb("gpuale-mc", name, str(ITERS), str(CORES)),
     )
 
 
@@ -67,5 +67,5 @@ def test_nimare_montecarlo(benchmark, fitted):
     benchmark.extra_info.update(
         dataset=name, iterations=ITERS, cores=CORES,
         ms_per_iteration=1000 * benchmark.stats.stats.mean / ITERS,
-        peak_rss_mb=peak_rss_mb("nimare-mc", name, str(ITERS), str(CORES)),
+        peak_rss=peak_rss_mb("nimare-mc", name, str(ITERS), str(CORES)),
     )
