@@ -1,0 +1,62 @@
+"""The analysis grid: the bundled mask, user masks, mm <-> voxel, clear errors."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from gpuale.grid import load_grid
+
+
+def test_default_mask_is_mni152_2mm():
+    grid = load_grid()
+    assert grid.shape == (91, 109, 91)
+    assert grid.n_voxels == 228_483
+    np.testing.assert_allclose(grid.affine[:3, 3], [-90, -126, -72])
+
+
+def test_mm_to_voxel_rounds_half_to_even_as_nimare():
+    grid = load_grid()
+    # x = -89 mm is voxel 0.5 -> 0 (even); x = -87 mm is 1.5 -> 2.
+    ijk = grid.mm_to_voxel([[-89, -126, -72], [-87, -126, -72]])
+    assert ijk[:, 0].tolist() == [0, 2]
+    np.testing.assert_allclose(grid.voxel_to_mm(grid.mm_to_voxel([[10, 20, 30]])),
+                               [[10, 20, 30]])
+
+
+def _save(tmp_path, data, affine=None, name="mask.nii.gz"):
+    path = tmp_path / name
+    nib.Nifti1Image(data, np.eye(4) * 3 if affine is None else affine).to_filename(path)
+    return path
+
+
+def test_user_mask_on_any_grid(tmp_path):
+    data = np.zeros((20, 20, 20), dtype=np.uint8)
+    data[5:15, 5:15, 5:15] = 1
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    grid = load_grid(_save(tmp_path, data, affine))
+    assert grid.shape == (20, 20, 20) and grid.n_voxels == 1000
+    assert tuple(float(v) for v in grid.voxel_sizes) == (3.0, 3.0, 3.0)
+    image = grid.to_image(np.arange(1000, dtype=np.float32), description="gpuale:test")
+    assert image.shape == (20, 20, 20) and float(image.get_fdata().max()) == 999
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (np.zeros((5, 5, 5), np.uint8), "no non-zero voxels"),
+        (np.ones((5, 5, 5, 2), np.uint8), "3-D"),
+        (np.ones((5, 5), np.uint8), "3-D"),
+    ],
+)
+def test_bad_masks_are_clear_errors(tmp_path, data, message):
+    with pytest.raises(ValueError, match=message):
+        load_grid(_save(tmp_path, data))
+
+
+def test_missing_or_unreadable_mask(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_grid(tmp_path / "nothing.nii.gz")
+    bogus = tmp_path / "bogus.nii.gz"
+    bogus.write_text("not an image")
+    with pytest.raises(ValueError, match="not a readable NIfTI"):
+        load_grid(bogus)
