@@ -1,27 +1,69 @@
-"""One benchmark task in a fresh process, printing its peak RSS as JSON (see conftest)."""
+"""One benchmark task in a fresh process, printing its peak memory as JSON.
+
+Peak memory is sampled from /proc every 20 ms as the resident set of this process plus
+its children (gpuale's worker processes; NiMARE's workers are threads). ``ru_maxrss`` is
+not used: on Linux it keeps the high-water mark of the process that forked us.
+"""
 
 from __future__ import annotations
 
 import json
-import resource
+import os
 import sys
+import threading
 import warnings
+from pathlib import Path
 
 warnings.simplefilter("ignore")
+HERE = Path(__file__).resolve().parent
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids += [int(k) for k in task.read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+class PeakMemory(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_kib = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        me = os.getpid()
+        while not self.stop.wait(0.02):
+            total = _rss_kib(me) + sum(_rss_kib(k) for k in _children(me))
+            self.peak_kib = max(self.peak_kib, total)
 
 
 def main(task: str, *args: str) -> None:
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+    sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
     from conftest import load_example
 
     dataset = load_example(args[0])
+    monitor = PeakMemory()
+    monitor.start()
     if task == "gpuale-ale":
         from gpuale.analysis import run_ale
 
         run_ale(dataset, n_iters=0)
     elif task == "nimare-ale":
-        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
-                               / "tests"))
         from test_reference_nimare import fit_nimare
 
         fit_nimare(dataset)
@@ -30,8 +72,6 @@ def main(task: str, *args: str) -> None:
 
         run_ale(dataset, n_iters=int(args[1]), n_workers=int(args[2]))
     elif task == "nimare-mc":
-        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
-                               / "tests"))
         from nimare.correct import FWECorrector
         from test_reference_nimare import fit_nimare
 
@@ -41,10 +81,9 @@ def main(task: str, *args: str) -> None:
         )
     else:
         raise SystemExit(f"unknown task {task}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # Worker processes (gpuale's spawn pool; NiMARE's threads share the parent's).
-    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mb": peak, "worker_peak_rss_mb": worker}))
+    monitor.stop.set()
+    monitor.join()
+    print(json.dumps({"peak_rss_mb": monitor.peak_kib / 1024}))
 
 
 if __name__ == "__main__":

@@ -28,16 +28,13 @@ def load_example(name: str) -> Dataset:
         return load_dataset([example_path(name)])
 
 
-def peak_rss_mb(task: str, *args: str) -> dict:
-    """Peak resident memory (MiB) of ``bench/_tasks.py TASK ARGS`` in a fresh process.
-
-    Returns the main process's peak and the largest worker process's peak.
-    """
+def peak_rss_mb(task: str, *args: str) -> float:
+    """Peak resident memory (MiB, with worker processes) of ``bench/_tasks.py TASK ARGS``."""
     out = subprocess.run(
         [sys.executable, str(HERE / "_tasks.py"), task, *args],
         check=True, capture_output=True, text=True,
     ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
 
 
 @pytest.fixture(scope="session")

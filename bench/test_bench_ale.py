@@ -24,7 +24,7 @@ def test_gpuale_load_and_ale_adults(benchmark):
         return run_ale(load_example("semantic-adults"), n_iters=0)
 
     result = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
-    benchmark.extra_info["peak_rss"] = peak_rss_mb("gpuale-ale", "semantic-adults")
+    benchmark.extra_info["peak_rss_mb"] = peak_rss_mb("gpuale-ale", "semantic-adults")
     assert result.ale.max() > 0
 
 
@@ -37,4 +37,4 @@ def test_nimare_load_and_ale_adults(benchmark):
             return fit_nimare(load_example("semantic-adults"))
 
     benchmark.pedantic(run, rounds=5, warmup_rounds=1)
-    benchmark.extra_info["peak_rss"] = peak_rss_mb("nimare-ale", "semantic-adults")
+    benchmark.extra_info["peak_rss_mb"] = peak_rss_mb("nimare-ale", "semantic-adults")

@@ -145,20 +145,25 @@ def _ale_difference(xp, sum_a, total, dtype):
 
 
 class _Chunk:
-    """One block of voxels: its quantized log maps, pooled survival and observed sums."""
+    """One block of voxels: its quantized log maps, pooled log-sum and observed sums."""
 
-    def __init__(self, xp, log_maps: np.ndarray, columns: slice, observed_split: np.ndarray):
-        self.columns = columns
+    def __init__(self, xp, log_maps: np.ndarray, columns: np.ndarray,
+                 observed_split: np.ndarray):
+        self.columns = xp.asarray(columns)
         self.log = xp.asarray(quantize_log_maps(log_maps[:, columns]))
         self.total = self.log.sum(axis=0)[None, :]
         self.observed = xp.asarray(observed_split) @ self.log
+        # |ALE_A - ALE_B| <= max(ALE_A, ALE_B) <= ALE of the pool, whatever the split.
+        self.ceiling = float(1.0 - np.exp(float(self.total.min()) / LOG_SCALE))
 
-    def accumulate(self, xp, splits, upper, lower):
-        """Add one batch's exceedances; return each permutation's largest |difference|."""
+    def count(self, xp, splits, upper, lower):
+        """Add one batch's exceedances; return the group-A log-sums."""
         sum_a = splits @ self.log
-        c = self.columns
-        upper[c] += xp.count_nonzero(sum_a <= self.observed[None, :], axis=0)
-        lower[c] += xp.count_nonzero(sum_a >= self.observed[None, :], axis=0)
+        upper[self.columns] += xp.count_nonzero(sum_a <= self.observed[None, :], axis=0)
+        lower[self.columns] += xp.count_nonzero(sum_a >= self.observed[None, :], axis=0)
+        return sum_a
+
+    def largest_difference(self, xp, sum_a):
         diff = _ale_difference(xp, sum_a, self.total, xp.float32)
         return xp.maximum(diff.max(axis=1), -diff.min(axis=1))
 
@@ -181,8 +186,10 @@ def contrast_counts(
     ALE_A - ALE_B = exp(S_pool - S_A) - exp(S_A) falls strictly as the group-A log-sum
     S_A rises (S_pool is the same for every split), so a permuted difference reaches the
     observed one exactly when its S_A is at most the observed S_A: the exceedance counts
-    need no exponentials. Only the largest |difference| of each permutation (voxel-level
-    FWE) is evaluated, in float32.
+    need no exponentials. The largest |difference| of each permutation (voxel-level FWE)
+    is evaluated in float32, and only where it can occur: voxels are visited by falling
+    pooled ALE, which bounds |ALE_A - ALE_B|, and the search stops once that bound is
+    below every permutation's maximum so far.
 
     Parameters
     ----------
@@ -205,27 +212,37 @@ def contrast_counts(
     upper = xp.zeros(n_voxels, dtype=xp.int64)
     lower = xp.zeros(n_voxels, dtype=xp.int64)
     max_abs = np.zeros(n_iters, dtype=np.float64)
+    by_pooled_ale = np.argsort(log_maps.astype(np.float64).sum(axis=0), kind="stable")
     chunks = [
-        _Chunk(xp, log_maps, slice(a, min(a + VOXEL_CHUNK, n_voxels)), observed_split)
+        _Chunk(xp, log_maps, by_pooled_ale[a : a + VOXEL_CHUNK], observed_split)
         for a in range(0, n_voxels, VOXEL_CHUNK)
     ]
     # numpy releases the GIL in BLAS and ufuncs, so threads share the voxel chunks; each
-    # chunk owns its slice of the counts. A GPU takes them one after the other.
+    # chunk owns its voxels' counts. A GPU takes them one after the other.
     threads = 1 if xp is not np else (n_workers or _cpu_count())
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
         for first in range(0, n_iters, SPLIT_BATCH):
             count = min(SPLIT_BATCH, n_iters - first)
             splits = xp.asarray(random_splits(seed, first, count, n_total, n_a),
                                 dtype=xp.float64)
-            step = functools.partial(_Chunk.accumulate, xp=xp, splits=splits, upper=upper,
+            batch_max = xp.zeros(count, dtype=xp.float32)
+            rest = 0
+            # synchronize: one scalar per chunk while the maxima are still open
+            while rest < len(chunks) and chunks[rest].ceiling >= float(batch_max.min()):
+                sum_a = chunks[rest].count(xp, splits, upper, lower)
+                xp.maximum(batch_max, chunks[rest].largest_difference(xp, sum_a),
+                           out=batch_max)
+                rest += 1
+            step = functools.partial(_Chunk.count, xp=xp, splits=splits, upper=upper,
                                      lower=lower)
-            maxima = pool.map(step, chunks)
-            batch_max = functools.reduce(xp.maximum, maxima)
-            # synchronize: one small vector per batch
+            for _ in pool.map(step, chunks[rest:]):
+                pass
             max_abs[first : first + count] = _to_host(batch_max)
             if progress is not None:
                 progress(count)
-    diff_obs = xp.concatenate([chunk.observed_difference(xp) for chunk in chunks])
+    diff_obs = xp.zeros(n_voxels, dtype=xp.float64)
+    for chunk in chunks:
+        diff_obs[chunk.columns] = chunk.observed_difference(xp)
     # synchronize: the counts come back once, at the end
     return ContrastNull(
         diff=_to_host(diff_obs), upper=_to_host(upper), lower=_to_host(lower),

@@ -160,8 +160,10 @@ def _row_shifts(
 
     For a fixed experiment bin, ``dest(e, a)`` rises by 0 or 1 as ``a`` rises by 1 (the
     score rises by ``(1 - c_e) * step``, a little under one bin), so ``dest - a`` is a
-    non-increasing staircase with unit steps. The first ``a`` of each lower stair is found
-    by bisection on the exact expression, so the staircase is exact.
+    non-increasing staircase with unit steps. In exact arithmetic ``dest - a`` is
+    ``e - e a / 10**5`` rounded, which predicts where each stair starts; the prediction is
+    bracketed and the start found by bisection on the exact floating-point expression
+    (a handful of steps, more only where a bracket fails), so the staircase is exact.
 
     Returns
     -------
@@ -175,15 +177,23 @@ def _row_shifts(
     row = np.repeat(np.arange(n_rows), n_steps)
     level = first[row] - (np.arange(row.size) - np.repeat(np.cumsum(n_steps) - n_steps, n_steps))
     # Find the first a with dest(e, a) - a < level: invariant lo holds >= level, hi holds <.
-    lo = np.zeros(row.size, dtype=np.int64)
-    hi = np.full(row.size, top, dtype=np.int64)
     e = exp_idx[row]
+
+    def shift_below(a):
+        return _dest_bins(e, a, bin_centers, inv_step, n_bins) - a < level
+
+    guess = np.floor((e - level + 0.5) * HISTOGRAM_INV_STEP / np.maximum(e, 1)).astype(np.int64)
+    lo = np.clip(guess - 2, 0, top)
+    hi = np.clip(guess + 3, 0, top)
+    bad = shift_below(lo) & (lo > 0) | ~shift_below(hi)
+    lo[bad] = 0
+    hi[bad] = top
     while True:
         open_ = hi - lo > 1
         if not open_.any():
             break
         mid = (lo + hi) // 2
-        below = _dest_bins(e, mid, bin_centers, inv_step, n_bins) - mid < level
+        below = shift_below(mid)
         hi = np.where(open_ & below, mid, hi)
         lo = np.where(open_ & ~below, mid, lo)
     return row, level - 1, hi

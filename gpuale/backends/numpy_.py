@@ -101,15 +101,17 @@ class NumpyBackend:
         lo, hi, klo, khi = clipped_boxes(
             problem.focus_ijk, _focus_kernel_sides(problem, exp_of_focus), shape
         )
+        focus_ids = np.flatnonzero(np.all(hi > lo, axis=1))
         boxes = [
             (
-                tuple(slice(a, b) for a, b in zip(lo[f], hi[f])),
-                tuple(slice(a, b) for a, b in zip(klo[f], khi[f])),
+                (slice(x0, x1), slice(y0, y1), slice(z0, z1)),
+                (slice(a0, a1), slice(b0, b1), slice(c0, c1)),
             )
-            for f in range(problem.n_foci)
-            if np.all(hi[f] > lo[f])
+            for (x0, y0, z0), (x1, y1, z1), (a0, b0, c0), (a1, b1, c1) in zip(
+                lo[focus_ids].tolist(), hi[focus_ids].tolist(), klo[focus_ids].tolist(),
+                khi[focus_ids].tolist(),
+            )
         ]
-        focus_ids = np.flatnonzero(np.all(hi > lo, axis=1))
         ma_values = []
         for e in range(problem.n_experiments):
             table = tables[problem.kernel_index[e]]
