@@ -16,6 +16,7 @@ import itertools
 import multiprocessing
 import os
 import signal
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -152,8 +153,17 @@ def monte_carlo_null(
                           int(connectivity))
 
 
+def _worker_context():
+    """Spawned workers (no inherited threads or locks), unless ``__main__`` cannot be
+    re-imported by them (a script read from stdin), where forking is the only way."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file and not os.path.exists(main_file) and os.name == "posix":
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
 def _run_in_workers(problem, seed, n_iters, threshold, connectivity, workers, store) -> None:
-    context = multiprocessing.get_context("spawn")
+    context = _worker_context()
     starts = iter(range(0, n_iters, CPU_CHUNK))
     pool = None
 
