@@ -42,7 +42,8 @@ def nimare_significant(dataset, n_iters: int, alpha: float, seed: int) -> np.nda
     estimator.random_state = seed
     corrected = FWECorrector(method="montecarlo", n_iters=n_iters, n_cores=2,
                              voxel_thresh=0.001).transform(result)
-    logp = corrected.get_map("logp_desc-size_level-cluster", return_type="image")
+    name = next(k for k in corrected.maps if k.startswith("logp_desc-size_level-cluster"))
+    logp = corrected.get_map(name, return_type="image")
     # gpuale calls a cluster significant when its p < alpha.
     return np.asarray(logp.dataobj) > -np.log10(alpha) + 1e-6
 
