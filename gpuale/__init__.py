@@ -5,15 +5,23 @@ The public API:
 - reading inputs: :func:`load_dataset` (Sleuth text, CSV/TSV tables, experiment sheets,
   NiMARE JSON), :class:`Dataset`, :class:`Experiment`;
 - the grid: :func:`load_grid` (the MNI152 2 mm brain mask by default);
-- analyses: :func:`run_ale` -> :class:`ALEResult`, saved with :func:`save_ale`.
+- subsets: :func:`select` (``"task_type == knowledge"``), :func:`median_split`;
+- analyses: :func:`run_ale` -> :class:`ALEResult`, :func:`run_contrast`,
+  :func:`conjunction`, saved with :func:`save_ale`, :func:`save_contrast`,
+  :func:`save_conjunction`;
+- studies: :func:`load_study` and :func:`run_study` (a TOML file of analyses).
 """
 
 from gpuale._version import __version__
 from gpuale.analysis import ALEResult, run_ale
+from gpuale.conjunction import conjunction
+from gpuale.contrast import run_contrast
 from gpuale.dataset import Dataset, Experiment
 from gpuale.grid import Grid, load_grid
 from gpuale.io import CoordinateFileError, load_dataset
-from gpuale.output import save_ale
+from gpuale.output import save_ale, save_conjunction, save_contrast
+from gpuale.selection import median_split, select
+from gpuale.study import load_study, run_study
 
 __all__ = [
     "ALEResult",
@@ -22,8 +30,16 @@ __all__ = [
     "Experiment",
     "Grid",
     "__version__",
+    "conjunction",
     "load_dataset",
     "load_grid",
+    "load_study",
+    "median_split",
     "run_ale",
+    "run_contrast",
+    "run_study",
     "save_ale",
+    "save_conjunction",
+    "save_contrast",
+    "select",
 ]

@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from gpuale.clusters import clusters_above, map_cluster_table
+from gpuale.grid import Grid, read_volume
 
 __all__ = ["ConjunctionResult", "conjunction", "load_conjunction_input"]
 
@@ -39,15 +40,8 @@ def load_conjunction_input(path: str | Path) -> ConjunctionInput:
         raise ValueError(
             f"{str(path)!r} is neither a NIfTI map nor a gpuale run folder with {RUN_DIR_MAP}"
         )
-    try:
-        img = nib.load(str(file))
-        data = np.asanyarray(img.dataobj).astype(np.float64)
-    except Exception as exc:
-        raise ValueError(f"{str(file)!r} is not a readable NIfTI image: {exc}") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"{str(file)!r} must be a 3-D map, got shape {data.shape}")
+    img, data = read_volume(file, "map")
+    data = data.astype(np.float64)
     description = img.header.get("descrip", b"")
     description = description.item() if hasattr(description, "item") else description
     if isinstance(description, bytes):
@@ -104,8 +98,6 @@ def conjunction(
     stack = np.stack([inp.data for inp in inputs])
     everywhere = np.all(stack > 0, axis=0)
     values = np.where(everywhere, stack.min(axis=0), 0.0)
-
-    from gpuale.grid import Grid
 
     grid = Grid(
         mask=np.ones(values.shape, dtype=bool), affine=first.affine,

@@ -25,7 +25,7 @@ import numpy as np
 
 from gpuale.clusters import clusters_above, map_cluster_table
 from gpuale.dataset import Dataset
-from gpuale.grid import Grid, load_grid
+from gpuale.grid import Grid, load_grid, read_volume
 from gpuale.problem import Problem, compile_problem
 from gpuale.rng import STREAM_CONTRAST_SPLIT, philox4x32
 from gpuale.stats import fwe_p_values, p_to_z
@@ -344,15 +344,8 @@ class MainEffect:
 
 def read_map(path, grid: Grid) -> np.ndarray:
     """A NIfTI map on the analysis grid, as an in-mask vector (never resampled)."""
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj).astype(np.float64)
-    except Exception as exc:
-        raise ValueError(f"{str(path)!r} is not a readable NIfTI image: {exc}") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
+    img, data = read_volume(path, "map")
+    data = data.astype(np.float64)
     if data.shape != grid.shape or not np.allclose(img.affine, grid.affine, atol=1e-4):
         raise ValueError(
             f"{str(path)!r} is on another grid (shape {data.shape}) than the analysis "

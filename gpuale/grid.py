@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["Grid", "default_mask_path", "load_grid"]
+__all__ = ["Grid", "default_mask_path", "load_grid", "read_volume"]
 
 #: The MNI152 (FSL 6th generation, asymmetric) 2 mm brain mask NiMARE uses for ALE.
 DEFAULT_MASK_NAME = "tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz"
@@ -115,6 +115,29 @@ class Grid:
         return digest.hexdigest()[:16]
 
 
+def read_volume(path: str | Path, what: str = "image") -> tuple[nib.Nifti1Image, np.ndarray]:
+    """A 3-D NIfTI volume (a trailing axis of length 1 is dropped), with clear errors.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, unreadable as NIfTI, or not 3-D; the message names
+        ``what`` the file was meant to be and its path.
+    """
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except FileNotFoundError:
+        raise ValueError(f"{what} {str(path)!r} does not exist") from None
+    except Exception as exc:  # nibabel raises many types for unreadable files
+        raise ValueError(f"{what} {str(path)!r} is not a readable NIfTI image: {exc}") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{what} {str(path)!r} must be 3-D, got shape {data.shape}")
+    return img, data
+
+
 def load_grid(path: str | Path | None = None) -> Grid:
     """Load a mask NIfTI as the analysis grid (the bundled MNI152 2 mm mask by default).
 
@@ -124,17 +147,7 @@ def load_grid(path: str | Path | None = None) -> Grid:
         If the file cannot be read as NIfTI, is not 3-D, or has no non-zero voxels.
     """
     path = default_mask_path() if path is None else Path(path)
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except FileNotFoundError:
-        raise ValueError(f"mask {str(path)!r} does not exist") from None
-    except Exception as exc:  # nibabel raises many types for unreadable files
-        raise ValueError(f"mask {str(path)!r} is not a readable NIfTI image: {exc}") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"mask {str(path)!r} must be 3-D, got shape {data.shape}")
+    img, data = read_volume(path, "mask")
     if not np.all(np.isfinite(data)):
         raise ValueError(f"mask {str(path)!r} contains NaN or infinite values")
     zooms = tuple(np.float32(z) for z in img.header.get_zooms()[:3])

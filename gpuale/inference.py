@@ -193,9 +193,13 @@ def _run_in_workers(problem, seed, n_iters, threshold, connectivity, workers, st
                     pending.add(submit(first))
     except KeyboardInterrupt:
         if pool is not None:
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
+            # Let the workers finish their chunk (a fraction of a second) and exit: killing
+            # one that is still starting makes it print a traceback about a cut pipe.
+            try:
+                pool.shutdown(wait=True, cancel_futures=True)
+            except KeyboardInterrupt:  # a second Ctrl-C: stop them now
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
         raise RunInterrupted("interrupted during the Monte Carlo permutations") from None
     finally:
         if pool is not None:

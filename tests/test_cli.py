@@ -204,7 +204,7 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_outputs(tmp_path):
     )
     first_line = process.stderr.readline()  # printed once the data are loaded
     assert "experiments" in first_line
-    time.sleep(4)  # the analytic null, then into the permutations
+    time.sleep(8)  # the analytic null, the workers starting, then into the permutations
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
