@@ -111,7 +111,6 @@ class ALEResult:
             )
             keep = self.significant_clusters[inf.labels]
             maps["z_thresholded"] = np.where(keep, self.z, 0.0).astype(np.float32)
-            labels = np.zeros_like(inf.labels)
             order = np.flatnonzero(self.significant_clusters)
             renumber = np.zeros(self.significant_clusters.size, dtype=np.int32)
             renumber[order] = np.arange(1, order.size + 1)

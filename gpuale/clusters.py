@@ -65,36 +65,45 @@ def cluster_table(
         ``cluster, size_voxels, volume_mm3, peak_x/y/z, peak_ale, peak_z, com_x/y/z``
         (ALE-weighted centre of mass, MNI mm), ``p_fwe_size, p_fwe_mass``.
     """
-    voxel_mm3 = float(np.prod(np.asarray(grid.voxel_sizes, dtype=np.float64)))
     rows = []
     for label in np.flatnonzero(significant):
         members = np.flatnonzero(labels == label)
         if members.size == 0:
             continue
-        flat = grid.in_mask_flat[members]
-        mm = grid.voxel_to_mm(np.stack(np.unravel_index(flat, grid.shape), axis=1))
         weights = ale[members].astype(np.float64)
-        peak = int(np.argmax(weights))
-        com = (weights[:, None] * mm).sum(axis=0) / weights.sum()
+        row, peak = _geometry(grid, members, weights)
         rows.append(
             {
                 "cluster": len(rows) + 1,
-                "size_voxels": int(members.size),
-                "volume_mm3": float(members.size * voxel_mm3),
-                "peak_x": float(mm[peak, 0]),
-                "peak_y": float(mm[peak, 1]),
-                "peak_z": float(mm[peak, 2]),
+                **row,
                 "peak_ale": float(weights[peak]),
                 "peak_zstat": float(z[members[peak]]),
-                "com_x": round(float(com[0]), 2),
-                "com_y": round(float(com[1]), 2),
-                "com_z": round(float(com[2]), 2),
                 "p_fwe_size": float(p_size[label]),
                 "p_fwe_mass": float(p_mass[label]),
                 "label": int(label),
             }
         )
     return rows
+
+
+def _geometry(grid: Grid, members: np.ndarray, weights: np.ndarray) -> tuple[dict, int]:
+    """Size, volume, peak (largest weight) and weighted centre of mass of a cluster."""
+    voxel_mm3 = float(np.prod(np.asarray(grid.voxel_sizes, dtype=np.float64)))
+    flat = grid.in_mask_flat[members]
+    mm = grid.voxel_to_mm(np.stack(np.unravel_index(flat, grid.shape), axis=1))
+    peak = int(np.argmax(weights))
+    com = (weights[:, None] * mm).sum(axis=0) / weights.sum()
+    row = {
+        "size_voxels": int(members.size),
+        "volume_mm3": float(members.size * voxel_mm3),
+        "peak_x": float(mm[peak, 0]),
+        "peak_y": float(mm[peak, 1]),
+        "peak_z": float(mm[peak, 2]),
+        "com_x": round(float(com[0]), 2),
+        "com_y": round(float(com[1]), 2),
+        "com_z": round(float(com[2]), 2),
+    }
+    return row, peak
 
 
 def experiment_contributions(
@@ -179,28 +188,16 @@ def clusters_above(
 
 def map_cluster_table(grid: Grid, values: np.ndarray, labels: np.ndarray) -> list[dict]:
     """One row per labelled cluster of a statistic map: size, peak, sign, centre of mass."""
-    voxel_mm3 = float(np.prod(np.asarray(grid.voxel_sizes, dtype=np.float64)))
     rows = []
     for label in range(1, int(labels.max(initial=0)) + 1):
         members = np.flatnonzero(labels == label)
-        flat = grid.in_mask_flat[members]
-        mm = grid.voxel_to_mm(np.stack(np.unravel_index(flat, grid.shape), axis=1))
-        magnitude = np.abs(values[members].astype(np.float64))
-        peak = int(np.argmax(magnitude))
-        com = (magnitude[:, None] * mm).sum(axis=0) / magnitude.sum()
+        row, peak = _geometry(grid, members, np.abs(values[members].astype(np.float64)))
         rows.append(
             {
                 "cluster": label,
                 "sign": "+" if values[members[peak]] > 0 else "-",
-                "size_voxels": int(members.size),
-                "volume_mm3": float(members.size * voxel_mm3),
-                "peak_x": float(mm[peak, 0]),
-                "peak_y": float(mm[peak, 1]),
-                "peak_z": float(mm[peak, 2]),
+                **row,
                 "peak_value": float(values[members[peak]]),
-                "com_x": round(float(com[0]), 2),
-                "com_y": round(float(com[1]), 2),
-                "com_z": round(float(com[2]), 2),
             }
         )
     return rows

@@ -293,9 +293,13 @@ def run_study(
     return entries
 
 
+def _input_paths(analysis: Analysis, study: Study) -> list[Path]:
+    return [p for name in analysis.spec["inputs"] for p in study.inputs[name]]
+
+
 def _global_dataset(analysis: Analysis, study: Study) -> Dataset:
     s = analysis.settings
-    paths = [p for name in analysis.spec["inputs"] for p in study.inputs[name]]
+    paths = _input_paths(analysis, study)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dataset = load_dataset(paths, space=s["space"], tal_transform=s["tal_transform"])
@@ -311,7 +315,7 @@ def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str
              study: Study, grid: Grid, progress, extra: dict) -> None:
     s = analysis.settings
     if analysis.type == "global":
-        paths = [p for name in analysis.spec["inputs"] for p in study.inputs[name]]
+        paths = _input_paths(analysis, study)
         result = run_ale(
             datasets[analysis.name], grid=grid, fwhm_mm=s["fwhm"], n_iters=s["iterations"],
             seed=s["seed"], cluster_forming_p=s["cluster_p"], alpha=s["alpha"],
