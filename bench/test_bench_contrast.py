@@ -16,9 +16,10 @@ import pytest
 from conftest import load_example
 from synthetic import synthetic_dataset
 
-from gpuale.contrast import contrast_counts, experiment_log_maps
 from gpuale.dataset import Dataset
+from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.grid import load_grid
+from gpuale.nulls import contrast_null
 from gpuale.problem import compile_problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -35,15 +36,15 @@ def _children_groups():
 
 def _log_maps(group_a, group_b):
     pooled = Dataset(tuple(group_a) + tuple(group_b))
-    return experiment_log_maps(compile_problem(pooled, load_grid()))[1]
+    return NumpyEngine().experiment_log_maps(compile_problem(pooled, load_grid()))[1]
 
 
 def test_gpuale_contrast_children(benchmark):
     group_a, group_b = _children_groups()
     log_maps = _log_maps(group_a, group_b)
     benchmark.pedantic(
-        lambda: contrast_counts(log_maps, len(group_a), seed=0, n_iters=ITERS,
-                                n_workers=CORES),
+        lambda: contrast_null(log_maps, len(group_a), seed=0, n_iters=ITERS,
+                              n_workers=CORES),
         rounds=2, warmup_rounds=0,
     )
     benchmark.extra_info.update(iterations=ITERS, cores=CORES,
@@ -75,7 +76,7 @@ def test_gpuale_contrast_synthetic_500_vs_400(benchmark):
     log_maps = _log_maps(group_a, group_b)
     iters = max(ITERS // 10, 10)
     benchmark.pedantic(
-        lambda: contrast_counts(log_maps, 500, seed=0, n_iters=iters, n_workers=CORES),
+        lambda: contrast_null(log_maps, 500, seed=0, n_iters=iters, n_workers=CORES),
         rounds=1, warmup_rounds=0,
     )
     benchmark.extra_info.update(iterations=iters, cores=CORES,

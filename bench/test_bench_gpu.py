@@ -16,8 +16,8 @@ from conftest import load_example
 from synthetic import synthetic_dataset
 
 from gpuale.analysis import run_ale
-from gpuale.backends.cupy_ import CupyBackend, gpu_available
-from gpuale.inference import monte_carlo_null
+from gpuale.engines.cuda import CudaEngine, gpu_available
+from gpuale.nulls import monte_carlo_null
 
 pytestmark = [
     pytest.mark.gpu,
@@ -42,12 +42,12 @@ def fitted(request):
 
 def test_gpu_montecarlo(benchmark, fitted):
     name, result = fitted
-    backend = CupyBackend()
-    monte_carlo_null(result.problem, backend=backend, seed=0, n_iters=64,
+    engine = CudaEngine()
+    monte_carlo_null(result.problem, engine=engine, seed=0, n_iters=64,
                      threshold=result.threshold)  # compile and warm up
 
     def run():
-        return monte_carlo_null(result.problem, backend=backend, seed=0, n_iters=ITERS,
+        return monte_carlo_null(result.problem, engine=engine, seed=0, n_iters=ITERS,
                                 threshold=result.threshold)
 
     benchmark.pedantic(run, rounds=3, warmup_rounds=0)

@@ -15,7 +15,7 @@ import pytest
 from conftest import peak_rss_mb
 
 from gpuale.analysis import run_ale
-from gpuale.inference import monte_carlo_null
+from gpuale.nulls import monte_carlo_null
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 

@@ -8,7 +8,7 @@ The public API:
 - subsets: :func:`select` (``"task_type == knowledge"``), :func:`median_split`;
 - analyses: :func:`run_ale` -> :class:`ALEResult`, :func:`run_contrast`,
   :func:`conjunction`, saved with :func:`save_ale`, :func:`save_contrast`,
-  :func:`save_conjunction`;
+  :func:`save_conjunction`, and read back with :func:`open_run`;
 - studies: :func:`load_study` and :func:`run_study` (a TOML file of analyses).
 """
 
@@ -20,6 +20,7 @@ from gpuale.dataset import Dataset, Experiment
 from gpuale.grid import Grid, load_grid
 from gpuale.io import CoordinateFileError, load_dataset
 from gpuale.output import save_ale, save_conjunction, save_contrast
+from gpuale.runfolder import open_run
 from gpuale.selection import median_split, select
 from gpuale.study import load_study, run_study
 
@@ -35,6 +36,7 @@ __all__ = [
     "load_grid",
     "load_study",
     "median_split",
+    "open_run",
     "run_ale",
     "run_contrast",
     "run_study",

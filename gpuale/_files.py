@@ -20,7 +20,28 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_output_dir", "file_checksum", "write_json", "write_tsv"]
+__all__ = [
+    "OutputFolderNotEmpty",
+    "atomic_output_dir",
+    "check_output_dir",
+    "file_checksum",
+    "write_json",
+    "write_tsv",
+]
+
+#: How to get past :class:`OutputFolderNotEmpty`, in the words of the Python API.
+FORCE_HINT = "choose another folder or pass force=True to replace it"
+
+
+class OutputFolderNotEmpty(ValueError):
+    """The output folder holds files and replacing it was not asked for.
+
+    ``option`` names the argument that would replace it and ``hint`` the part of the
+    message that says so, so that the command line can say it with its own flags.
+    """
+
+    option = "force"
+    hint = FORCE_HINT
 
 
 def file_checksum(path: str | Path) -> str:
@@ -43,10 +64,7 @@ def check_output_dir(out_dir: str | Path, *, force: bool) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output {str(out_dir)!r} exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ValueError(
-            f"output folder {str(out_dir)!r} is not empty; choose another --out or pass "
-            "--force to replace it"
-        )
+        raise OutputFolderNotEmpty(f"output folder {str(out_dir)!r} is not empty; {FORCE_HINT}")
     return out_dir
 
 

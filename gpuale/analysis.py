@@ -10,21 +10,14 @@ from collections.abc import Callable
 import nibabel as nib
 import numpy as np
 
-from gpuale.backends import get_backend, resolve_device
-from gpuale.backends.numpy_ import ObservedALE
 from gpuale.clusters import cluster_table, experiment_contributions
 from gpuale.dataset import Dataset
+from gpuale.engines import get_engine, resolve_device
 from gpuale.grid import Grid, load_grid
-from gpuale.inference import (
-    ClusterInference,
-    MonteCarloNull,
-    correct_fwe,
-    fdr_threshold,
-    monte_carlo_null,
-    threshold_interval,
-)
+from gpuale.inference import ClusterInference, correct_fwe, fdr_threshold, threshold_interval
+from gpuale.nulls import GlobalNullSpec, MonteCarloNull, run_null
 from gpuale.problem import Problem, compile_problem
-from gpuale.stats import AnalyticNull, analytic_null, p_to_z
+from gpuale.stats import AnalyticNull, ObservedALE, analytic_null, p_to_z
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -218,7 +211,7 @@ def run_ale(
         warnings.warn(message, FewExperimentsWarning, stacklevel=2)
         caught.append(message)
     resolved = resolve_device(device)
-    backend = get_backend(resolved)
+    engine = get_engine(resolved)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     grid = grid or load_grid()
@@ -228,7 +221,7 @@ def run_ale(
     for w in compile_warnings:  # passed on, and kept for run.json
         warnings.warn(w.message, w.category, stacklevel=2)
         caught.append(str(w.message))
-    observed = backend.observed_ale(problem)
+    observed = engine.observed_ale(problem)
     timings["observed_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -253,10 +246,9 @@ def run_ale(
     )
     if n_iters:
         start = time.perf_counter()
-        result.montecarlo = monte_carlo_null(
-            problem, backend=backend, seed=seed, n_iters=n_iters, threshold=threshold,
-            connectivity=connectivity, n_workers=n_workers, progress=progress,
-        )
+        spec = GlobalNullSpec(problem, float(threshold), int(connectivity))
+        result.montecarlo = run_null(spec, engine, seed=seed, n_iters=n_iters,
+                                     n_workers=n_workers, progress=progress)
         timings["montecarlo_s"] = time.perf_counter() - start
         result.inference = correct_fwe(observed.ale, grid, result.montecarlo)
         _warn_near_alpha(result)

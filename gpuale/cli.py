@@ -32,14 +32,15 @@ from gpuale.analysis import (
     DEFAULT_SEED,
     run_ale,
 )
-from gpuale.backends import resolve_device
 from gpuale.conjunction import conjunction
 from gpuale.contrast import DEFAULT_MIN_VOLUME_MM3, MainEffect, run_contrast
+from gpuale.engines import get_engine, resolve_device
 from gpuale.examples import EXAMPLES, example_path, resolve_input
 from gpuale.grid import load_grid
-from gpuale.inference import RunInterrupted
 from gpuale.io import load_dataset
+from gpuale.nulls import RunInterrupted
 from gpuale.output import save_ale, save_conjunction, save_contrast
+from gpuale.runfolder import INDEX_HTML, is_study_folder
 from gpuale.space import DEFAULT_TAL_TRANSFORM
 from gpuale.study import load_study, run_study
 
@@ -146,6 +147,23 @@ def main(
     """gpuale command line."""
 
 
+#: Library errors with an ``option`` attribute end with a ``hint`` in Python words (say,
+#: ``force=True``); the command line says the same with its flags.
+FLAG_HINTS = {
+    "force": "choose another --out or pass --force to replace it",
+    "space": "state the space with --space MNI|TAL",
+    "overlap": "pass --overlap keep or --overlap drop",
+    "device": "use --device cpu",
+}
+
+
+def _in_cli_words(exc: BaseException) -> str:
+    """An error message, with a library hint about an argument turned into the CLI flag."""
+    message = str(exc)
+    flags = FLAG_HINTS.get(getattr(exc, "option", None))
+    return message.replace(exc.hint, flags) if flags else message
+
+
 @contextmanager
 def _user_errors():
     """Turn expected failures into one clear line and an exit status, never a traceback."""
@@ -164,7 +182,7 @@ def _user_errors():
         err.print("[red]interrupted:[/] no outputs were written", highlight=False)
         raise typer.Exit(130) from None
     except (ValueError, OSError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {_in_cli_words(exc)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -351,8 +369,9 @@ def contrast(
 def conjunction_(
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Thresholded maps or `gpuale global`/`contrast` run folders "
-                       "(their z_thresholded.nii.gz).", show_default=False),
+        typer.Argument(help="Thresholded maps or gpuale run folders (the thresholded z of a "
+                       "`global` or `contrast` run, a `conjunction`'s own map).",
+                       show_default=False),
     ],
     out: OutOption,
     min_volume: Annotated[
@@ -449,7 +468,7 @@ def demo(
 
 
 def _run_study(study, out: Path, iters, device, force: bool, quiet: bool) -> None:
-    if out.is_dir() and any(out.iterdir()) and not (out / "study.json").exists():
+    if out.is_dir() and any(out.iterdir()) and not is_study_folder(out):
         check_output_dir(out, force=force)
     log = (lambda message: None) if quiet else (lambda m: err.print(m, highlight=False))
     entries = run_study(
@@ -459,21 +478,12 @@ def _run_study(study, out: Path, iters, device, force: bool, quiet: bool) -> Non
     if not quiet:
         ran = sum(entry["status"] == "ran" for entry in entries)
         err.print(f"{len(entries)} analyses ({ran} run, {len(entries) - ran} reused); "
-                  f"open {out / 'index.html'}", highlight=False)
+                  f"open {out / INDEX_HTML}", highlight=False)
 
 
 def _describe(device: str) -> str:
-    """The chosen device in words: the GPU's name, or the CPU with its worker count."""
-    if device == "cpu":
-        return "the CPU"
-    try:
-        import cupy
-
-        index = int(device.partition(":")[2])
-        name = cupy.cuda.runtime.getDeviceProperties(index)["name"].decode()
-        return f"{device} ({name})"
-    except Exception:  # the name is decoration; the run itself reports real errors
-        return device
+    """The chosen device in words: the GPU's name, or the CPU."""
+    return get_engine(device).describe()
 
 
 def _command() -> str:

@@ -1,20 +1,95 @@
-"""Tables researchers publish: significant clusters and the experiments behind them."""
+"""Clusters: connected components of supra-threshold voxels, and the tables researchers
+publish (significant clusters and the experiments behind them).
+
+Labelling lives here, below the engines: the numpy engine labels every permuted map with
+:func:`cluster_measures`, and inference labels the observed map with
+:func:`label_clusters`, so both use one definition of a cluster.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from gpuale.dataset import Dataset
 from gpuale.grid import Grid
 from gpuale.problem import Problem
 
 __all__ = [
+    "CONNECTIVITY_RANK",
+    "cluster_measures",
     "cluster_table",
     "clusters_above",
+    "connectivity_structure",
     "experiment_contributions",
     "experiment_ma_at",
+    "label_clusters",
     "map_cluster_table",
 ]
+
+#: Neighbourhoods: 6 (faces, as NiMARE), 18 (edges, as SPM), 26 (corners), as the rank of
+#: scipy's structuring element.
+CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}
+
+
+def connectivity_structure(connectivity: int) -> np.ndarray:
+    """Structuring element for 6 (faces), 18 (edges) or 26 (corners) connectivity.
+
+    Raises
+    ------
+    ValueError
+        For any other connectivity.
+    """
+    if connectivity not in CONNECTIVITY_RANK:
+        raise ValueError(f"connectivity must be one of 6, 18, 26; got {connectivity!r}")
+    return ndimage.generate_binary_structure(3, CONNECTIVITY_RANK[connectivity])
+
+
+def cluster_measures(
+    flat_voxels: np.ndarray, excess: np.ndarray, shape: tuple[int, int, int], structure: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clusters formed by some voxels: sizes, masses and each voxel's label (1-based).
+
+    Labels only the bounding box of the given (supra-threshold) voxels.
+    """
+    ijk = np.stack(np.unravel_index(flat_voxels, shape), axis=1)
+    origin = ijk.min(axis=0)
+    local = ijk - origin
+    box = np.zeros(tuple(local.max(axis=0) + 1), dtype=bool)
+    box[tuple(local.T)] = True
+    labels, _ = ndimage.label(box, structure)
+    voxel_labels = labels[tuple(local.T)]
+    sizes = np.bincount(voxel_labels)[1:]
+    masses = np.bincount(voxel_labels, weights=excess)[1:]
+    return sizes, masses, voxel_labels
+
+
+def label_clusters(
+    ale: np.ndarray, grid: Grid, threshold: float, connectivity: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clusters of in-mask voxels with ALE > threshold, numbered by decreasing size.
+
+    Returns
+    -------
+    labels : ndarray of int32 (in-mask vector; 0 = not in a cluster)
+    sizes, masses : ndarray, one entry per label, index 0 = 0
+    """
+    # Compared in float64, as NiMARE compares its float32 ALE with a float64 bin centre.
+    above = np.flatnonzero(ale > np.float64(threshold))
+    labels = np.zeros(ale.size, dtype=np.int32)
+    if above.size == 0:
+        return labels, np.zeros(1, np.int64), np.zeros(1)
+    structure = connectivity_structure(connectivity)
+    excess = ale[above].astype(np.float64) - threshold
+    sizes, masses, raw = cluster_measures(
+        grid.in_mask_flat[above], excess, grid.shape, structure
+    )
+    # Largest first; ties by mass then by the first voxel, so numbering is reproducible.
+    order = np.lexsort((-masses, -sizes))
+    renumber = np.empty(order.size, dtype=np.int32)
+    renumber[order] = np.arange(1, order.size + 1)
+    labels[above] = renumber[raw - 1]
+    return labels, np.concatenate([[0], sizes[order]]), np.concatenate([[0.0], masses[order]])
 
 
 def experiment_ma_at(problem: Problem, flat_voxels: np.ndarray) -> np.ndarray:
@@ -168,8 +243,6 @@ def clusters_above(
     -------
     ndarray of int32 (in-mask vector; 0 = no cluster)
     """
-    from gpuale.inference import label_clusters
-
     voxel_mm3 = float(np.prod(np.asarray(grid.voxel_sizes, dtype=np.float64)))
     labels = np.zeros(values.size, dtype=np.int32)
     found = []

@@ -14,12 +14,11 @@ import nibabel as nib
 import numpy as np
 
 from gpuale.clusters import clusters_above, map_cluster_table
-from gpuale.grid import Grid, read_volume
+from gpuale.grid import Grid, read_volume, same_space
+from gpuale.runfolder import Z_THRESHOLDED, conjunction_map_path, map_file
 
 __all__ = ["ConjunctionResult", "conjunction", "load_conjunction_input"]
 
-#: The map a run folder contributes: its cluster-level FWE thresholded z.
-RUN_DIR_MAP = "z_thresholded.nii.gz"
 #: gpuale writes this into a map's NIfTI description, so statistics are not mixed.
 DESCRIPTION_PREFIX = "gpuale:"
 
@@ -33,12 +32,17 @@ class ConjunctionInput:
 
 
 def load_conjunction_input(path: str | Path) -> ConjunctionInput:
-    """A thresholded map, or a run folder's ``z_thresholded.nii.gz``."""
+    """A thresholded map, or the one a run folder contributes.
+
+    That is a global ALE's or a contrast's thresholded z (``z_thresholded.nii.gz``), or a
+    conjunction's own map.
+    """
     path = Path(path)
-    file = path / RUN_DIR_MAP if path.is_dir() else path
+    file = conjunction_map_path(path) if path.is_dir() else path
     if not file.is_file():
+        wanted = file.name if path.is_dir() else map_file(Z_THRESHOLDED)
         raise ValueError(
-            f"{str(path)!r} is neither a NIfTI map nor a gpuale run folder with {RUN_DIR_MAP}"
+            f"{str(path)!r} is neither a NIfTI map nor a gpuale run folder with {wanted}"
         )
     img, data = read_volume(file, "map")
     data = data.astype(np.float64)
@@ -83,9 +87,7 @@ def conjunction(
     inputs = [load_conjunction_input(p) for p in paths]
     first = inputs[0]
     for other in inputs[1:]:
-        if other.data.shape != first.data.shape or not np.allclose(
-            other.affine, first.affine, atol=1e-4
-        ):
+        if not same_space(other.data.shape, other.affine, first.data.shape, first.affine):
             raise ValueError(
                 f"{str(other.path)!r} (shape {other.data.shape}) is not on the grid of "
                 f"{str(first.path)!r} (shape {first.data.shape}); gpuale does not resample"

@@ -102,17 +102,28 @@ class Grid:
         img.header["descrip"] = description[:79].encode("ascii", "replace")
         return img
 
-    def same_as(self, other: Grid) -> bool:
-        return (
-            self.shape == other.shape
-            and np.allclose(self.affine, other.affine)
-            and bool(np.array_equal(self.mask, other.mask))
-        )
+    def holds(self, shape: tuple[int, ...], affine: np.ndarray) -> bool:
+        """Whether a volume of this shape and affine lies on this grid (gpuale never
+        resamples a map, so this is the one test of "the same grid")."""
+        return same_space(self.shape, self.affine, shape, affine)
 
     def checksum(self) -> str:
         digest = hashlib.sha256(np.packbits(self.mask).tobytes())
         digest.update(np.asarray(self.affine, dtype=np.float64).tobytes())
         return digest.hexdigest()[:16]
+
+
+#: Largest difference between two affines' entries (mm) still taken as the same grid:
+#: NIfTI headers store affines in float32, so copies of one grid differ by rounding.
+AFFINE_ATOL_MM = 1e-4
+
+
+def same_space(shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tuple[int, ...],
+               affine_b: np.ndarray) -> bool:
+    """Whether two volumes have the same shape and (to :data:`AFFINE_ATOL_MM`) affine."""
+    return tuple(shape_a) == tuple(shape_b) and bool(
+        np.allclose(affine_a, affine_b, atol=AFFINE_ATOL_MM)
+    )
 
 
 def read_volume(path: str | Path, what: str = "image") -> tuple[nib.Nifti1Image, np.ndarray]:

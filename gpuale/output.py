@@ -1,4 +1,8 @@
-"""Saving an ALE result: NIfTI maps, cluster tables, null distributions and run.json."""
+"""Saving results into run folders: NIfTI maps, cluster tables, null distributions, run.json.
+
+File names and the run.json schema version come from :mod:`gpuale.runfolder`, which also
+reads these folders back.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,18 @@ import numpy as np
 
 from gpuale._files import atomic_output_dir, environment, file_checksum, write_json, write_tsv
 from gpuale.analysis import ALEResult
+from gpuale.runfolder import (
+    CLUSTER_LABELS,
+    CLUSTERS_TSV,
+    CONJUNCTION_MAP,
+    CONTRIBUTIONS_TSV,
+    N_CLUSTERS_KEY,
+    NULLS_NPZ,
+    OUTPUTS_KEY,
+    RUN_JSON,
+    map_file,
+    record_header,
+)
 
 __all__ = [
     "CLUSTER_COLUMNS",
@@ -47,18 +63,18 @@ def save_ale(
     with atomic_output_dir(out_dir, force=force) as tmp:
         written = []
         for name, image in result.images().items():
-            image.to_filename(str(tmp / f"{name}.nii.gz"))
-            written.append(f"{name}.nii.gz")
+            image.to_filename(str(tmp / map_file(name)))
+            written.append(map_file(name))
         clusters = result.clusters()
         if result.inference is not None:
-            write_tsv(tmp / "clusters.tsv", clusters, CLUSTER_COLUMNS)
-            write_tsv(tmp / "contributions.tsv", result.contributions(clusters),
+            write_tsv(tmp / CLUSTERS_TSV, clusters, CLUSTER_COLUMNS)
+            write_tsv(tmp / CONTRIBUTIONS_TSV, result.contributions(clusters),
                       CONTRIBUTION_COLUMNS)
-            written += ["clusters.tsv", "contributions.tsv"]
-        _save_nulls(result, tmp / "nulls.npz")
-        written.append("nulls.npz")
+            written += [CLUSTERS_TSV, CONTRIBUTIONS_TSV]
+        _save_nulls(result, tmp / NULLS_NPZ)
+        written.append(NULLS_NPZ)
         record = run_record(result, inputs, command, clusters, written)
-        write_json(tmp / "run.json", {**record, **(extra or {})})
+        write_json(tmp / RUN_JSON, {**record, **(extra or {})})
     return Path(out_dir)
 
 
@@ -92,7 +108,7 @@ def run_record(
     dataset = result.dataset
     mc = result.montecarlo
     record = {
-        "analysis": "ale",
+        **record_header("ale"),
         "command": command,
         "environment": environment(),
         "inputs": [{"path": str(p), "sha256": file_checksum(p)} for p in inputs],
@@ -128,10 +144,10 @@ def run_record(
         },
         "max_ale": float(result.ale.max()),
         "cluster_size_threshold": result.cluster_size_threshold(),
-        "n_significant_clusters": len(clusters),
+        N_CLUSTERS_KEY: len(clusters),
         "timings_s": result.timings,
         "warnings": result.warnings,
-        "outputs": outputs + ["run.json"],
+        OUTPUTS_KEY: outputs + [RUN_JSON],
     }
     return record
 
@@ -151,16 +167,16 @@ def save_contrast(
         written = []
         for name, values in result.maps().items():
             result.grid.to_image(values, description=f"gpuale:{name}").to_filename(
-                str(tmp / f"{name}.nii.gz")
+                str(tmp / map_file(name))
             )
-            written.append(f"{name}.nii.gz")
+            written.append(map_file(name))
         clusters = result.clusters()
-        write_tsv(tmp / "clusters.tsv", clusters, CONTRAST_CLUSTER_COLUMNS)
-        np.savez_compressed(tmp / "nulls.npz", max_abs_difference=result.null.max_abs,
+        write_tsv(tmp / CLUSTERS_TSV, clusters, CONTRAST_CLUSTER_COLUMNS)
+        np.savez_compressed(tmp / NULLS_NPZ, max_abs_difference=result.null.max_abs,
                             seed=np.array(result.null.seed, dtype=np.uint64))
-        written += ["clusters.tsv", "nulls.npz"]
+        written += [CLUSTERS_TSV, NULLS_NPZ]
         record = {
-            "analysis": "contrast",
+            **record_header("contrast"),
             "command": command,
             "environment": environment(),
             "mode": result.mode,
@@ -186,12 +202,12 @@ def save_contrast(
                 "min_z": result.min_z,
                 "device": result.device,
             },
-            "n_clusters": len(clusters),
+            N_CLUSTERS_KEY: len(clusters),
             "timings_s": result.timings,
-            "outputs": written + ["run.json"],
+            OUTPUTS_KEY: written + [RUN_JSON],
             **(extra or {}),
         }
-        write_json(tmp / "run.json", record)
+        write_json(tmp / RUN_JSON, record)
     return Path(out_dir)
 
 
@@ -205,23 +221,23 @@ def save_conjunction(
     with atomic_output_dir(out_dir, force=force) as tmp:
         img = nib.Nifti1Image(result.values.astype(np.float32), result.affine)
         img.header["descrip"] = f"gpuale:{result.statistic}".encode()[:79]
-        img.to_filename(str(tmp / "conjunction.nii.gz"))
+        img.to_filename(str(tmp / map_file(CONJUNCTION_MAP)))
         nib.Nifti1Image(result.labels.astype(np.int16), result.affine).to_filename(
-            str(tmp / "cluster_labels.nii.gz")
+            str(tmp / map_file(CLUSTER_LABELS))
         )
         columns = tuple(c for c in CONTRAST_CLUSTER_COLUMNS if c != "direction")
-        write_tsv(tmp / "clusters.tsv", result.clusters, columns)
-        write_json(tmp / "run.json", {
-            "analysis": "conjunction",
+        write_tsv(tmp / CLUSTERS_TSV, result.clusters, columns)
+        write_json(tmp / RUN_JSON, {
+            **record_header("conjunction"),
             "method": "minimum statistic (Nichols et al. 2005)",
             "command": command,
             "environment": environment(),
             "statistic": result.statistic,
             "inputs": [{"path": str(i.path), "sha256": file_checksum(i.path)}
                        for i in result.inputs],
-            "n_clusters": len(result.clusters),
-            "outputs": ["conjunction.nii.gz", "cluster_labels.nii.gz", "clusters.tsv",
-                        "run.json"],
+            N_CLUSTERS_KEY: len(result.clusters),
+            OUTPUTS_KEY: [map_file(CONJUNCTION_MAP), map_file(CLUSTER_LABELS), CLUSTERS_TSV,
+                          RUN_JSON],
             **(extra or {}),
         })
     return Path(out_dir)

@@ -20,6 +20,7 @@ __all__ = [
     "STREAM_CONTRAST_SPLIT",
     "STREAM_RELOCATE_FOCI",
     "philox4x32",
+    "random_splits",
     "relocation_draws",
     "uniform_below",
 ]
@@ -118,3 +119,28 @@ def relocation_draws(
     counter[..., 2] = STREAM_RELOCATE_FOCI
     counter[..., 3] = 0
     return uniform_below(philox4x32(counter, seed), n_choices)
+
+
+def random_splits(seed: int, first: int, count: int, n_total: int, n_a: int) -> np.ndarray:
+    """Group-A membership of each pooled experiment in permutations ``first..first+count``.
+
+    The counter of experiment e in permutation i is ``(e, i, STREAM_CONTRAST_SPLIT, 0)``;
+    the ``n_a`` experiments with the smallest 64-bit keys form group A, so a split depends
+    only on (seed, i).
+
+    Returns
+    -------
+    ndarray of bool, shape (count, n_total)
+        Exactly ``n_a`` True per row.
+    """
+    perm = np.arange(first, first + count, dtype=np.uint64)
+    counter = np.zeros((count, n_total, 4), dtype=np.uint32)
+    counter[..., 0] = np.arange(n_total, dtype=np.uint32)[None, :]
+    counter[..., 1] = perm[:, None]
+    counter[..., 2] = STREAM_CONTRAST_SPLIT
+    words = philox4x32(counter, seed)
+    keys = (words[..., 1].astype(np.uint64) << np.uint64(32)) | words[..., 0].astype(np.uint64)
+    order = np.argsort(keys, axis=1, kind="stable")
+    in_a = np.zeros((count, n_total), dtype=bool)
+    np.put_along_axis(in_a, order[:, :n_a], True, axis=1)
+    return in_a

@@ -1,4 +1,4 @@
-"""Subsets of experiments by their metadata: ``--where "task_type == knowledge"``.
+"""Subsets of experiments by their metadata: ``where = "task_type == knowledge"`` in a study.
 
 The expression language is small and safe (parsed with :mod:`ast`, never evaluated):
 comparisons ``== != < <= > >=``, membership ``in [a, b]`` / ``not in``, ``and``, ``or``,
@@ -180,7 +180,7 @@ def median_split(dataset: Dataset, column: str) -> tuple[Dataset, Dataset]:
         raise ValueError(
             f"{len(missing)} experiment(s) have no number in {column!r}: "
             f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; select them "
-            "out first (e.g. --where) to split the rest"
+            "out first (a `where` selection) to split the rest"
         )
     median = float(np.median(values))
     low = tuple(exp for exp, v in zip(dataset, values) if v <= median)

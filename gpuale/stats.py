@@ -25,7 +25,12 @@ from scipy import special
 
 __all__ = [
     "HISTOGRAM_STEP",
+    "LOG_SCALE",
     "AnalyticNull",
+    "ObservedALE",
+    "ale_from_log_sum",
+    "clip_permutation_p",
+    "quantize_log_maps",
     "analytic_null",
     "fwe_p_values",
     "p_to_z",
@@ -315,6 +320,17 @@ def p_to_z(p: np.ndarray) -> np.ndarray:
     return np.maximum(-special.ndtri_exp(np.log(p)), 0.0)
 
 
+def clip_permutation_p(p: np.ndarray, n_iters: int, *, upper: bool = True) -> np.ndarray:
+    """Clip permutation p to ``[1/n, 1 - 1/n]`` as NiMARE does (``upper=False``: only below).
+
+    No permutation p is 0: with n permutations the smallest p that can be claimed is 1/n.
+    """
+    smallest = 1.0 / n_iters
+    if upper:
+        p = np.minimum(p, 1.0 - smallest)
+    return np.maximum(smallest, p)
+
+
 def fwe_p_values(observed: np.ndarray, null_maxima: np.ndarray) -> np.ndarray:
     """Share of permutations whose maximum reaches the observed value.
 
@@ -325,6 +341,51 @@ def fwe_p_values(observed: np.ndarray, null_maxima: np.ndarray) -> np.ndarray:
     if n == 0:
         raise ValueError("the null distribution is empty")
     idx = np.searchsorted(null, np.asarray(observed, dtype=np.float64), side="left")
-    p = 1.0 - idx / n
-    smallest = 1.0 / n
-    return np.maximum(smallest, np.minimum(p, 1.0 - smallest))
+    return clip_permutation_p(1.0 - idx / n, n)
+
+
+# --- ALE from log-sums ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ObservedALE:
+    """ALE of the observed foci, and what the analytic null needs.
+
+    Attributes
+    ----------
+    ale : ndarray of float32, shape (n_voxels,)
+        In-mask ALE values.
+    log_sum : ndarray of float64, shape (n_voxels,)
+        ``sum_e log1p(-MA_e)`` at every in-mask voxel.
+    ma_values : list of (values, counts)
+        Per experiment: distinct non-zero in-mask MA values (float32) and their counts.
+    """
+
+    ale: np.ndarray
+    log_sum: np.ndarray
+    ma_values: list[tuple[np.ndarray, np.ndarray]]
+
+
+def ale_from_log_sum(log_sum: np.ndarray) -> np.ndarray:
+    """ALE = 1 - prod(1 - MA), from the log-sum, rounded to float32 as NiMARE stores it."""
+    return (1.0 - np.exp(log_sum)).astype(np.float32)
+
+
+#: Contrasts hold ``log1p(-MA)`` in integer units of 2**-40 (as float64), so every group
+#: log-sum is an integer below 2**53: matrix products are then exact in any summation
+#: order, on BLAS and cuBLAS alike, and ties between permuted and observed sums are real.
+LOG_SCALE = 2.0**40
+
+
+def quantize_log_maps(log_maps: np.ndarray) -> np.ndarray:
+    """``log1p(-MA)`` in integer units of 2**-40 (a float64 array of whole numbers).
+
+    Raises
+    ------
+    ValueError
+        If a group sum could reach 2**53, where float64 stops being exact.
+    """
+    quantized = np.rint(np.asarray(log_maps, dtype=np.float64) * LOG_SCALE)
+    if quantized.size and np.abs(quantized).sum(axis=0).max() >= 2.0**53:
+        raise ValueError("too many experiments for exact group sums")
+    return quantized

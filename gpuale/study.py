@@ -42,7 +42,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from gpuale import __version__, output
+from gpuale import __version__, output, runfolder
 from gpuale._files import file_checksum, write_json
 from gpuale.analysis import run_ale
 from gpuale.conjunction import conjunction
@@ -232,14 +232,6 @@ def _fingerprint(analysis: Analysis, study: Study, upstream: dict[str, str]) -> 
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _finished_with(folder: Path, fingerprint: str) -> bool:
-    try:
-        record = json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return record.get("study_fingerprint") == fingerprint
-
-
 def run_study(
     study: Study,
     out_dir: str | Path,
@@ -266,11 +258,12 @@ def run_study(
         folder = out_dir / analysis.name
         fingerprint = _fingerprint(analysis, study, fingerprints)
         fingerprints[analysis.name] = fingerprint
-        extra = {"study_fingerprint": fingerprint, "study": study.name,
-                 "study_analysis": analysis.name}
+        extra = {runfolder.STUDY_FINGERPRINT_KEY: fingerprint,
+                 runfolder.STUDY_NAME_KEY: study.name,
+                 runfolder.STUDY_ANALYSIS_KEY: analysis.name}
         if analysis.type == "global":
             datasets[analysis.name] = _global_dataset(analysis, study)
-        reuse = _finished_with(folder, fingerprint)
+        reuse = runfolder.finished_with(folder, fingerprint)
         entry = {"name": analysis.name, "kind": analysis.type, "folder": analysis.name,
                  "status": "reused" if reuse else "ran"}
         if not reuse:
@@ -287,7 +280,7 @@ def run_study(
         entry.update(_summarise(folder))
         _report(folder, log)
         entries.append(entry)
-    write_json(out_dir / "study.json", {"study": study.name, "file": str(study.path),
+    write_json(out_dir / runfolder.STUDY_JSON, {"study": study.name, "file": str(study.path),
                                          "analyses": entries})
     _index(out_dir, entries, log)
     return entries
@@ -344,12 +337,12 @@ def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str
 
 
 def _summarise(folder: Path) -> dict:
-    record = json.loads((folder / "run.json").read_text())
-    n = record.get("n_significant_clusters", record.get("n_clusters"))
-    if record.get("analysis") == "ale":
+    run = runfolder.open_run(folder)
+    record, n = run.record, run.n_clusters
+    if run.kind == "ale":
         text = (f"{record['n_experiments']} experiments, {record['n_foci']} foci; "
                 f"{n} significant cluster(s)")
-    elif record.get("analysis") == "contrast":
+    elif run.kind == "contrast":
         groups = record["groups"]
         text = (f"{groups['A']['n_experiments']} vs {groups['B']['n_experiments']} "
                 f"experiments ({record['mode']}); {n} cluster(s)")

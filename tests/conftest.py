@@ -6,9 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from gpuale.dataset import Dataset, Experiment
 from gpuale.grid import Grid
+from gpuale.nulls import GlobalNullSpec
+from gpuale.problem import Problem
+from gpuale.rng import relocation_draws
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +27,11 @@ def shared_data_dir() -> Path | None:
 
 @pytest.fixture
 def small_grid() -> Grid:
+    """A 24 x 26 x 22 grid of 2 mm voxels with an ellipsoidal mask."""
+    return make_small_grid()
+
+
+def make_small_grid() -> Grid:
     """A 24 x 26 x 22 grid of 2 mm voxels with an ellipsoidal mask."""
     shape = (24, 26, 22)
     ijk = np.indices(shape).astype(float)
@@ -51,6 +60,13 @@ def random_dataset(grid: Grid, n_experiments: int, rng: np.random.Generator,
     return Dataset(tuple(experiments))
 
 
+def null_maxima(engine, problem, seed, first, count, threshold, connectivity=6):
+    """``(max_ale, max_cluster_size, max_cluster_mass)`` of permutations
+    ``first .. first + count - 1`` of a global null, computed by ``engine``."""
+    spec = GlobalNullSpec(problem, threshold, connectivity)
+    return engine.null_chunk(spec, seed, first, count).chunks[first]
+
+
 def dense_ma_maps(problem) -> np.ndarray:
     """Brute force: every experiment's MA over the whole volume by direct evaluation.
 
@@ -71,3 +87,27 @@ def dense_ma_maps(problem) -> np.ndarray:
             values[inside] = kernel[idx[:, 0], idx[:, 1], idx[:, 2]]
             maps[e] = np.maximum(maps[e], values)
     return maps.reshape((problem.n_experiments, *grid.shape))
+
+
+def brute_force_global_null(problem, seed, n_iters, threshold, connectivity):
+    """Dense MA maps, a full-volume ALE and scipy labelling for each permutation."""
+    grid = problem.grid
+    structure = ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
+    out = []
+    for i in range(n_iters):
+        choice = relocation_draws(seed, i, 1, problem.n_foci, grid.n_voxels)[0]
+        ijk = np.stack(np.unravel_index(grid.in_mask_flat[choice], grid.shape), 1)
+        moved = Problem(
+            grid=grid, focus_ijk=ijk.astype(np.int32),
+            experiment_offsets=problem.experiment_offsets, kernel_index=problem.kernel_index,
+            kernels=problem.kernels, fwhm_mm=problem.fwhm_mm,
+            experiment_ids=problem.experiment_ids,
+        )
+        ma = dense_ma_maps(moved).astype(np.float64)
+        ale = (1.0 - np.prod(1.0 - ma, axis=0)).astype(np.float32)
+        ale[~grid.mask] = 0
+        labels, n = ndimage.label(ale > threshold, structure)
+        sizes = np.bincount(labels.ravel())[1:]
+        masses = ndimage.sum(ale.astype(np.float64) - threshold, labels, np.arange(1, n + 1))
+        out.append((ale.max(), sizes.max() if n else 0, masses.max() if n else 0.0))
+    return np.array(out)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from conftest import dense_ma_maps, random_dataset
 
-from gpuale.backends.numpy_ import NumpyBackend
 from gpuale.dataset import Dataset, Experiment
+from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.problem import compile_problem
 from gpuale.stats import (
     AnalyticNull,
@@ -23,7 +23,7 @@ def test_observed_ale_matches_dense_brute_force(small_grid):
     rng = np.random.default_rng(3)
     dataset = random_dataset(small_grid, 9, rng, foci_range=(1, 8))
     problem = compile_problem(dataset, small_grid)
-    observed = NumpyBackend().observed_ale(problem)
+    observed = NumpyEngine().observed_ale(problem)
     dense = dense_ma_maps(problem)
     expected = 1.0 - np.prod(1.0 - dense.astype(np.float64), axis=0)
     np.testing.assert_allclose(observed.ale, expected[small_grid.mask], rtol=1e-6, atol=1e-9)
@@ -43,7 +43,7 @@ def test_two_overlapping_experiments_combine_as_probabilities(small_grid):
     ale = {}
     for name, exps in {"a": (a,), "b": (b,), "ab": (a, b)}.items():
         problem = compile_problem(Dataset(exps), small_grid)
-        ale[name] = NumpyBackend().observed_ale(problem).ale.astype(np.float64)
+        ale[name] = NumpyEngine().observed_ale(problem).ale.astype(np.float64)
     expected = 1 - (1 - ale["a"]) * (1 - ale["b"])
     np.testing.assert_allclose(ale["ab"], expected, rtol=1e-6, atol=1e-12)
     assert ale["ab"].max() > max(ale["a"].max(), ale["b"].max())
@@ -55,15 +55,15 @@ def test_foci_of_one_experiment_do_not_add_up(small_grid):
     doubled = Dataset(
         (Experiment(id="a", label="a", n_subjects=20, foci=np.vstack([focus, focus])),)
     )
-    ale_single = NumpyBackend().observed_ale(compile_problem(single, small_grid)).ale
-    ale_double = NumpyBackend().observed_ale(compile_problem(doubled, small_grid)).ale
+    ale_single = NumpyEngine().observed_ale(compile_problem(single, small_grid)).ale
+    ale_double = NumpyEngine().observed_ale(compile_problem(doubled, small_grid)).ale
     np.testing.assert_array_equal(ale_single, ale_double)
 
 
 def test_null_of_one_experiment_is_its_ma_distribution(small_grid):
     focus = small_grid.voxel_to_mm([[12, 13, 11]])
     dataset = Dataset((Experiment(id="a", label="a", n_subjects=15, foci=focus),))
-    observed = NumpyBackend().observed_ale(compile_problem(dataset, small_grid))
+    observed = NumpyEngine().observed_ale(compile_problem(dataset, small_grid))
     null = analytic_null(observed.ma_values, small_grid.n_voxels)
     p = null.p_values(observed.ale)
     # With one experiment, ALE = MA, so p(v) is the share of mask voxels whose MA falls
@@ -100,7 +100,7 @@ def _nimare_style_null(ma_values, n_voxels):
 def test_analytic_null_equals_pairwise_reference(small_grid):
     rng = np.random.default_rng(11)
     dataset = random_dataset(small_grid, 4, rng, foci_range=(1, 4), n_range=(8, 30))
-    observed = NumpyBackend().observed_ale(compile_problem(dataset, small_grid))
+    observed = NumpyEngine().observed_ale(compile_problem(dataset, small_grid))
     centres, reference = _nimare_style_null(observed.ma_values, small_grid.n_voxels)
     full = analytic_null(observed.ma_values, small_grid.n_voxels)
     np.testing.assert_array_equal(full.bin_centers, centres)

@@ -96,10 +96,20 @@ def test_refuses_to_overwrite_without_force(sleuth_file, tmp_path):
     args = ["global", str(sleuth_file), "--out", str(out), "--iters", "0", "--quiet"]
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 2 and "--force" in result.output
+    assert "force=True" not in result.output  # the library's words, translated
     assert (out / "keep.txt").read_text() == "precious"
     result = runner.invoke(cli.app, [*args, "--force"])
     assert result.exit_code == 0
     assert not (out / "keep.txt").exists() and (out / "run.json").exists()
+
+
+def test_library_errors_name_arguments_not_flags(tmp_path):
+    from gpuale._files import OutputFolderNotEmpty, check_output_dir
+
+    (tmp_path / "keep.txt").write_text("precious")
+    with pytest.raises(OutputFolderNotEmpty, match="force=True") as info:
+        check_output_dir(tmp_path, force=False)
+    assert "--" not in str(info.value) and isinstance(info.value, ValueError)
 
 
 def test_failed_run_leaves_nothing_that_looks_finished(sleuth_file, tmp_path, monkeypatch):
@@ -118,13 +128,14 @@ def test_failed_run_leaves_nothing_that_looks_finished(sleuth_file, tmp_path, mo
 
 
 def test_gpu_without_a_gpu_is_a_clear_error(sleuth_file, tmp_path):
-    from gpuale.backends import _gpu_available
+    from gpuale.engines import gpu_available
 
-    if _gpu_available():
+    if gpu_available():
         pytest.skip("this machine has a GPU")
     result = runner.invoke(cli.app, ["global", str(sleuth_file), "--out", str(tmp_path / "o"),
                                      "--iters", "0", "--device", "gpu"])
     assert result.exit_code == 2 and "GPU" in result.output
+    assert "--device cpu" in result.output and "device=" not in result.output
 
 
 def test_missing_space_asks_the_user_to_state_it(tmp_path):
@@ -132,7 +143,8 @@ def test_missing_space_asks_the_user_to_state_it(tmp_path):
     path.write_text(SLEUTH.replace("// Reference=MNI\n", ""))
     result = runner.invoke(cli.app, ["global", str(path), "--out", str(tmp_path / "o"),
                                      "--iters", "0"])
-    assert result.exit_code == 2 and "--space" in result.output
+    assert result.exit_code == 2 and "--space MNI|TAL" in result.output
+    assert "space='MNI'" not in result.output  # the library's words, translated
     ok = runner.invoke(cli.app, ["global", str(path), "--out", str(tmp_path / "o"),
                                  "--iters", "0", "--space", "MNI", "--quiet"])
     assert ok.exit_code == 0, ok.output

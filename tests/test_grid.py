@@ -60,3 +60,16 @@ def test_missing_or_unreadable_mask(tmp_path):
     bogus.write_text("not an image")
     with pytest.raises(ValueError, match="not a readable NIfTI"):
         load_grid(bogus)
+
+
+def test_a_grid_holds_volumes_of_its_shape_and_affine_only():
+    grid = load_grid()
+    assert grid.holds(grid.shape, grid.affine)
+    # float32 header rounding of the same affine is the same grid ...
+    assert grid.holds(grid.shape, grid.affine.astype(np.float32).astype(np.float64) + 5e-5)
+    # ... a shift by a voxel fraction, a flip or another shape is not.
+    shifted = grid.affine.copy()
+    shifted[0, 3] += 1.0
+    assert not grid.holds(grid.shape, shifted)
+    assert not grid.holds(grid.shape, grid.affine @ np.diag([-1, 1, 1, 1]))
+    assert not grid.holds((91, 109, 90), grid.affine)

@@ -163,7 +163,8 @@ def test_sleuth_without_reference_needs_space(tmp_path):
     text = "// A\n// Subjects=10\n1 2 3\n"
     error = sleuth_error(tmp_path, text)
     assert error.line is None
-    assert "--space MNI|TAL" in error.problem
+    assert "state the space (MNI or TAL)" in error.problem and "--space" not in error.problem
+    assert error.option == "space" and error.hint in str(error)  # the CLI's cue for --space
     dataset = read_sleuth(tmp_path / "meta.txt", space="Talairach")
     assert dataset[0].space == "TAL"
     np.testing.assert_allclose(dataset[0].foci, tal2mni([[1.0, 2.0, 3.0]]), atol=1e-12)
@@ -372,7 +373,7 @@ def test_table_errors_name_the_line(tmp_path, text, line, problem):
 
 def test_table_space_column_and_argument(tmp_path):
     no_space = write(tmp_path, "a.csv", "experiment,x,y,z,n\nA,1,2,3,5\n")
-    with pytest.raises(CoordinateFileError, match="--space MNI\\|TAL"):
+    with pytest.raises(CoordinateFileError, match=r"state the space \(MNI or TAL\)"):
         read_table(no_space)
     assert read_table(no_space, space="TAL")[0].space == "TAL"
     mixed = write(tmp_path, "b.csv", "experiment,x,y,z,n,space\nA,1,2,3,5,MNI\nB,1,2,3,5,\n")
@@ -555,7 +556,7 @@ def test_nimare_json_target_space_names_and_scalar_sample_size(tmp_path):
         ({"coords": {"space": "MNI", "x": [1], "y": [None], "z": [1]}}, "not a finite number"),
         ({"coords": {"space": "MNI", "x": [1], "z": [1]}}, "no list 'y'"),
         ({"coords": {"space": "colin", "x": [1], "y": [1], "z": [1]}}, "unknown space 'colin'"),
-        ({"coords": {"x": [1], "y": [1], "z": [1]}}, "--space MNI|TAL"),
+        ({"coords": {"x": [1], "y": [1], "z": [1]}}, "state the space (MNI or TAL)"),
     ],
 )
 def test_nimare_json_errors_name_the_experiment(tmp_path, overrides, problem):

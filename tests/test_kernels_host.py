@@ -1,27 +1,27 @@
-"""The CUDA kernels of the null, compiled for the CPU (kernels/host_shim.h), against numpy.
+"""The CUDA kernels of the null, compiled for the CPU (kernels/host_shim.h), step by step.
 
-The launch sequence is the GPU backend's own (`_NullPipeline`), run with numpy arrays and
+The launch sequence is the CUDA engine's own (`_NullPipeline`), run with numpy arrays and
 the host shim, on a small volume where kernel boxes are clipped by the volume's edges.
+Each kernel's output is checked against its numpy twin; the whole engine is checked
+against the brute-force references in test_engines.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import null_maxima
 from scipy import ndimage
 
 from gpuale import _hostshim
-from gpuale.backends.cupy_ import LOG_SUM_FRAC_BITS, _NullPipeline, kernel_dir
-from gpuale.backends.numpy_ import (
-    NumpyBackend,
-    _PermutationEngine,
-    ale_from_log_sum,
-    connectivity_structure,
-)
+from gpuale.clusters import connectivity_structure
+from gpuale.engines.cuda import LOG_SUM_FRAC_BITS, _NullPipeline, kernel_dir
+from gpuale.engines.numpy_ import NumpyEngine, _PermutationScratch
 from gpuale.grid import Grid
 from gpuale.kernel import ale_kernel
 from gpuale.problem import Problem
 from gpuale.rng import relocation_draws
+from gpuale.stats import ale_from_log_sum
 
 pytestmark = pytest.mark.skipif(
     not _hostshim.compiler_available(), reason="g++ is needed to run the kernels on the host"
@@ -111,7 +111,7 @@ def test_log_sum_matches_numpy(problem, module):
     buf = pipeline.buffers(COUNT)
     pipeline.draw(buf, SEED, FIRST, COUNT)
     pipeline.log_sum(buf, COUNT)
-    engine = _PermutationEngine(problem, THRESHOLD, 6)
+    engine = _PermutationScratch(problem, THRESHOLD, 6)
     got = _neg_log_sum(buf, COUNT)
     for b in range(COUNT):
         want = engine.log_sum(buf.focus_pos[b, :, :3].astype(np.int64))
@@ -129,7 +129,7 @@ def test_log_sum_counts_an_experiment_once_where_its_boxes_overlap(problem, modu
     buf.focus_pos[0, :, :3] = ijk
     buf.focus_pos[0, :, 3] = np.ravel_multi_index(tuple(ijk.T), SHAPE)
     pipeline.log_sum(buf, 1)
-    want = _PermutationEngine(problem, THRESHOLD, 6).log_sum(ijk.astype(np.int64))
+    want = _PermutationScratch(problem, THRESHOLD, 6).log_sum(ijk.astype(np.int64))
     np.testing.assert_allclose(_neg_log_sum(buf, 1)[0], want, rtol=0, atol=LOG_SUM_ATOL)
 
 
@@ -137,7 +137,7 @@ def test_log_sum_counts_an_experiment_once_where_its_boxes_overlap(problem, modu
 def test_labels_are_the_connected_components(problem, module, connectivity):
     pipeline = _pipeline(problem, module, connectivity)
     buf, _ = _run(pipeline)
-    engine = _PermutationEngine(problem, THRESHOLD, connectivity)
+    engine = _PermutationScratch(problem, THRESHOLD, connectivity)
     grid = problem.grid
     for b in range(COUNT):
         ijk = buf.focus_pos[b, :, :3].astype(np.int64)
@@ -157,22 +157,10 @@ def test_labels_are_the_connected_components(problem, module, connectivity):
         assert pairs.shape[1] == np.unique(got).size == np.unique(want).size
 
 
-@pytest.mark.parametrize("connectivity", [6, 18, 26])
-def test_null_batch_matches_numpy(problem, module, connectivity):
-    _, (max_ale, max_size, max_mass) = _run(_pipeline(problem, module, connectivity))
-    want_ale, want_size, want_mass = NumpyBackend().null_batch(
-        problem, SEED, FIRST, COUNT, THRESHOLD, connectivity
-    )
-    assert want_size.max() > 1, "the test threshold should leave clusters"
-    np.testing.assert_allclose(max_ale, want_ale, rtol=REL)
-    np.testing.assert_array_equal(max_size, want_size)
-    np.testing.assert_allclose(max_mass, want_mass, rtol=REL, atol=0)
-
-
 def test_threshold_is_compared_in_float64_as_nimare_does(problem, module):
     # NiMARE compares its float32 ALE with a float64 bin centre, in float64: a threshold
     # just below a voxel's ALE, which rounds to that ALE in float32, keeps the voxel in.
-    engine = _PermutationEngine(problem, THRESHOLD, 6)
+    engine = _PermutationScratch(problem, THRESHOLD, 6)
     ijk = np.stack(
         np.unravel_index(
             problem.grid.in_mask_flat[
@@ -189,7 +177,7 @@ def test_threshold_is_compared_in_float64_as_nimare_does(problem, module):
     assert (ale.astype(np.float64) > threshold).sum() > (ale > np.float32(threshold)).sum()
     buf, got = _run(_pipeline(problem, module, threshold=threshold), count=1)
     np.testing.assert_array_equal(buf.label[0] >= 0, ale.astype(np.float64) > threshold)
-    want = NumpyBackend().null_batch(problem, SEED, FIRST, 1, threshold, 6)
+    want = null_maxima(NumpyEngine(), problem, SEED, FIRST, 1, threshold, 6)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_allclose(got[2], want[2], rtol=REL, atol=0)
 

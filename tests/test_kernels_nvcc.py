@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuale.backends.cupy_ import kernel_dir
+from gpuale.engines.cuda import kernel_dir
 
 NVCC = shutil.which("nvcc")
 ARCHITECTURES = ("sm_80", "sm_90")

@@ -1,58 +1,15 @@
-"""Monte Carlo nulls against an independent slow implementation, and their invariances."""
+"""Monte Carlo nulls run by the schedulers, and inference from them (the engines' nulls
+against brute force are in test_engines.py)."""
 
 import numpy as np
 import pytest
-from conftest import dense_ma_maps, random_dataset
-from scipy import ndimage
+from conftest import null_maxima, random_dataset
 
-from gpuale.backends.numpy_ import NumpyBackend
-from gpuale.inference import (
-    MonteCarloNull,
-    correct_fwe,
-    label_clusters,
-    monte_carlo_null,
-    threshold_interval,
-)
-from gpuale.problem import Problem, compile_problem
-from gpuale.rng import relocation_draws
-
-
-def _slow_null(problem: Problem, seed, n_iters, threshold, connectivity):
-    """Dense MA maps, a full-volume ALE and scipy labelling for each permutation."""
-    grid = problem.grid
-    structure = ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
-    out = []
-    for i in range(n_iters):
-        choice = relocation_draws(seed, i, 1, problem.n_foci, grid.n_voxels)[0]
-        ijk = np.stack(np.unravel_index(grid.in_mask_flat[choice], grid.shape), 1)
-        moved = Problem(
-            grid=grid, focus_ijk=ijk.astype(np.int32),
-            experiment_offsets=problem.experiment_offsets, kernel_index=problem.kernel_index,
-            kernels=problem.kernels, fwhm_mm=problem.fwhm_mm,
-            experiment_ids=problem.experiment_ids,
-        )
-        ma = dense_ma_maps(moved).astype(np.float64)
-        ale = (1.0 - np.prod(1.0 - ma, axis=0)).astype(np.float32)
-        ale[~grid.mask] = 0
-        labels, n = ndimage.label(ale > threshold, structure)
-        sizes = np.bincount(labels.ravel())[1:]
-        masses = ndimage.sum(ale.astype(np.float64) - threshold, labels, np.arange(1, n + 1))
-        out.append((ale.max(), sizes.max() if n else 0, masses.max() if n else 0.0))
-    return np.array(out)
-
-
-@pytest.mark.parametrize("connectivity", [6, 18, 26])
-def test_permutation_maxima_match_brute_force(small_grid, connectivity):
-    rng = np.random.default_rng(21)
-    dataset = random_dataset(small_grid, 12, rng, foci_range=(2, 7))
-    problem = compile_problem(dataset, small_grid)
-    threshold = 0.02
-    got = NumpyBackend().null_batch(problem, 9, 0, 6, threshold, connectivity)
-    want = _slow_null(problem, 9, 6, threshold, connectivity)
-    np.testing.assert_allclose(got[0], want[:, 0], rtol=1e-6)
-    np.testing.assert_array_equal(got[1], want[:, 1])
-    np.testing.assert_allclose(got[2], want[:, 2], rtol=1e-6, atol=1e-9)
-    assert got[1].max() > 0  # the threshold forms clusters, so the check has teeth
+from gpuale.clusters import label_clusters
+from gpuale.engines.numpy_ import NumpyEngine
+from gpuale.inference import correct_fwe, threshold_interval
+from gpuale.nulls import MonteCarloNull, monte_carlo_null
+from gpuale.problem import compile_problem
 
 
 def test_null_is_the_same_for_any_batch_size_and_worker_split(small_grid):
@@ -62,8 +19,8 @@ def test_null_is_the_same_for_any_batch_size_and_worker_split(small_grid):
     kwargs = dict(seed=4, n_iters=24, threshold=0.015, connectivity=6)
     serial = monte_carlo_null(problem, n_workers=1, **kwargs)
     parallel = monte_carlo_null(problem, n_workers=2, **kwargs)
-    pieces = [NumpyBackend().null_batch(problem, 4, first, 5, 0.015, 6) for first in (0, 5, 10,
-                                                                                       15, 20)]
+    pieces = [null_maxima(NumpyEngine(), problem, 4, first, 5, 0.015, 6)
+              for first in (0, 5, 10, 15, 20)]
     for field, index in (("max_ale", 0), ("max_cluster_size", 1), ("max_cluster_mass", 2)):
         np.testing.assert_array_equal(getattr(serial, field), getattr(parallel, field))
         joined = np.concatenate([p[index] for p in pieces])[:24]

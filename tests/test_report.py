@@ -280,6 +280,7 @@ def global_report(global_run) -> Path:
     return write_report(global_run)
 
 
+@needs_atlas
 def test_global_report_files(global_run, global_report):
     assert global_report == global_run / "report.html"
     text = global_report.read_text(encoding="utf-8")
@@ -297,6 +298,7 @@ def test_global_report_files(global_run, global_report):
 
 
 @needs_matplotlib
+@needs_atlas
 def test_global_report_renders_in_chromium(global_report):
     if chromium() is None:
         pytest.skip("no chromium")

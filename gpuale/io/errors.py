@@ -22,6 +22,7 @@ __all__ = [
     "CoordinateFileError",
     "CoordinateFileWarning",
     "DuplicateLabelWarning",
+    "SpaceNotStated",
     "check_tal_transform",
     "normalize_space_argument",
     "parse_space",
@@ -33,7 +34,8 @@ __all__ = [
 
 PathLike = str | os.PathLike
 
-SPACE_HINT = "state the space with --space MNI|TAL (space= in Python)"
+#: How to fix coordinates of unknown space, in the words of the Python API.
+SPACE_HINT = "state the space (MNI or TAL), e.g. space='MNI'"
 
 # Byte-order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
 _BOMS = (
@@ -70,6 +72,17 @@ class CoordinateFileError(ValueError):
     def __str__(self) -> str:
         where = self.path if self.line is None else f"{self.path}, line {self.line}"
         return f"{where}: {self.problem}"
+
+
+class SpaceNotStated(CoordinateFileError):
+    """Coordinates whose space neither the file nor the caller states.
+
+    ``option`` names the argument that states it and ``hint`` the part of the message
+    that says so, so that the command line can say it with its own flag.
+    """
+
+    option = "space"
+    hint = SPACE_HINT
 
 
 class CoordinateFileWarning(UserWarning):
@@ -176,7 +189,7 @@ def resolve_space(
     contradicts the file is more likely a mistake than an override.
     """
     if found is None and given is None:
-        raise CoordinateFileError(path, line, f"{what} does not state its space; {SPACE_HINT}")
+        raise SpaceNotStated(path, line, f"{what} does not state its space; {SPACE_HINT}")
     if found is not None and given is not None and found != given:
         raise CoordinateFileError(
             path, line, f"{what} is in {found} space, but space={given!r} was given"

@@ -41,6 +41,7 @@ from gpuale.io.errors import (
     CoordinateFileError,
     DuplicateLabelWarning,
     PathLike,
+    SpaceNotStated,
     check_tal_transform,
     normalize_space_argument,
     parse_space,
@@ -290,7 +291,7 @@ def read_sleuth(
     parser = _SleuthParser(path)
     blocks = parser.parse(split_lines(read_text(path)))
     if parser.space is None and given is None:
-        raise CoordinateFileError(
+        raise SpaceNotStated(
             path, None, f"no `// Reference=MNI` or `// Reference=TAL` line; {SPACE_HINT}"
         )
     file_space = resolve_space(parser.space, given, path, parser.space_line, "the file")

@@ -1,14 +1,14 @@
 """HTML report of a finished gpuale run folder, and an index page of a study's analyses.
 
 Everything in a report comes from the files of the run folder (run.json, the TSV tables,
-nulls.npz and the NIfTI maps), so a report can be (re)written at any time after a run,
-on any machine, without the data or the result objects.
+nulls.npz and the NIfTI maps, read through :mod:`gpuale.runfolder`), so a report can be
+(re)written at any time after a run, on any machine, without the data or the result
+objects.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import csv
 import dataclasses
 import html
 import os
@@ -29,6 +29,16 @@ from gpuale.report.methods import (
     methods_contrast,
     methods_global,
 )
+from gpuale.runfolder import (
+    CONJUNCTION_MAP,
+    FIGURES_DIR,
+    INDEX_HTML,
+    REPORT_HTML,
+    Z_THRESHOLDED,
+    RunFolder,
+    map_file,
+    open_run,
+)
 
 __all__ = [
     "INSTALL_HINT",
@@ -38,14 +48,12 @@ __all__ = [
     "write_study_index",
 ]
 
-REPORT_FILE = "report.html"
-INDEX_FILE = "index.html"
-FIGURES_DIR = "figures"
+REPORT_FILE = REPORT_HTML
+INDEX_FILE = INDEX_HTML
 #: How to get what reports need.
 INSTALL_HINT = "pip install 'gpuale[report]'"
 UNAVAILABLE_MESSAGE = f"HTML reports need matplotlib, which is not installed: {INSTALL_HINT}"
 UNKNOWN_KIND_MESSAGE = "{run_json}: unknown analysis kind {kind!r}; reports exist for {known}"
-NOT_A_RUN_MESSAGE = "{folder} is not a finished gpuale run folder (no run.json)"
 #: Slice figures are drawn for this many clusters at most, the largest first.
 MAX_SLICE_CLUSTERS = 10
 #: Contributors listed per cluster.
@@ -98,55 +106,6 @@ class _Html(str):
 
 def _esc(value: object) -> str:
     return value if isinstance(value, _Html) else html.escape(str(value), quote=True)
-
-
-# --------------------------------------------------------------------------- run folder
-
-
-@dataclasses.dataclass(frozen=True)
-class RunFolder:
-    """The files of a finished run, read once."""
-
-    path: Path
-    record: dict
-    clusters: list[dict]
-
-    @property
-    def kind(self) -> str:
-        return str(self.record.get("analysis"))
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-    def rows(self, name: str) -> list[dict]:
-        path = self.file(name)
-        return _read_tsv(path) if path.is_file() else []
-
-
-def _number(text: str) -> object:
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _read_tsv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [{k: _number(v) for k, v in row.items()}
-                for row in csv.DictReader(handle, delimiter="\t")]
-
-
-def load_run(run_dir: str | Path) -> RunFolder:
-    """Read run.json and clusters.tsv of a run folder."""
-    import json
-
-    path = Path(run_dir)
-    run_json = path / "run.json"
-    if not run_json.is_file():
-        raise FileNotFoundError(NOT_A_RUN_MESSAGE.format(folder=path))
-    record = json.loads(run_json.read_text(encoding="utf-8"))
-    clusters = _read_tsv(path / "clusters.tsv") if (path / "clusters.tsv").is_file() else []
-    return RunFolder(path=path, record=record, clusters=clusters)
 
 
 # --------------------------------------------------------------------------- page parts
@@ -328,7 +287,7 @@ def _map_figures(run: RunFolder, map_name: str, labels: dict[str, list[str]],
     from gpuale.report import figures
     from gpuale.report.atlas import template_path
 
-    if not run.file(map_name).is_file():
+    if not run.has_map(map_name):
         return f"<p>{_esc(NO_MAP_TEXT)}</p>", ""
     out = run.path / FIGURES_DIR
     out.mkdir(exist_ok=True)
@@ -336,16 +295,16 @@ def _map_figures(run: RunFolder, map_name: str, labels: dict[str, list[str]],
         stale.unlink()  # a re-written report may have fewer clusters than the last one
     background = figures.load_background(template_path(), default_mask_path())
     try:
-        overlay = figures.load_volume(run.file(map_name))
+        overlay = figures.load_volume(run.map_path(map_name))
     except figures.FigureError as error:
         # An oblique user mask: the tables and text still make a useful report.
         return f"<p>{_esc(NO_FIGURES_TEXT.format(reason=error))}</p>", ""
-    peaks = [(str(int(c["cluster"])), _peak(c)) for c in run.clusters]
+    peaks = [(str(int(c["cluster"])), _peak(c)) for c in run.clusters()]
     figures.glass_brain_figure(background, overlay, peaks, out / "glass_brain.png",
                                colorbar_labels=colorbar_labels)
     glass = _figure(
         f"{FIGURES_DIR}/glass_brain.png",
-        f"Maximum-intensity projections of {map_name} over the outline of the brain "
+        f"Maximum-intensity projections of {map_file(map_name)} over the outline of the brain "
         "(numbers: cluster peaks).",
         "glass brain",
     )
@@ -356,11 +315,11 @@ def _slice_figures(run: RunFolder, background, overlay, labels: dict[str, list[s
                    colorbar_labels: tuple[str, str]) -> str:
     from gpuale.report import figures
 
-    order = sorted(range(len(run.clusters)),
-                   key=lambda k: (-float(run.clusters[k]["size_voxels"]), k))
+    clusters = run.clusters()
+    order = sorted(range(len(clusters)), key=lambda k: (-float(clusters[k]["size_voxels"]), k))
     parts = []
     for k in order[:MAX_SLICE_CLUSTERS]:
-        row = run.clusters[k]
+        row = clusters[k]
         number = int(row["cluster"])
         name = f"cluster_{number:02d}_slices.png"
         label = labels[LABEL_ATLASES[0]][k]
@@ -380,10 +339,10 @@ def _slice_figures(run: RunFolder, background, overlay, labels: dict[str, list[s
 
 def _results_sections(run: RunFolder, map_name: str, columns: Sequence[_ClusterColumn],
                       colorbar_labels: tuple[str, str]) -> tuple[list[Section], dict]:
-    labels = _labels(run.clusters)
+    labels = _labels(run.clusters())
     glass, slices = _map_figures(run, map_name, labels, colorbar_labels)
     # Without a thresholded map there are no clusters to tabulate either.
-    table = _cluster_table(run.clusters, labels, columns) if run.file(map_name).is_file() else ""
+    table = _cluster_table(run.clusters(), labels, columns) if run.has_map(map_name) else ""
     sections = [Section("clusters", "Clusters", glass + table)]
     if slices:
         sections.append(Section("slices", "Cluster slices", slices))
@@ -457,11 +416,11 @@ def _experiment_details(experiments: Sequence[dict]) -> str:
 
 
 def _contributions(run: RunFolder, labels: dict[str, list[str]]) -> Section | None:
-    rows = run.rows("contributions.tsv")
-    if not run.clusters or not rows:
+    rows = run.contributions()
+    if not run.clusters() or not rows:
         return None
     table_rows = []
-    for k, cluster in enumerate(run.clusters):
+    for k, cluster in enumerate(run.clusters()):
         mine = [r for r in rows if r["cluster"] == cluster["cluster"]]
         mine.sort(key=lambda r: -float(r["contribution_pct"]))
         with_foci = sum(1 for r in mine if float(r["foci_in_cluster"]) > 0)
@@ -487,18 +446,15 @@ def _nulls(run: RunFolder) -> Section | None:
     from gpuale.inference import threshold_interval
     from gpuale.report import figures
 
-    path = run.file("nulls.npz")
     record = run.record
     threshold = record.get("cluster_size_threshold")
-    if not path.is_file() or not threshold:
+    nulls = run.nulls() if threshold else {}
+    if "max_cluster_size" not in nulls:
         return None
-    with np.load(path) as nulls:
-        if "max_cluster_size" not in nulls:
-            return None
-        sizes, max_ale = nulls["max_cluster_size"], nulls["max_ale"]
+    sizes, max_ale = nulls["max_cluster_size"], nulls["max_ale"]
     alpha = float(record["settings"]["alpha"])
     ale_threshold, ale_low, ale_high = threshold_interval(max_ale, alpha)
-    largest = max((float(c["size_voxels"]) for c in run.clusters), default=None)
+    largest = max((float(c["size_voxels"]) for c in run.clusters()), default=None)
     panels = [
         figures.NullPanel(sizes, "Maximum cluster size per permutation", "voxels",
                           threshold["voxels"], (threshold["ci95_low"], threshold["ci95_high"]),
@@ -527,7 +483,7 @@ def _global_page(run: RunFolder) -> Page:
     if 0 < iterations < RECOMMENDED_ITERATIONS:
         notes.append(FEW_ITERATIONS_TEXT.format(n=iterations,
                                                 recommended=RECOMMENDED_ITERATIONS))
-    results, labels = _results_sections(run, "z_thresholded.nii.gz", GLOBAL_CLUSTER_COLUMNS,
+    results, labels = _results_sections(run, Z_THRESHOLDED, GLOBAL_CLUSTER_COLUMNS,
                                         GLOSSARY_Z)
     settings_section = _global_settings(run)
     settings_section = dataclasses.replace(settings_section,
@@ -539,7 +495,7 @@ def _global_page(run: RunFolder) -> Page:
         ("experiments", record.get("n_experiments")),
         ("foci", record.get("n_foci")),
         ("subjects", record.get("n_subjects_total")),
-        ("significant clusters", record.get("n_significant_clusters", len(run.clusters))),
+        ("significant clusters", run.n_clusters),
         ("iterations", f"{iterations:,}"),
     ]
     subtitle = (f"{run.path.name}: cluster-forming p < {settings.get('cluster_forming_p')}, "
@@ -582,12 +538,12 @@ def _contrast_groups(run: RunFolder) -> Section:
 
 def _contrast_page(run: RunFolder) -> Page:
     record = run.record
-    results, _ = _results_sections(run, "z_thresholded.nii.gz", CONTRAST_CLUSTER_COLUMNS,
+    results, _ = _results_sections(run, Z_THRESHOLDED, CONTRAST_CLUSTER_COLUMNS,
                                    CONTRAST_COLORBARS)
     sections = [_contrast_settings(run), _contrast_groups(run), *results,
                 _methods_section(*methods_contrast(record))]
     groups = record.get("groups", {})
-    directions = [str(c.get("direction")) for c in run.clusters]
+    directions = [str(c.get("direction")) for c in run.clusters()]
     cards = [
         ("experiments in A", groups.get("A", {}).get("n_experiments")),
         ("experiments in B", groups.get("B", {}).get("n_experiments")),
@@ -611,12 +567,12 @@ def _conjunction_page(run: RunFolder) -> Page:
         ("Inputs", _Html(inputs)),
         *_environment_rows(record),
     ]
-    results, _ = _results_sections(run, "conjunction.nii.gz", CONJUNCTION_CLUSTER_COLUMNS,
+    results, _ = _results_sections(run, CONJUNCTION_MAP, CONJUNCTION_CLUSTER_COLUMNS,
                                    GLOSSARY_Z)
     sections = [Section("settings", "Settings", _settings_table(rows)), *results,
                 _methods_section(*methods_conjunction(record))]
     cards = [("input maps", len(record.get("inputs", []))),
-             ("clusters", record.get("n_clusters", len(run.clusters)))]
+             ("clusters", run.n_clusters)]
     subtitle = f"{run.path.name}: voxel-wise minimum of {len(record.get('inputs', []))} maps"
     return Page(TITLES["conjunction"], subtitle, cards, sections)
 
@@ -689,11 +645,11 @@ def write_report(run_dir: str | Path) -> Path:
     """
     from gpuale import __version__
 
-    run = load_run(run_dir)
+    run = open_run(run_dir)
     builder = PAGE_BUILDERS.get(run.kind)
     if builder is None:
         raise ValueError(UNKNOWN_KIND_MESSAGE.format(
-            run_json=run.file("run.json"), kind=run.kind, known=", ".join(PAGE_BUILDERS)))
+            run_json=run.run_json, kind=run.kind, known=", ".join(PAGE_BUILDERS)))
     _require_matplotlib()
     page = builder(run)
     out = run.path / REPORT_FILE

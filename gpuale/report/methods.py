@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from string import Template
 
+from gpuale.runfolder import cluster_count
+
 __all__ = [
     "CONNECTIVITY_TEXT",
     "REFERENCES",
@@ -194,7 +196,7 @@ def methods_global(record: dict) -> tuple[str, list[str]]:
             k_voxels=f"{threshold['voxels']:.0f}",
             k_low=f"{threshold['ci95_low']:.0f}",
             k_high=f"{threshold['ci95_high']:.0f}",
-            n_clusters=record.get("n_significant_clusters", 0),
+            n_clusters=cluster_count(record) or 0,
         )
     else:
         text = GLOBAL_NO_MC_TEMPLATE.substitute(common)
@@ -219,7 +221,7 @@ def methods_contrast(record: dict) -> tuple[str, list[str]]:
         "confidence": f"{1.0 - p_threshold:g}",
         "connectivity": CONNECTIVITY_TEXT.get(settings.get("connectivity"), "voxels"),
         "min_volume": f"{float(settings.get('min_volume_mm3', 0.0)):g}",
-        "n_clusters": record.get("n_clusters", 0),
+        "n_clusters": cluster_count(record) or 0,
         "min_z_text": (
             ", reporting the smaller of the main-effect and the contrast z"
             if settings.get("min_z") else ""
@@ -238,6 +240,6 @@ def methods_conjunction(record: dict) -> tuple[str, list[str]]:
         n_inputs=len(record.get("inputs", [])),
         statistic=record.get("statistic", "thresholded maps"),
         version=_version(record),
-        n_clusters=record.get("n_clusters", 0),
+        n_clusters=cluster_count(record) or 0,
     )
     return text, ["nichols2005", "eickhoff2009", "eickhoff2012", "turkeltaub2012"]

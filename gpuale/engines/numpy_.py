@@ -1,4 +1,4 @@
-"""The numpy/scipy backend: the definition of every computation, and the laptop path.
+"""The numpy engine: the definition of every computation, and the portable CPU path.
 
 MA maps are never materialised as experiments x voxels. Each experiment's foci are
 stamped into a scratch volume box by box (maximum of the kernel, Turkeltaub et al. 2012),
@@ -6,53 +6,30 @@ the experiment's contribution ``log1p(-MA)`` is added to a running log-sum box b
 and the scratch boxes are cleared as they are read, so a voxel covered by several boxes
 of one experiment is counted once. ``log1p(-kernel)`` is tabulated once per kernel, so a
 permutation does no transcendental work until the final ``1 - exp(log-sum)``.
+
+Global nulls hold the GIL (one numpy call per kernel box), so they run in processes;
+contrast nulls spend their time in BLAS, which releases it, so they run on threads.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import threading
 
 import numpy as np
-from scipy import ndimage
 
-from gpuale.backends._boxes import clipped_boxes
+from gpuale.clusters import cluster_measures, connectivity_structure
+from gpuale.engines import _contrast_blocks
+from gpuale.engines._boxes import clipped_boxes
+from gpuale.nulls import ContrastNullPartial, ContrastNullSpec, GlobalNullPartial, GlobalNullSpec
 from gpuale.problem import Problem
 from gpuale.rng import relocation_draws
+from gpuale.stats import ObservedALE, ale_from_log_sum
 
-__all__ = ["NumpyBackend", "ObservedALE", "connectivity_structure"]
+__all__ = ["NumpyEngine"]
 
-CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}
-
-
-def connectivity_structure(connectivity: int) -> np.ndarray:
-    """Structuring element for 6 (faces), 18 (edges) or 26 (corners) connectivity."""
-    if connectivity not in CONNECTIVITY_RANK:
-        raise ValueError(f"connectivity must be one of 6, 18, 26; got {connectivity!r}")
-    return ndimage.generate_binary_structure(3, CONNECTIVITY_RANK[connectivity])
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ObservedALE:
-    """ALE of the observed foci, and what the analytic null needs.
-
-    Attributes
-    ----------
-    ale : ndarray of float32, shape (n_voxels,)
-        In-mask ALE values.
-    log_sum : ndarray of float64, shape (n_voxels,)
-        ``sum_e log1p(-MA_e)`` at every in-mask voxel.
-    ma_values : list of (values, counts)
-        Per experiment: distinct non-zero in-mask MA values (float32) and their counts.
-    """
-
-    ale: np.ndarray
-    log_sum: np.ndarray
-    ma_values: list[tuple[np.ndarray, np.ndarray]]
-
-
-def ale_from_log_sum(log_sum: np.ndarray) -> np.ndarray:
-    """ALE = 1 - prod(1 - MA), from the log-sum, rounded to float32 as NiMARE stores it."""
-    return (1.0 - np.exp(log_sum)).astype(np.float32)
+#: Permutations per chunk of a global null (in a worker process) and of a contrast null.
+GLOBAL_CHUNK = 8
+CONTRAST_CHUNK = 128
 
 
 def _focus_kernel_sides(problem: Problem, exp_of_focus: np.ndarray) -> np.ndarray:
@@ -71,21 +48,32 @@ class _KernelRanks:
         self.log1m = np.concatenate([[0.0], np.log1p(-values).astype(np.float64)])
 
 
-class NumpyBackend:
-    """Reference backend on the CPU."""
+class NumpyEngine:
+    """The numpy engine (see the module docstring)."""
 
-    name = "cpu"
+    name = "numpy"
+    device = "cpu"
 
     def __init__(self) -> None:
-        self._engine: _PermutationEngine | None = None
-        self._engine_key: tuple | None = None
+        # Scratch volumes per thread; prepared contrast blocks are read-only and shared.
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._contrast: tuple[ContrastNullSpec, list] | None = None
 
-    def _engine_for(self, problem: Problem, threshold: float, connectivity: int):
-        key = (id(problem), float(threshold), int(connectivity))
-        if self._engine_key != key:
-            self._engine = _PermutationEngine(problem, threshold, connectivity)
-            self._engine_key = key
-        return self._engine
+    def __getstate__(self) -> dict:
+        return {}  # a worker process builds its own scratch
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def describe(self) -> str:
+        return "the CPU"
+
+    def chunk_size(self, spec) -> int:
+        return GLOBAL_CHUNK if isinstance(spec, GlobalNullSpec) else CONTRAST_CHUNK
+
+    def concurrency(self, spec) -> str:
+        return "processes" if isinstance(spec, GlobalNullSpec) else "threads"
 
     def observed_ale(self, problem: Problem) -> ObservedALE:
         """ALE map of the observed foci, with each experiment's MA values."""
@@ -130,42 +118,75 @@ class NumpyBackend:
         masked = log_sum.reshape(-1)[grid.in_mask_flat]
         return ObservedALE(ale=ale_from_log_sum(masked), log_sum=masked, ma_values=ma_values)
 
-    def null_batch(
-        self,
-        problem: Problem,
-        seed: int,
-        first: int,
-        count: int,
-        threshold: float,
-        connectivity: int = 6,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Monte Carlo null maxima for permutations ``first .. first + count - 1``.
+    def experiment_log_maps(self, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+        """``log1p(-MA)`` of every experiment over the voxels any experiment reaches.
 
         Returns
         -------
-        max_ale : ndarray of float64, shape (count,)
-        max_cluster_size : ndarray of int64, shape (count,)
-            Largest cluster (voxels) of ALE > ``threshold``.
-        max_cluster_mass : ndarray of float64, shape (count,)
-            Largest sum of (ALE - threshold) over a cluster.
+        support : ndarray of int64
+            In-mask voxel indices with a non-zero MA in some experiment.
+        log_maps : ndarray of float32, shape (n_experiments, support.size)
+            float32 ``log1p(-MA)`` (exact: that is how it is computed), 0 where MA = 0.
         """
-        engine = self._engine_for(problem, threshold, connectivity)
+        rows = []
+        for e in range(problem.n_experiments):
+            log_sum = self.observed_ale(problem.subset([e])).log_sum
+            touched = np.flatnonzero(log_sum)
+            rows.append((touched, log_sum[touched].astype(np.float32)))
+        support = np.unique(np.concatenate([touched for touched, _ in rows]))
+        log_maps = np.zeros((problem.n_experiments, support.size), dtype=np.float32)
+        for e, (touched, values) in enumerate(rows):
+            log_maps[e, np.searchsorted(support, touched)] = values
+        return support, log_maps
+
+    def null_chunk(self, spec, seed: int, first: int, count: int):
+        """Permutations ``first .. first + count - 1`` of a global or contrast null."""
+        if count < 1:
+            raise ValueError(f"count must be positive, got {count}")
+        if isinstance(spec, GlobalNullSpec):
+            return self._global_chunk(spec, seed, first, count)
+        blocks = self._blocks(spec)
+        upper, lower, max_abs = _contrast_blocks.contrast_chunk(
+            np, blocks, spec.n_voxels, seed, first, count, spec.n_total, spec.n_a
+        )
+        return ContrastNullPartial(upper, lower, {int(first): (max_abs.astype(np.float64),)})
+
+    def observed_difference(self, spec: ContrastNullSpec) -> np.ndarray:
+        return _contrast_blocks.observed_difference(np, self._blocks(spec), spec.n_voxels)
+
+    def _blocks(self, spec: ContrastNullSpec) -> list:
+        with self._lock:
+            # The cache holds the spec itself, so its id cannot be reused by another.
+            if self._contrast is None or self._contrast[0] is not spec:
+                self._contrast = (spec, _contrast_blocks.voxel_blocks(np, spec.log_maps,
+                                                                      spec.n_a))
+            return self._contrast[1]
+
+    def _global_chunk(self, spec: GlobalNullSpec, seed: int, first: int,
+                      count: int) -> GlobalNullPartial:
+        cached = getattr(self._local, "permutation", None)
+        if cached is None or cached[0] is not spec:
+            cached = (spec, _PermutationScratch(spec.problem, spec.threshold,
+                                                spec.connectivity))
+            self._local.permutation = cached
+        scratch = cached[1]
+        problem = spec.problem
+        grid = problem.grid
         out = (
             np.empty(count, dtype=np.float64),
             np.empty(count, dtype=np.int64),
             np.empty(count, dtype=np.float64),
         )
-        grid = problem.grid
         for b in range(count):
             choice = relocation_draws(seed, first + b, 1, problem.n_foci, grid.n_voxels)[0]
             flat = grid.in_mask_flat[choice]
             ijk = np.stack(np.unravel_index(flat, grid.shape), axis=1)
-            log_sum = engine.log_sum(ijk)
-            out[0][b], out[1][b], out[2][b] = engine.maxima(log_sum)
-        return out
+            log_sum = scratch.log_sum(ijk)
+            out[0][b], out[1][b], out[2][b] = scratch.maxima(log_sum)
+        return GlobalNullPartial.of(first, *out)
 
 
-class _PermutationEngine:
+class _PermutationScratch:
     """Scratch volumes and tables reused across the permutations of one worker."""
 
     def __init__(self, problem: Problem, threshold: float, connectivity: int) -> None:
@@ -253,22 +274,3 @@ def _pairs_within_experiments(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarr
         firsts.append(i + start)
         seconds.append(j + start)
     return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
-
-
-def cluster_measures(
-    flat_voxels: np.ndarray, excess: np.ndarray, shape: tuple[int, int, int], structure: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clusters formed by some voxels: sizes, masses and each voxel's label (1-based).
-
-    Labels only the bounding box of the given (supra-threshold) voxels.
-    """
-    ijk = np.stack(np.unravel_index(flat_voxels, shape), axis=1)
-    origin = ijk.min(axis=0)
-    local = ijk - origin
-    box = np.zeros(tuple(local.max(axis=0) + 1), dtype=bool)
-    box[tuple(local.T)] = True
-    labels, _ = ndimage.label(box, structure)
-    voxel_labels = labels[tuple(local.T)]
-    sizes = np.bincount(voxel_labels)[1:]
-    masses = np.bincount(voxel_labels, weights=excess)[1:]
-    return sizes, masses, voxel_labels

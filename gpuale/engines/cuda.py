@@ -1,33 +1,41 @@
-"""The CUDA backend: Monte Carlo null batches on the GPU through CuPy.
+"""The CUDA engine: permutation nulls on an NVIDIA GPU through CuPy.
 
-Each batch of permutations runs entirely on the device (``kernels/ale_null.cu``): draws,
+Each batch of a global null runs entirely on the device (``kernels/ale_null.cu``): draws,
 log-sum, maximum ALE, thresholding, connected components and the per-permutation maxima,
 with three numbers per permutation coming back. Results match
-:class:`gpuale.backends.numpy_.NumpyBackend` for the same seed: draws are the same
-Philox function, and sums are carried in fixed point so that they do not depend on the
-order of atomic additions.
+:class:`gpuale.engines.numpy_.NumpyEngine` for the same seed: draws are the same Philox
+function, and sums are carried in fixed point so that they do not depend on the order of
+atomic additions. Contrast nulls are cuBLAS matrix products
+(:mod:`gpuale.engines._contrast_blocks`, the numpy engine's code on CuPy arrays).
 
-CuPy is imported only inside functions, so this module imports on machines without it.
-The launch sequence (:class:`_NullPipeline`) takes the array module and a launcher as
-arguments, so the tests run the same sequence on the CPU with numpy and
-:mod:`gpuale._hostshim`.
+Everything runs under ``cupy.cuda.Device(device_id)``. CuPy is imported only inside
+functions, so this module imports on machines without it. The launch sequence
+(:class:`_NullPipeline`) takes the array module and a launcher as arguments, so
+:meth:`CudaEngine.on_host` runs the very same sequence on the CPU with numpy and
+:mod:`gpuale._hostshim` (the tests do).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gpuale.backends.numpy_ import CONNECTIVITY_RANK, NumpyBackend, ObservedALE
+from gpuale.clusters import CONNECTIVITY_RANK
+from gpuale.engines import _contrast_blocks
+from gpuale.engines.numpy_ import NumpyEngine
+from gpuale.nulls import ContrastNullPartial, ContrastNullSpec, GlobalNullPartial, GlobalNullSpec
 from gpuale.problem import Problem
+from gpuale.stats import ObservedALE
 
-__all__ = ["CupyBackend", "gpu_available", "kernel_dir"]
+__all__ = ["CudaEngine", "gpu_available", "kernel_dir"]
 
 #: The kernels of the Monte Carlo null.
 NULL_KERNEL_FILE = "ale_null.cu"
@@ -115,7 +123,7 @@ def _cupy_launcher() -> Launcher:
 def neg_log_tables(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     """``-log1p(-kernel)`` of every kernel in fixed point, concatenated.
 
-    The log is taken in float32 and held as float64, as ``_PermutationEngine`` does, then
+    The log is taken in float32 and held as float64, as the numpy engine does, then
     rounded to units of ``2**-LOG_SUM_FRAC_BITS``.
 
     Returns
@@ -407,82 +415,140 @@ class _NullPipeline:
             raise ValueError(f"count must be in [1, {buf.capacity}], got {count}")
 
 
-class CupyBackend:
-    """Backend on a CUDA GPU; the same results as :class:`NumpyBackend` for the same seed.
+class CudaEngine:
+    """The CUDA engine; the same nulls as :class:`NumpyEngine` for the same seed.
 
     Parameters
     ----------
     device_id : int
         CUDA device to run on.
     max_batch : int
-        Most permutations per batch; the batch is also limited by free device memory and
-        halved whenever the device runs out of memory.
+        Most permutations per kernel batch; a batch is also limited by free device memory
+        and halved whenever the device runs out of memory.
     """
 
-    name = "gpu"
-    #: Permutations the inference loop hands over per call: large enough to keep the
+    name = "cuda"
+    #: Permutations per chunk of a global and of a contrast null: large enough to keep the
     #: device busy, small enough for a live progress bar.
-    preferred_batch = 1024
+    GLOBAL_CHUNK = 1024
+    CONTRAST_CHUNK = 512
 
     def __init__(self, device_id: int = 0, max_batch: int = MAX_BATCH) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.device_id = int(device_id)
+        self.device = f"gpu:{self.device_id}"
         self.max_batch = int(max_batch)
-        self._pipeline = None
-        self._pipeline_key = None
+        self._host_launch: Launcher | None = None
+        self._launch_shape = {"block_size": BLOCK_SIZE, "max_grid": MAX_GRID}
+        self._pipeline: tuple[GlobalNullSpec, _NullPipeline] | None = None
+        self._contrast: tuple[ContrastNullSpec, list] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def on_host(cls, launch: Launcher, *, max_batch: int = MAX_BATCH,
+                block_size: int = BLOCK_SIZE,
+                max_grid: tuple[int, int] = MAX_GRID) -> CudaEngine:
+        """The engine with its kernels run sequentially on the CPU (numpy arrays and the
+        host shim's ``launch``), to test the GPU code path without a GPU."""
+        engine = cls(device_id=0, max_batch=max_batch)
+        engine.device = "cpu"
+        engine._host_launch = launch
+        engine._launch_shape = {"block_size": block_size, "max_grid": max_grid}
+        return engine
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._host_launch is None
+
+    def _xp(self):
+        if not self.on_gpu:
+            return np
+        import cupy
+
+        return cupy
+
+    def _on_device(self):
+        if not self.on_gpu:
+            return contextlib.nullcontext()
+        import cupy
+
+        return cupy.cuda.Device(self.device_id)
+
+    def describe(self) -> str:
+        if not self.on_gpu:
+            return "the CUDA kernels run on the CPU through the host shim"
+        try:
+            import cupy
+
+            name = cupy.cuda.runtime.getDeviceProperties(self.device_id)["name"].decode()
+            return f"{self.device} ({name})"
+        except Exception:  # the name is decoration; the run itself reports real errors
+            return self.device
+
+    def chunk_size(self, spec) -> int:
+        return self.GLOBAL_CHUNK if isinstance(spec, GlobalNullSpec) else self.CONTRAST_CHUNK
+
+    def concurrency(self, spec) -> str:
+        return "serial"  # one device, one queue
 
     def observed_ale(self, problem: Problem) -> ObservedALE:
         """ALE map of the observed foci (on the CPU: it is computed once and is cheap)."""
-        return NumpyBackend().observed_ale(problem)
+        return NumpyEngine().observed_ale(problem)
 
-    def null_batch(
-        self,
-        problem: Problem,
-        seed: int,
-        first: int,
-        count: int,
-        threshold: float,
-        connectivity: int = 6,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Monte Carlo null maxima for permutations ``first .. first + count - 1``.
+    def experiment_log_maps(self, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+        """Each experiment's ``log1p(-MA)`` (on the CPU, as :meth:`observed_ale`)."""
+        return NumpyEngine().experiment_log_maps(problem)
 
-        Returns
-        -------
-        max_ale : ndarray of float64, shape (count,)
-        max_cluster_size : ndarray of int64, shape (count,)
-            Largest cluster (voxels) of ALE > ``threshold``.
-        max_cluster_mass : ndarray of float64, shape (count,)
-            Largest sum of (ALE - threshold) over a cluster.
+    def observed_difference(self, spec: ContrastNullSpec) -> np.ndarray:
+        """Observed ALE_A - ALE_B (on the CPU: exact integer sums, the same bits)."""
+        return NumpyEngine().observed_difference(spec)
+
+    def null_chunk(self, spec, seed: int, first: int, count: int):
+        """Permutations ``first .. first + count - 1`` of a global or contrast null.
 
         Raises
         ------
         ValueError
-            For a bad connectivity, threshold, seed or permutation range.
+            For a bad seed or permutation range.
         cupy.cuda.memory.OutOfMemoryError
             If not even one permutation fits on the device.
         """
-        import cupy
+        if count < 1:
+            raise ValueError(f"count must be positive, got {count}")
+        with self._lock, self._on_device():
+            if isinstance(spec, GlobalNullSpec):
+                return GlobalNullPartial.of(first, *self._global_chunk(spec, seed, first,
+                                                                       count))
+            return self._contrast_chunk(spec, seed, first, count)
 
-        if count < 0:
-            raise ValueError(f"count must be non-negative, got {count}")
-        with cupy.cuda.Device(self.device_id):
-            return self._null_batch(problem, seed, first, count, threshold, connectivity)
+    def _contrast_chunk(self, spec: ContrastNullSpec, seed: int, first: int,
+                        count: int) -> ContrastNullPartial:
+        xp = self._xp()
+        if self._contrast is None or self._contrast[0] is not spec:
+            self._contrast = None  # free the previous blocks first
+            self._contrast = (spec, _contrast_blocks.voxel_blocks(xp, spec.log_maps, spec.n_a))
+        upper, lower, max_abs = _contrast_blocks.contrast_chunk(
+            xp, self._contrast[1], spec.n_voxels, seed, first, count, spec.n_total, spec.n_a
+        )
+        # synchronize: a chunk's counts and maxima come back once
+        return ContrastNullPartial(_to_host(upper), _to_host(lower),
+                                   {int(first): (_to_host(max_abs).astype(np.float64),)})
 
-    def _null_batch(self, problem, seed, first, count, threshold, connectivity):
-        import cupy
-
-        key = (id(problem), float(threshold), int(connectivity), self.device_id)
-        if self._pipeline_key != key:
-            self._pipeline = _NullPipeline(
-                problem, threshold, connectivity, xp=cupy, launch=_cupy_launcher()
-            )
-            self._pipeline_key = key
-        pipeline = self._pipeline
-        out_ale = cupy.empty(count, dtype=cupy.float64)
-        out_size = cupy.empty(count, dtype=cupy.int64)
-        out_mass = cupy.empty(count, dtype=cupy.float64)
-        batch = min(self._batch_size(pipeline), max(count, 1))
+    def _global_chunk(self, spec: GlobalNullSpec, seed: int, first: int, count: int):
+        xp = self._xp()
+        if self._pipeline is None or self._pipeline[0] is not spec:
+            self._pipeline = None
+            launch = _cupy_launcher() if self.on_gpu else self._host_launch
+            self._pipeline = (spec, _NullPipeline(spec.problem, spec.threshold,
+                                                  spec.connectivity, xp=xp, launch=launch,
+                                                  **self._launch_shape))
+        pipeline = self._pipeline[1]
+        out_ale = xp.empty(count, dtype=xp.float64)
+        out_size = xp.empty(count, dtype=xp.int64)
+        out_mass = xp.empty(count, dtype=xp.float64)
+        batch = min(self._batch_size(pipeline), count)
+        out_of_memory = _out_of_memory_errors() if self.on_gpu else ()
         buf = None
         done = 0
         while done < count:
@@ -495,21 +561,35 @@ class CupyBackend:
                 pipeline.run(
                     buf, seed, first + done, n, out_ale[part], out_size[part], out_mass[part]
                 )
-            except cupy.cuda.memory.OutOfMemoryError:
+            except out_of_memory:
                 if batch == 1:
                     raise
                 buf = None
-                cupy.get_default_memory_pool().free_all_blocks()
+                xp.get_default_memory_pool().free_all_blocks()
                 batch //= 2
                 continue
             done += n
-        # synchronize: the only device -> host copies of a null batch
-        return out_ale.get(), out_size.get(), out_mass.get()
+        # synchronize: the only device -> host copies of a null chunk
+        return _to_host(out_ale), _to_host(out_size), _to_host(out_mass)
 
     def _batch_size(self, pipeline: _NullPipeline) -> int:
+        limit = min(self.max_batch, (2**31 - 1) // max(int(pipeline.n_foci), 1))
+        if not self.on_gpu:
+            return max(1, limit)
         import cupy
 
         free, _ = cupy.cuda.runtime.memGetInfo()
         free += cupy.get_default_memory_pool().free_bytes()
         fits = int(free * MEMORY_FRACTION) // pipeline.bytes_per_permutation()
-        return max(1, min(fits, self.max_batch, (2**31 - 1) // max(int(pipeline.n_foci), 1)))
+        return max(1, min(fits, limit))
+
+
+def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    import cupy
+
+    return (cupy.cuda.memory.OutOfMemoryError,)
+
+
+def _to_host(array) -> np.ndarray:
+    """A device array's values on the host (numpy arrays pass through)."""
+    return array if isinstance(array, np.ndarray) else array.get()
