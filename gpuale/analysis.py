@@ -185,7 +185,7 @@ def run_ale(
     device : str
         ``auto``, ``cpu``, ``gpu`` or ``gpu:N``.
     n_workers : int, optional
-        CPU worker processes for the permutations.
+        CPU threads for the permutations (default: every core this process may use).
     fdr_q : float, optional
         Also write a voxel-wise FDR (Benjamini-Hochberg) thresholded map (discouraged).
     progress : callable, optional

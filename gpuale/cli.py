@@ -96,7 +96,7 @@ DeviceOption = Annotated[
     str, typer.Option(help="auto, cpu, gpu or gpu:N ('gpu' without one is an error).")
 ]
 WorkersOption = Annotated[
-    int | None, typer.Option(help="CPU workers (default: all cores).", min=1)
+    int | None, typer.Option(help="CPU threads for the permutations (default: all cores).", min=1)
 ]
 SpaceOption = Annotated[
     Space | None,

@@ -23,6 +23,7 @@ from conftest import brute_force_global_null, dense_ma_maps, make_small_grid, ra
 from gpuale import _hostshim
 from gpuale.engines import Engine, get_engine
 from gpuale.engines.cuda import CudaEngine, gpu_available, kernel_dir
+from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.nulls import (
     ContrastNullSpec,
@@ -45,6 +46,10 @@ def _numpy() -> Engine:
     return NumpyEngine()
 
 
+def _numba() -> Engine:
+    return NumbaEngine()
+
+
 def _cuda_host() -> Engine:
     module = _hostshim.load(kernel_dir() / "ale_null.cu")
     # Small blocks, grids and batches make every grid-stride and batch loop take turns.
@@ -57,6 +62,7 @@ def _cuda_gpu() -> Engine:
 
 ENGINES = [
     pytest.param(_numpy, id="numpy"),
+    pytest.param(_numba, id="numba"),
     pytest.param(_cuda_host, id="cuda-host-shim", marks=pytest.mark.skipif(
         not _hostshim.compiler_available(), reason="g++ is needed to run kernels on the host")),
     pytest.param(_cuda_gpu, id="cuda-gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(
@@ -227,7 +233,7 @@ def test_schedulers_give_the_same_null(problem, make_scheduler):
 
 
 def test_get_engine_decides_the_device():
-    assert isinstance(get_engine("cpu"), NumpyEngine)
+    assert isinstance(get_engine("cpu"), NumbaEngine)
     with pytest.raises(ValueError, match="unknown device"):
         get_engine("tpu")
     if not gpu_available():

@@ -1,10 +1,10 @@
 """Engines: where MA maps, ALE maps and permutation nulls are computed.
 
 Every engine has the interface of :class:`Engine`, and nothing outside this package knows
-which device it computes on. ``numpy_`` is the definition (numpy/scipy) and the portable
-CPU path; ``cuda`` launches the CUDA kernels in ``kernels/`` through CuPy, always under
-``cupy.cuda.Device(id)`` of the device it was made for. :func:`get_engine` is the one
-place that decides a device.
+which device it computes on. ``numpy_`` is the definition (numpy/scipy); ``numba_`` is
+the same computation compiled, on threads, and the CPU engine in use; ``cuda`` launches
+the CUDA kernels in ``kernels/`` through CuPy, always under ``cupy.cuda.Device(id)`` of
+the device it was made for. :func:`get_engine` is the one place that decides a device.
 
 The nulls an engine computes are described by the specs of :mod:`gpuale.nulls`; an
 engine turns ``(spec, seed, first, count)`` into a partial result, and the schedulers of
@@ -126,9 +126,14 @@ def resolve_device(device: str) -> str:
 
 
 def get_engine(device: str = "cpu") -> Engine:
-    """The engine for a device string (see :func:`resolve_device`)."""
+    """The engine for a device string (see :func:`resolve_device`): on the CPU the numba
+    engine (the numpy engine where numba cannot be imported), on a GPU the CUDA engine."""
     resolved = resolve_device(device)
     if resolved == "cpu":
+        from gpuale.engines.numba_ import NumbaEngine, numba_available
+
+        if numba_available():
+            return NumbaEngine()
         from gpuale.engines.numpy_ import NumpyEngine
 
         return NumpyEngine()

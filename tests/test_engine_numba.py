@@ -1,0 +1,101 @@
+"""The numba engine gives the numpy engine's nulls bit for bit (not merely close)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import make_small_grid, null_maxima, random_dataset
+
+from gpuale.engines import numba_
+from gpuale.engines.numba_ import NumbaEngine, earlier_neighbours
+from gpuale.engines.numpy_ import NumpyEngine
+from gpuale.nulls import monte_carlo_null
+from gpuale.problem import compile_problem
+
+
+def _assert_identical(problem, seed, first, count, threshold, connectivity):
+    got = null_maxima(NumbaEngine(), problem, seed, first, count, threshold, connectivity)
+    want = null_maxima(NumpyEngine(), problem, seed, first, count, threshold, connectivity)
+    for name, a, b in zip(("max_ale", "max_cluster_size", "max_cluster_mass"), got, want,
+                          strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    return want
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+@pytest.mark.parametrize("seed", [0, 2**40 + 7])
+def test_random_problems_give_identical_nulls(connectivity, seed):
+    grid = make_small_grid()
+    rng = np.random.default_rng(seed % 1000 + connectivity)
+    # Many foci per experiment on a small grid: boxes overlap, touch and reach the edges.
+    dataset = random_dataset(grid, 15, rng, foci_range=(1, 12))
+    problem = compile_problem(dataset, grid)
+    want = _assert_identical(problem, seed, 5, 12, 0.015, connectivity)
+    assert want[1].max() > 1, "the threshold should form clusters"
+
+
+def test_foci_on_one_voxel_and_a_fixed_kernel_give_identical_nulls():
+    grid = make_small_grid()
+    rng = np.random.default_rng(3)
+    dataset = random_dataset(grid, 8, rng, foci_range=(2, 6))
+    # Duplicate every experiment's first focus (ties in the maximum within an experiment).
+    doubled = [dataclasses.replace(e, foci=np.vstack([e.foci, e.foci[:1], e.foci[:1]]))
+               for e in dataset]
+    problem = compile_problem(type(dataset)(tuple(doubled)), grid, fwhm_mm=8.0)
+    _assert_identical(problem, 11, 0, 10, 0.01, 26)
+
+
+def test_a_threshold_no_voxel_reaches_gives_empty_clusters():
+    grid = make_small_grid()
+    problem = compile_problem(random_dataset(grid, 4, np.random.default_rng(1)), grid)
+    want = _assert_identical(problem, 2, 0, 4, 0.99, 6)
+    assert np.all(want[1] == 0) and np.all(want[2] == 0)
+
+
+@pytest.fixture(scope="module")
+def children_problem():
+    import warnings
+
+    from gpuale.analysis import run_ale
+    from gpuale.examples import example_path
+    from gpuale.io import load_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_ale(load_dataset([example_path("semantic-children")]), n_iters=0)
+    return result.problem, result.threshold
+
+
+@pytest.mark.slow
+def test_real_data_gives_identical_nulls(children_problem):
+    problem, threshold = children_problem
+    _assert_identical(problem, 0, 0, 6, threshold, 6)
+
+
+def test_threads_give_the_serial_null(children_problem):
+    problem, threshold = children_problem
+    kwargs = dict(seed=4, n_iters=20, threshold=threshold)
+    serial = monte_carlo_null(problem, engine=NumbaEngine(), n_workers=1, **kwargs)
+    threaded = monte_carlo_null(problem, engine=NumbaEngine(), n_workers=3, **kwargs)
+    for field in ("max_ale", "max_cluster_size", "max_cluster_mass"):
+        np.testing.assert_array_equal(getattr(serial, field), getattr(threaded, field))
+
+
+def test_earlier_neighbours_are_half_of_each_neighbourhood():
+    for connectivity, count in ((6, 3), (18, 9), (26, 13)):
+        offsets = earlier_neighbours(connectivity)
+        assert len(offsets) == count
+        # Each comes before the voxel in C order, and its mirror image does not.
+        flat = offsets @ np.array([100, 10, 1])
+        assert np.all(flat < 0)
+
+
+def test_compile_cache_goes_to_the_user_cache_when_the_package_is_read_only(
+        monkeypatch, tmp_path):
+    monkeypatch.setattr(numba_.os, "access", lambda path, mode: False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert numba_._cache_dir() == tmp_path / "gpuale" / "numba"
+    monkeypatch.setattr(numba_.os, "access", lambda path, mode: True)
+    assert numba_._cache_dir() is None
