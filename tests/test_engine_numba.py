@@ -99,3 +99,27 @@ def test_compile_cache_goes_to_the_user_cache_when_the_package_is_read_only(
     assert numba_._cache_dir() == tmp_path / "gpuale" / "numba"
     monkeypatch.setattr(numba_.os, "access", lambda path, mode: True)
     assert numba_._cache_dir() is None
+
+
+@pytest.mark.parametrize("fwhm", [None, 8.0])
+def test_observed_maps_are_the_numpy_engines(fwhm):
+    grid = make_small_grid()
+    dataset = random_dataset(grid, 20, np.random.default_rng(5), foci_range=(1, 9))
+    problem = compile_problem(dataset, grid, fwhm_mm=fwhm)
+    got, want = NumbaEngine().observed_ale(problem), NumpyEngine().observed_ale(problem)
+    np.testing.assert_array_equal(got.ale, want.ale)
+    np.testing.assert_array_equal(got.log_sum, want.log_sum)
+    assert len(got.ma_values) == len(want.ma_values)
+    for (values, counts), (want_values, want_counts) in zip(got.ma_values, want.ma_values):
+        np.testing.assert_array_equal(values, want_values)
+        np.testing.assert_array_equal(counts, want_counts)
+        assert values.dtype == want_values.dtype and counts.dtype == want_counts.dtype
+
+
+def test_observed_maps_of_real_data_are_the_numpy_engines(children_problem):
+    problem, _ = children_problem
+    got, want = NumbaEngine().observed_ale(problem), NumpyEngine().observed_ale(problem)
+    np.testing.assert_array_equal(got.log_sum, want.log_sum)
+    for (values, counts), (want_values, want_counts) in zip(got.ma_values, want.ma_values):
+        np.testing.assert_array_equal(values, want_values)
+        np.testing.assert_array_equal(counts, want_counts)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from gpuale.clusters import CONNECTIVITY_RANK
-from gpuale.engines.numpy_ import NumpyEngine
+from gpuale.engines.numpy_ import NumpyEngine, _KernelRanks
 from gpuale.nulls import ContrastNullSpec, GlobalNullPartial, GlobalNullSpec
 from gpuale.problem import Problem
 from gpuale.rng import relocation_draws
@@ -247,6 +247,46 @@ def _largest_cluster(flat, excess, nx, ny, nz, offsets, label, parent, size, mas
     return largest_size, largest_mass
 
 
+@_njit
+def _observed_log_sum(ijk, offsets, focus_side, focus_start, kernel_of_experiment,
+                      rank_table, log1m_table, log1m_start, nx, ny, nz, mask_flat, log_sum,
+                      scratch, counts, counts_start):
+    """The observed log-sum volume and, per experiment, how many in-mask voxels hold each
+    distinct kernel value (``counts[counts_start[e] + rank]``).
+
+    Each experiment stamps the rank of its kernel values (ranks grow with the value, so
+    the largest rank is the maximum MA) into ``scratch``, then adds ``log1p(-value)`` of
+    each stamped voxel once and clears it: experiment by experiment, as the numpy engine.
+    """
+    for e in range(offsets.size - 1):
+        table = log1m_start[kernel_of_experiment[e]]
+        base = counts_start[e]
+        for f in range(offsets[e], offsets[e + 1]):
+            side = focus_side[f]
+            r = side // 2
+            x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
+            for i in range(max(x - r, 0), min(x + r + 1, nx)):
+                for j in range(max(y - r, 0), min(y + r + 1, ny)):
+                    row = (i * ny + j) * nz
+                    krow = focus_start[f] + ((i - x + r) * side + j - y + r) * side - z + r
+                    for k in range(max(z - r, 0), min(z + r + 1, nz)):
+                        scratch[row + k] = max(scratch[row + k], rank_table[krow + k])
+        for f in range(offsets[e], offsets[e + 1]):
+            side = focus_side[f]
+            r = side // 2
+            x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
+            for i in range(max(x - r, 0), min(x + r + 1, nx)):
+                for j in range(max(y - r, 0), min(y + r + 1, ny)):
+                    row = (i * ny + j) * nz
+                    for k in range(max(z - r, 0), min(z + r + 1, nz)):
+                        rank = scratch[row + k]
+                        if rank > 0:  # 0: added already with an earlier box
+                            log_sum[row + k] += log1m_table[table + rank]
+                            if mask_flat[row + k]:
+                                counts[base + rank] += 1
+                            scratch[row + k] = 0
+
+
 def earlier_neighbours(connectivity: int) -> np.ndarray:
     """Offsets (dx, dy, dz) of the neighbours that come before a voxel in C order."""
     rank = CONNECTIVITY_RANK[connectivity]
@@ -341,7 +381,36 @@ class NumbaEngine:
         return "threads"
 
     def observed_ale(self, problem: Problem) -> ObservedALE:
-        return self._numpy.observed_ale(problem)
+        """ALE map of the observed foci, with each experiment's MA values (the numpy
+        engine's, bit for bit)."""
+        grid = problem.grid
+        nx, ny, nz = (int(n) for n in grid.shape)
+        tables = [_KernelRanks(k) for k in problem.kernels]
+        rank_parts = [t.ranks.ravel() for t in tables]
+        rank_start = np.concatenate([[0], np.cumsum([r.size for r in rank_parts])[:-1]])
+        log1m_start = np.concatenate([[0], np.cumsum([t.log1m.size for t in tables])[:-1]])
+        sides = np.array([k.shape[0] for k in problem.kernels], dtype=np.int64)
+        kernel_of_focus = problem.kernel_index[problem.focus_experiment]
+        n_ranks = np.array([t.log1m.size for t in tables])[problem.kernel_index]
+        counts_start = np.concatenate([[0], np.cumsum(n_ranks)]).astype(np.int64)
+        counts = np.zeros(int(counts_start[-1]), dtype=np.int64)
+        log_sum = np.zeros(nx * ny * nz, dtype=np.float64)
+        _observed_log_sum(
+            problem.focus_ijk.astype(np.int64), problem.experiment_offsets.astype(np.int64),
+            sides[kernel_of_focus], rank_start[kernel_of_focus].astype(np.int64),
+            problem.kernel_index.astype(np.int64), np.concatenate(rank_parts).astype(np.int64),
+            np.concatenate([t.log1m for t in tables]), log1m_start.astype(np.int64), nx, ny, nz,
+            grid.mask.reshape(-1), log_sum, np.zeros(nx * ny * nz, dtype=np.int64), counts,
+            counts_start,
+        )
+        ma_values = []
+        for e in range(problem.n_experiments):
+            table = tables[problem.kernel_index[e]]
+            per_rank = counts[counts_start[e] + 1 : counts_start[e + 1]]
+            used = np.flatnonzero(per_rank)
+            ma_values.append((table.values[used], per_rank[used]))
+        masked = log_sum[grid.in_mask_flat]
+        return ObservedALE(ale=ale_from_log_sum(masked), log_sum=masked, ma_values=ma_values)
 
     def experiment_log_maps(self, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
         return self._numpy.experiment_log_maps(problem)
