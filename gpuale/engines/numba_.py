@@ -30,7 +30,12 @@ import numpy as np
 
 from gpuale.clusters import CONNECTIVITY_RANK
 from gpuale.engines.numpy_ import NumpyEngine, _KernelRanks
-from gpuale.nulls import ContrastNullSpec, GlobalNullPartial, GlobalNullSpec
+from gpuale.nulls import (
+    ContrastNullPartial,
+    ContrastNullSpec,
+    GlobalNullPartial,
+    GlobalNullSpec,
+)
 from gpuale.problem import Problem
 from gpuale.rng import relocation_draws
 from gpuale.stats import ObservedALE, ale_from_log_sum
@@ -73,6 +78,8 @@ _configure_cache()
 
 try:
     import numba
+
+    from gpuale.engines import _numba_contrast
 except ImportError:  # pragma: no cover - numba is a dependency; this guards broken installs
     numba = None
 
@@ -351,8 +358,8 @@ class _Scratch:
 
 
 class NumbaEngine:
-    """The compiled CPU engine (see the module docstring); contrasts and the observed
-    maps are the numpy engine's (BLAS and one pass, already fast)."""
+    """The compiled CPU engine (see the module docstring); contrast nulls are
+    :mod:`gpuale.engines._numba_contrast` (sparse exact integer sums)."""
 
     name = "numba"
     device = "cpu"
@@ -363,6 +370,7 @@ class NumbaEngine:
         self._numpy = NumpyEngine()
         self._lock = threading.Lock()
         self._tables: tuple[GlobalNullSpec, _GlobalTables] | None = None
+        self._contrast: tuple[ContrastNullSpec, object] | None = None
         self._local = threading.local()
 
     def __getstate__(self) -> dict:
@@ -416,14 +424,16 @@ class NumbaEngine:
         return self._numpy.experiment_log_maps(problem)
 
     def observed_difference(self, spec: ContrastNullSpec) -> np.ndarray:
-        return self._numpy.observed_difference(spec)
+        return _numba_contrast.observed_difference(self._contrast_tables(spec))
 
     def null_chunk(self, spec, seed: int, first: int, count: int):
         """Permutations ``first .. first + count - 1`` of a global or contrast null."""
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
         if not isinstance(spec, GlobalNullSpec):
-            return self._numpy.null_chunk(spec, seed, first, count)
+            upper, lower, max_abs = _numba_contrast.contrast_chunk(
+                self._contrast_tables(spec), seed, first, count)
+            return ContrastNullPartial(upper, lower, {int(first): (max_abs,)})
         tables = self._tables_for(spec)
         cached = getattr(self._local, "scratch", None)
         if cached is None or cached[0] is not tables:
@@ -461,6 +471,13 @@ class NumbaEngine:
         nx, ny, nz = tables.shape
         return _largest_cluster(flat, excess, nx, ny, nz, tables.neighbours, scratch.label,
                                 scratch.parent, scratch.size, scratch.mass)
+
+    def _contrast_tables(self, spec: ContrastNullSpec):
+        with self._lock:
+            if self._contrast is None or self._contrast[0] is not spec:
+                self._contrast = None  # free the previous tables first
+                self._contrast = (spec, _numba_contrast.prepare(spec.log_maps, spec.n_a))
+            return self._contrast[1]
 
     def _tables_for(self, spec: GlobalNullSpec) -> _GlobalTables:
         with self._lock:
