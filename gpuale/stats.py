@@ -14,6 +14,10 @@ One shortcut is exact: a combined score is never below either input (``1-(1-a)(1
 b``), so mass above the largest observed ALE bin never comes back down. gpuale tracks the
 bins up to that cut individually and everything above it as one overflow mass, which
 leaves every p of an observed value unchanged and skips most of the work.
+
+The combination is compiled with numba (:func:`_combine`), adding the same float64
+products in the same order as the numpy definition (:func:`_combine_numpy`), so the two
+agree bit for bit; numpy alone is used where numba does not import.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ import dataclasses
 
 import numpy as np
 from scipy import special
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency; this guards broken installs
+    numba = None
 
 __all__ = [
     "HISTOGRAM_STEP",
@@ -39,6 +48,7 @@ __all__ = [
 #: Bin width of MA and ALE histograms (Eickhoff et al. 2012; NiMARE's INV_STEP_SIZE).
 HISTOGRAM_INV_STEP = 100000
 HISTOGRAM_STEP = 1 / HISTOGRAM_INV_STEP
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class AnalyticNull:
@@ -204,7 +214,7 @@ def _row_shifts(
     return row, level - 1, hi
 
 
-def _combine(
+def _combine_numpy(
     ale_hist: np.ndarray,
     overflow: float,
     exp_hist: np.ndarray,
@@ -212,7 +222,7 @@ def _combine(
     inv_step: float,
     n_bins: int,
 ) -> tuple[np.ndarray, float]:
-    """One step of the convolution.
+    """One step of the convolution, in numpy (what :func:`_combine` compiles; kept to check it).
 
     Adds ``p_e * h_a`` into bin ``dest(e, a)`` for every pair in NiMARE's order (experiment
     bin outer, ALE bin inner): ``bincount`` sums its input in order, so every bin equals
@@ -246,6 +256,201 @@ def _combine(
     # Mass already above the cut stays above it whatever it is combined with.
     overflow = out[-1] + overflow * float(np.sum(exp_hist[exp_idx]))
     return out[:-1], overflow
+
+
+# --- The analytic null, compiled ------------------------------------------------------------
+# The functions below repeat the numpy ones above with the same float64 operations in the
+# same order, so their results are the same bits: numba compiles without ``fastmath``, so
+# LLVM fuses no multiply-add and reorders no sum.
+
+
+def _njit(function):
+    return numba.njit(cache=True, nogil=True)(function) if numba is not None else function
+
+
+@_njit
+def _nearest_bin_one(value: float, inv_step: float, n_bins: int) -> int:
+    """:func:`_nearest_bin` of one float64 value."""
+    scaled = value * inv_step
+    floor = np.floor(scaled)
+    idx = np.int64(floor) + (1 if scaled - floor >= 0.5 else 0)
+    return min(max(idx, 0), n_bins - 1)
+
+
+@_njit
+def _dest_bin(one_minus_row: float, col_center: float, inv_step: float, n_bins: int) -> int:
+    """:func:`_dest_bins` of one pair, given ``1 - c_row``."""
+    return _nearest_bin_one(1.0 - one_minus_row * (1.0 - col_center), inv_step, n_bins)
+
+
+@_njit
+def _experiment_bins_kernel(values, counts, n_mask_voxels, inv_step, n_bins):
+    """:func:`experiment_histogram`'s non-empty bins (ascending) and their probabilities:
+    counts added bin by bin in the order given, then the zero voxels to bin 0, then the
+    scaling by ``1 / n_mask_voxels``, as there."""
+    n = values.size
+    bins = np.empty(n, dtype=np.int64)
+    total = 0
+    for i in range(n):
+        bins[i] = _nearest_bin_one(np.float64(values[i]), inv_step, n_bins)
+        total += counts[i]
+    # A stable sort keeps the values of each bin in their order, the order np.add.at adds
+    # them in.
+    order = np.argsort(bins, kind="mergesort")
+    idx = np.empty(n + 1, dtype=np.int64)
+    mass = np.empty(n + 1, dtype=np.float64)
+    idx[0] = 0
+    mass[0] = 0.0
+    m = 1
+    for j in range(n):
+        b = bins[order[j]]
+        if b != idx[m - 1]:
+            idx[m] = b
+            mass[m] = 0.0
+            m += 1
+        mass[m - 1] += np.float64(counts[order[j]])
+    mass[0] += np.float64(n_mask_voxels - total)
+    scale = 1.0 / n_mask_voxels
+    kept = 0
+    for j in range(m):
+        p = mass[j] * scale
+        if p > 0:
+            idx[kept] = idx[j]
+            mass[kept] = p
+            kept += 1
+    return idx[:kept], mass[:kept]
+
+
+def _experiment_bins(
+    values: np.ndarray, counts: np.ndarray, n_mask_voxels: int, inv_step: float, n_bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The non-empty bins of :func:`experiment_histogram` and their probabilities.
+
+    Equal to ``idx = flatnonzero(hist > 0), hist[idx]``, bit for bit, without the
+    histogram of every bin (most of them empty).
+    """
+    if numba is None:  # pragma: no cover - see the import
+        hist = experiment_histogram(values, counts, n_mask_voxels, inv_step, n_bins)
+        idx = np.flatnonzero(hist > 0)
+        return idx, hist[idx]
+    return _experiment_bins_kernel(
+        np.ascontiguousarray(values), np.ascontiguousarray(counts, dtype=np.int64),
+        int(n_mask_voxels), float(inv_step), int(n_bins),
+    )
+
+
+@_njit
+def _stair_start(one_minus_row, e, level, lo_bound, top, bin_centers, inv_step, n_bins):
+    """First ``a >= lo_bound`` with ``dest(e, a) - a < level`` (as :func:`_row_shifts`).
+
+    ``dest - a`` is non-increasing in ``a``, so the start is unique and any search finds
+    it; the exact-arithmetic prediction ``a = (e - level + 1/2) 10**5 / e`` brackets it
+    in all but rare cases, where bisection over the rest of the row takes over.
+    """
+    guess = np.int64(np.floor((e - level + 0.5) * HISTOGRAM_INV_STEP / max(e, 1)))
+    lo = min(max(guess - 2, lo_bound), top)
+    hi = min(max(guess + 3, lo_bound), top)
+    if lo > lo_bound and _dest_bin(one_minus_row, bin_centers[lo], inv_step, n_bins) - lo < level:
+        lo = lo_bound
+    if _dest_bin(one_minus_row, bin_centers[hi], inv_step, n_bins) - hi >= level:
+        hi = top
+    if _dest_bin(one_minus_row, bin_centers[lo], inv_step, n_bins) - lo < level:
+        return lo
+    # Invariant: lo is at or above the level, hi below it.
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _dest_bin(one_minus_row, bin_centers[mid], inv_step, n_bins) - mid < level:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@_njit
+def _combine_kernel(ale_hist, top, exp_idx, exp_p, bin_centers, inv_step, n_bins, out):
+    """Add ``exp_p[r] * ale_hist[a]`` into ``out[min(dest(exp_idx[r], a), cut + 1)]`` for
+    every row ``r`` (outer) and ALE bin ``a <= top`` (inner), in that order.
+
+    Each row is walked stair by stair (:func:`_row_shifts`): on a stair ``dest = a +
+    shift``, so the inner loop is a contiguous ``out[a + shift] += p * h[a]`` that touches
+    each bin once and may be vectorised without changing any sum. Consecutive stairs
+    share one bin (the shift falls by one where ``dest`` stays), and they run in order.
+    """
+    cut = ale_hist.size - 1
+    for r in range(exp_idx.size):
+        e = exp_idx[r]
+        p = exp_p[r]
+        one_minus_row = 1.0 - bin_centers[e]
+        shift = _dest_bin(one_minus_row, bin_centers[0], inv_step, n_bins)
+        last = _dest_bin(one_minus_row, bin_centers[top], inv_step, n_bins) - top
+        a0 = 0
+        while True:
+            if shift > last:
+                a1 = _stair_start(one_minus_row, e, shift, a0, top, bin_centers, inv_step,
+                                  n_bins)
+            else:
+                a1 = top + 1
+            # Bins up to the cut take their pairs one to one; the rest go to cut + 1.
+            split = min(max(cut + 1 - shift, a0), a1)
+            # Slices, not out[a + shift]: with a possibly negative index numba checks for
+            # wraparound on every access, and LLVM then leaves the loop scalar.
+            dest = out[a0 + shift : split + shift]
+            mass = ale_hist[a0:split]
+            for i in range(mass.size):
+                dest[i] += p * mass[i]
+            for a in range(split, a1):
+                out[cut + 1] += p * ale_hist[a]
+            if a1 > top:
+                break
+            a0 = a1
+            shift -= 1
+
+
+def _combine_bins(
+    ale_hist: np.ndarray,
+    overflow: float,
+    exp_idx: np.ndarray,
+    exp_p: np.ndarray,
+    bin_centers: np.ndarray,
+    inv_step: float,
+    n_bins: int,
+) -> tuple[np.ndarray, float]:
+    """:func:`_combine` of the experiment's non-empty bins ``exp_idx`` (ascending), with
+    probabilities ``exp_p``."""
+    if numba is None:  # pragma: no cover - see the import
+        exp_hist = np.zeros(n_bins, dtype=np.float64)
+        exp_hist[exp_idx] = exp_p
+        return _combine_numpy(ale_hist, overflow, exp_hist, bin_centers, inv_step, n_bins)
+    cut = ale_hist.size - 1
+    top = int(np.flatnonzero(ale_hist > 0)[-1])
+    out = np.zeros(cut + 2, dtype=np.float64)
+    _combine_kernel(np.ascontiguousarray(ale_hist, dtype=np.float64), top,
+                    np.ascontiguousarray(exp_idx, dtype=np.int64),
+                    np.ascontiguousarray(exp_p, dtype=np.float64),
+                    np.ascontiguousarray(bin_centers, dtype=np.float64), float(inv_step),
+                    int(n_bins), out)
+    # Mass already above the cut stays above it whatever it is combined with.
+    overflow = out[-1] + overflow * float(np.sum(exp_p))
+    return out[:-1], overflow
+
+
+def _combine(
+    ale_hist: np.ndarray,
+    overflow: float,
+    exp_hist: np.ndarray,
+    bin_centers: np.ndarray,
+    inv_step: float,
+    n_bins: int,
+) -> tuple[np.ndarray, float]:
+    """One step of the convolution: :func:`_combine_numpy`, compiled.
+
+    The same pairs are added in the same order (experiment bin outer, ALE bin inner), each
+    as the same float64 product, so every bin is NiMARE's bit for bit; only the
+    ``(n_experiment_bins, top + 1)`` matrices of destinations and masses are never built.
+    """
+    exp_idx = np.flatnonzero(exp_hist > 0)
+    return _combine_bins(ale_hist, overflow, exp_idx, exp_hist[exp_idx], bin_centers,
+                         inv_step, n_bins)
 
 
 def _combine_pairwise(
@@ -291,6 +496,8 @@ def analytic_null(
     -------
     AnalyticNull
     """
+    if not ma_values:
+        raise ValueError("the analytic null needs at least one experiment")
     max_ma = np.array(
         [v.max() if v.size else 0.0 for v, _ in ma_values], dtype=np.float32
     )
@@ -301,16 +508,17 @@ def analytic_null(
     if max_ale is not None:
         cut = min(cut, int(_round_half_away(np.array([max_ale * inv_step]))[0]) + 1)
 
-    ale_hist: np.ndarray | None = None
-    overflow = 0.0
-    for values, counts in ma_values:
-        exp_hist = experiment_histogram(values, counts, n_mask_voxels, inv_step, n_bins)
-        if ale_hist is None:
-            ale_hist = exp_hist[: cut + 1].copy()
-            overflow = float(np.sum(exp_hist[cut + 1 :]))
-            continue
-        ale_hist, overflow = _combine(ale_hist, overflow, exp_hist, bin_centers, inv_step, n_bins)
-    assert ale_hist is not None
+    # The first experiment's histogram starts the null whole (its mass above the cut is
+    # summed as NiMARE's array is); later ones need only their non-empty bins.
+    values, counts = ma_values[0]
+    exp_hist = experiment_histogram(values, counts, n_mask_voxels, inv_step, n_bins)
+    ale_hist = exp_hist[: cut + 1].copy()
+    overflow = float(np.sum(exp_hist[cut + 1 :]))
+    for values, counts in ma_values[1:]:
+        exp_idx, exp_p = _experiment_bins(values, counts, n_mask_voxels, inv_step, n_bins)
+        ale_hist, overflow = _combine_bins(
+            ale_hist, overflow, exp_idx, exp_p, bin_centers, inv_step, n_bins
+        )
     return AnalyticNull(bin_centers=bin_centers, weights=ale_hist, overflow=overflow)
 
 
