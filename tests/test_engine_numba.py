@@ -123,3 +123,13 @@ def test_observed_maps_of_real_data_are_the_numpy_engines(children_problem):
     for (values, counts), (want_values, want_counts) in zip(got.ma_values, want.ma_values):
         np.testing.assert_array_equal(values, want_values)
         np.testing.assert_array_equal(counts, want_counts)
+
+
+def test_experiment_log_maps_are_the_numpy_engines(children_problem):
+    problem, _ = children_problem
+    for subset in (problem, problem.subset(np.arange(7)), problem.subset([3])):
+        got, want = NumbaEngine().experiment_log_maps(subset), \
+            NumpyEngine().experiment_log_maps(subset)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        assert got[1].dtype == want[1].dtype == np.float32

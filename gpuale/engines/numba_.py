@@ -31,10 +31,12 @@ import numpy as np
 from gpuale.clusters import CONNECTIVITY_RANK
 from gpuale.engines.numpy_ import NumpyEngine, _KernelRanks
 from gpuale.nulls import (
+    CONTRAST_STATISTICS,
     ContrastNullPartial,
     ContrastNullSpec,
     GlobalNullPartial,
     GlobalNullSpec,
+    contrast_partial,
 )
 from gpuale.problem import Problem
 from gpuale.rng import relocation_draws
@@ -255,6 +257,27 @@ def _largest_cluster(flat, excess, nx, ny, nz, offsets, label, parent, size, mas
 
 
 @_njit
+def _largest_per_group(bounds, flat, excess, nx, ny, nz, offsets, label, parent, size, mass,
+                       max_size, max_mass):
+    """Largest cluster size and mass per permutation over its two groups of voxels.
+
+    Group g (voxels ``bounds[g] .. bounds[g + 1] - 1``, ascending) holds permutation
+    ``g // 2``'s positive (even g) or negative differences, which are labelled apart.
+    """
+    for g in range(bounds.size - 1):
+        start, stop = bounds[g], bounds[g + 1]
+        if stop == start:
+            continue
+        s, m = _largest_cluster(flat[start:stop], excess[start:stop], nx, ny, nz, offsets,
+                                label, parent, size, mass)
+        p = g // 2
+        if s > max_size[p]:
+            max_size[p] = s
+        if m > max_mass[p]:
+            max_mass[p] = m
+
+
+@_njit
 def _observed_log_sum(ijk, offsets, focus_side, focus_start, kernel_of_experiment,
                       rank_table, log1m_table, log1m_start, nx, ny, nz, mask_flat, log_sum,
                       scratch, counts, counts_start):
@@ -292,6 +315,68 @@ def _observed_log_sum(ijk, offsets, focus_side, focus_start, kernel_of_experimen
                             if mask_flat[row + k]:
                                 counts[base + rank] += 1
                             scratch[row + k] = 0
+
+
+@_njit
+def _experiment_terms(ijk, offsets, focus_side, focus_start, kernel_of_experiment,
+                      rank_table, log1m_table, log1m_start, nx, ny, nz, mask_index, scratch,
+                      out_experiment, out_voxel, out_value):
+    """Every experiment's non-zero ``log1p(-MA)`` at in-mask voxels, as (experiment,
+    in-mask index, value) triples in experiment order; returns how many were written.
+
+    The maximum within an experiment is taken on kernel ranks in ``scratch`` (zeros, left
+    so), as :func:`_observed_log_sum` does.
+    """
+    n = 0
+    for e in range(offsets.size - 1):
+        table = log1m_start[kernel_of_experiment[e]]
+        for f in range(offsets[e], offsets[e + 1]):
+            side = focus_side[f]
+            r = side // 2
+            x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
+            for i in range(max(x - r, 0), min(x + r + 1, nx)):
+                for j in range(max(y - r, 0), min(y + r + 1, ny)):
+                    row = (i * ny + j) * nz
+                    krow = focus_start[f] + ((i - x + r) * side + j - y + r) * side - z + r
+                    for k in range(max(z - r, 0), min(z + r + 1, nz)):
+                        scratch[row + k] = max(scratch[row + k], rank_table[krow + k])
+        for f in range(offsets[e], offsets[e + 1]):
+            side = focus_side[f]
+            r = side // 2
+            x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
+            for i in range(max(x - r, 0), min(x + r + 1, nx)):
+                for j in range(max(y - r, 0), min(y + r + 1, ny)):
+                    row = (i * ny + j) * nz
+                    for k in range(max(z - r, 0), min(z + r + 1, nz)):
+                        rank = scratch[row + k]
+                        if rank > 0:
+                            value = log1m_table[table + rank]
+                            m = mask_index[row + k]
+                            if m >= 0 and value != 0.0:
+                                out_experiment[n] = e
+                                out_voxel[n] = m
+                                out_value[n] = value
+                                n += 1
+                            scratch[row + k] = 0
+    return n
+
+
+def _rank_tables(problem: Problem) -> tuple[list, tuple]:
+    """Kernel ranks and ``log1p(-value)`` tables of a problem, flattened for the compiled
+    passes: (tables, (ijk, offsets, focus_side, focus_start, kernel_of_experiment,
+    rank_table, log1m_table, log1m_start))."""
+    tables = [_KernelRanks(k) for k in problem.kernels]
+    rank_parts = [t.ranks.ravel() for t in tables]
+    rank_start = np.concatenate([[0], np.cumsum([r.size for r in rank_parts])[:-1]])
+    log1m_start = np.concatenate([[0], np.cumsum([t.log1m.size for t in tables])[:-1]])
+    sides = np.array([k.shape[0] for k in problem.kernels], dtype=np.int64)
+    kernel_of_focus = problem.kernel_index[problem.focus_experiment]
+    return tables, (
+        problem.focus_ijk.astype(np.int64), problem.experiment_offsets.astype(np.int64),
+        sides[kernel_of_focus], rank_start[kernel_of_focus].astype(np.int64),
+        problem.kernel_index.astype(np.int64), np.concatenate(rank_parts).astype(np.int64),
+        np.concatenate([t.log1m for t in tables]), log1m_start.astype(np.int64),
+    )
 
 
 def earlier_neighbours(connectivity: int) -> np.ndarray:
@@ -393,23 +478,14 @@ class NumbaEngine:
         engine's, bit for bit)."""
         grid = problem.grid
         nx, ny, nz = (int(n) for n in grid.shape)
-        tables = [_KernelRanks(k) for k in problem.kernels]
-        rank_parts = [t.ranks.ravel() for t in tables]
-        rank_start = np.concatenate([[0], np.cumsum([r.size for r in rank_parts])[:-1]])
-        log1m_start = np.concatenate([[0], np.cumsum([t.log1m.size for t in tables])[:-1]])
-        sides = np.array([k.shape[0] for k in problem.kernels], dtype=np.int64)
-        kernel_of_focus = problem.kernel_index[problem.focus_experiment]
+        tables, kernel_arrays = _rank_tables(problem)
         n_ranks = np.array([t.log1m.size for t in tables])[problem.kernel_index]
         counts_start = np.concatenate([[0], np.cumsum(n_ranks)]).astype(np.int64)
         counts = np.zeros(int(counts_start[-1]), dtype=np.int64)
         log_sum = np.zeros(nx * ny * nz, dtype=np.float64)
         _observed_log_sum(
-            problem.focus_ijk.astype(np.int64), problem.experiment_offsets.astype(np.int64),
-            sides[kernel_of_focus], rank_start[kernel_of_focus].astype(np.int64),
-            problem.kernel_index.astype(np.int64), np.concatenate(rank_parts).astype(np.int64),
-            np.concatenate([t.log1m for t in tables]), log1m_start.astype(np.int64), nx, ny, nz,
-            grid.mask.reshape(-1), log_sum, np.zeros(nx * ny * nz, dtype=np.int64), counts,
-            counts_start,
+            *kernel_arrays, nx, ny, nz, grid.mask.reshape(-1), log_sum,
+            np.zeros(nx * ny * nz, dtype=np.int64), counts, counts_start,
         )
         ma_values = []
         for e in range(problem.n_experiments):
@@ -421,7 +497,27 @@ class NumbaEngine:
         return ObservedALE(ale=ale_from_log_sum(masked), log_sum=masked, ma_values=ma_values)
 
     def experiment_log_maps(self, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
-        return self._numpy.experiment_log_maps(problem)
+        """Each experiment's float32 ``log1p(-MA)`` over the voxels any experiment reaches
+        (the numpy engine's, bit for bit), from one compiled pass."""
+        grid = problem.grid
+        nx, ny, nz = (int(n) for n in grid.shape)
+        _, kernel_arrays = _rank_tables(problem)
+        mask_index = np.full(nx * ny * nz, -1, dtype=np.int64)
+        mask_index[grid.in_mask_flat] = np.arange(grid.n_voxels)
+        sides = kernel_arrays[2]
+        bound = int(np.sum(sides.astype(np.int64) ** 3))  # every box voxel, at most
+        experiment = np.empty(bound, dtype=np.int64)
+        voxel = np.empty(bound, dtype=np.int64)
+        value = np.empty(bound, dtype=np.float64)
+        n = _experiment_terms(*kernel_arrays, nx, ny, nz, mask_index,
+                              np.zeros(nx * ny * nz, dtype=np.int64), experiment, voxel, value)
+        reached = np.zeros(grid.n_voxels, dtype=bool)
+        reached[voxel[:n]] = True
+        support = np.flatnonzero(reached)  # ascending, as np.unique would give
+        column = np.cumsum(reached) - 1
+        log_maps = np.zeros((problem.n_experiments, support.size), dtype=np.float32)
+        log_maps[experiment[:n], column[voxel[:n]]] = value[:n]
+        return support, log_maps
 
     def observed_difference(self, spec: ContrastNullSpec) -> np.ndarray:
         return _numba_contrast.observed_difference(self._contrast_tables(spec))
@@ -431,6 +527,8 @@ class NumbaEngine:
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
         if not isinstance(spec, GlobalNullSpec):
+            if tuple(spec.statistics) != CONTRAST_STATISTICS:
+                return self._contrast_statistics(spec, seed, first, count)
             upper, lower, max_abs = _numba_contrast.contrast_chunk(
                 self._contrast_tables(spec), seed, first, count)
             return ContrastNullPartial(upper, lower, {int(first): (max_abs,)})
@@ -472,9 +570,52 @@ class NumbaEngine:
         return _largest_cluster(flat, excess, nx, ny, nz, tables.neighbours, scratch.label,
                                 scratch.parent, scratch.size, scratch.mass)
 
+    def _contrast_statistics(self, spec: ContrastNullSpec, seed: int, first: int,
+                             count: int) -> ContrastNullPartial:
+        """A chunk of a contrast null with histograms or cluster statistics."""
+        results = _numba_contrast.statistics_chunk(self._contrast_tables(spec), spec, seed,
+                                                   first, count)
+        picked = results.pop("picked")
+        if picked is not None:
+            results["max_size"], results["max_mass"] = self._largest_contrast_clusters(
+                spec, picked, count)
+        return contrast_partial(first, results)
+
+    def _largest_contrast_clusters(self, spec: ContrastNullSpec, picked, count: int):
+        """Per permutation, the largest cluster size and mass of the supra-threshold
+        voxels, positive and negative differences apart (the numpy engine's
+        :func:`~gpuale.engines._contrast_blocks.largest_clusters`, by union-find)."""
+        permutation, column, values = picked
+        negative = values < 0
+        # Grouped by (permutation, sign), each group in ascending voxel order, so that
+        # masses are summed in the numpy engine's order.
+        order = np.lexsort((column, negative, permutation))
+        group = (2 * permutation + negative)[order]
+        bounds = np.searchsorted(group, np.arange(2 * count + 1)).astype(np.int64)
+        flat = np.ascontiguousarray(spec.voxel_flat[column[order]], dtype=np.int64)
+        excess = (np.abs(values[order]).astype(np.float64)
+                  - np.float64(np.float32(spec.cluster_forming_abs_difference)))
+        nx, ny, nz = (int(n) for n in spec.shape)
+        key = (nx, ny, nz, spec.n_voxels)
+        cached = getattr(self._local, "contrast_scratch", None)
+        if cached is None or cached[0] != key:
+            cached = (key, np.full(nx * ny * nz, -1, dtype=np.int64),
+                      np.empty(spec.n_voxels, dtype=np.int64),
+                      np.empty(spec.n_voxels, dtype=np.int64),
+                      np.empty(spec.n_voxels, dtype=np.float64))
+            self._local.contrast_scratch = cached
+        _, label, parent, size, mass = cached
+        max_size = np.zeros(count, dtype=np.int64)
+        max_mass = np.zeros(count, dtype=np.float64)
+        _largest_per_group(bounds, flat, excess, nx, ny, nz,
+                           earlier_neighbours(spec.connectivity), label, parent, size, mass,
+                           max_size, max_mass)
+        return max_size, max_mass
+
     def _contrast_tables(self, spec: ContrastNullSpec):
         with self._lock:
-            if self._contrast is None or self._contrast[0] is not spec:
+            # Specs of the same data (the passes of a cluster null) share the tables.
+            if self._contrast is None or not self._contrast[0].same_data(spec):
                 self._contrast = None  # free the previous tables first
                 self._contrast = (spec, _numba_contrast.prepare(spec.log_maps, spec.n_a))
             return self._contrast[1]
