@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
 
 import numpy as np
-from scipy import stats as sp_stats
 
 from gpuale.clusters import label_clusters
 from gpuale.grid import Grid
@@ -20,10 +20,89 @@ from gpuale.stats import fwe_p_values, p_to_z
 
 __all__ = [
     "ClusterInference",
+    "UnreachableThresholdWarning",
     "correct_fwe",
     "fdr_threshold",
+    "iterations_to_reach",
+    "smallest_fwe_p",
     "threshold_interval",
+    "unreachable_threshold_message",
 ]
+
+
+# --- Reachable thresholds ---------------------------------------------------------------------
+
+
+class UnreachableThresholdWarning(UserWarning):
+    """A permutation test cannot reach its threshold with the iterations it was given.
+
+    With n permutations the smallest p a test can report is about 1/n (p is clipped there,
+    as NiMARE does), and gpuale's thresholds are strict (``p < threshold``), so below a
+    certain n nothing can pass however strong the effect.
+    """
+
+
+def smallest_fwe_p(n_iters: int) -> float:
+    """The smallest FWE p that :func:`gpuale.stats.fwe_p_values` gives with ``n_iters``.
+
+    Computed by that function itself for an observation above every null value, so that
+    this stays true if its clipping changes.
+    """
+    return float(fwe_p_values(np.array([np.inf]), np.zeros(n_iters))[0])
+
+
+def iterations_to_reach(
+    threshold: float, smallest_p: Callable[[int], float], *, limit: int = 10**9
+) -> int:
+    """The fewest iterations with which some p can lie below ``threshold`` (strictly).
+
+    Parameters
+    ----------
+    threshold : float
+        The test's threshold; a p passes when ``p < threshold``.
+    smallest_p : callable
+        The smallest p the test can give with n iterations; never increasing in n.
+    limit : int
+        Give up beyond this many iterations.
+
+    Raises
+    ------
+    ValueError
+        No n up to ``limit`` reaches the threshold.
+    """
+    # Doubling, then bisection: exact whatever smallest_p's rounding, in ~60 evaluations.
+    high = 1
+    while not smallest_p(high) < threshold:
+        if high >= limit:
+            raise ValueError(f"no number of iterations up to {limit:,} reaches p < {threshold}")
+        high = min(2 * high, limit)
+    low = high // 2  # fails (or is 0)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if smallest_p(middle) < threshold:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def unreachable_threshold_message(
+    test: str, n_iters: int, threshold: float, smallest_p: Callable[[int], float]
+) -> str | None:
+    """The warning for a test whose threshold ``n_iters`` cannot reach (None if it can).
+
+    ``test`` names the test and its threshold in words, e.g. "the contrast's threshold".
+    """
+    smallest = smallest_p(n_iters)
+    if smallest < threshold:
+        return None
+    needed = iterations_to_reach(threshold, smallest_p)
+    return (
+        f"{test} (p < {threshold:g}) cannot be reached with {n_iters:,} iterations: the "
+        f"smallest p they can give is {smallest:.3g}, so nothing can pass however strong the "
+        f"effect; it needs at least {needed:,} iterations, and several times that to resolve "
+        "p near the threshold"
+    )
 
 
 def threshold_interval(
@@ -38,6 +117,8 @@ def threshold_interval(
     -------
     estimate, low, high : float
     """
+    from scipy import stats as sp_stats  # imported when needed: it costs ~0.35 s
+
     null = np.sort(np.asarray(null_maxima, dtype=np.float64))
     n = null.size
     q = 1.0 - alpha

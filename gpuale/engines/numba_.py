@@ -127,14 +127,16 @@ def _box_in_slab(f, ijk, focus_side, x_first, x_stop, ny, nz):
 
 @_njit
 def _stamp_slab(slab, scratch, x_first, x_stop, ijk, offsets, focus_side, focus_start,
-                log_table, ny, nz, shared):
+                log_table, ny, nz, shared, row_lo, row_hi):
     """Add every experiment's ``log1p(-MA)`` into the x-planes ``x_first .. x_stop - 1``
     (``slab``, zeroed here), experiment by experiment, so that every voxel receives its
     experiments' terms in experiment order, as the numpy engine adds them.
 
     A box no other box of its experiment touches adds its kernel. Boxes that touch take
     their minimum ``log1p(-kernel)`` (maximum MA) in ``scratch`` (a slab of zeros), which
-    is then added once and cleared: a voxel covered by several boxes counts once.
+    is then added once and cleared: a voxel covered by several boxes counts once. Only the
+    in-mask stretch ``row_lo .. row_hi - 1`` of each row is visited: nothing reads the
+    log-sum outside the mask.
     """
     slab[:] = 0.0
     plane = ny * nz
@@ -147,17 +149,20 @@ def _stamp_slab(slab, scratch, x_first, x_stop, ijk, offsets, focus_side, focus_
             side = focus_side[f]
             r = side // 2
             x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
+            touched = shared[f]
+            any_shared = any_shared or touched
             for i in range(x0, x1):
                 for j in range(y0, y1):
+                    lo = max(z0, row_lo[i * ny + j])
+                    hi = min(z1, row_hi[i * ny + j])
                     row = (i - x_first) * plane + j * nz
                     krow = focus_start[f] + ((i - x + r) * side + j - y + r) * side - z + r
-                    if shared[f]:
-                        for k in range(z0, z1):
+                    if touched:
+                        for k in range(lo, hi):
                             scratch[row + k] = min(scratch[row + k], log_table[krow + k])
                     else:
-                        for k in range(z0, z1):
+                        for k in range(lo, hi):
                             slab[row + k] += log_table[krow + k]
-            any_shared = any_shared or shared[f]
         if not any_shared:
             continue
         for f in range(offsets[e], offsets[e + 1]):
@@ -166,8 +171,10 @@ def _stamp_slab(slab, scratch, x_first, x_stop, ijk, offsets, focus_side, focus_
             x0, x1, y0, y1, z0, z1 = _box_in_slab(f, ijk, focus_side, x_first, x_stop, ny, nz)
             for i in range(x0, x1):
                 for j in range(y0, y1):
+                    lo = max(z0, row_lo[i * ny + j])
+                    hi = min(z1, row_hi[i * ny + j])
                     row = (i - x_first) * plane + j * nz
-                    for k in range(z0, z1):
+                    for k in range(lo, hi):
                         # Where an earlier box was already added this adds 0.0, which
                         # changes no sum but the sign of a zero.
                         slab[row + k] += scratch[row + k]
@@ -177,7 +184,7 @@ def _stamp_slab(slab, scratch, x_first, x_stop, ijk, offsets, focus_side, focus_
 @_njit
 def _permuted_log_sum(ijk, offsets, focus_side, focus_start, log_table, nx, ny, nz,
                       in_mask_flat, slab_mask_start, slab_planes, log_cut, slab, scratch,
-                      shared, candidates, candidate_log):
+                      shared, candidates, candidate_log, row_lo, row_hi):
     """One permutation's log-sum, slab of x-planes by slab (a slab stays in cache): its
     smallest in-mask value, and the in-mask voxels below ``log_cut`` (indices into the
     mask, ascending) with their log-sums.
@@ -192,7 +199,7 @@ def _permuted_log_sum(ijk, offsets, focus_side, focus_start, log_table, nx, ny, 
         x_first = s * slab_planes
         x_stop = min(x_first + slab_planes, nx)
         _stamp_slab(slab, scratch, x_first, x_stop, ijk, offsets, focus_side, focus_start,
-                    log_table, ny, nz, shared)
+                    log_table, ny, nz, shared, row_lo, row_hi)
         base = x_first * plane
         for m in range(slab_mask_start[s], slab_mask_start[s + 1]):
             value = slab[in_mask_flat[m] - base]
@@ -421,6 +428,11 @@ class _GlobalTables:
         plane_starts = np.minimum(plane_starts, nx)
         plane_starts = np.unique(plane_starts)
         self.slab_mask_start = np.searchsorted(self.in_mask_flat, plane_starts * ny * nz)
+        # The in-mask stretch of every row (i, j) along z; empty rows get lo = hi = 0.
+        rows = grid.mask.reshape(nx * ny, nz)
+        inside = rows.any(axis=1)
+        self.row_lo = np.where(inside, rows.argmax(axis=1), 0).astype(np.int64)
+        self.row_hi = np.where(inside, nz - rows[:, ::-1].argmax(axis=1), 0).astype(np.int64)
 
 
 class _Scratch:
@@ -550,7 +562,7 @@ class NumbaEngine:
                 ijk, tables.offsets, tables.focus_side, tables.focus_start, tables.log_table,
                 nx, ny, nz, tables.in_mask_flat, tables.slab_mask_start, tables.slab_planes,
                 tables.log_cut, scratch.slab, scratch.scratch, scratch.shared,
-                scratch.candidates, scratch.candidate_log,
+                scratch.candidates, scratch.candidate_log, tables.row_lo, tables.row_hi,
             )
             out[0][b] = ale_from_log_sum(np.array([smallest]))[0]
             out[1][b], out[2][b] = self._largest_cluster(tables, scratch, n)
