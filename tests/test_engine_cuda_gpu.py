@@ -2,8 +2,9 @@
 
 The engine's results against the brute-force references are checked in test_engines.py,
 on the GPU too; here: every output is written whatever the scratch held, batches split by
-memory give the same null, the device's fixed-point log-sums equal the host shim's bit for
-bit, and the engine computes on the device it was made for.
+memory give the same null, the device's fixed-point log-sums, supra-threshold lists,
+labels and cluster sizes equal the host shim's bit for bit, and the engine computes on the
+device it was made for.
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ def test_every_output_is_written(problem):
     pipeline = cuda._NullPipeline(problem, THRESHOLD, 18, xp=cupy, launch=cuda._cupy_launcher())
     buf = pipeline.buffers(COUNT)
     # Poison the scratch too: the kernels must not rely on anything left from before.
-    for array in (buf.focus_pos, buf.label, buf.size, buf.max_size):
+    for array in (buf.focus_pos, buf.overlap_count, buf.overlap_list, buf.supra_count,
+                  buf.supra_list, buf.label, buf.size, buf.max_size):
         array.fill(-7 if array.dtype.kind == "i" else 7)
-    for array in (buf.neg_log_sum, buf.max_neg_log_sum, buf.max_mass):
+    for array in (buf.neg_log_sum, buf.mass, buf.max_neg_log_sum, buf.max_mass):
         array.fill(12345)
     max_ale = cupy.full(COUNT, cupy.nan)
     max_size = cupy.full(COUNT, -1, dtype=cupy.int64)
@@ -99,6 +101,35 @@ def test_gpu_log_sum_equals_host_shim_bit_for_bit(problem):
         pipeline.log_sum(buf, 4)
         sums.append(buf.neg_log_sum if xp is np else buf.neg_log_sum.get())  # synchronize
     np.testing.assert_array_equal(sums[0], sums[1])
+
+
+@pytest.mark.skipif(not _hostshim.compiler_available(), reason="needs g++ for the host shim")
+@pytest.mark.parametrize("connectivity", [6, 26])
+def test_gpu_labelling_equals_host_shim_bit_for_bit(problem, connectivity):
+    # Equal log-sums and one integer cut: the same supra-threshold voxels; roots are the
+    # smallest index of each component whatever the order of the unions.
+    import cupy
+
+    host = _hostshim.load(cuda.kernel_dir() / cuda.NULL_KERNEL_FILE)
+    results = []
+    for xp, launch in ((cupy, cuda._cupy_launcher()), (np, host.launch)):
+        pipeline = cuda._NullPipeline(problem, THRESHOLD, connectivity, xp=xp, launch=launch)
+        buf = pipeline.buffers(COUNT)
+        out = (xp.empty(COUNT), xp.empty(COUNT, dtype=xp.int64), xp.empty(COUNT))
+        pipeline.run(buf, SEED, FIRST, COUNT, *out)
+        get = (lambda a: a) if xp is np else (lambda a: a.get())  # synchronize
+        count, listed = get(buf.supra_count), get(buf.supra_list)
+        label, size = get(buf.label), get(buf.size)
+        per_perm = []
+        for b in range(COUNT):
+            voxels = np.sort(listed[b, : count[b]])
+            per_perm.append((voxels, label[b, voxels], size[b, label[b, voxels]]))
+        results.append((per_perm, get(out[1])))
+    (gpu, gpu_sizes), (shim, shim_sizes) = results
+    for a, b in zip(gpu, shim, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(gpu_sizes, shim_sizes)
 
 
 def test_engine_computes_on_its_own_device(problem):

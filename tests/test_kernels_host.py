@@ -8,6 +8,9 @@ against the brute-force references in test_engines.py.
 
 from __future__ import annotations
 
+import math
+import re
+
 import numpy as np
 import pytest
 from conftest import null_maxima
@@ -15,7 +18,12 @@ from scipy import ndimage
 
 from gpuale import _hostshim
 from gpuale.clusters import connectivity_structure
-from gpuale.engines.cuda import LOG_SUM_FRAC_BITS, _NullPipeline, kernel_dir
+from gpuale.engines.cuda import (
+    LOG_SUM_FRAC_BITS,
+    _NullPipeline,
+    kernel_dir,
+    supra_threshold_cut,
+)
 from gpuale.engines.numpy_ import NumpyEngine, _PermutationScratch
 from gpuale.grid import Grid
 from gpuale.kernel import ale_kernel
@@ -63,9 +71,11 @@ def problem() -> Problem:
 
 
 def _pipeline(
-    problem, module, connectivity=6, block_size=16, max_grid=(3, 5), threshold=THRESHOLD
+    problem, module, connectivity=6, block_size=16, max_grid=(3, 5), threshold=THRESHOLD,
+    scatter_shape=(5, 3, 17),
 ):
-    # Small blocks and grids make every grid-stride loop take several turns.
+    # Small blocks and grids make every grid-stride loop take several turns; teams of 5
+    # lanes over chunks of 17 columns make lanes run from one box into the next.
     return _NullPipeline(
         problem,
         threshold,
@@ -74,6 +84,8 @@ def _pipeline(
         launch=module.launch,
         block_size=block_size,
         max_grid=max_grid,
+        scatter_shape=scatter_shape,
+        list_threads=32,
     )
 
 
@@ -106,8 +118,14 @@ def test_draws_match_numpy_bit_for_bit(problem, module, seed):
     np.testing.assert_array_equal(buf.focus_pos[..., :3], ijk)
 
 
-def test_log_sum_matches_numpy(problem, module):
-    pipeline = _pipeline(problem, module)
+# Lanes per team, teams per block, columns per team: one lane and column; lanes that
+# cross boxes; the GPU's shape; more lanes than a chunk has columns; chunks of many boxes.
+SCATTER_SHAPES = [(1, 1, 1), (5, 3, 17), (32, 8, 256), (32, 2, 7), (256, 2, 1000)]
+
+
+@pytest.mark.parametrize("scatter_shape", SCATTER_SHAPES, ids=str)
+def test_log_sum_matches_numpy(problem, module, scatter_shape):
+    pipeline = _pipeline(problem, module, scatter_shape=scatter_shape)
     buf = pipeline.buffers(COUNT)
     pipeline.draw(buf, SEED, FIRST, COUNT)
     pipeline.log_sum(buf, COUNT)
@@ -133,6 +151,57 @@ def test_log_sum_counts_an_experiment_once_where_its_boxes_overlap(problem, modu
     np.testing.assert_allclose(_neg_log_sum(buf, 1)[0], want, rtol=0, atol=LOG_SUM_ATOL)
 
 
+def test_overlap_lists_hold_the_overlapping_foci_of_the_experiment(problem, module):
+    pipeline = _pipeline(problem, module)
+    buf = pipeline.buffers(COUNT)
+    pipeline.draw(buf, SEED, FIRST, COUNT)
+    pipeline.log_sum(buf, COUNT)
+    info = pipeline.focus_info
+    for b in range(COUNT):
+        pos = buf.focus_pos[b, :, :3].astype(np.int64)
+        for f in range(problem.n_foci):
+            first, stop, _, side, start, _ = info[f]
+            others = [g for g in range(first, stop)
+                      if g != f and np.all(np.abs(pos[g] - pos[f]) < side)]
+            n = buf.overlap_count[b, f]
+            entries = buf.overlap_list[b, start : start + n].astype(np.int64)
+            delta = np.stack([(entries >> s & 0xFF) - 128 for s in (0, 8, 16)], axis=1)
+            np.testing.assert_array_equal(delta, pos[others] - pos[f])
+            np.testing.assert_array_equal(entries >> 24 & 1, np.array(others) < f)
+
+
+def test_log_sum_of_small_boxes_matches_numpy(module):
+    # Sides 3 and 5 (9 and 25 columns) with teams of 32 and 256 lanes: every lane runs
+    # through several boxes per round, and through boxes clipped by the volume's faces.
+    shape = (6, 7, 5)
+    rs = np.random.default_rng(5)
+    grid = Grid(mask=rs.random(shape) > 0.2, affine=np.eye(4), voxel_sizes=(2.0, 2.0, 2.0))
+    offsets = np.array([0, 3, 4, 9, 11])
+    problem = Problem(
+        grid=grid,
+        focus_ijk=(rs.random((11, 3)) * shape).astype(np.int32),
+        experiment_offsets=offsets,
+        kernel_index=np.array([0, 1, 0, 1], dtype=np.int32),
+        kernels=(ale_kernel(0.3), ale_kernel(0.5)),
+        fwhm_mm=np.full(4, 10.0),
+        experiment_ids=("a", "b", "c", "d"),
+    )
+    engine = _PermutationScratch(problem, THRESHOLD, 6)
+    sums = []
+    for scatter_shape in [(32, 1, 64), (256, 2, 512), (3, 2, 7)]:
+        pipeline = _pipeline(problem, module, scatter_shape=scatter_shape)
+        buf = pipeline.buffers(6)
+        pipeline.draw(buf, SEED, 0, 6)
+        pipeline.log_sum(buf, 6)
+        for b in range(6):
+            want = engine.log_sum(buf.focus_pos[b, :, :3].astype(np.int64))
+            np.testing.assert_allclose(_neg_log_sum(buf, 6)[b], want, rtol=0,
+                                       atol=LOG_SUM_ATOL)
+        sums.append(buf.neg_log_sum[:6].copy())
+    for other in sums[1:]:
+        np.testing.assert_array_equal(other, sums[0])  # fixed point: any shape, same bits
+
+
 @pytest.mark.parametrize("connectivity", [6, 18, 26])
 def test_labels_are_the_connected_components(problem, module, connectivity):
     pipeline = _pipeline(problem, module, connectivity)
@@ -142,19 +211,24 @@ def test_labels_are_the_connected_components(problem, module, connectivity):
     for b in range(COUNT):
         ijk = buf.focus_pos[b, :, :3].astype(np.int64)
         supra = ale_from_log_sum(engine.log_sum(ijk)) > THRESHOLD
+        # The compact list holds exactly the supra-threshold voxels (in any order).
+        listed = np.sort(buf.supra_list[b, : buf.supra_count[b]])
+        np.testing.assert_array_equal(listed, np.flatnonzero(supra))
         labels = buf.label[b]
-        np.testing.assert_array_equal(labels >= 0, supra)
         volume = np.zeros(grid.shape, dtype=bool)
         volume.reshape(-1)[grid.in_mask_flat[supra]] = True
         want, _ = ndimage.label(volume, connectivity_structure(connectivity))
         want = want.reshape(-1)[grid.in_mask_flat[supra]]
-        got = labels[supra]
+        got = labels[listed]
         # Every voxel points at a root, and a root is its component's smallest index.
         np.testing.assert_array_equal(labels[got], got)
-        assert np.all(got <= np.flatnonzero(supra))
+        assert np.all(got <= listed)
         # The same partition as scipy's: labels correspond one to one.
         pairs = np.unique(np.stack([got, want]), axis=1)
         assert pairs.shape[1] == np.unique(got).size == np.unique(want).size
+        # Sizes were accumulated into the roots.
+        roots, sizes = np.unique(got, return_counts=True)
+        np.testing.assert_array_equal(buf.size[b, roots], sizes)
 
 
 def test_threshold_is_compared_in_float64_as_nimare_does(problem, module):
@@ -176,7 +250,8 @@ def test_threshold_is_compared_in_float64_as_nimare_does(problem, module):
     assert np.float32(threshold) == np.float32(value)
     assert (ale.astype(np.float64) > threshold).sum() > (ale > np.float32(threshold)).sum()
     buf, got = _run(_pipeline(problem, module, threshold=threshold), count=1)
-    np.testing.assert_array_equal(buf.label[0] >= 0, ale.astype(np.float64) > threshold)
+    listed = np.sort(buf.supra_list[0, : buf.supra_count[0]])
+    np.testing.assert_array_equal(listed, np.flatnonzero(ale.astype(np.float64) > threshold))
     want = null_maxima(NumpyEngine(), problem, SEED, FIRST, 1, threshold, 6)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_allclose(got[2], want[2], rtol=REL, atol=0)
@@ -192,9 +267,54 @@ def test_results_do_not_depend_on_launch_shape_or_batch_split(problem, module):
 
 def test_launch_rejects_untyped_or_mismatched_arguments(module):
     buf = np.zeros(4, dtype=np.int32)
+    count = np.zeros(1, dtype=np.int32)
     with pytest.raises(TypeError, match="numpy scalar"):
-        module.launch("gpuale_label_compress", (1,), (1,), (1, np.int32(4), buf))
+        module.launch("gpuale_label_compress", (1,), (1,), (1, np.int32(4), count, buf, buf))
     with pytest.raises(ValueError, match="has 4 bytes, got int64"):
-        module.launch("gpuale_label_compress", (1,), (1,), (np.int64(1), np.int32(4), buf))
-    with pytest.raises(ValueError, match="takes 3 arguments"):
+        module.launch("gpuale_label_compress", (1,), (1,),
+                      (np.int64(1), np.int32(4), count, buf, buf))
+    with pytest.raises(ValueError, match="takes 5 arguments"):
         module.launch("gpuale_label_compress", (1,), (1,), (np.int32(1),))
+
+
+_FINISH_ARGS = (np.int32(0), np.zeros(1, np.uint64), np.zeros(1, np.uint32),
+                np.zeros(1, np.uint64), np.zeros(1), np.zeros(1, np.int64), np.zeros(1))
+
+
+@pytest.mark.parametrize(("grid", "block", "limit"), [
+    ((2**31,), (1,), "gridDim.x = 2,147,483,648"),
+    ((1, 65536), (1,), "gridDim.y = 65,536"),
+    ((1, 1, 65536), (1,), "gridDim.z = 65,536"),
+    ((1,), (1025,), "blockDim.x = 1,025"),
+    ((1,), (1, 1, 65), "blockDim.z = 65"),
+    ((1,), (32, 33), "threads per block = 1,056"),
+])
+def test_launch_keeps_cuda_limits(module, grid, block, limit):
+    with pytest.raises(ValueError, match=f"{limit} exceeds CUDA's limit"):
+        module.launch("gpuale_finish", grid, block, _FINISH_ARGS)
+
+
+def test_launch_accepts_the_largest_shapes(module):
+    for grid, block in [((1, 65535), (1,)), ((1, 1, 65535), (1,)), ((1,), (1024,)),
+                        ((1,), (16, 1, 64))]:
+        module.launch("gpuale_finish", grid, block, _FINISH_ARGS)
+
+
+def test_grid_stride_loops_count_in_64_bits():
+    # A 32-bit counter of a grid-stride loop wraps past 2**31 (issue 11: the draws wrote
+    # out of bounds at 100,000 permutations x 15,000 foci), whatever the host checks.
+    loop = re.compile(r"for\s*\(([^;]*);([^;]*);([^)]*)\)")
+    for source in sorted(kernel_dir().glob("*.cu")):
+        for init, _, step in loop.findall(source.read_text()):
+            if re.search(r"blockIdx|gridDim|blockDim|threadIdx|stride|n_teams", init + step):
+                assert init.strip().startswith("long long"), f"{source.name}: for ({init}; ...)"
+
+
+def test_supra_threshold_cut_is_where_float32_ale_passes_the_threshold():
+    unit = 2.0**-LOG_SUM_FRAC_BITS
+    for threshold in [0.001, 0.0123456, THRESHOLD, 0.5, 0.999]:
+        cut = supra_threshold_cut(threshold)
+        below, at = (np.float32(1.0 - math.exp(-float(d) * unit)) for d in (cut - 1, cut))
+        assert float(below) <= threshold < float(at)
+    assert supra_threshold_cut(-1.0) == 0  # every voxel, even ALE 0
+    assert supra_threshold_cut(1.0) == 2**64 - 1  # none: ALE never exceeds 1

@@ -104,11 +104,12 @@ def resolve_device(device: str) -> str:
     Raises
     ------
     ValueError
-        For an unknown device, or ``gpu`` where CuPy sees no GPU (never a silent fallback).
+        For an unknown device, ``gpu`` where CuPy sees no GPU (never a silent fallback),
+        or ``gpu:N`` past the last device it sees.
     """
     device = device.strip().lower()
-    if device == "cpu":
-        return "cpu"
+    if device in ("cpu", "cpu-numpy", "cpu-numba"):
+        return device  # cpu-numpy, cpu-numba: one CPU engine by name (gpuale compare --devices)
     if device == "auto":
         return "gpu:0" if gpu_available() else "cpu"
     if device == "gpu" or device.startswith("gpu:"):
@@ -121,6 +122,15 @@ def resolve_device(device: str) -> str:
                 "extra (pip install 'gpuale[gpu]') on a machine with an NVIDIA GPU, or "
                 f"{DeviceUnavailable.hint}"
             )
+        from gpuale.engines.cuda import device_count
+
+        count = device_count()  # gpu:N past the last device would fail deep in CuPy
+        if int(index) >= count:
+            valid = "gpu:0" if count == 1 else f"gpu:0 to gpu:{count - 1}"
+            raise DeviceUnavailable(
+                f"device {device!r}: CuPy sees {count} GPU(s), {valid}; choose one of them "
+                f"or {DeviceUnavailable.hint}"
+            )
         return f"gpu:{int(index)}"
     raise ValueError(f"unknown device {device!r}; choose {DEVICES_HELP}")
 
@@ -129,7 +139,11 @@ def get_engine(device: str = "cpu") -> Engine:
     """The engine for a device string (see :func:`resolve_device`): on the CPU the numba
     engine (the numpy engine where numba cannot be imported), on a GPU the CUDA engine."""
     resolved = resolve_device(device)
-    if resolved == "cpu":
+    if resolved == "cpu-numpy":
+        from gpuale.engines.numpy_ import NumpyEngine
+
+        return NumpyEngine()
+    if resolved in ("cpu", "cpu-numba"):
         from gpuale.engines.numba_ import NumbaEngine, numba_available
 
         if numba_available():

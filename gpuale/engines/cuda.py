@@ -6,7 +6,11 @@ with three numbers per permutation coming back. Results match
 :class:`gpuale.engines.numpy_.NumpyEngine` for the same seed: draws are the same Philox
 function, and sums are carried in fixed point so that they do not depend on the order of
 atomic additions. Contrast nulls are cuBLAS matrix products
-(:mod:`gpuale.engines._contrast_blocks`, the numpy engine's code on CuPy arrays).
+(:mod:`gpuale.engines._contrast_blocks`, the numpy engine's code on CuPy arrays),
+including the histograms and cluster statistics of cluster-level FWE, whose few
+supra-threshold voxels per permutation are copied back and labelled on the host. (That
+path is the numpy engine's on CuPy arrays and runs through the host shim in the tests,
+but has not run on a GPU yet.)
 
 Everything runs under ``cupy.cuda.Device(device_id)``. CuPy is imported only inside
 functions, so this module imports on machines without it. The launch sequence
@@ -21,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -31,11 +36,18 @@ import numpy as np
 from gpuale.clusters import CONNECTIVITY_RANK
 from gpuale.engines import _contrast_blocks
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.nulls import ContrastNullPartial, ContrastNullSpec, GlobalNullPartial, GlobalNullSpec
+from gpuale.nulls import (
+    CONTRAST_STATISTICS,
+    ContrastNullPartial,
+    ContrastNullSpec,
+    GlobalNullPartial,
+    GlobalNullSpec,
+    contrast_partial,
+)
 from gpuale.problem import Problem
 from gpuale.stats import ObservedALE
 
-__all__ = ["CudaEngine", "gpu_available", "kernel_dir"]
+__all__ = ["CudaEngine", "device_count", "gpu_available", "kernel_dir", "supra_threshold_cut"]
 
 #: The kernels of the Monte Carlo null.
 NULL_KERNEL_FILE = "ale_null.cu"
@@ -45,8 +57,14 @@ LOG_SUM_FRAC_BITS = 50
 MASS_FRAC_BITS = 40
 #: A log-sum term is clamped here: exp(-64) < 2**-53, so ALE is 1 exactly either way.
 MAX_LOG_TERM = 64.0
-#: Threads per block.
+#: Threads per block of the one-dimensional kernels.
 BLOCK_SIZE = 256
+#: Scatter launch shape: lanes per team (one warp), teams per block, and box-face columns
+#: per team (8 rounds of its lanes: resident teams then cover ~2 adults permutations).
+SCATTER_SHAPE = (32, 8, 256)
+#: Threads per permutation of the passes over the supra-threshold lists (they loop over
+#: longer lists): a null permutation has a few hundred supra-threshold voxels.
+LIST_THREADS = 1024
 #: Largest grid in x and y (CUDA limits; the kernels' grid-stride loops cover the rest).
 MAX_GRID = (2**31 - 1, 65535)
 #: Largest number of permutations in one batch, whatever the free memory.
@@ -55,6 +73,8 @@ MAX_BATCH = 4096
 MEMORY_FRACTION = 0.5
 #: Masses are sums of excesses < 1 in 63-bit fixed point with MASS_FRAC_BITS fraction bits.
 MAX_MASK_VOXELS = 2 ** (63 - MASS_FRAC_BITS)
+#: Overlap-list entries hold position differences in 8 bits (GPUALE_OVERLAP_BIAS).
+MAX_KERNEL_SIDE = 128
 
 Launcher = Callable[[str, tuple[int, ...], tuple[int, ...], tuple[Any, ...]], None]
 
@@ -87,6 +107,18 @@ def gpu_available() -> bool:
         return bool(cupy.is_available())
     except Exception:
         return False
+
+
+def device_count() -> int:
+    """Number of CUDA devices CuPy sees (0 without CuPy, a driver or a device)."""
+    try:
+        import cupy
+    except Exception:  # a broken CUDA install raises more than ImportError
+        return 0
+    try:
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
 
 
 @functools.cache
@@ -142,12 +174,91 @@ def neg_log_tables(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(parts).astype(np.uint64), starts
 
 
-def focus_info(problem: Problem, kernel_starts: np.ndarray) -> np.ndarray:
-    """Per focus: (first focus of its experiment, end of its experiment, kernel start, side).
+def supra_threshold_cut(threshold: float) -> int:
+    """The smallest fixed-point ``-S`` whose ALE the kernels count as supra-threshold.
+
+    A voxel is supra-threshold when its float32 ALE, ``1 - exp(S)`` rounded as
+    ``gpuale_ale_from_neg_log_sum`` rounds it, exceeds ``threshold`` compared in float64
+    (as NiMARE compares). ALE only grows with ``-S``, so that is ``-S >= cut`` for one
+    integer, found here by bisection with the host's ``exp``; the kernels then agree on
+    every voxel without an ``exp`` per voxel.
 
     Returns
     -------
-    ndarray of int32, shape (n_foci, 4)
+    int
+        In ``[0, 2**64 - 1]``; ``2**64 - 1`` when no ALE can exceed the threshold.
+    """
+    unit = 2.0**-LOG_SUM_FRAC_BITS
+
+    def supra(neg_log_sum: int) -> bool:
+        ale = np.float32(1.0 - math.exp(-float(neg_log_sum) * unit))
+        return float(ale) > threshold
+
+    low, high = 0, 2**63  # -S never reaches 2**63 (see the kernels' fixed-point notes)
+    if supra(low):
+        return 0
+    if not supra(high):
+        return 2**64 - 1
+    while high - low > 1:  # supra(low) is false, supra(high) true
+        middle = (low + high) // 2
+        if supra(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def overlap_slots(problem: Problem) -> tuple[np.ndarray, int]:
+    """Where each focus's overlap list starts in a permutation's slots, and their number.
+
+    Focus ``f`` of an experiment with ``n`` foci can overlap at most the ``n - 1`` others,
+    so it owns ``n - 1`` slots, its experiment's slots following the previous ones.
+
+    Returns
+    -------
+    starts : ndarray of int64, shape (n_foci,)
+    n_slots : int
+    """
+    per_experiment = problem.foci_per_experiment.astype(np.int64)
+    per_focus = np.repeat(per_experiment - 1, per_experiment)
+    starts = np.concatenate([[0], np.cumsum(per_focus)[:-1]]).astype(np.int64)
+    return starts, int(per_focus.sum())
+
+
+def face_columns(problem: Problem) -> tuple[np.ndarray, int]:
+    """Where each focus's box face (side x side columns) starts among a permutation's
+    columns, and their number (the scatter's work list).
+
+    Returns
+    -------
+    starts : ndarray of int64, shape (n_foci,)
+    n_columns : int
+    """
+    sides = np.array([k.shape[0] for k in problem.kernels], dtype=np.int64)
+    faces = sides[problem.kernel_index[problem.focus_experiment]] ** 2
+    starts = np.concatenate([[0], np.cumsum(faces)[:-1]]).astype(np.int64)
+    return starts, int(faces.sum())
+
+
+def chunk_first_focus(problem: Problem, chunk_columns: int) -> np.ndarray:
+    """The focus whose box face holds the first column of each scatter chunk.
+
+    Returns
+    -------
+    ndarray of int32, shape (ceil(n_columns / chunk_columns),)
+    """
+    starts, n_columns = face_columns(problem)
+    firsts = np.arange(0, n_columns, chunk_columns, dtype=np.int64)
+    return (np.searchsorted(starts, firsts, side="right") - 1).astype(np.int32)
+
+
+def focus_info(problem: Problem, kernel_starts: np.ndarray) -> np.ndarray:
+    """Per focus: (first focus of its experiment, end of its experiment, kernel start, side,
+    start of its overlap-list slots, first column of its box face).
+
+    Returns
+    -------
+    ndarray of int32, shape (n_foci, 6)
     """
     exp_of_focus = problem.focus_experiment
     kernel_of_focus = problem.kernel_index[exp_of_focus]
@@ -159,6 +270,8 @@ def focus_info(problem: Problem, kernel_starts: np.ndarray) -> np.ndarray:
             offsets[exp_of_focus + 1],
             kernel_starts[kernel_of_focus],
             sides[kernel_of_focus],
+            overlap_slots(problem)[0],
+            face_columns(problem)[0],
         ],
         axis=1,
     )
@@ -171,9 +284,14 @@ class _Buffers:
 
     capacity: int
     focus_pos: Any  # int32 (capacity, n_foci, 4): i, j, k, flat
-    neg_log_sum: Any  # uint64 (capacity, n_mask): -S, then cluster excess / mass
-    label: Any  # int32 (capacity, n_mask)
-    size: Any  # uint32 (capacity, n_mask)
+    overlap_count: Any  # int32 (capacity, n_foci)
+    overlap_list: Any  # uint32 (capacity, n_slots), at least one slot
+    neg_log_sum: Any  # uint64 (capacity, n_mask): -S
+    supra_count: Any  # int32 (capacity,)
+    supra_list: Any  # int32 (capacity, n_mask): compact indices of supra-threshold voxels
+    label: Any  # int32 (capacity, n_mask), written at supra-threshold voxels only
+    size: Any  # uint32 (capacity, n_mask), at roots only
+    mass: Any  # uint64 (capacity, n_mask), at roots only
     max_neg_log_sum: Any  # uint64 (capacity,)
     max_size: Any  # uint32 (capacity,)
     max_mass: Any  # uint64 (capacity,)
@@ -193,8 +311,13 @@ class _NullPipeline:
     launch : callable
         ``launch(kernel_name, grid, block, args)``.
     block_size : int
+        Threads per block of the one-dimensional kernels.
     max_grid : tuple of int
         Largest grid in x and y; small values exercise the grid-stride loops in tests.
+    scatter_shape : tuple of int
+        Lanes per team, teams per block and box-face columns per team of the scatter.
+    list_threads : int
+        Threads per permutation of the passes over supra-threshold lists.
     """
 
     def __init__(
@@ -207,6 +330,8 @@ class _NullPipeline:
         launch: Launcher,
         block_size: int = BLOCK_SIZE,
         max_grid: tuple[int, int] = MAX_GRID,
+        scatter_shape: tuple[int, int, int] = SCATTER_SHAPE,
+        list_threads: int = LIST_THREADS,
     ) -> None:
         if connectivity not in CONNECTIVITY_RANK:
             raise ValueError(f"connectivity must be one of 6, 18, 26; got {connectivity!r}")
@@ -219,29 +344,53 @@ class _NullPipeline:
             raise ValueError(
                 f"the GPU backend needs masks below {MAX_MASK_VOXELS} voxels, got {grid.n_voxels}"
             )
+        sides = [k.shape[0] for k in problem.kernels]
+        if any(side % 2 == 0 or side > MAX_KERNEL_SIDE for side in sides):
+            raise ValueError(
+                f"the GPU backend needs odd kernel sides up to {MAX_KERNEL_SIDE}, got {sides}"
+            )
+        starts, n_slots = overlap_slots(problem)
+        if n_slots >= 2**31:
+            raise ValueError(
+                f"experiments with {problem.foci_per_experiment.max()} foci need {n_slots} "
+                "overlap slots per permutation; the GPU backend allows fewer than 2**31"
+            )
         self.problem = problem
         self.xp = xp
         self.launch = launch
         self.block = (int(block_size),)
         self.max_grid = max_grid
+        self.scatter_shape = tuple(int(s) for s in scatter_shape)
+        self.list_threads = int(list_threads)
+        self.perm_columns = np.int32(face_columns(problem)[1])
+        if int(self.perm_columns) + self.scatter_shape[2] + 1024 >= 2**31:  # int32 offsets
+            raise ValueError(f"{problem.n_foci} foci have too many kernel-box columns for "
+                             "the GPU backend")
+        self.chunk_focus = xp.asarray(chunk_first_focus(problem, self.scatter_shape[2]))
         self.threshold = np.float64(threshold)
+        self.cut = np.uint64(supra_threshold_cut(float(threshold)))
         self.connectivity = np.int32(connectivity)
         self.shape = tuple(np.int32(s) for s in grid.shape)
         self.n_mask = np.int32(grid.n_voxels)
         self.n_foci = np.int32(problem.n_foci)
-        table, starts = neg_log_tables(problem)
+        self.n_slots = np.int64(n_slots)
+        table, kernel_starts = neg_log_tables(problem)
+        if table.size >= 2**31:  # kernel starts are int32 in focus_info
+            raise ValueError(f"the kernels hold {table.size} values; the GPU backend allows "
+                             "fewer than 2**31")
         vox_to_mask = np.full(grid.mask.size, -1, dtype=np.int32)
         vox_to_mask[grid.in_mask_flat] = np.arange(grid.n_voxels, dtype=np.int32)
         self.table = xp.asarray(table)
-        self.focus_info = xp.asarray(focus_info(problem, starts))
+        self.focus_info = xp.asarray(focus_info(problem, kernel_starts))
         self.in_mask_flat = xp.asarray(grid.in_mask_flat.astype(np.int32))
         self.vox_to_mask = xp.asarray(vox_to_mask)
-        sides = [k.shape[0] for k in problem.kernels]
-        self.max_box = max(s**3 for s in sides)
 
     def bytes_per_permutation(self) -> int:
         """Device memory one permutation of a batch needs."""
-        return int(self.n_mask) * (8 + 4 + 4) + int(self.n_foci) * 16 + 8 + 4 + 8
+        per_voxel = 8 + 4 + 4 + 4 + 8  # neg_log_sum, supra_list, label, size, mass
+        per_focus = 16 + 4  # focus_pos, overlap_count
+        return (int(self.n_mask) * per_voxel + int(self.n_foci) * per_focus
+                + int(self.n_slots) * 4 + 4 + 8 + 4 + 8)
 
     def buffers(self, capacity: int) -> _Buffers:
         """Scratch for batches of up to ``capacity`` permutations."""
@@ -251,16 +400,22 @@ class _NullPipeline:
         return _Buffers(
             capacity=capacity,
             focus_pos=xp.empty((capacity, int(self.n_foci), 4), dtype=xp.int32),
+            overlap_count=xp.empty((capacity, int(self.n_foci)), dtype=xp.int32),
+            overlap_list=xp.empty((capacity, max(int(self.n_slots), 1)), dtype=xp.uint32),
             neg_log_sum=xp.empty((capacity, n_mask), dtype=xp.uint64),
+            supra_count=xp.empty(capacity, dtype=xp.int32),
+            supra_list=xp.empty((capacity, n_mask), dtype=xp.int32),
             label=xp.empty((capacity, n_mask), dtype=xp.int32),
             size=xp.empty((capacity, n_mask), dtype=xp.uint32),
+            mass=xp.empty((capacity, n_mask), dtype=xp.uint64),
             max_neg_log_sum=xp.empty(capacity, dtype=xp.uint64),
             max_size=xp.empty(capacity, dtype=xp.uint32),
             max_mass=xp.empty(capacity, dtype=xp.uint64),
         )
 
-    def _grid(self, n_x: int, n_y: int = 1) -> tuple[int, int]:
-        blocks_x = -(-max(n_x, 1) // self.block[0])
+    def _grid(self, n_x: int, n_y: int = 1, block: int | None = None) -> tuple[int, int]:
+        threads = self.block[0] if block is None else block
+        blocks_x = -(-max(n_x, 1) // threads)
         return min(blocks_x, self.max_grid[0]), min(max(n_y, 1), self.max_grid[1])
 
     def draw(self, buf: _Buffers, seed: int, first: int, count: int) -> None:
@@ -295,15 +450,38 @@ class _NullPipeline:
         self._check_count(buf, count)
         buf.neg_log_sum[:count].fill(0)
         nx, ny, nz = self.shape
+        n_pairs = count * int(self.n_foci)
         self.launch(
-            "gpuale_log_sum_scatter",
-            self._grid(self.max_box, count * int(self.n_foci)),
+            "gpuale_overlap_lists",
+            self._grid(n_pairs)[:1],
             self.block,
             (
                 np.int32(count),
                 self.n_foci,
                 buf.focus_pos,
                 self.focus_info,
+                self.n_slots,
+                buf.overlap_count,
+                buf.overlap_list,
+            ),
+        )
+        lanes, teams, chunk_columns = self.scatter_shape
+        n_chunks = count * int(self.chunk_focus.size)
+        self.launch(
+            "gpuale_log_sum_scatter",
+            self._grid(n_chunks, block=teams)[:1],
+            (lanes, teams),
+            (
+                np.int32(count),
+                self.n_foci,
+                np.int32(chunk_columns),
+                self.perm_columns,
+                self.chunk_focus,
+                buf.focus_pos,
+                self.focus_info,
+                buf.overlap_count,
+                buf.overlap_list,
+                self.n_slots,
                 self.table,
                 nx,
                 ny,
@@ -319,36 +497,44 @@ class _NullPipeline:
     ) -> None:
         """Max ALE and largest cluster size and mass of each permutation.
 
-        Overwrites ``buf.neg_log_sum``; writes every element of the three outputs (float64,
+        Reads ``buf.neg_log_sum``; writes every element of the three outputs (float64,
         int64, float64 arrays of length ``count``).
         """
         self._check_count(buf, count)
-        for accumulator in (buf.max_neg_log_sum, buf.max_size, buf.max_mass):
+        for accumulator in (buf.supra_count, buf.max_neg_log_sum, buf.max_size, buf.max_mass):
             accumulator[:count].fill(0)
         voxels = self._grid(int(self.n_mask), count)
+        listed = self._grid(min(self.list_threads, int(self.n_mask)), count)
         n_perm = np.int32(count)
         nx, ny, nz = self.shape
         self.launch(
-            "gpuale_threshold_init",
+            "gpuale_threshold_compact",
             voxels,
             self.block,
             (
                 n_perm,
                 self.n_mask,
-                self.threshold,
+                self.cut,
                 buf.neg_log_sum,
                 buf.max_neg_log_sum,
+                buf.supra_count,
+                buf.supra_list,
                 buf.label,
                 buf.size,
+                buf.mass,
             ),
         )
         self.launch(
             "gpuale_label_merge",
-            voxels,
+            listed,
             self.block,
             (
                 n_perm,
                 self.n_mask,
+                self.cut,
+                buf.supra_count,
+                buf.supra_list,
+                buf.neg_log_sum,
                 self.in_mask_flat,
                 self.vox_to_mask,
                 nx,
@@ -358,23 +544,40 @@ class _NullPipeline:
                 buf.label,
             ),
         )
-        self.launch("gpuale_label_compress", voxels, self.block, (n_perm, self.n_mask, buf.label))
         self.launch(
-            "gpuale_cluster_accumulate",
-            voxels,
+            "gpuale_label_compress",
+            listed,
             self.block,
-            (n_perm, self.n_mask, buf.label, buf.size, buf.neg_log_sum),
+            (n_perm, self.n_mask, buf.supra_count, buf.supra_list, buf.label),
         )
         self.launch(
-            "gpuale_cluster_maxima",
-            voxels,
+            "gpuale_cluster_accumulate",
+            listed,
             self.block,
             (
                 n_perm,
                 self.n_mask,
+                self.threshold,
+                buf.supra_count,
+                buf.supra_list,
+                buf.neg_log_sum,
                 buf.label,
                 buf.size,
-                buf.neg_log_sum,
+                buf.mass,
+            ),
+        )
+        self.launch(
+            "gpuale_cluster_maxima",
+            listed,
+            self.block,
+            (
+                n_perm,
+                self.n_mask,
+                buf.supra_count,
+                buf.supra_list,
+                buf.label,
+                buf.size,
+                buf.mass,
                 buf.max_size,
                 buf.max_mass,
             ),
@@ -447,14 +650,16 @@ class CudaEngine:
 
     @classmethod
     def on_host(cls, launch: Launcher, *, max_batch: int = MAX_BATCH,
-                block_size: int = BLOCK_SIZE,
-                max_grid: tuple[int, int] = MAX_GRID) -> CudaEngine:
-        """The engine with its kernels run sequentially on the CPU (numpy arrays and the
-        host shim's ``launch``), to test the GPU code path without a GPU."""
+                block_size: int = BLOCK_SIZE, max_grid: tuple[int, int] = MAX_GRID,
+                scatter_shape: tuple[int, int, int] = SCATTER_SHAPE,
+                list_threads: int = LIST_THREADS) -> CudaEngine:
+        """The engine with its kernels run on the CPU (numpy arrays and the host shim's
+        ``launch``), to test the GPU code path without a GPU."""
         engine = cls(device_id=0, max_batch=max_batch)
         engine.device = "cpu"
         engine._host_launch = launch
-        engine._launch_shape = {"block_size": block_size, "max_grid": max_grid}
+        engine._launch_shape = {"block_size": block_size, "max_grid": max_grid,
+                                "scatter_shape": scatter_shape, "list_threads": list_threads}
         return engine
 
     @property
@@ -525,9 +730,15 @@ class CudaEngine:
     def _contrast_chunk(self, spec: ContrastNullSpec, seed: int, first: int,
                         count: int) -> ContrastNullPartial:
         xp = self._xp()
-        if self._contrast is None or self._contrast[0] is not spec:
+        # Specs of the same data (the passes of a cluster null) share the blocks.
+        if self._contrast is None or not self._contrast[0].same_data(spec):
             self._contrast = None  # free the previous blocks first
             self._contrast = (spec, _contrast_blocks.voxel_blocks(xp, spec.log_maps, spec.n_a))
+        if tuple(spec.statistics) != CONTRAST_STATISTICS:
+            # Histograms on the device (integer counts); the few supra-threshold voxels
+            # are labelled on the host, as the numpy engine labels them.
+            return contrast_partial(first, _contrast_blocks.statistics_chunk(
+                xp, self._contrast[1], spec, seed, first, count))
         upper, lower, max_abs = _contrast_blocks.contrast_chunk(
             xp, self._contrast[1], spec.n_voxels, seed, first, count, spec.n_total, spec.n_a
         )
