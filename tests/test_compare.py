@@ -1,0 +1,169 @@
+"""``gpuale compare``: two run folders, two engines, and the tolerances of the maps.
+
+NiMARE itself is in ``test_reference_compare.py``; these tests need no bench extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gpuale import cli
+from gpuale import compare as cmp
+from gpuale.engines import get_engine
+
+runner = CliRunner()
+
+STUDIES = {
+    "Study A": (20, ["-40\t20\t10", "-42\t24\t12", "38\t22\t8"]),
+    "Study B": (12, ["-38\t18\t12", "-44\t22\t10"]),
+    "Study C": (30, ["-40\t22\t8", "40\t20\t10", "0\t-60\t30"]),
+    "Study D": (16, ["-36\t20\t14", "42\t24\t6"]),
+}
+
+
+def sleuth(path, names):
+    """A Sleuth file of the named studies."""
+    blocks = [f"// {name}\n// Subjects={STUDIES[name][0]}\n" + "\n".join(STUDIES[name][1])
+              for name in names]
+    path.write_text("// Reference=MNI\n" + "\n\n".join(blocks) + "\n")
+    return path
+
+
+def run_global(tmp_path, name, studies, iters=10):
+    out = tmp_path / name
+    result = runner.invoke(cli.app, [
+        "global", str(sleuth(tmp_path / f"{name}.txt", studies)), "--out", str(out),
+        "--iters", str(iters), "--quiet", "--no-report"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_maps_within_tolerance_pass_and_beyond_fail():
+    rng = np.random.default_rng(0)
+    ale = rng.uniform(0, 0.05, 1000)
+    p = rng.uniform(0, 1, 1000)
+    z = rng.normal(size=1000)
+    same = cmp.compare_maps(ale, ale + 1e-7, z, z + 1e-4, p, p, 0.001)
+    assert same["passed"] and same["p_set"]["identical"]
+    worse = cmp.compare_maps(ale, ale + 1e-5, z, z + 1e-2, p, p, 0.001)
+    assert not worse["passed"] and len(worse["failures"]) == 2
+
+
+def test_p_set_differences_at_the_threshold_are_excused():
+    p_a = np.array([0.0005, 0.001 * (1 - 1e-8), 0.5])
+    p_b = np.array([0.0005, 0.001, 0.5])  # the second voxel rounds onto the threshold
+    zeros = np.zeros(3)
+    record = cmp.compare_maps(zeros, zeros, zeros, zeros, p_a, p_b, 0.001)
+    assert record["passed"]
+    assert record["p_set"]["in_one_only"] == 1
+    assert record["p_set"]["in_one_only_near_threshold"] == 1
+    far = cmp.compare_maps(zeros, zeros, zeros, zeros, np.array([0.0005, 0.0009, 0.5]),
+                           np.array([0.0005, 0.0011, 0.5]), 0.001)
+    assert not far["passed"] and "only one p < 0.001 set" in far["failures"][0]
+
+
+def test_engine_names():
+    assert cmp.resolve_engine("numpy") == "cpu-numpy"
+    assert cmp.resolve_engine("cpu") == "cpu"
+    assert get_engine("cpu-numpy").name == "numpy"
+    with pytest.raises(ValueError, match="unknown device"):
+        cmp.resolve_engine("tpu")
+
+
+def test_identical_runs_agree_and_write_compare_json(tmp_path):
+    a = run_global(tmp_path, "a", ["Study A", "Study B", "Study C", "Study D"])
+    b = run_global(tmp_path, "b", ["Study A", "Study B", "Study C", "Study D"])
+    out = tmp_path / "cmp"
+    result = runner.invoke(cli.app, ["compare", str(a), str(b), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "agree within tolerances" in result.output
+    record = json.loads((out / cmp.COMPARE_JSON).read_text())
+    assert record["passed"] and record["form"] == "runs"
+    assert record["maps"]["ale"]["max_abs_diff"] == 0
+    assert all(entry["identical"] for entry in record["nulls"].values())
+    assert (out / "report.html").read_text().count("Two gpuale runs") >= 1
+    again = runner.invoke(cli.app, ["compare", str(a), str(b), "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+    again = runner.invoke(cli.app, ["compare", str(a), str(b), "--out", str(out), "--force"])
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(cmp.COMPARE_FILES)
+
+
+def test_a_run_without_one_experiment_differs_and_names_it(tmp_path):
+    a = run_global(tmp_path, "a", ["Study A", "Study B", "Study C", "Study D"])
+    b = run_global(tmp_path, "b", ["Study A", "Study C", "Study D"])
+    result = runner.invoke(cli.app, ["compare", str(a), str(b)])
+    assert result.exit_code == 1, result.output
+    assert "experiment(s) only in A" in result.output and "Study B" in result.output
+    assert "DIFFERS: map ale" in result.output
+
+
+def test_devices_numpy_and_numba_give_the_same_nulls(tmp_path):
+    inputs = sleuth(tmp_path / "foci.txt", ["Study A", "Study B", "Study C", "Study D"])
+    out = tmp_path / "cmp"
+    result = runner.invoke(cli.app, ["compare", str(inputs), "--devices", "numpy,numba",
+                                     "--iters", "8", "--workers", "1", "--out", str(out),
+                                     "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / cmp.COMPARE_JSON).read_text())
+    assert record["form"] == "devices" and record["passed"]
+    assert record["devices"] == {"numpy": "cpu-numpy", "numba": "cpu-numba"}
+    assert record["nulls"]["permutations_compared"] == 8
+    assert record["nulls"]["max_ale_identical"]
+    assert record["uncorrected"]["max_abs_diff_ale"] == 0
+    for side in ("numpy", "numba"):
+        perf = record["performance"][side]
+        assert perf["engine"].startswith(side)
+        assert perf["wall_s"] > 0 and perf["permutations_per_s"] > 0
+    assert "Time and memory" in (out / "report.html").read_text()
+
+
+def test_nimare_missing_names_the_bench_extra(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "nimare" else real(name, *a))
+    inputs = sleuth(tmp_path / "foci.txt", ["Study A", "Study B"])
+    result = runner.invoke(cli.app, ["compare", str(inputs), "--against", "nimare",
+                                     "--iters", "0"])
+    assert result.exit_code == 2
+    assert "gpuale[bench]" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--against", "nimare", "--devices", "cpu,gpu"], "not both"),
+    (["--against", "gingerale"], "nimare"),
+    (["--devices", "cpu"], "two engines"),
+])
+def test_bad_option_combinations_are_clear_errors(tmp_path, args, message):
+    inputs = sleuth(tmp_path / "foci.txt", ["Study A", "Study B"])
+    result = runner.invoke(cli.app, ["compare", str(inputs), "--iters", "0", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_one_argument_without_a_form_asks_for_two_runs(tmp_path):
+    result = runner.invoke(cli.app, ["compare", str(tmp_path)])
+    assert result.exit_code == 2 and "two run folders" in result.output
+
+
+@pytest.mark.gpu
+def test_devices_cpu_and_gpu_give_the_same_nulls(tmp_path):
+    """How a user verifies their GPU (run by bench/gpu_check.sh's gpu-marked tests)."""
+    from gpuale.engines.cuda import gpu_available
+
+    if not gpu_available():
+        pytest.skip("needs CuPy and a CUDA device")
+    inputs = sleuth(tmp_path / "foci.txt", ["Study A", "Study B", "Study C", "Study D"])
+    out = tmp_path / "cmp"
+    result = runner.invoke(cli.app, ["compare", str(inputs), "--devices", "cpu,gpu",
+                                     "--iters", "64", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / cmp.COMPARE_JSON).read_text())
+    assert record["devices"] == {"cpu": "cpu", "gpu": "gpu:0"}
+    assert record["nulls"]["permutations_compared"] == 64 and record["nulls"]["passed"]
+    assert record["nulls"]["max_ale_max_rel_diff"] <= cmp.MAX_ALE_RTOL
