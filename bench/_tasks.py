@@ -1,4 +1,5 @@
-"""One benchmark task in a fresh process, printing its peak memory as JSON.
+"""One benchmark task in a fresh process, printing its peak memory as JSON (the caller
+times the whole process: imports, loading and numba's compilation included).
 
 Peak memory is sampled from /proc every 20 ms as the resident set of this process plus
 its children (gpuale's worker processes; NiMARE's workers are threads). ``ru_maxrss`` is
@@ -52,11 +53,44 @@ class PeakMemory(threading.Thread):
             self.peak_kib = max(self.peak_kib, total)
 
 
+def _contrast_groups():
+    from conftest import load_example
+
+    from gpuale.dataset import Dataset
+
+    children = load_example("semantic-children")
+    return [Dataset(tuple(e for e in children if e.metadata.get("task_type") == task))
+            for task in ("knowledge", "relatedness")]
+
+
+def neurosynth_like(n_studies: int = 2000, foci: int = 35, n_subjects: int = 20):
+    """A Neurosynth-size set: studies of ``foci`` random in-mask foci and one sample size
+    (Neurosynth releases have none; NiMARE users set ``kernel__sample_size``)."""
+    import numpy as np
+
+    from gpuale.dataset import Dataset, Experiment
+    from gpuale.grid import load_grid
+
+    grid = load_grid()
+    rng = np.random.default_rng(2012)
+    voxels = np.argwhere(grid.mask)
+    return Dataset(tuple(
+        Experiment(id=f"ns{s:05d}", label=f"study {s}", n_subjects=n_subjects,
+                   foci=grid.voxel_to_mm(voxels[rng.integers(0, len(voxels), size=foci)]))
+        for s in range(n_studies)
+    ))
+
+
 def main(task: str, *args: str) -> None:
     sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
     from conftest import load_example
 
-    dataset = load_example(args[0])
+    if args[0] == "contrast-children":
+        dataset = _contrast_groups()
+    elif args[0] == "neurosynth-2000":
+        dataset = neurosynth_like()
+    else:
+        dataset = load_example(args[0])
     monitor = PeakMemory()
     monitor.start()
     if task == "gpuale-ale":
@@ -79,6 +113,21 @@ def main(task: str, *args: str) -> None:
         FWECorrector(method="montecarlo", n_iters=int(args[1]), n_cores=int(args[2])).transform(
             result
         )
+    elif task == "gpuale-contrast":
+        from gpuale.contrast import run_contrast
+
+        run_contrast(*dataset, n_iters=int(args[1]), n_workers=int(args[2]))
+    elif task == "nimare-contrast":
+        from nimare.meta.cbma.ale import ALESubtraction
+        from test_reference_nimare import nimare_dataset
+
+        a, b = nimare_dataset(dataset[0]), nimare_dataset(dataset[1], prefix="r")
+        ALESubtraction(n_iters=int(args[1]), n_cores=int(args[2])).fit(a, b)
+    elif task == "nimare-ale-n20":
+        from nimare.meta.cbma.ale import ALE
+        from test_reference_nimare import nimare_dataset
+
+        ALE(kernel__sample_size=20).fit(nimare_dataset(dataset))
     else:
         raise SystemExit(f"unknown task {task}")
     monitor.stop.set()

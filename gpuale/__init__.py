@@ -3,7 +3,7 @@
 The public API:
 
 - reading inputs: :func:`load_dataset` (Sleuth text, CSV/TSV tables, experiment sheets,
-  NiMARE JSON), :class:`Dataset`, :class:`Experiment`;
+  NiMARE JSON, Studysets, Neurosynth releases), :class:`Dataset`, :class:`Experiment`;
 - the grid: :func:`load_grid` (the MNI152 2 mm brain mask by default);
 - subsets: :func:`select` (``"task_type == knowledge"``), :func:`median_split`;
 - analyses: :func:`run_ale` -> :class:`ALEResult`, :func:`run_contrast`,

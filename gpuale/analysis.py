@@ -14,8 +14,16 @@ from gpuale.clusters import cluster_table, experiment_contributions
 from gpuale.dataset import Dataset
 from gpuale.engines import get_engine, resolve_device
 from gpuale.grid import Grid, load_grid
-from gpuale.inference import ClusterInference, correct_fwe, fdr_threshold, threshold_interval
-from gpuale.nulls import GlobalNullSpec, MonteCarloNull, run_null
+from gpuale.inference import (
+    ClusterInference,
+    UnreachableThresholdWarning,
+    correct_fwe,
+    fdr_threshold,
+    smallest_fwe_p,
+    threshold_interval,
+    unreachable_threshold_message,
+)
+from gpuale.nulls import GlobalNullSpec, MonteCarloNull, Scheduler, run_null
 from gpuale.problem import Problem, compile_problem
 from gpuale.stats import AnalyticNull, ObservedALE, analytic_null, p_to_z
 
@@ -122,7 +130,11 @@ class ALEResult:
         }
 
     def clusters(self) -> list[dict]:
-        """Significant clusters (cluster-size FWE p < alpha), largest first."""
+        """Significant clusters (cluster-size FWE p < alpha), largest first.
+
+        One dict per cluster (:func:`gpuale.clusters.cluster_table`), its sub-peaks under
+        ``subpeaks``; :func:`gpuale.clusters.peak_rows` lays them out as clusters.tsv.
+        """
         if self.inference is None:
             return []
         inf = self.inference
@@ -132,11 +144,12 @@ class ALEResult:
         )
 
     def contributions(self, clusters: list[dict] | None = None) -> list[dict]:
-        """Per significant cluster, the share of its ALE each experiment accounts for."""
+        """Per significant cluster, each experiment's contribution: NiMARE's jackknife and
+        JALE's contribution table (see :func:`gpuale.clusters.experiment_contributions`)."""
         if self.inference is None:
             return []
         return experiment_contributions(
-            self.problem, self.dataset, self.ale, self.observed.log_sum,
+            self.problem, self.dataset, self.observed.log_sum,
             self.inference.labels, self.clusters() if clusters is None else clusters,
         )
 
@@ -162,6 +175,7 @@ def run_ale(
     n_workers: int | None = None,
     fdr_q: float | None = None,
     progress: Callable[[int], None] | None = None,
+    scheduler: Scheduler | None = None,
 ) -> ALEResult:
     """Activation likelihood estimation with cluster-level FWE correction.
 
@@ -190,6 +204,9 @@ def run_ale(
         Also write a voxel-wise FDR (Benjamini-Hochberg) thresholded map (discouraged).
     progress : callable, optional
         Called with the number of permutations finished since the last call.
+    scheduler : Scheduler, optional
+        Who runs the permutation chunks, e.g. a :class:`gpuale.nulls.DaskScheduler` for a
+        cluster (the null is the same, bit for bit); default: this machine's cores.
 
     Returns
     -------
@@ -210,6 +227,12 @@ def run_ale(
         )
         warnings.warn(message, FewExperimentsWarning, stacklevel=2)
         caught.append(message)
+    # Checked before any work: the smallest FWE p is 1/n, and significance is p < alpha.
+    unreachable = n_iters and unreachable_threshold_message(
+        "the cluster-level FWE threshold", n_iters, alpha, smallest_fwe_p)
+    if unreachable:
+        warnings.warn(unreachable, UnreachableThresholdWarning, stacklevel=2)
+        caught.append(unreachable)
     resolved = resolve_device(device)
     engine = get_engine(resolved)
     timings: dict[str, float] = {}
@@ -248,7 +271,8 @@ def run_ale(
         start = time.perf_counter()
         spec = GlobalNullSpec(problem, float(threshold), int(connectivity))
         result.montecarlo = run_null(spec, engine, seed=seed, n_iters=n_iters,
-                                     n_workers=n_workers, progress=progress)
+                                     scheduler=scheduler, n_workers=n_workers,
+                                     progress=progress)
         timings["montecarlo_s"] = time.perf_counter() - start
         result.inference = correct_fwe(observed.ale, grid, result.montecarlo)
         _warn_near_alpha(result)

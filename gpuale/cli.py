@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 import shlex
+import signal
 import sys
 import warnings
 from contextlib import contextmanager
@@ -24,7 +28,7 @@ from rich.progress import (
 from rich.text import Text
 
 from gpuale import __version__
-from gpuale._files import check_output_dir
+from gpuale._files import check_output_dir, claim_output_dir
 from gpuale.analysis import (
     DEFAULT_ALPHA,
     DEFAULT_CLUSTER_FORMING_P,
@@ -33,16 +37,23 @@ from gpuale.analysis import (
     run_ale,
 )
 from gpuale.conjunction import conjunction
-from gpuale.contrast import DEFAULT_MIN_VOLUME_MM3, MainEffect, run_contrast
+from gpuale.contrast import (
+    DEFAULT_MIN_VOLUME_MM3,
+    DEFAULT_P_THRESHOLD,
+    MainEffect,
+    run_contrast,
+    smallest_p,
+)
 from gpuale.engines import get_engine, resolve_device
 from gpuale.examples import EXAMPLES, example_path, resolve_input
 from gpuale.grid import load_grid
+from gpuale.inference import iterations_to_reach
 from gpuale.io import load_dataset
-from gpuale.nulls import RunInterrupted
+from gpuale.nulls import DaskScheduler, RunInterrupted, default_workers
 from gpuale.output import save_ale, save_conjunction, save_contrast
-from gpuale.runfolder import INDEX_HTML, is_study_folder
+from gpuale.runfolder import INDEX_HTML
 from gpuale.space import DEFAULT_TAL_TRANSFORM
-from gpuale.study import load_study, run_study
+from gpuale.study import StudyInterrupted, load_study, run_study
 
 app = typer.Typer(
     help=(
@@ -53,7 +64,9 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-err = Console(stderr=True)
+# Markup off: labels, paths and messages are the user's text, and a '[/i]' or 'run[old]' in
+# them must print as written (styled prefixes go through _styled).
+err = Console(stderr=True, markup=False)
 
 
 class Space(StrEnum):
@@ -77,8 +90,9 @@ _DEFAULT_TAL = TalTransform(DEFAULT_TAL_TRANSFORM)
 
 INPUTS_HELP = (
     "Coordinate files: Sleuth text (GingerALE), CSV/TSV tables (one row per focus), a "
-    "folder with experiments.csv and foci/, or NiMARE dataset JSON. Several inputs are "
-    f"combined. Bundled data: {', '.join('example:' + k for k in EXAMPLES)}."
+    "folder with experiments.csv and foci/, NiMARE dataset or Studyset JSON, a parquet "
+    "Studyset folder, or a Neurosynth release (its coordinates.tsv[.gz] or folder). Several "
+    f"inputs are combined. Bundled data: {', '.join('example:' + k for k in EXAMPLES)}."
 )
 
 
@@ -115,6 +129,12 @@ ConnectivityOption = Annotated[
     Connectivity, typer.Option(help="Cluster neighbourhood: 6 (faces, NiMARE), 18 (SPM), 26.")
 ]
 ForceOption = Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")]
+StudyForceOption = Annotated[
+    bool,
+    typer.Option(help="Recompute every analysis, even those already finished with the same "
+                 "inputs and settings, and write into an --out that holds something else. "
+                 "Only the analyses' folders, study.json and index.html are replaced."),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 ReportOption = Annotated[
     bool, typer.Option(help="Write report.html with figures (needs the report extra).")
@@ -122,14 +142,73 @@ ReportOption = Annotated[
 
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")]
+SampleSizeOption = Annotated[
+    int | None,
+    typer.Option("--sample-size", help="N of every experiment whose input gives none "
+                 "(Neurosynth releases have none; NiMARE's kernel__sample_size).", min=1),
+]
+SchedulerOption = Annotated[
+    str | None,
+    typer.Option("--scheduler", metavar="ADDRESS",
+                 help="Run the permutations on a Dask cluster (e.g. tcp://127.0.0.1:8786; "
+                 "needs the dask extra). The nulls equal a single-machine run's."),
+]
 
 
-def _load(inputs: list[str], space: Space | None, tal_transform: TalTransform):
+def _finite(**options: float | None) -> None:
+    """Refuse nan and inf in numeric options: compared with them every test is False (no
+    cluster passes, silently), and run.json could not hold them as JSON."""
+    for name, value in options.items():
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+
+
+def _capped_workers(workers: int | None) -> int | None:
+    """--workers at most the cores this process may use: more only adds processes (and
+    their memory) that wait for the same cores."""
+    available = default_workers()
+    if workers is not None and workers > available:
+        warnings.warn(f"--workers {workers} is more than the {available} core(s) this "
+                      f"process may use; using {available}", stacklevel=2)
+        return available
+    return workers
+
+
+def _input_paths(inputs: list[str]) -> list[Path]:
+    """The files a run reads, for the output folder check (never written over)."""
+    return [resolve_input(value) for value in inputs]
+
+
+def _load(inputs: list[str], space: Space | None, tal_transform: TalTransform,
+          sample_size: int | None = None, where: str | None = None):
     paths = [resolve_input(value) for value in inputs]
     dataset = load_dataset(
-        paths, space=space.value if space else None, tal_transform=tal_transform.value
+        paths, space=space.value if space else None, tal_transform=tal_transform.value,
+        sample_size=sample_size, where=where,
     )
     return paths, dataset
+
+
+@contextmanager
+def _scheduler(address: str | None):
+    """A Dask scheduler for ``--scheduler ADDRESS`` (connected once, closed at the end),
+    or None for this machine's cores."""
+    if address is None:
+        yield None
+        return
+    scheduler = DaskScheduler(address)
+    try:
+        scheduler.check_workers()  # reachable, with the same gpuale: before any work
+        yield scheduler
+    finally:
+        scheduler.close()
+
+
+def _where(device: str, scheduler: DaskScheduler | None) -> str:
+    """Where the permutations run, in words."""
+    if scheduler is None:
+        return _describe(device)
+    return f"{scheduler.describe()} ({_describe(device)} engine)"
 
 
 def _version(value: bool) -> None:
@@ -154,6 +233,11 @@ FLAG_HINTS = {
     "space": "state the space with --space MNI|TAL",
     "overlap": "pass --overlap keep or --overlap drop",
     "device": "use --device cpu",
+    "main_effect": "pass each group's own `gpuale global` run folder as --main-a and --main-b",
+    "threshold": "pass --threshold T to keep |values| >= T",
+    "study_force": "choose another --out or pass --force to write the study into it",
+    "analysis_force": "move it away or pass --force to replace it",
+    "sample_size": "give one N for them all with --sample-size N",
 }
 
 
@@ -164,25 +248,66 @@ def _in_cli_words(exc: BaseException) -> str:
     return message.replace(exc.hint, flags) if flags else message
 
 
+def _styled(prefix: str, style: str, message: object) -> Text:
+    """A coloured prefix and a message taken literally (never read as markup)."""
+    return Text.assemble((prefix, style), f" {message}")
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command line: one yellow line, no source line."""
+    err.print(_styled("warning:", "yellow", message), highlight=False, soft_wrap=True)
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM handler: stop the way Ctrl-C does.
+
+    It sends this thread SIGINT rather than raising here, so that the signal waits where
+    SIGINT is held back (while worker processes start, see gpuale.nulls) instead of cutting
+    a worker's start-up short.
+    """
+    signal.raise_signal(signal.SIGINT)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (``kill``, a batch system's time limit) takes Ctrl-C's path while a command
+    runs: worker processes are stopped and partial output folders removed, where the
+    default action would kill the process with both left behind."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def _user_errors():
     """Turn expected failures into one clear line and an exit status, never a traceback."""
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with _sigterm_as_interrupt(), warnings.catch_warnings():
             warnings.simplefilter("always")
-            try:
-                yield
-            finally:
-                for w in caught:
-                    err.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+            # Printed as they are raised, not at the end: a warning about the run ahead (a
+            # threshold its iterations cannot reach) must come before the wait.
+            warnings.showwarning = _print_warning
+            yield
+    except StudyInterrupted as exc:
+        # A study keeps the analyses that finished before Ctrl-C: say which.
+        err.print(_styled("interrupted:", "red", exc), highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     except RunInterrupted as exc:
-        err.print(f"[red]interrupted:[/] {exc}; no outputs were written", highlight=False)
+        err.print(_styled("interrupted:", "red", f"{exc}; no outputs were written"),
+                  highlight=False)
         raise typer.Exit(130) from None
     except KeyboardInterrupt:
-        err.print("[red]interrupted:[/] no outputs were written", highlight=False)
+        err.print(_styled("interrupted:", "red", "no outputs were written"), highlight=False)
         raise typer.Exit(130) from None
     except (ValueError, OSError) as exc:
-        err.print(f"[red]error:[/] {_in_cli_words(exc)}", highlight=False, soft_wrap=True)
+        err.print(_styled("error:", "red", _in_cli_words(exc)), highlight=False,
+                  soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -200,7 +325,7 @@ def _progress_bar(total: int, quiet: bool, description: str):
         yield None
         return
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # an analysis name: literal
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("[progress.percentage]{task.percentage:>3.0f}%"),
@@ -235,6 +360,14 @@ def global_(
         float | None,
         typer.Option(help="Also write a voxel-wise FDR map at this q (discouraged for ALE)."),
     ] = None,
+    sample_size: SampleSizeOption = None,
+    where: Annotated[
+        str | None,
+        typer.Option(help="Only the experiments for which this holds, e.g. "
+                     "\"task_type == knowledge\" or \"terms_abstract_tfidf__pain > 0.001\" "
+                     "(a Neurosynth term loads only that term's column)."),
+    ] = None,
+    scheduler: SchedulerOption = None,
     report: ReportOption = True,
     force: ForceOption = False,
     quiet: QuietOption = False,
@@ -244,24 +377,29 @@ def global_(
     Writes ale, p, z (and with --iters > 0 the FWE maps, a thresholded z map, cluster
     labels, clusters.tsv, contributions.tsv, nulls.npz) and run.json into --out.
     """
-    with _user_errors():
-        check_output_dir(out, force=force)
-        paths, dataset = _load(inputs, space, tal_transform)
+    with _user_errors(), claim_output_dir(out):
+        _finite(cluster_p=cluster_p, alpha=alpha, fwhm=fwhm, fdr=fdr)
+        workers = _capped_workers(workers)
+        check_output_dir(out, force=force, inputs=_input_paths(inputs))
+        paths, dataset = _load(inputs, space, tal_transform, sample_size, where)
         grid = load_grid(mask)
         chosen = resolve_device(device)
-        if not quiet:
-            err.print(
-                f"{len(dataset)} experiments, {dataset.n_foci} foci, "
-                f"{grid.n_voxels} in-mask voxels; {iters} iterations on {_describe(chosen)}",
-                highlight=False,
-            )
-        with _progress_bar(iters, quiet, "Monte Carlo") as progress:
-            result = run_ale(
-                dataset, grid=grid, fwhm_mm=fwhm, n_iters=iters, seed=seed,
-                cluster_forming_p=cluster_p, alpha=alpha, connectivity=int(connectivity.value),
-                device=chosen, n_workers=workers, fdr_q=fdr, progress=progress,
-            )
-        save_ale(result, out, inputs=paths, command=_command(), force=force)
+        with _scheduler(scheduler if iters else None) as cluster:
+            if not quiet:
+                err.print(
+                    f"{len(dataset)} experiments, {dataset.n_foci} foci, {grid.n_voxels} "
+                    f"in-mask voxels; {iters} iterations on {_where(chosen, cluster)}",
+                    highlight=False,
+                )
+            with _progress_bar(iters, quiet, "Monte Carlo") as progress:
+                result = run_ale(
+                    dataset, grid=grid, fwhm_mm=fwhm, n_iters=iters, seed=seed,
+                    cluster_forming_p=cluster_p, alpha=alpha,
+                    connectivity=int(connectivity.value), device=chosen, n_workers=workers,
+                    fdr_q=fdr, progress=progress, scheduler=cluster,
+                )
+        save_ale(result, out, inputs=list(zip(inputs, paths)), command=_command(),
+                 force=force)
         _write_report(out, report, quiet)
         if not quiet:
             _summary(result, out)
@@ -300,10 +438,14 @@ def contrast(
         float, typer.Option("--min-volume", help="Smallest reported cluster in mm^3.")
     ] = DEFAULT_MIN_VOLUME_MM3,
     main_a: Annotated[
-        Path | None, typer.Option(help="`gpuale global` run folder of group A (gated).")
+        Path | None,
+        typer.Option(help="Gated: `gpuale global` run folder of group A, run on exactly A's "
+                     "experiments (checked against its run.json; computed when not given)."),
     ] = None,
     main_b: Annotated[
-        Path | None, typer.Option(help="`gpuale global` run folder of group B (gated).")
+        Path | None,
+        typer.Option(help="Gated: `gpuale global` run folder of group B, run on exactly B's "
+                     "experiments."),
     ] = None,
     min_z: Annotated[
         bool, typer.Option(help="Gated: report min(main-effect z, contrast z).")
@@ -311,6 +453,17 @@ def contrast(
     overlap: Annotated[
         Overlap, typer.Option(help="An experiment in both groups: error, keep or drop.")
     ] = Overlap.error,
+    cluster_fwe: Annotated[
+        bool,
+        typer.Option("--cluster-fwe", help="Whole-brain: cluster-level FWE as NiMARE's "
+                     "ALESubtraction (vfwe_only=False): clusters form above the (1 - --p) "
+                     "quantile of all permuted |ALE_A - ALE_B|; writes cluster-size and "
+                     "-mass FWE maps and reports clusters with size FWE p < --alpha "
+                     "(--min-volume is not used). About three times the permutation time."),
+    ] = False,
+    alpha: Annotated[
+        float, typer.Option(help="Cluster-level FWE alpha (with --cluster-fwe).")
+    ] = DEFAULT_ALPHA,
     connectivity: ConnectivityOption = Connectivity.faces,
     device: DeviceOption = "cpu",
     workers: WorkersOption = None,
@@ -318,6 +471,8 @@ def contrast(
     tal_transform: TalOption = _DEFAULT_TAL,
     mask: MaskOption = None,
     fwhm: FwhmOption = None,
+    sample_size: SampleSizeOption = None,
+    scheduler: SchedulerOption = None,
     report: ReportOption = True,
     force: ForceOption = False,
     quiet: QuietOption = False,
@@ -328,28 +483,38 @@ def contrast(
     Writes group ALE maps, the difference, p, signed z (+ for A>B), the thresholded z,
     cluster labels, clusters.tsv and run.json into --out.
     """
-    with _user_errors():
-        check_output_dir(out, force=force)
-        paths_a, dataset_a = _load([group_a], space, tal_transform)
-        paths_b, dataset_b = _load([group_b], space, tal_transform)
+    with _user_errors(), claim_output_dir(out):
+        _finite(p=p_threshold, min_volume=min_volume, alpha=alpha, fwhm=fwhm)
+        workers = _capped_workers(workers)
+        if cluster_fwe and mode is not Mode.whole_brain:
+            # Before any input is read: the options cannot go together.
+            raise ValueError("--cluster-fwe is for whole-brain contrasts only (NiMARE's "
+                             f"ALESubtraction), not --mode {mode.value}")
+        check_output_dir(out, force=force, inputs=[*_input_paths([group_a, group_b]),
+                                                   *filter(None, (main_a, main_b))])
+        paths_a, dataset_a = _load([group_a], space, tal_transform, sample_size)
+        paths_b, dataset_b = _load([group_b], space, tal_transform, sample_size)
         grid = load_grid(mask)
         effects = [MainEffect.from_run_dir(p, grid) if p else None for p in (main_a, main_b)]
         chosen = resolve_device(device)
-        if not quiet:
-            err.print(
-                f"A: {len(dataset_a)} experiments, B: {len(dataset_b)} experiments; "
-                f"{mode.value}, {iters} permutations on {_describe(chosen)}",
-                highlight=False,
-            )
-        with _progress_bar(iters, quiet, "Permutations") as progress:
-            result = run_contrast(
-                dataset_a, dataset_b, mode=mode.value, grid=grid, n_iters=max(iters, 1),
-                seed=seed, p_threshold=p_threshold, min_volume_mm3=min_volume,
-                connectivity=int(connectivity.value), main_a=effects[0], main_b=effects[1],
-                min_z=min_z, overlap=overlap.value, fwhm_mm=fwhm, device=chosen,
-                n_workers=workers, progress=progress,
-            )
-        save_contrast(result, out, inputs_a=paths_a, inputs_b=paths_b, command=_command(),
+        with _scheduler(scheduler) as cluster:
+            if not quiet:
+                err.print(
+                    f"A: {len(dataset_a)} experiments, B: {len(dataset_b)} experiments; "
+                    f"{mode.value}, {iters} permutations on {_where(chosen, cluster)}",
+                    highlight=False,
+                )
+            with _progress_bar(iters, quiet, "Permutations") as progress:
+                result = run_contrast(
+                    dataset_a, dataset_b, mode=mode.value, grid=grid, n_iters=max(iters, 1),
+                    seed=seed, p_threshold=p_threshold, min_volume_mm3=min_volume,
+                    connectivity=int(connectivity.value), main_a=effects[0],
+                    main_b=effects[1], min_z=min_z, overlap=overlap.value, fwhm_mm=fwhm,
+                    device=chosen, n_workers=workers, progress=progress, scheduler=cluster,
+                    cluster_fwe=cluster_fwe, alpha=alpha,
+                )
+        save_contrast(result, out, inputs_a=list(zip([group_a], paths_a)),
+                      inputs_b=list(zip([group_b], paths_b)), command=_command(),
                       force=force)
         _write_report(out, report, quiet)
         if not quiet:
@@ -359,7 +524,8 @@ def contrast(
                 err.print(
                     f"  #{c['cluster']} {c['direction']}: {c['size_voxels']} voxels, peak "
                     f"({c['peak_x']:.0f}, {c['peak_y']:.0f}, {c['peak_z']:.0f}), "
-                    f"z = {c['peak_value']:.2f}",
+                    f"ALE_A - ALE_B = {c['peak_diff']:.4f}, z = {c['peak_value']:.2f}"
+                    + (f", size FWE p = {c['p_fwe_size']:.3g}" if "p_fwe_size" in c else ""),
                     highlight=False,
                 )
             err.print(f"results in {out}", highlight=False)
@@ -369,29 +535,138 @@ def contrast(
 def conjunction_(
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Thresholded maps or gpuale run folders (the thresholded z of a "
-                       "`global` or `contrast` run, a `conjunction`'s own map).",
+        typer.Argument(help="Thresholded maps (zero outside their clusters) or gpuale run "
+                       "folders (the thresholded z of a `global` or `contrast` run, a "
+                       "`conjunction`'s own map). p maps and cluster label maps are refused.",
                        show_default=False),
     ],
     out: OutOption,
     min_volume: Annotated[
         float, typer.Option("--min-volume", help="Smallest reported cluster in mm^3.")
     ] = 0.0,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Keep only |values| >= T in every input (values >= T, "
+                     "and <= -T in signed maps); needed for unthresholded statistic maps "
+                     "(e.g. z.nii.gz), which are otherwise an error.", min=0.0,
+                     show_default=False),
+    ] = None,
     connectivity: ConnectivityOption = Connectivity.faces,
     report: ReportOption = True,
     force: ForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Conjunction by the minimum statistic (Nichols et al. 2005): where every map is on."""
-    with _user_errors():
-        check_output_dir(out, force=force)
+    """Conjunction by the minimum statistic (Nichols et al. 2005): where every map is on.
+
+    Signed maps (contrasts: + A>B, - B>A) give both directions: the minimum where every
+    input is positive and, apart, where every input is negative (clusters.tsv's direction).
+    """
+    with _user_errors(), claim_output_dir(out):
+        _finite(min_volume=min_volume, threshold=threshold)
+        check_output_dir(out, force=force, inputs=_input_paths(inputs))
         result = conjunction(inputs, min_volume_mm3=min_volume,
-                             connectivity=int(connectivity.value))
+                             connectivity=int(connectivity.value), threshold=threshold)
         save_conjunction(result, out, command=_command(), force=force)
         _write_report(out, report, quiet)
         if not quiet:
-            err.print(f"{len(result.clusters)} conjunction cluster(s); results in {out}",
+            directions = [c["direction"] for c in result.clusters]
+            err.print(f"{len(result.clusters)} conjunction cluster(s) "
+                      f"({directions.count('positive')} positive, "
+                      f"{directions.count('negative')} negative); results in {out}",
                       highlight=False)
+
+
+@app.command("compare")
+def compare_(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Inputs of one analysis (as `gpuale global` takes them) with "
+                       "--against or --devices; else two finished run folders.",
+                       show_default=False),
+    ],
+    against: Annotated[
+        str | None,
+        typer.Option(help="Reference to run beside gpuale on the same experiments: nimare "
+                     "(NiMARE 0.22.1, the bench extra)."),
+    ] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(help="Two engines, same seed, nulls compared permutation by "
+                     "permutation: e.g. cpu,gpu or numpy,numba."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder for compare.json and report.html (created)."),
+    ] = None,
+    iters: Annotated[
+        int, typer.Option("--iters", help="Monte Carlo iterations of each side (0: the "
+                          "uncorrected maps only; NiMARE needs ~0.1-0.2 s per iteration).",
+                          min=0),
+    ] = 1000,
+    seed: SeedOption = DEFAULT_SEED,
+    cluster_p: Annotated[
+        float, typer.Option("--cluster-p", help="Cluster-forming p, and the p of the "
+                            "compared uncorrected voxel sets.")
+    ] = DEFAULT_CLUSTER_FORMING_P,
+    alpha: Annotated[float, typer.Option(help="Cluster-level FWE alpha.")] = DEFAULT_ALPHA,
+    fwhm: FwhmOption = None,
+    sample_size: SampleSizeOption = None,
+    space: SpaceOption = None,
+    tal_transform: TalOption = _DEFAULT_TAL,
+    where: Annotated[
+        str | None, typer.Option(help="Only the experiments for which this holds.")
+    ] = None,
+    workers: WorkersOption = None,
+    ale_tol: Annotated[
+        float, typer.Option("--ale-tol", help="Largest |dALE| that counts as equal.", min=0)
+    ] = 1e-6,
+    z_tol: Annotated[
+        float, typer.Option("--z-tol", help="Largest |dz| that counts as equal.", min=0)
+    ] = 1e-3,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Check gpuale: against NiMARE, one engine against another, or two run folders.
+
+    gpuale compare INPUT... --against nimare: both tools on the same experiments, each in a
+    fresh process (whole-process time and peak memory). gpuale compare INPUT... --devices
+    cpu,gpu: two engines with the same seed. gpuale compare RUN_A RUN_B: map by map and
+    cluster by cluster. Exits 1 when the results differ beyond the tolerances.
+    """
+    from gpuale import compare as cmp
+
+    with _user_errors():
+        if against is not None and devices is not None:
+            raise ValueError("choose --against or --devices, not both")
+        if against is not None and against.strip().lower() != "nimare":
+            raise ValueError(f"--against {against!r}: the reference gpuale runs is nimare")
+        if out is not None:
+            cmp.check_compare_out(out, force=force, inputs=inputs)
+        tolerances = cmp.Tolerances(ale=ale_tol, z=z_tol)
+        log = (lambda message: None) if quiet else (lambda m: err.print(m, highlight=False))
+        if against is None and devices is None:
+            if len(inputs) != 2:
+                raise ValueError(f"two run folders to compare, got {len(inputs)} argument(s); "
+                                 "to run an analysis pass --against nimare or --devices A,B")
+            record = cmp.compare_runs(inputs[0], inputs[1], tolerances)
+        else:
+            settings = cmp.AnalysisSettings(
+                inputs=tuple(inputs), iters=iters, seed=seed, cluster_p=cluster_p,
+                alpha=alpha, fwhm=fwhm, sample_size=sample_size,
+                space=space.value if space else None, tal_transform=tal_transform.value,
+                where=where, workers=workers)
+            if against is not None:
+                record = cmp.compare_with_nimare(settings, tolerances, log=log)
+            else:
+                record = cmp.compare_devices(settings, devices.split(","), tolerances, log=log)
+        if out is not None:
+            cmp.write_comparison(record, out, force=force)
+    for line in cmp.summary_lines(record):
+        typer.echo(line)
+    if out is not None:
+        typer.echo(f"results in {out}")
+    if not record["passed"]:
+        raise typer.Exit(1)
 
 
 def _write_report(out: Path, report: bool, quiet: bool) -> None:
@@ -420,17 +695,23 @@ def run_study_(
         int | None, typer.Option("--iters", help="Override the study's iterations.", min=1)
     ] = None,
     device: Annotated[str | None, typer.Option(help="Override the study's device.")] = None,
-    force: ForceOption = False,
+    scheduler: SchedulerOption = None,
+    force: StudyForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Run every analysis of a study file in dependency order, reusing finished ones.
 
-    Each analysis goes into OUT/NAME/ with its report; OUT/index.html links them.
+    Each analysis goes into OUT/NAME/ with its report; OUT/index.html links them. Running
+    the same command again resumes an interrupted study: analyses already finished with the
+    same inputs and settings are reused, the rest run. --force recomputes them all.
     """
     with _user_errors():
         study = load_study(study_file)
         out = out or study_file.parent / study.name
-        _run_study(study, out, iters, device, force, quiet)
+        with _scheduler(scheduler) as cluster:
+            if cluster is not None and not quiet:
+                err.print(f"permutations on {cluster.describe()}", highlight=False)
+            _run_study(study, out, iters, device, force, quiet, cluster)
 
 
 @app.command("demo")
@@ -441,39 +722,75 @@ def demo(
     device: DeviceOption = "auto",
     iters: Annotated[
         int | None,
-        typer.Option("--iters", help=f"Iterations (default: the study's 5,000 on a GPU, "
-                     f"{DEMO_CPU_ITERS:,} on a CPU).", min=1),
+        typer.Option("--iters", help=f"Iterations (default: the study's 5,000 on a GPU; "
+                     f"{DEMO_CPU_ITERS:,} on a CPU, except for contrasts whose threshold "
+                     "needs more).", min=1),
     ] = None,
-    force: ForceOption = False,
+    force: StudyForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """A whole ALE study on bundled real data: children's semantic cognition (50 experiments).
 
     Global ALE, the three task types, older vs younger children, gated contrasts between
     task types and their conjunction, each with cluster-level FWE, reports and an index.
+    Running it again on the same --out resumes it, reusing the analyses that finished.
     """
     with _user_errors():
         study = load_study(example_path("semantic-children-study"))
         chosen = resolve_device(device)
         if iters is None and chosen == "cpu":
-            iters = DEMO_CPU_ITERS
+            study, kept = _demo_on_cpu(study)
             if not quiet:
+                exceptions = "".join(
+                    f"; {name} keeps {n:,}, as its p < {p:g} needs more than "
+                    f"{DEMO_CPU_ITERS:,}" for name, (n, p) in kept.items())
                 err.print(
                     f"no GPU: {DEMO_CPU_ITERS:,} Monte Carlo iterations per analysis so the "
-                    "demo finishes within minutes on a CPU (the study's 5,000 on a GPU; "
-                    "--iters 5000 for the literature default)",
+                    f"demo finishes within minutes on a CPU{exceptions} (the study's 5,000 "
+                    "on a GPU; --iters 5000 for the literature default)",
                     highlight=False,
                 )
         _run_study(study, out, iters, chosen, force, quiet)
 
 
-def _run_study(study, out: Path, iters, device, force: bool, quiet: bool) -> None:
-    if out.is_dir() and any(out.iterdir()) and not is_study_folder(out):
-        check_output_dir(out, force=force)
+def _demo_on_cpu(study):
+    """The demo's study with :data:`DEMO_CPU_ITERS` iterations per analysis, except for
+    contrasts whose threshold so few cannot reach: they keep the study's iterations (at
+    least as many as the threshold needs).
+
+    Lowering a contrast's threshold to fit fewer iterations would change the analysis
+    (p < 0.001 is the field's threshold for whole-brain contrasts); more random splits only
+    cost time, and a contrast's splits are cheap next to a global ALE's permutations.
+
+    Returns
+    -------
+    study : Study
+    kept : dict
+        Contrast name -> (iterations, threshold) of those that keep more.
+    """
+    analyses, kept = {}, {}
+    for name, analysis in study.analyses.items():
+        iterations = DEMO_CPU_ITERS
+        if analysis.type == "contrast":
+            mode = analysis.spec.get("mode", "whole-brain")
+            threshold = analysis.spec.get("p") or DEFAULT_P_THRESHOLD[mode]
+            smallest = functools.partial(smallest_p, mode)
+            if not smallest(DEMO_CPU_ITERS) < threshold:
+                iterations = max(int(analysis.settings["iterations"]),
+                                 iterations_to_reach(threshold, smallest))
+                kept[name] = (iterations, threshold)
+        settings = {**analysis.settings, "iterations": iterations}
+        analyses[name] = dataclasses.replace(analysis, settings=settings)
+    return dataclasses.replace(study, analyses=analyses), kept
+
+
+def _run_study(study, out: Path, iters, device, force: bool, quiet: bool,
+               scheduler: DaskScheduler | None = None) -> None:
     log = (lambda message: None) if quiet else (lambda m: err.print(m, highlight=False))
     entries = run_study(
-        study, out, iterations=iters, device=device, log=log,
-        progress_factory=lambda total, name: _progress_bar(total, quiet, name),
+        study, out, iterations=iters, device=device, force=force, command=_command(),
+        log=log, progress_factory=lambda total, name: _progress_bar(total, quiet, name),
+        scheduler=scheduler,
     )
     if not quiet:
         ran = sum(entry["status"] == "ran" for entry in entries)

@@ -17,7 +17,12 @@ from gpuale.problem import Problem
 
 __all__ = [
     "CONNECTIVITY_RANK",
+    "CONTRIBUTION_FIELDS",
+    "cluster_contributions",
+    "MAX_SUBPEAKS",
+    "SUBPEAK_MIN_DISTANCE_MM",
     "cluster_measures",
+    "cluster_peaks",
     "cluster_table",
     "clusters_above",
     "connectivity_structure",
@@ -25,6 +30,7 @@ __all__ = [
     "experiment_ma_at",
     "label_clusters",
     "map_cluster_table",
+    "peak_rows",
 ]
 
 #: Neighbourhoods: 6 (faces, as NiMARE), 18 (edges, as SPM), 26 (corners), as the rank of
@@ -99,20 +105,35 @@ def experiment_ma_at(problem: Problem, flat_voxels: np.ndarray) -> np.ndarray:
     -------
     ndarray of float32, shape (n_experiments, n_voxels)
     """
-    grid = problem.grid
-    vox = np.stack(np.unravel_index(flat_voxels, grid.shape), axis=1).astype(np.int64)
+    vox = _voxel_ijk(problem.grid, flat_voxels)
     out = np.zeros((problem.n_experiments, vox.shape[0]), dtype=np.float32)
     for e in range(problem.n_experiments):
-        kernel = problem.experiment_kernel(e)
-        radius = kernel.shape[0] // 2
-        foci = problem.focus_ijk[problem.experiment_offsets[e] : problem.experiment_offsets[e + 1]]
-        offset = vox[None, :, :] - foci[:, None, :].astype(np.int64)
-        inside = np.all(np.abs(offset) <= radius, axis=2)
-        values = np.zeros(inside.shape, dtype=np.float32)
-        hit = offset[inside] + radius
-        values[inside] = kernel[hit[:, 0], hit[:, 1], hit[:, 2]]
-        out[e] = values.max(axis=0)
+        out[e] = _experiment_ma(problem, e, vox)
     return out
+
+
+def _voxel_ijk(grid: Grid, flat_voxels: np.ndarray) -> np.ndarray:
+    return np.stack(np.unravel_index(flat_voxels, grid.shape), axis=1).astype(np.int64)
+
+
+def _experiment_ma(problem: Problem, e: int, vox: np.ndarray) -> np.ndarray:
+    """MA of experiment ``e`` at voxels ``vox`` (n x 3): its largest kernel value there."""
+    values = np.zeros(vox.shape[0], dtype=np.float32)
+    if vox.shape[0] == 0:
+        return values
+    kernel = problem.experiment_kernel(e)
+    radius = kernel.shape[0] // 2
+    foci = problem.focus_ijk[problem.experiment_offsets[e] : problem.experiment_offsets[e + 1]]
+    foci = foci.astype(np.int64)
+    # Only foci whose kernel reaches the voxels' bounding box matter; most experiments
+    # have none near a given cluster, and skipping them keeps this cheap per cluster.
+    near = np.all((foci >= vox.min(axis=0) - radius) & (foci <= vox.max(axis=0) + radius), 1)
+    for focus in foci[near]:
+        offset = vox - focus
+        inside = np.all(np.abs(offset) <= radius, axis=1)
+        hit = offset[inside] + radius
+        values[inside] = np.maximum(values[inside], kernel[hit[:, 0], hit[:, 1], hit[:, 2]])
+    return values
 
 
 def cluster_table(
@@ -137,8 +158,11 @@ def cluster_table(
     Returns
     -------
     list of dict
-        ``cluster, size_voxels, volume_mm3, peak_x/y/z, peak_ale, peak_z, com_x/y/z``
-        (ALE-weighted centre of mass, MNI mm), ``p_fwe_size, p_fwe_mass``.
+        ``cluster, size_voxels, volume_mm3, peak_x/y/z, peak_ale, peak_zstat, com_x/y/z``
+        (ALE-weighted centre of mass, MNI mm), ``p_fwe_size, p_fwe_mass``; the peak is the
+        largest ALE. ``subpeaks``: the cluster's other local maxima of ALE (see
+        :func:`cluster_peaks`), each a dict of ``peak`` (2, 3, ...), ``peak_x/y/z``,
+        ``peak_ale`` and ``peak_zstat``.
     """
     rows = []
     for label in np.flatnonzero(significant):
@@ -146,7 +170,8 @@ def cluster_table(
         if members.size == 0:
             continue
         weights = ale[members].astype(np.float64)
-        row, peak = _geometry(grid, members, weights)
+        peaks = cluster_peaks(grid, members, weights)
+        row, peak = _geometry(grid, members, weights, peak=int(peaks[0]))
         rows.append(
             {
                 "cluster": len(rows) + 1,
@@ -156,17 +181,109 @@ def cluster_table(
                 "p_fwe_size": float(p_size[label]),
                 "p_fwe_mass": float(p_mass[label]),
                 "label": int(label),
+                "subpeaks": _subpeaks(grid, members, peaks, {"ale": ale, "zstat": z}),
             }
         )
     return rows
 
 
-def _geometry(grid: Grid, members: np.ndarray, weights: np.ndarray) -> tuple[dict, int]:
-    """Size, volume, peak (largest weight) and weighted centre of mass of a cluster."""
+#: Sub-peaks as GingerALE and nilearn's ``get_clusters_table`` list them: local maxima at
+#: least this far (mm) from the cluster's peak and from each other...
+SUBPEAK_MIN_DISTANCE_MM = 8.0
+#: ... and at most this many per cluster besides its peak (nilearn's default).
+MAX_SUBPEAKS = 3
+
+
+def cluster_peaks(
+    grid: Grid,
+    members: np.ndarray,
+    weights: np.ndarray,
+    *,
+    min_distance_mm: float = SUBPEAK_MIN_DISTANCE_MM,
+    max_subpeaks: int = MAX_SUBPEAKS,
+) -> np.ndarray:
+    """A cluster's peak and sub-peaks, as indices into ``members``, the peak first.
+
+    The peak is the voxel of the largest weight (the first of equal ones, as
+    ``np.argmax``). The candidates for sub-peaks are the cluster's local maxima: voxels
+    with no larger weight among their 26 neighbours in the cluster (voxels outside it do
+    not count). They are taken by decreasing weight, and one is kept when it lies at least
+    ``min_distance_mm`` from the peak and from every sub-peak kept before it, until
+    ``max_subpeaks`` are kept.
+
+    Parameters
+    ----------
+    grid : Grid
+    members : ndarray of int
+        In-mask indices of the cluster's voxels.
+    weights : ndarray of float
+        What makes a peak, at each member (e.g. ALE, or |ALE_A - ALE_B|).
+
+    Returns
+    -------
+    ndarray of int
+        1 to ``1 + max_subpeaks`` indices into ``members``.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    flat = grid.in_mask_flat[members]
+    ijk = np.stack(np.unravel_index(flat, grid.shape), axis=1)
+    local = ijk - ijk.min(axis=0)
+    box = np.full(tuple(local.max(axis=0) + 1), -np.inf)
+    box[tuple(local.T)] = weights
+    # -inf around and between the cluster's voxels: only the cluster's own voxels compete.
+    largest_near = ndimage.maximum_filter(box, size=3, mode="constant", cval=-np.inf)
+    candidates = np.flatnonzero(weights >= largest_near[tuple(local.T)])
+    # Stable, so equal weights keep the members' order and the first is np.argmax's.
+    candidates = candidates[np.argsort(-weights[candidates], kind="stable")]
+    mm = grid.voxel_to_mm(ijk)[candidates]
+    alive = np.ones(candidates.size, dtype=bool)
+    kept = []
+    # A small tolerance, so that voxels exactly min_distance_mm apart on the grid count as
+    # far enough despite rounding in the affine.
+    while alive.any() and len(kept) <= max_subpeaks:
+        first = int(np.flatnonzero(alive)[0])
+        kept.append(int(candidates[first]))
+        alive &= np.linalg.norm(mm - mm[first], axis=1) >= min_distance_mm - 1e-6
+    return np.array(kept, dtype=np.int64)
+
+
+def _subpeaks(grid: Grid, members: np.ndarray, peaks: np.ndarray,
+              values: dict[str, np.ndarray]) -> list[dict]:
+    """Rows of a cluster's sub-peaks (``peaks[1:]``): number, MNI mm and ``peak_<name>``."""
+    ijk = np.stack(np.unravel_index(grid.in_mask_flat[members[peaks[1:]]], grid.shape), 1)
+    mm = grid.voxel_to_mm(ijk)
+    rows = []
+    for k, (index, xyz) in enumerate(zip(peaks[1:], mm), start=2):
+        row = {"peak": k, "peak_x": float(xyz[0]), "peak_y": float(xyz[1]),
+               "peak_z": float(xyz[2])}
+        row.update({f"peak_{name}": float(v[members[index]]) for name, v in values.items()})
+        rows.append(row)
+    return rows
+
+
+def peak_rows(clusters: list[dict]) -> list[dict]:
+    """The rows of clusters.tsv: each cluster's peak, then its sub-peaks.
+
+    A cluster's own row gets ``peak`` 1; each sub-peak is a row of its own with the
+    cluster's number, ``peak`` 2, 3, ..., its coordinates and values (and the cluster's
+    ``direction``, where clusters have one), and the cluster's other columns left blank,
+    so ``peak == 1`` selects one row per cluster.
+    """
+    rows = []
+    for cluster in clusters:
+        rows.append({**cluster, "peak": 1})
+        shared = {key: cluster[key] for key in ("cluster", "direction") if key in cluster}
+        rows.extend({**shared, **sub} for sub in cluster.get("subpeaks", ()))
+    return rows
+
+
+def _geometry(grid: Grid, members: np.ndarray, weights: np.ndarray,
+              peak: int | None = None) -> tuple[dict, int]:
+    """Size, volume, peak (given, or the largest weight) and weighted centre of mass."""
     voxel_mm3 = float(np.prod(np.asarray(grid.voxel_sizes, dtype=np.float64)))
     flat = grid.in_mask_flat[members]
     mm = grid.voxel_to_mm(np.stack(np.unravel_index(flat, grid.shape), axis=1))
-    peak = int(np.argmax(weights))
+    peak = int(np.argmax(weights)) if peak is None else peak
     com = (weights[:, None] * mm).sum(axis=0) / weights.sum()
     row = {
         "size_voxels": int(members.size),
@@ -181,21 +298,116 @@ def _geometry(grid: Grid, members: np.ndarray, weights: np.ndarray) -> tuple[dic
     return row, peak
 
 
+#: Columns of a contribution row (contributions.tsv), in order; see
+#: :func:`experiment_contributions`.
+CONTRIBUTION_FIELDS = (
+    "cluster", "experiment", "label", "n_subjects", "foci_in_cluster", "jackknife",
+    "contribution_pct", "max_drop_pct", "ma_sum", "ma_mean", "ma_max",
+)
+
+
+def cluster_contributions(
+    problem: Problem, log_sum: np.ndarray, members: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every experiment's contribution to one cluster, as NiMARE's Jackknife and JALE define it.
+
+    With ``drop_e(v) = 1 - ALE_without_e(v) / ALE(v)``, the fraction of the ALE at voxel
+    ``v`` that is lost when experiment ``e`` is left out, and ``ALE_without_e(v) =
+    1 - exp(log_sum(v) - log1p(-MA_e(v)))`` (the ALE of the other experiments, exactly
+    what refitting without ``e`` gives, without refitting):
+
+    - ``jackknife``: the mean of ``drop_e`` over the cluster's voxels (NiMARE 0.22.1
+      ``diagnostics.Jackknife``; 0 to 1).
+    - ``contribution_pct``: ``100 * jackknife_e / sum_k jackknife_k``, the jackknife values
+      renormalised to sum to 100 over experiments (JALE's ``NORM``:
+      ``core/utils/contribution.py:calculate_contributions``).
+    - ``max_drop_pct``: ``100 * max_v drop_e(v)``, the largest voxel-wise share of the ALE
+      the experiment accounts for (JALE's ``MAX``).
+    - ``ma_sum``, ``ma_mean``: the sum and mean of the experiment's MA over the cluster
+      (JALE's ``SUM``; its ``AVG`` is ``100 * ma_mean``).
+    - ``ma_max``: the experiment's largest MA value in the cluster.
+
+    Parameters
+    ----------
+    problem : Problem
+    log_sum : ndarray of float64
+        In-mask ``sum_e log1p(-MA_e)`` (:attr:`gpuale.stats.ObservedALE.log_sum`).
+    members : ndarray of int
+        In-mask indices of the cluster's voxels (every one with ALE > 0).
+
+    Returns
+    -------
+    dict of str to ndarray of float64, each of shape (n_experiments,)
+    """
+    vox = _voxel_ijk(problem.grid, problem.grid.in_mask_flat[members])
+    total = np.asarray(log_sum, dtype=np.float64)[members]
+    # 1 - exp(x) as -expm1(x): full precision even where the ALE is small.
+    ale = -np.expm1(total)
+    n = problem.n_experiments
+    out = {key: np.zeros(n) for key in ("jackknife", "max_drop_pct", "ma_sum", "ma_mean",
+                                        "ma_max")}
+    for e in range(n):
+        ma = _experiment_ma(problem, e, vox)
+        if not ma.any():
+            continue  # every column is 0: the ALE does not change without it
+        # float32 log1p, as the engines add it to the log-sum, so that exactly the term that
+        # was added is taken away again.
+        without = -np.expm1(total - np.log1p(-ma).astype(np.float64))
+        drop = 1.0 - without / ale
+        out["jackknife"][e] = drop.mean()
+        out["max_drop_pct"][e] = 100.0 * drop.max()
+        ma64 = ma.astype(np.float64)
+        out["ma_sum"][e] = ma64.sum()
+        out["ma_mean"][e] = ma64.mean()
+        out["ma_max"][e] = ma64.max()
+    total_jackknife = out["jackknife"].sum()
+    out["contribution_pct"] = (100.0 * out["jackknife"] / total_jackknife
+                               if total_jackknife > 0 else np.zeros(n))
+    return out
+
+
 def experiment_contributions(
     problem: Problem,
     dataset: Dataset,
-    ale: np.ndarray,
     log_sum: np.ndarray,
     labels: np.ndarray,
     clusters: list[dict],
 ) -> list[dict]:
-    """How much each experiment contributes to each cluster.
+    """How much each experiment contributes to each cluster (the rows of contributions.tsv).
 
-    The contribution of experiment e to cluster c is the share of the cluster's summed
-    ALE that is lost when e is left out (as GingerALE and JALE report):
-    ``1 - sum_v ALE_without_e(v) / sum_v ALE(v)``, with
-    ``ALE_without_e = 1 - exp(log_sum - log1p(-MA_e))``. Experiments that do not reach
-    the cluster are not listed.
+    One row per cluster and experiment that reaches it (MA > 0 somewhere in the cluster;
+    the others would have 0 in every column), clusters in the order given, experiments by
+    decreasing contribution. Columns (:data:`CONTRIBUTION_FIELDS`): the cluster's number,
+    the experiment's id, label and sample size, ``foci_in_cluster`` (foci whose voxel lies
+    in the cluster: NiMARE's ``FocusCounter``, whose "within one voxel" rule admits only a
+    focus's own voxel once foci are rounded to voxels), and the measures of
+    :func:`cluster_contributions`.
+
+    ``jackknife`` is NiMARE's ``diagnostics.Jackknife`` computed without refitting. NiMARE
+    takes its clusters from a target image (by default the cluster-size FWE z map,
+    thresholded at ``target_threshold``, 0 unless given, so every cluster with FWE p < 0.5),
+    labels them with nilearn's ``get_clusters_table`` (6-connectivity) and names the
+    columns ``PositiveTail N``, numbered by decreasing peak value of the target image.
+    Here the clusters are those of ``clusters`` (the significant ones, as in clusters.tsv
+    and z_thresholded.nii.gz) with their numbers; with 6-connectivity they are the clusters
+    NiMARE's Jackknife finds in z_thresholded.nii.gz, numbered differently.
+
+    Parameters
+    ----------
+    problem : Problem
+    dataset : Dataset
+        The experiments of ``problem``, in its order.
+    log_sum : ndarray of float64
+        In-mask ``sum_e log1p(-MA_e)``.
+    labels : ndarray of int
+        In-mask cluster labels.
+    clusters : list of dict
+        Each with ``cluster`` (its number in the table) and ``label`` (its value in
+        ``labels``).
+
+    Returns
+    -------
+    list of dict
     """
     grid = problem.grid
     foci_labels = np.zeros(problem.n_foci, dtype=np.int64)
@@ -206,16 +418,12 @@ def experiment_contributions(
     rows = []
     for cluster in clusters:
         members = np.flatnonzero(labels == cluster["label"])
-        ma = experiment_ma_at(problem, grid.in_mask_flat[members])
-        total = float(ale[members].astype(np.float64).sum())
-        log_ma = np.log1p(-ma).astype(np.float64)
-        without = 1.0 - np.exp(log_sum[members][None, :] - log_ma)
-        share = 1.0 - without.sum(axis=1) / total
+        measures = cluster_contributions(problem, log_sum, members)
         in_cluster = np.bincount(
             foci_exp[foci_labels == cluster["label"]], minlength=problem.n_experiments
         )
-        for e in np.argsort(-share, kind="stable"):
-            if ma[e].max() <= 0:
+        for e in np.argsort(-measures["contribution_pct"], kind="stable"):
+            if measures["ma_max"][e] <= 0:
                 continue
             rows.append(
                 {
@@ -224,8 +432,7 @@ def experiment_contributions(
                     "label": dataset[e].label,
                     "n_subjects": dataset[e].n_subjects,
                     "foci_in_cluster": int(in_cluster[e]),
-                    "contribution_pct": round(100.0 * float(share[e]), 4),
-                    "max_ma": float(ma[e].max()),
+                    **{key: float(measures[key][e]) for key in CONTRIBUTION_FIELDS[5:]},
                 }
             )
     return rows
@@ -259,18 +466,53 @@ def clusters_above(
     return labels
 
 
-def map_cluster_table(grid: Grid, values: np.ndarray, labels: np.ndarray) -> list[dict]:
-    """One row per labelled cluster of a statistic map: size, peak, sign, centre of mass."""
+def map_cluster_table(
+    grid: Grid,
+    values: np.ndarray,
+    labels: np.ndarray,
+    *,
+    peak_by: np.ndarray | None = None,
+    at_peaks: dict[str, np.ndarray] | None = None,
+) -> list[dict]:
+    """One row per labelled cluster of a statistic map: size, peaks, sign, centre of mass.
+
+    Parameters
+    ----------
+    grid : Grid
+    values : ndarray
+        The map (in-mask vector of ``grid``); zero outside the clusters.
+    labels : ndarray of int
+        Its clusters, numbered from 1.
+    peak_by : ndarray, optional
+        The peak and sub-peaks are local maxima of ``|peak_by|`` (default ``|values|``),
+        found by :func:`cluster_peaks`. A contrast passes ALE_A - ALE_B here, because its z
+        saturates at the permutation floor and would make most voxels tie.
+    at_peaks : dict of str to ndarray, optional
+        More maps to report at each peak, as ``peak_<name>`` columns.
+
+    Returns
+    -------
+    list of dict
+        ``cluster, sign, size_voxels, volume_mm3, peak_x/y/z, com_x/y/z`` (centre of mass
+        weighted by ``|values|``), ``peak_value`` (``values`` at the peak), the
+        ``peak_<name>`` of ``at_peaks``, and ``subpeaks`` (rows of ``peak`` 2, 3, ...,
+        ``peak_x/y/z``, ``peak_value`` and ``peak_<name>``).
+    """
+    at_peaks = {"value": values, **(at_peaks or {})}
     rows = []
     for label in range(1, int(labels.max(initial=0)) + 1):
         members = np.flatnonzero(labels == label)
-        row, peak = _geometry(grid, members, np.abs(values[members].astype(np.float64)))
+        weights = np.abs(values[members].astype(np.float64))
+        by = weights if peak_by is None else np.abs(peak_by[members].astype(np.float64))
+        peaks = cluster_peaks(grid, members, by)
+        row, peak = _geometry(grid, members, weights, peak=int(peaks[0]))
         rows.append(
             {
                 "cluster": label,
                 "sign": "+" if values[members[peak]] > 0 else "-",
                 **row,
-                "peak_value": float(values[members[peak]]),
+                **{f"peak_{name}": float(v[members[peak]]) for name, v in at_peaks.items()},
+                "subpeaks": _subpeaks(grid, members, peaks, at_peaks),
             }
         )
     return rows

@@ -10,8 +10,11 @@ clusters and holds the result.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -20,17 +23,33 @@ from gpuale.clusters import clusters_above, map_cluster_table
 from gpuale.dataset import Dataset
 from gpuale.engines import get_engine, resolve_device
 from gpuale.grid import Grid, load_grid
-from gpuale.nulls import ContrastNull, ContrastNullSpec, run_null
+from gpuale.inference import (
+    ClusterInference,
+    UnreachableThresholdWarning,
+    smallest_fwe_p,
+    unreachable_threshold_message,
+)
+from gpuale.nulls import (
+    ContrastNull,
+    ContrastNullSpec,
+    Scheduler,
+    contrast_cluster_null,
+    run_null,
+)
 from gpuale.problem import compile_problem
 from gpuale.stats import clip_permutation_p, fwe_p_values, p_to_z
 
 __all__ = [
     "ContrastResult",
     "MainEffect",
+    "MainEffectMismatch",
     "OverlapError",
+    "check_main_effect",
     "check_overlap",
+    "contrast_cluster_inference",
     "gated_p",
     "run_contrast",
+    "smallest_p",
     "whole_brain_p",
 ]
 
@@ -68,6 +87,92 @@ def gated_p(
     return p, p_to_z(p) * sign
 
 
+def smallest_p(mode: str, n_iters: int) -> float:
+    """The smallest p a contrast in ``mode`` can give with ``n_iters`` random splits.
+
+    Computed by :func:`whole_brain_p` or :func:`gated_p` themselves, for a voxel whose
+    observed difference no split reaches (the most extreme counts), so that it follows
+    their rules: both clip p at 1/n, so this is 1/n (and 1 for n = 1, where the
+    whole-brain clip to [1/n, 1 - 1/n] leaves only 1). With the strict threshold
+    ``p < p_threshold`` a contrast needs ``1/n < p_threshold``: more than 1,000 splits
+    for p < 0.001, more than 20 for the gated P > 0.95.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    null = ContrastNull(diff=np.ones(1), upper=np.zeros(1, np.int64),
+                        lower=np.full(1, n_iters, np.int64), max_abs=np.zeros(n_iters), seed=0)
+    if mode == "gated":
+        p, _ = gated_p(null, np.ones(1, bool), np.ones(1, bool))
+    else:
+        p, _ = whole_brain_p(null)
+    return float(p[0])
+
+
+def contrast_cluster_inference(diff: np.ndarray, grid: Grid, null: ContrastNull,
+                               ) -> ClusterInference:
+    """Cluster-level FWE of an observed difference map, as NiMARE 0.22.1's
+    ``ALESubtraction.correct_fwe_montecarlo(vfwe_only=False)``.
+
+    Clusters are voxels with |ALE_A - ALE_B| > the null's cluster-forming threshold,
+    compared in float32 as NiMARE thresholds its float32 map, positive and negative
+    differences labelled apart; a cluster's mass sums |difference| - threshold over its
+    voxels. Corrected p is the share of permutations whose largest cluster reaches it
+    (:func:`~gpuale.stats.fwe_p_values`); voxels outside every cluster get the p of size
+    0 (1 - 1/n), as in NiMARE.
+
+    Parameters
+    ----------
+    diff : ndarray
+        Observed ALE_A - ALE_B, in-mask vector of ``grid``.
+    grid : Grid
+    null : ContrastNull
+        With the cluster nulls (:func:`gpuale.nulls.contrast_cluster_null`).
+
+    Returns
+    -------
+    ClusterInference
+        ``labels`` numbers the clusters of both signs together by decreasing size (then
+        mass, then first voxel).
+    """
+    from gpuale.clusters import cluster_measures, connectivity_structure
+
+    if not null.has_clusters:
+        raise ValueError("the contrast null has no cluster statistics (run with "
+                         "cluster_fwe=True)")
+    values = np.asarray(diff).astype(np.float32)
+    cut = np.float32(null.cluster_forming_abs_difference)
+    structure = connectivity_structure(null.connectivity)
+    found = []
+    for sign in (np.float32(1), np.float32(-1)):
+        above = np.flatnonzero(sign * values > cut)  # negation is exact in float32
+        if above.size == 0:
+            continue
+        excess = np.abs(values[above]).astype(np.float64) - np.float64(cut)
+        sizes, masses, raw = cluster_measures(grid.in_mask_flat[above], excess, grid.shape,
+                                              structure)
+        for label in range(1, sizes.size + 1):
+            members = above[raw == label]
+            found.append((int(sizes[label - 1]), float(masses[label - 1]), members))
+    found.sort(key=lambda item: (-item[0], -item[1], int(item[2][0])))
+    labels = np.zeros(values.size, dtype=np.int32)
+    for number, (_, _, members) in enumerate(found, start=1):
+        labels[members] = number
+    sizes = np.array([0] + [f[0] for f in found], dtype=np.int64)
+    masses = np.array([0.0] + [f[1] for f in found], dtype=np.float64)
+    p_size = fwe_p_values(sizes, null.max_cluster_size)
+    p_mass = fwe_p_values(masses, null.max_cluster_mass)
+    return ClusterInference(
+        p_voxel=fwe_p_values(np.abs(np.asarray(diff, dtype=np.float64)), null.max_abs),
+        p_cluster_size=p_size[labels],
+        p_cluster_mass=p_mass[labels],
+        labels=labels,
+        cluster_size=sizes,
+        cluster_mass=masses,
+        p_size=p_size,
+        p_mass=p_mass,
+    )
+
+
 # --- The analysis -------------------------------------------------------------------------
 
 #: Modes: NiMARE's whole-brain two-sided test, and Eickhoff et al.'s (2011) test gated by
@@ -84,11 +189,17 @@ OVERLAP_POLICIES = ("error", "keep", "drop")
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class MainEffect:
-    """A group's corrected main effect: z and where it is significant (in-mask vectors)."""
+    """A group's corrected main effect: z and where it is significant (in-mask vectors).
+
+    ``experiments``: what the run folder's run.json records of the experiments it was run
+    on (dicts with ``id``, ``n_subjects``, ``n_foci``), checked against the group by
+    :func:`check_main_effect`; None when computed for the contrast itself.
+    """
 
     z: np.ndarray
     significant: np.ndarray
     source: str
+    experiments: tuple[dict, ...] | None = None
 
     @classmethod
     def from_result(cls, result) -> MainEffect:
@@ -97,11 +208,101 @@ class MainEffect:
 
     @classmethod
     def from_run_dir(cls, path, grid: Grid) -> MainEffect:
-        """The z map and significant voxels of a finished ``gpuale global`` run folder."""
-        from gpuale.runfolder import read_main_effect
+        """The z map, significant voxels and experiments of a finished ``gpuale global`` run.
 
+        Raises
+        ------
+        ValueError
+            ``path`` is not a finished global ALE run with Monte Carlo, or its maps are on
+            another grid.
+        """
+        from gpuale.runfolder import read_main_effect, read_run_experiments
+
+        # The run's kind first: a contrast folder would otherwise fail on a missing map.
+        experiments = read_run_experiments(path)
         z, significant = read_main_effect(path, grid)
-        return cls(z=z, significant=significant, source=str(path))
+        return cls(z=z, significant=significant, source=str(path),
+                   experiments=tuple(experiments))
+
+
+#: The end of a :class:`MainEffectMismatch` message, in Python words.
+MAIN_EFFECT_HINT = "pass each group's own `gpuale global` run as main_a and main_b"
+
+
+class MainEffectMismatch(ValueError):
+    """A main-effect run folder was run on other experiments than its group."""
+
+    option = "main_effect"
+    hint = MAIN_EFFECT_HINT
+
+
+def _describe_experiment(exp: dict) -> str:
+    return f"{exp['id']!r} (N = {exp['n_subjects']}, {exp['n_foci']} foci)"
+
+
+def _main_effect_difference(recorded: tuple[dict, ...], group: Dataset,
+                            name: str) -> str | None:
+    """How a run's recorded experiments differ from a group's (None: they do not)."""
+    # Experiments are compared by id, sample size and number of foci, in any order (the
+    # ALE does not depend on it); repeated ids (allowed in Sleuth files) are compared as
+    # multisets.
+    mine = [{"id": e.id, "n_subjects": int(e.n_subjects), "n_foci": int(e.n_foci)}
+            for e in group]
+    theirs = [{"id": str(e.get("id")), "n_subjects": int(e.get("n_subjects", -1)),
+               "n_foci": int(e.get("n_foci", -1))} for e in recorded]
+    unmatched = list(theirs)
+    for exp in mine:
+        if exp in unmatched:
+            unmatched.remove(exp)
+            continue
+        same_id = [e for e in unmatched if e["id"] == exp["id"]]
+        if same_id:
+            other = same_id[0]
+            return (f"experiment {exp['id']!r} has N = {exp['n_subjects']} and "
+                    f"{exp['n_foci']} foci in group {name} but N = {other['n_subjects']} "
+                    f"and {other['n_foci']} foci there")
+        return f"experiment {_describe_experiment(exp)} of group {name} is not in it"
+    if unmatched:
+        return (f"it has experiment {_describe_experiment(unmatched[0])}, which group {name} "
+                "does not")
+    return None
+
+
+def check_main_effect(main: MainEffect, group: Dataset, name: str,
+                      other: Dataset | None = None, other_name: str = "") -> None:
+    """Check that a main effect from a run folder was run on exactly the group's experiments.
+
+    Parameters
+    ----------
+    main : MainEffect
+        Nothing is checked when it records no experiments (computed for the contrast).
+    group : Dataset
+        The group as given (before an ``overlap`` policy drops shared experiments).
+    name : str
+        The group's name in messages ("A").
+    other, other_name : Dataset and str, optional
+        The other group, to say when the folders look swapped.
+
+    Raises
+    ------
+    MainEffectMismatch
+        Naming the folder, the group and the first differing experiment.
+    """
+    if main.experiments is None:
+        return
+    difference = _main_effect_difference(main.experiments, group, name)
+    if difference is None:
+        return
+    swapped = ""
+    if other is not None and _main_effect_difference(main.experiments, other, other_name) \
+            is None:
+        swapped = (f"; it is the run of group {other_name}'s experiments: are the two main "
+                   "effects swapped?")
+    raise MainEffectMismatch(
+        f"the main effect given for group {name} ({main.source}) is a global ALE of other "
+        f"experiments than group {name} ({len(main.experiments)} in the run, "
+        f"{len(group)} in the group): {difference}{swapped}; {MAIN_EFFECT_HINT}"
+    )
 
 
 #: The end of an :class:`OverlapError` message, in Python words.
@@ -167,6 +368,27 @@ class ContrastResult:
     min_z: bool = False
     device: str = "cpu"
     timings: dict = dataclasses.field(default_factory=dict)
+    #: Warnings raised while running (unreachable threshold, foci outside the mask), for
+    #: run.json and the report.
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    #: Cluster-level FWE (whole-brain only): the reported map keeps the clusters formed
+    #: at the null's cluster-forming |difference| whose cluster-size FWE p < ``alpha``.
+    cluster_fwe: bool = False
+    alpha: float = 0.05
+
+    @functools.cached_property
+    def _cluster_inference(self) -> ClusterInference:
+        return contrast_cluster_inference(self.diff, self.grid, self.null)
+
+    def cluster_inference(self) -> ClusterInference:
+        """Cluster-level FWE of the difference (:func:`contrast_cluster_inference`).
+
+        Raises
+        ------
+        ValueError
+            The contrast was run without ``cluster_fwe``.
+        """
+        return self._cluster_inference
 
     def _full(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
         out = np.full(self.grid.n_voxels, fill, dtype=np.float64)
@@ -178,7 +400,20 @@ class ContrastResult:
         return self._full(self.null.diff)
 
     def thresholded(self) -> np.ndarray:
-        """Signed z where p < threshold, in clusters of at least the minimum volume."""
+        """Signed z where p < threshold, in clusters of at least the minimum volume.
+
+        With ``cluster_fwe``: signed z in the clusters whose cluster-size FWE p < alpha
+        (numbered from 1 by decreasing size); the minimum volume does not apply, the
+        cluster-level test takes its place.
+        """
+        if self.cluster_fwe:
+            inference = self.cluster_inference()
+            significant = inference.p_size < self.alpha
+            significant[0] = False
+            renumber = np.zeros(significant.size, dtype=np.int32)
+            renumber[significant] = np.arange(1, int(significant.sum()) + 1)
+            labels = renumber[inference.labels]
+            return np.where(labels > 0, self._full(self.z), 0.0), labels
         z = self._full(self.z)
         p = self._full(self.p, fill=1.0)
         keep = p < self.p_threshold
@@ -194,7 +429,7 @@ class ContrastResult:
     def maps(self) -> dict[str, np.ndarray]:
         thresholded, labels = self.thresholded()
         p_voxel = fwe_p_values(np.abs(self.diff), self.null.max_abs)
-        return {
+        maps = {
             "ale_A": self.ale_a,
             "ale_B": self.ale_b,
             "stat_desc-AminusB": self.diff.astype(np.float32),
@@ -204,12 +439,40 @@ class ContrastResult:
             "z_thresholded": thresholded.astype(np.float32),
             "cluster_labels": labels.astype(np.int16),
         }
+        if self.null.has_clusters:
+            # NiMARE's names (p_desc-group1MinusGroup2Size_level-cluster, ...) with this
+            # module's AminusB; z two-sided, signed as the voxel-level z.
+            inference = self.cluster_inference()
+            sign = np.sign(self._full(self.z))
+            for kind, p in (("Size", inference.p_cluster_size),
+                            ("Mass", inference.p_cluster_mass)):
+                maps[f"p_desc-AminusB{kind}_level-cluster"] = p.astype(np.float32)
+                maps[f"z_desc-AminusB{kind}_level-cluster"] = (
+                    p_to_z(p / 2.0) * sign).astype(np.float32)
+                maps[f"logp_desc-AminusB{kind}_level-cluster"] = (
+                    -np.log10(p)).astype(np.float32)
+        return maps
 
     def clusters(self) -> list[dict]:
+        """One row per cluster of the thresholded map (see :func:`map_cluster_table`).
+
+        The peak and sub-peaks are local maxima of |ALE_A - ALE_B| (``peak_diff``), not of
+        z, which saturates at the permutation floor so that most of a cluster ties;
+        ``peak_value`` is the thresholded map's z there.
+        """
         thresholded, labels = self.thresholded()
-        rows = map_cluster_table(self.grid, thresholded, labels)
+        diff = self.diff
+        rows = map_cluster_table(self.grid, thresholded, labels, peak_by=diff,
+                                 at_peaks={"diff": diff})
         for row in rows:
             row["direction"] = "A>B" if row["sign"] == "+" else "B>A"
+        if self.cluster_fwe:
+            inference = self.cluster_inference()
+            for row in rows:
+                # Any voxel of the cluster: they share their cluster's p.
+                voxel = np.flatnonzero(labels == row["cluster"])[0]
+                row["p_fwe_size"] = float(inference.p_cluster_size[voxel])
+                row["p_fwe_mass"] = float(inference.p_cluster_mass[voxel])
         return rows
 
 
@@ -232,6 +495,9 @@ def run_contrast(
     device: str = "cpu",
     n_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    scheduler: Scheduler | None = None,
+    cluster_fwe: bool = False,
+    alpha: float = 0.05,
 ) -> ContrastResult:
     """Contrast of two groups of experiments (Eickhoff et al. 2011).
 
@@ -243,18 +509,44 @@ def run_contrast(
         ``gated`` tests A > B only where A's main effect is significant (B > A likewise),
         one-sided, as GingerALE.
     n_iters, seed : int
-        Random splits of the pooled experiments (NiMARE's default is 5,000).
+        Random splits of the pooled experiments (NiMARE's default is 5,000). With n
+        splits the smallest p is 1/n (:func:`smallest_p`); when that cannot pass
+        ``p_threshold`` an :class:`~gpuale.inference.UnreachableThresholdWarning` names the
+        splits needed, before any is computed.
     p_threshold : float, optional
-        Threshold of the reported map (default 0.001 whole-brain, 0.05 gated).
+        Threshold of the reported map, ``p < p_threshold`` (default 0.001 whole-brain,
+        0.05 gated).
     min_volume_mm3 : float
         Smallest reported cluster.
     main_a, main_b : MainEffect, optional
-        Significant main effects for ``gated`` mode (from run folders); computed with
-        :func:`gpuale.run_ale` (same seed and iterations) when not given.
+        Significant main effects for ``gated`` mode (from run folders, each checked to be
+        a run of exactly its group's experiments: :func:`check_main_effect`); computed
+        with :func:`gpuale.run_ale` (same seed and iterations) when not given.
     min_z : bool
         In ``gated`` mode, report the smaller of the main-effect and contrast z.
     overlap : {"error", "keep", "drop"}
         What to do with an experiment found in both groups.
+    scheduler : Scheduler, optional
+        Who runs the permutation chunks (of the main effects too), e.g. a
+        :class:`gpuale.nulls.DaskScheduler`; default: this machine's cores.
+    cluster_fwe : bool
+        Whole-brain only: cluster-level FWE as NiMARE 0.22.1's
+        ``ALESubtraction.correct_fwe_montecarlo(vfwe_only=False)``. Clusters form where
+        |ALE_A - ALE_B| exceeds the (1 - ``p_threshold``) quantile of every permuted
+        |difference| pooled over the mask and the splits; the null keeps each split's
+        largest cluster size and mass (:func:`gpuale.nulls.contrast_cluster_null`, three
+        passes over the same splits, a little over three times the time). Adds
+        cluster-size and cluster-mass FWE p, z and logp maps, and the reported map keeps
+        the clusters with cluster-size FWE p < ``alpha`` (no minimum volume).
+    alpha : float
+        Cluster-level FWE alpha (with ``cluster_fwe``).
+
+    Raises
+    ------
+    MainEffectMismatch
+        A main-effect folder was run on other experiments than its group.
+    OverlapError
+        An experiment is in both groups and ``overlap="error"``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -265,6 +557,29 @@ def run_contrast(
     p_threshold = DEFAULT_P_THRESHOLD[mode] if p_threshold is None else p_threshold
     if not 0 < p_threshold < 1:
         raise ValueError(f"p_threshold must lie in (0, 1), got {p_threshold}")
+    if mode == "gated":
+        # Main effects of the groups as given: the runs the user made of each group.
+        if main_a is not None:
+            check_main_effect(main_a, group_a, "A", group_b, "B")
+        if main_b is not None:
+            check_main_effect(main_b, group_b, "B", group_a, "A")
+    if cluster_fwe and mode != "whole-brain":
+        raise ValueError("cluster-level FWE (cluster_fwe) is defined for whole-brain "
+                         f"contrasts only, not {mode!r} ones (NiMARE's ALESubtraction)")
+    if cluster_fwe and not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    notes: list[str] = []
+    # Before anything is computed, so that nobody waits for a result that cannot come.
+    # With cluster-level FWE the reported map is cut at cluster FWE p < alpha (p_threshold
+    # only sets the cluster-forming quantile, which every number of splits reaches).
+    unreachable = unreachable_threshold_message(
+        "the contrast's cluster-level FWE alpha", n_iters, alpha, smallest_fwe_p,
+    ) if cluster_fwe else unreachable_threshold_message(
+        f"the {mode} contrast's threshold", n_iters, p_threshold,
+        functools.partial(smallest_p, mode))
+    if unreachable:
+        warnings.warn(unreachable, UnreachableThresholdWarning, stacklevel=2)
+        notes.append(unreachable)
     group_a, group_b = check_overlap(group_a, group_b, overlap)
     grid = grid or load_grid()
     resolved = resolve_device(device)
@@ -275,7 +590,8 @@ def run_contrast(
         tuple(dataclasses.replace(e, id=f"A:{e.id}") for e in group_a)
         + tuple(dataclasses.replace(e, id=f"B:{e.id}") for e in group_b)
     )
-    problem = compile_problem(pooled, grid, fwhm_mm=fwhm_mm)
+    with _kept(notes):
+        problem = compile_problem(pooled, grid, fwhm_mm=fwhm_mm)
     support, log_maps = engine.experiment_log_maps(problem)
     sums = log_maps.astype(np.float64)
     ale_a = np.zeros(grid.n_voxels, np.float32)
@@ -288,17 +604,30 @@ def run_contrast(
         from gpuale.analysis import run_ale
 
         start = time.perf_counter()
-        main_a = main_a or MainEffect.from_result(run_ale(
-            group_a, grid=grid, fwhm_mm=fwhm_mm, n_iters=n_iters, seed=seed, device=device,
-            n_workers=n_workers, connectivity=connectivity))
-        main_b = main_b or MainEffect.from_result(run_ale(
-            group_b, grid=grid, fwhm_mm=fwhm_mm, n_iters=n_iters, seed=seed, device=device,
-            n_workers=n_workers, connectivity=connectivity))
+        with _kept(notes):
+            main_a = main_a or MainEffect.from_result(run_ale(
+                group_a, grid=grid, fwhm_mm=fwhm_mm, n_iters=n_iters, seed=seed,
+                device=device, n_workers=n_workers, connectivity=connectivity,
+                scheduler=scheduler))
+            main_b = main_b or MainEffect.from_result(run_ale(
+                group_b, grid=grid, fwhm_mm=fwhm_mm, n_iters=n_iters, seed=seed,
+                device=device, n_workers=n_workers, connectivity=connectivity,
+                scheduler=scheduler))
         timings["main_effects_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    null = run_null(ContrastNullSpec(log_maps, len(group_a)), engine, seed=seed,
-                    n_iters=n_iters, n_workers=n_workers, progress=progress)
+    if cluster_fwe:
+        spec = ContrastNullSpec(log_maps, len(group_a), voxel_flat=grid.in_mask_flat[support],
+                                shape=tuple(int(n) for n in grid.shape),
+                                connectivity=connectivity)
+        null = contrast_cluster_null(spec, engine, seed=seed, n_iters=n_iters,
+                                     voxel_thresh=p_threshold, n_mask_voxels=grid.n_voxels,
+                                     scheduler=scheduler, n_workers=n_workers,
+                                     progress=progress)
+    else:
+        null = run_null(ContrastNullSpec(log_maps, len(group_a)), engine, seed=seed,
+                        n_iters=n_iters, scheduler=scheduler, n_workers=n_workers,
+                        progress=progress)
     timings["permutations_s"] = time.perf_counter() - start
     if mode == "gated":
         p, z = gated_p(null, main_a.significant[support], main_b.significant[support])
@@ -309,4 +638,16 @@ def run_contrast(
         null=null, support=support, p=p, z=z, p_threshold=p_threshold,
         min_volume_mm3=min_volume_mm3, connectivity=connectivity, main_a=main_a,
         main_b=main_b, min_z=min_z, device=resolved, timings=timings,
+        warnings=list(dict.fromkeys(notes)), cluster_fwe=cluster_fwe, alpha=alpha,
     )
+
+
+@contextlib.contextmanager
+def _kept(notes: list[str]):
+    """Pass on the warnings raised inside, and keep their messages in ``notes``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=3)
+        notes.append(str(w.message))

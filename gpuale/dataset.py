@@ -10,6 +10,12 @@ import numpy as np
 __all__ = ["Dataset", "Experiment"]
 
 
+#: Foci farther than this from the origin are an error: no brain, nor a voxel index of any
+#: common grid (256^3 voxels reach 443), is that far. Nearer foci outside the brain (a
+#: release's voxel indices, ~200 mm) load with the louder "outside the mask" warning.
+MAX_FOCUS_DISTANCE_MM = 1000.0
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Experiment:
     """One contrast of one study: a sample size and its peak coordinates.
@@ -51,6 +57,19 @@ class Experiment:
             raise ValueError(f"experiment {self.id!r} ({self.source}) has no foci")
         if not np.all(np.isfinite(foci)):
             raise ValueError(f"experiment {self.id!r} ({self.source}) has non-finite foci")
+        # Clipped first so that 1e308 mm is not squared into an overflow warning.
+        distance = np.linalg.norm(np.clip(foci, -1e6, 1e6), axis=1)
+        if distance.max() > MAX_FOCUS_DISTANCE_MM:
+            # No brain reaches this far from the origin (MNI/Talairach ~ +-100 mm): a typo
+            # or other units, which would otherwise load and overflow the cast to voxel
+            # indices.
+            far = foci[int(distance.argmax())]
+            raise ValueError(
+                f"experiment {self.id!r} ({self.source}) has a focus at "
+                f"({far[0]:.6g}, {far[1]:.6g}, {far[2]:.6g}) mm, more than "
+                f"{MAX_FOCUS_DISTANCE_MM:.0f} mm from the origin: outside any brain (a typo, "
+                "or not millimetres?)"
+            )
         if int(self.n_subjects) != self.n_subjects or self.n_subjects < 1:
             raise ValueError(
                 f"experiment {self.id!r} ({self.source}): sample size must be a positive "

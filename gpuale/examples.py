@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["EXAMPLES", "example_path", "resolve_input"]
+__all__ = ["EXAMPLES", "example_name", "example_path", "resolve_input"]
 
 #: Name -> path inside ``gpuale/data/examples`` (see ``gpuale/data/README.md``).
 EXAMPLES = {
@@ -21,6 +21,18 @@ def example_path(name: str) -> Path:
     if name not in EXAMPLES:
         raise ValueError(f"unknown example {name!r}; choose one of {sorted(EXAMPLES)}")
     return Path(str(resources.files("gpuale") / "data" / "examples" / EXAMPLES[name]))
+
+
+def example_name(path: str | Path) -> str | None:
+    """``example:NAME`` where ``path`` is a bundled data set (or study file), else None."""
+    try:
+        resolved = Path(path).resolve()
+    except OSError:
+        return None
+    for name in EXAMPLES:
+        if example_path(name).resolve() == resolved:
+            return f"{PREFIX}{name}"
+    return None
 
 
 def resolve_input(value: str | Path) -> Path:

@@ -65,6 +65,10 @@ def fwhm_to_sigma_voxels(
     return float(fwhm_vox * np.sqrt(2.0) / (np.sqrt(2.0 * np.log(2.0)) * 2.0))
 
 
+#: The widest fixed FWHM taken, in mm.
+MAX_FWHM_MM = 100.0
+
+
 def kernel_sigma(
     voxel_sizes: tuple[float, float, float],
     *,
@@ -77,6 +81,16 @@ def kernel_sigma(
     if fwhm_mm is not None:
         if not np.isfinite(fwhm_mm) or fwhm_mm <= 0:
             raise ValueError(f"fwhm_mm must be a positive finite number, got {fwhm_mm!r}")
+        smallest = float(min(voxel_sizes))
+        if fwhm_mm < smallest:
+            # A kernel within one voxel gives its focus probability 1, where log(1 - MA)
+            # is -inf: the ALE is degenerate, not a narrower blur.
+            raise ValueError(f"fwhm_mm = {fwhm_mm:g} is narrower than a voxel "
+                             f"({smallest:g} mm); give at least {smallest:g}")
+        if fwhm_mm > MAX_FWHM_MM:
+            # Wider than half a brain, and slow to build (minutes) before failing.
+            raise ValueError(f"fwhm_mm = {fwhm_mm:g} is wider than {MAX_FWHM_MM:g} mm (half "
+                             "the brain); ALE kernels are 5-20 mm")
         return fwhm_to_sigma_voxels(fwhm_mm, voxel_sizes, fixed_fwhm=True)
     return fwhm_to_sigma_voxels(fwhm_from_sample_size(n_subjects), voxel_sizes)
 

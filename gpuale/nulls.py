@@ -6,7 +6,7 @@ permutations ``first .. first + count - 1``; partials ``merge()`` in any order a
 grouping, and ``finish()`` into the null. A permutation's random draws depend only on
 (seed, permutation, focus or experiment), so every engine, chunk size and worker split
 gives the same null, and a *scheduler* may hand the chunks out however it likes: one
-after the other, to threads, to processes (and later to a Dask cluster).
+after the other, to threads, to processes, or to a Dask cluster (:class:`DaskScheduler`).
 
 Two nulls exist:
 
@@ -17,7 +17,16 @@ Two nulls exist:
 ``ContrastNullSpec``
     pooled experiments split at random into groups of the observed sizes (Eickhoff et
     al. 2011); per voxel how often the permuted ALE_A - ALE_B reaches the observed one
-    (both ways), and per permutation the largest |ALE_A - ALE_B|.
+    (both ways), and per permutation the largest |ALE_A - ALE_B|; on request a histogram
+    of every permuted |ALE_A - ALE_B| and the largest cluster size and mass above a
+    cluster-forming |ALE_A - ALE_B|.
+
+NiMARE's cluster-level FWE of a contrast (``ALESubtraction(vfwe_only=False)``) forms
+clusters at a quantile of all permuted |differences| pooled over voxels and permutations,
+for which NiMARE keeps every permuted map. :func:`contrast_cluster_null` keeps none: a
+permutation depends only on (seed, permutation), so it passes over the permutations three
+times, binning |differences| by the high and then the low half of their float32 bits to
+find the quantile's two order statistics exactly, then labelling each permuted map.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
+import math
 import multiprocessing
 import os
 import signal
@@ -42,22 +52,28 @@ if TYPE_CHECKING:
     from gpuale.engines import Engine
 
 __all__ = [
+    "ABS_DIFFERENCE_HISTOGRAM",
+    "CONTRAST_CLUSTER_STATISTICS",
     "CONTRAST_STATISTICS",
     "GLOBAL_STATISTICS",
     "ContrastNull",
     "ContrastNullPartial",
     "ContrastNullSpec",
+    "DaskScheduler",
     "GlobalNullPartial",
     "GlobalNullSpec",
     "MonteCarloNull",
     "ProcessScheduler",
     "RunInterrupted",
+    "SchedulerUnavailable",
     "SerialScheduler",
     "ThreadScheduler",
+    "contrast_cluster_null",
     "contrast_null",
     "default_scheduler",
     "default_workers",
     "monte_carlo_null",
+    "pooled_quantile",
     "run_null",
 ]
 
@@ -66,6 +82,24 @@ GLOBAL_STATISTICS = ("max_ale", "max_cluster_size", "max_cluster_mass")
 #: What a contrast null collects: per-voxel exceedance counts and the per-permutation
 #: largest |ALE_A - ALE_B|.
 CONTRAST_STATISTICS = ("exceedance", "max_abs_difference")
+#: A histogram of every permuted float32 |ALE_A - ALE_B| (see ``ContrastNullSpec``).
+ABS_DIFFERENCE_HISTOGRAM = "abs_difference_histogram"
+#: Per permutation, the largest cluster size and mass above the cluster-forming
+#: |ALE_A - ALE_B| (NiMARE's cluster-level FWE of ``ALESubtraction``).
+CONTRAST_CLUSTER_STATISTICS = ("max_cluster_size", "max_cluster_mass")
+#: Everything a contrast null can collect; ``max_abs_difference`` is always among them.
+CONTRAST_ALL_STATISTICS = (
+    CONTRAST_STATISTICS + (ABS_DIFFERENCE_HISTOGRAM,) + CONTRAST_CLUSTER_STATISTICS
+)
+#: Bins of an |ALE_A - ALE_B| histogram: half of a float32's 32 bits. A non-negative
+#: float32's bit pattern rises with its value, so its high half (sign, exponent and 7
+#: mantissa bits) bins it coarsely and, within one coarse bin, its low half exactly.
+HISTOGRAM_BINS = 1 << 16
+#: Permutations of the pilot that places the first histogram pass's floor
+#: (:func:`contrast_cluster_null`).
+PILOT_PERMUTATIONS = 16
+#: The floor lies this many times below the pilot's estimate of the quantile.
+FLOOR_FACTOR = 2.0
 #: Split schemes of a contrast null: uniformly random splits into the observed group sizes.
 SPLIT_SCHEMES = ("random",)
 
@@ -135,12 +169,45 @@ class ContrastNullSpec:
         Size of group A.
     split : str
         Split scheme (see ``SPLIT_SCHEMES``).
+    statistics : tuple of str
+        What to collect, among ``CONTRAST_ALL_STATISTICS``; always
+        ``max_abs_difference`` (every chunk holds it, so a pass's permutations can be
+        checked against another's). ``exceedance``: per voxel, the permutations whose
+        difference is >= / <= the observed one. ``abs_difference_histogram``: counts of
+        every permuted float32 |ALE_A - ALE_B| of the columns by the high half of its bits
+        (``histogram_bin`` None; those whose high half is below ``histogram_floor`` all
+        in bin 0), or by the low half among those whose high half is ``histogram_bin``,
+        with the smallest value above that bin. ``max_cluster_size``
+        and ``max_cluster_mass`` (together): per permutation the largest cluster of
+        voxels with |ALE_A - ALE_B| > ``cluster_forming_abs_difference``, positive and
+        negative differences labelled apart (NiMARE's ``_calculate_cluster_measures``,
+        ``tail="two"``); mass sums |ALE_A - ALE_B| - threshold over a cluster.
+    voxel_flat : ndarray of int64, optional
+        Flat index in the volume ``shape`` of each column, ascending (the columns'
+        places, for labelling clusters).
+    shape : tuple of int, optional
+        The volume (needed with ``voxel_flat``).
+    connectivity : {6, 18, 26}
+        Neighbourhood of the clusters (NiMARE: 6, faces).
+    histogram_bin : int, optional
+        See ``statistics``.
+    histogram_floor : int
+        See ``statistics``: the coarse bins below it are lumped into bin 0, so that an
+        engine may skip the voxels whose differences can only fall there.
+    cluster_forming_abs_difference : float, optional
+        See ``statistics``; a float32 value, as the permuted differences are.
     """
 
     log_maps: np.ndarray
     n_a: int
     split: str = "random"
     statistics: tuple[str, ...] = CONTRAST_STATISTICS
+    voxel_flat: np.ndarray | None = None
+    shape: tuple[int, int, int] | None = None
+    connectivity: int = 6
+    histogram_bin: int | None = None
+    histogram_floor: int = 0
+    cluster_forming_abs_difference: float | None = None
 
     kind = "contrast"
 
@@ -152,8 +219,59 @@ class ContrastNullSpec:
             )
         if self.split not in SPLIT_SCHEMES:
             raise ValueError(f"split must be one of {SPLIT_SCHEMES}, got {self.split!r}")
-        if tuple(self.statistics) != CONTRAST_STATISTICS:
-            raise ValueError(f"a contrast null collects {CONTRAST_STATISTICS}")
+        statistics = tuple(self.statistics)
+        unknown = set(statistics) - set(CONTRAST_ALL_STATISTICS)
+        if unknown or len(set(statistics)) != len(statistics):
+            raise ValueError(
+                f"unknown or repeated statistic(s) in {statistics}; a contrast null collects "
+                f"some of {CONTRAST_ALL_STATISTICS}"
+            )
+        if "max_abs_difference" not in statistics:
+            raise ValueError("a contrast null always collects max_abs_difference")
+        if self.connectivity not in CONNECTIVITY_RANK:
+            raise ValueError(
+                f"connectivity must be one of 6, 18, 26; got {self.connectivity!r}"
+            )
+        if self.histogram_bin is not None and not (
+            ABS_DIFFERENCE_HISTOGRAM in statistics and 0 <= self.histogram_bin < HISTOGRAM_BINS
+        ):
+            raise ValueError(
+                f"histogram_bin ({self.histogram_bin!r}) needs {ABS_DIFFERENCE_HISTOGRAM!r} "
+                f"and lies in 0 .. {HISTOGRAM_BINS - 1}"
+            )
+        if self.histogram_floor and not (
+            ABS_DIFFERENCE_HISTOGRAM in statistics and self.histogram_bin is None
+            and 0 < self.histogram_floor < HISTOGRAM_BINS
+        ):
+            raise ValueError(
+                f"histogram_floor ({self.histogram_floor!r}) is for a coarse "
+                f"{ABS_DIFFERENCE_HISTOGRAM!r} (no histogram_bin) and lies in 0 .. "
+                f"{HISTOGRAM_BINS - 1}"
+            )
+        clusters = [s for s in CONTRAST_CLUSTER_STATISTICS if s in statistics]
+        if clusters and len(clusters) != len(CONTRAST_CLUSTER_STATISTICS):
+            raise ValueError(f"{CONTRAST_CLUSTER_STATISTICS} are collected together")
+        if clusters:
+            threshold = self.cluster_forming_abs_difference
+            if threshold is None or not (np.isfinite(threshold) and threshold >= 0):
+                raise ValueError(
+                    "cluster statistics need a finite cluster_forming_abs_difference >= 0, "
+                    f"got {threshold!r}"
+                )
+            # As Python floats: numpy would compare a Python float with float32 in float32.
+            if float(np.float32(threshold)) != float(threshold):
+                raise ValueError(f"the cluster-forming |difference| {threshold!r} is not a "
+                                 "float32 value, as the permuted differences are")
+            if self.voxel_flat is None or self.shape is None:
+                raise ValueError("cluster statistics need the voxels' places (voxel_flat, "
+                                 "shape)")
+            if self.voxel_flat.shape != (self.n_voxels,):
+                raise ValueError(f"voxel_flat has shape {self.voxel_flat.shape}, expected "
+                                 f"({self.n_voxels},)")
+            if self.n_voxels and (np.any(np.diff(self.voxel_flat) <= 0)
+                                  or self.voxel_flat[0] < 0
+                                  or self.voxel_flat[-1] >= int(np.prod(self.shape))):
+                raise ValueError("voxel_flat must rise strictly and lie in the volume")
 
     @property
     def n_total(self) -> int:
@@ -162,6 +280,18 @@ class ContrastNullSpec:
     @property
     def n_voxels(self) -> int:
         return int(self.log_maps.shape[1])
+
+    @property
+    def per_permutation(self) -> tuple[str, ...]:
+        """The per-permutation statistics of a chunk, in the order its arrays come."""
+        return ("max_abs_difference",) + tuple(
+            s for s in CONTRAST_CLUSTER_STATISTICS if s in self.statistics
+        )
+
+    def same_data(self, other: ContrastNullSpec) -> bool:
+        """Whether ``other`` holds the same log maps and groups (engines keep their
+        prepared tables across the passes of :func:`contrast_cluster_null`)."""
+        return other.log_maps is self.log_maps and other.n_a == self.n_a
 
 
 NullSpec = GlobalNullSpec | ContrastNullSpec
@@ -214,12 +344,20 @@ class GlobalNullPartial:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ContrastNullPartial:
-    """Exceedance counts (per voxel) and largest |difference| (per permutation) of some
-    permutations: ``chunks[first] = (max_abs,)``."""
+    """What a contrast null collects over some permutations.
 
-    upper: np.ndarray
-    lower: np.ndarray
-    chunks: dict[int, tuple[np.ndarray]]
+    ``upper``, ``lower``: exceedance counts per voxel (None unless collected);
+    ``chunks[first]``: the per-permutation arrays of ``spec.per_permutation`` (largest
+    |difference|, then the largest cluster size and mass when collected); ``histogram``
+    (int64, ``HISTOGRAM_BINS``) and ``above`` (the smallest |difference| above
+    ``spec.histogram_bin``, inf if none) of ``abs_difference_histogram``.
+    """
+
+    upper: np.ndarray | None
+    lower: np.ndarray | None
+    chunks: dict[int, tuple[np.ndarray, ...]]
+    histogram: np.ndarray | None = None
+    above: float = float("inf")
 
     @property
     def n_permutations(self) -> int:
@@ -229,14 +367,42 @@ class ContrastNullPartial:
         overlap = self.chunks.keys() & other.chunks.keys()
         if overlap:
             raise ValueError(f"chunks starting at {sorted(overlap)} were merged twice")
-        return ContrastNullPartial(self.upper + other.upper, self.lower + other.lower,
-                                   {**self.chunks, **other.chunks})
+
+        def add(a, b):
+            return None if a is None else a + b
+
+        return ContrastNullPartial(add(self.upper, other.upper), add(self.lower, other.lower),
+                                   {**self.chunks, **other.chunks},
+                                   add(self.histogram, other.histogram),
+                                   min(self.above, other.above))
 
     def finish(self, spec: ContrastNullSpec, seed: int, n_iters: int,
                diff: np.ndarray) -> ContrastNull:
-        (max_abs,) = _join_chunks(self.chunks, n_iters)
-        return ContrastNull(diff=diff, upper=self.upper, lower=self.lower, max_abs=max_abs,
-                            seed=int(seed))
+        columns = dict(zip(spec.per_permutation, _join_chunks(self.chunks, n_iters),
+                           strict=True))
+        clusters = {}
+        if "max_cluster_size" in columns:
+            clusters = {
+                "max_cluster_size": columns["max_cluster_size"],
+                "max_cluster_mass": columns["max_cluster_mass"],
+                "cluster_forming_abs_difference": float(spec.cluster_forming_abs_difference),
+                "connectivity": int(spec.connectivity),
+            }
+        return ContrastNull(diff=diff, upper=self.upper, lower=self.lower,
+                            max_abs=columns["max_abs_difference"], seed=int(seed), **clusters)
+
+
+def contrast_partial(first: int, results: dict) -> ContrastNullPartial:
+    """A chunk's partial from an engine's results: a dict of ``upper``, ``lower``,
+    ``max_abs``, ``histogram``, ``above``, ``max_size`` and ``max_mass`` (None where not
+    collected), as :func:`gpuale.engines._contrast_blocks.statistics_chunk` returns it."""
+    columns = [np.asarray(results["max_abs"], dtype=np.float64)]
+    if results.get("max_size") is not None:
+        columns += [np.asarray(results["max_size"], dtype=np.int64),
+                    np.asarray(results["max_mass"], dtype=np.float64)]
+    return ContrastNullPartial(results.get("upper"), results.get("lower"),
+                               {int(first): tuple(columns)}, results.get("histogram"),
+                               float(results.get("above", float("inf"))))
 
 
 # --- Finished nulls -------------------------------------------------------------------------
@@ -270,6 +436,16 @@ class ContrastNull:
         Permutations with a difference >= / <= the observed one.
     max_abs : ndarray of float64, shape (n_iters,)
         Largest |difference| of each permutation (voxel-level FWE).
+    max_cluster_size, max_cluster_mass : ndarray, shape (n_iters,), optional
+        Largest cluster size (int64) and mass (float64) of each permutation above
+        ``cluster_forming_abs_difference`` (cluster-level FWE; None when not collected).
+    cluster_forming_abs_difference : float, optional
+        The (1 - ``voxel_thresh``) quantile of every permuted |difference| pooled over the
+        mask's voxels and the permutations (NiMARE's ``ss_thresh``).
+    voxel_thresh : float, optional
+        The quantile's tail, NiMARE's ``voxel_thresh``.
+    connectivity : int, optional
+        Neighbourhood of the clusters.
     """
 
     diff: np.ndarray
@@ -277,10 +453,20 @@ class ContrastNull:
     lower: np.ndarray
     max_abs: np.ndarray
     seed: int
+    max_cluster_size: np.ndarray | None = None
+    max_cluster_mass: np.ndarray | None = None
+    cluster_forming_abs_difference: float | None = None
+    voxel_thresh: float | None = None
+    connectivity: int | None = None
 
     @property
     def n_iters(self) -> int:
         return int(self.max_abs.size)
+
+    @property
+    def has_clusters(self) -> bool:
+        """Whether the cluster-level FWE nulls were collected."""
+        return self.max_cluster_size is not None
 
 
 # --- Schedulers -----------------------------------------------------------------------------
@@ -363,7 +549,23 @@ _WORKER: dict = {}
 
 
 def _init_worker(engine, spec) -> None:
+    _die_with_parent()
     _WORKER.update(engine=engine, spec=spec)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to end this worker when its parent dies (even by SIGKILL), so no
+    orphaned worker keeps computing; elsewhere the pool's own shutdown has to do."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _worker_chunk(seed: int, first: int, count: int) -> Partial:
@@ -437,6 +639,222 @@ class ProcessScheduler:
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
+DASK_EXTRA_HINT = "pip install 'gpuale[dask]'"
+
+
+class SchedulerUnavailable(ValueError):
+    """A Dask cluster that cannot be used: dask missing, unreachable, or workers without
+    the same gpuale."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _EngineOnWorker:
+    """An engine that cannot be pickled (the CUDA engine holds a lock and GPU state),
+    sent as its device and made on each worker by :func:`gpuale.engines.get_engine`."""
+
+    name: str
+    device: str
+
+
+# A worker's engines made from an _EngineOnWorker, kept so that their per-spec state (a
+# GPU's uploaded problem) serves every chunk.
+_WORKER_ENGINES: dict[_EngineOnWorker, Engine] = {}
+
+
+def _portable(engine: Engine) -> Engine | _EngineOnWorker:
+    """The engine as Dask can send it: itself where cloudpickle (Dask's pickler) takes it,
+    else its device, provided that a worker's ``get_engine`` makes the same kind."""
+    import pickle
+
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps(engine)
+    except (TypeError, AttributeError, pickle.PicklingError) as exc:
+        from gpuale.engines import get_engine
+
+        if type(get_engine(engine.device)) is not type(engine):
+            raise SchedulerUnavailable(
+                f"the {engine.name!r} engine cannot be sent to Dask workers ({exc})"
+            ) from None
+        return _EngineOnWorker(engine.name, engine.device)
+    return engine
+
+
+def _dask_chunk(engine: Engine | _EngineOnWorker, spec: NullSpec, seed: int, first: int,
+                count: int) -> Partial:
+    """One chunk on a Dask worker: a pure function of its arguments (the engine and spec
+    arrive as the worker's copies of the scattered data)."""
+    if isinstance(engine, _EngineOnWorker):
+        if engine not in _WORKER_ENGINES:
+            from gpuale.engines import get_engine
+
+            _WORKER_ENGINES[engine] = get_engine(engine.device)
+        engine = _WORKER_ENGINES[engine]
+    return engine.null_chunk(spec, seed, first, count)
+
+
+def _gpuale_version() -> str:
+    """The gpuale a worker imports (run there by :meth:`DaskScheduler.check_workers`)."""
+    from gpuale import __version__
+
+    return __version__
+
+
+class DaskScheduler:
+    """Chunks on a ``dask.distributed`` cluster: many machines, or one worker per GPU.
+
+    The engine and the spec are scattered to every worker once (``broadcast=True``);
+    each chunk is then one small task of :func:`_dask_chunk` naming them, at most
+    ``in_flight`` at a time, and each partial is handed to ``on_partial`` as its future
+    completes. A permutation depends only on (seed, permutation), so the null equals a
+    single-machine run bit for bit, however the chunks are spread.
+
+    Parameters
+    ----------
+    address : str or distributed.Client
+        A scheduler's address (``tcp://127.0.0.1:8786``; ``dask scheduler`` prints it) or
+        a client of any cluster (``LocalCluster``, dask-jobqueue's ``SLURMCluster``,
+        dask-cuda's ``LocalCUDACluster``); a given client is not closed here.
+    in_flight : int, optional
+        Chunks submitted at a time (default: twice the workers' threads), which bounds
+        the memory the scheduler and the partials waiting to be merged take.
+    timeout : float
+        Seconds to wait for the scheduler when connecting.
+
+    Notes
+    -----
+    Workers need the same gpuale (checked when a run starts). The engine is the one the
+    caller chose: ``NumbaEngine`` runs on CPU workers; an engine that cannot be pickled
+    (``CudaEngine``) is sent as its device and made on each worker, so ``gpu:0`` uses
+    each worker's first visible GPU, which under dask-cuda (``CUDA_VISIBLE_DEVICES`` set
+    per worker) is that worker's own GPU (not yet run on GPUs).
+    """
+
+    def __init__(self, address, *, in_flight: int | None = None, timeout: float = 30.0):
+        if in_flight is not None and in_flight < 1:
+            raise ValueError(f"in_flight must be at least 1, got {in_flight}")
+        self.address = address
+        self.in_flight = in_flight
+        self.timeout = timeout
+        self._client = None
+        self._owns_client = isinstance(address, str)
+        self._checked = False
+
+    def __enter__(self) -> DaskScheduler:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Disconnect, if this scheduler made the client."""
+        if self._client is not None and self._owns_client:
+            self._client.close()
+        self._client = None
+
+    def client(self):
+        """The ``distributed.Client``, connecting on first use."""
+        if self._client is not None:
+            return self._client
+        if not self._owns_client:
+            self._client = self.address
+            return self._client
+        try:
+            from distributed import Client
+        except ImportError:
+            raise SchedulerUnavailable(
+                f"--scheduler needs dask.distributed: {DASK_EXTRA_HINT}"
+            ) from None
+        try:
+            self._client = Client(self.address, timeout=self.timeout, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise SchedulerUnavailable(
+                f"cannot reach the Dask scheduler at {self.address!r} ({exc}); start one "
+                "with `dask scheduler` and workers with `dask worker ADDRESS`"
+            ) from None
+        return self._client
+
+    def n_threads(self) -> int:
+        """Threads of all workers now connected."""
+        return sum(self.client().nthreads().values())
+
+    def describe(self) -> str:
+        client = self.client()
+        threads = client.nthreads()
+        return (f"a Dask cluster at {client.scheduler.address} ({len(threads)} worker(s), "
+                f"{sum(threads.values())} thread(s))")
+
+    def check_workers(self) -> None:
+        """Every worker imports the same gpuale as this process (else nulls could differ)."""
+        from gpuale import __version__
+
+        client = self.client()
+        if not client.nthreads():
+            try:
+                client.wait_for_workers(1, timeout=self.timeout)
+            except (TimeoutError, OSError):
+                raise SchedulerUnavailable(
+                    f"no Dask worker joined the scheduler at {client.scheduler.address} "
+                    f"within {self.timeout:g} s; start workers with `dask worker ADDRESS`"
+                ) from None
+        found = client.run(_gpuale_version, on_error="return")
+        wrong = {w: v for w, v in found.items() if v != __version__}
+        if wrong:
+            worker, value = next(iter(wrong.items()))
+            what = f"gpuale {value}" if isinstance(value, str) else f"no gpuale ({value!r})"
+            raise SchedulerUnavailable(
+                f"{len(wrong)} of {len(found)} Dask worker(s) have {what} (e.g. {worker}); "
+                f"every worker needs gpuale {__version__}, as here"
+            )
+        self._checked = True
+
+    def run(self, engine, spec, seed, chunks, on_partial) -> None:
+        import uuid
+
+        from distributed import as_completed
+
+        client = self.client()
+        if not self._checked:
+            self.check_workers()
+        in_flight = self.in_flight or 2 * max(1, self.n_threads())
+        # Sent once to every worker, not with every chunk; hash=False spares tokenizing
+        # a large problem.
+        engine_f = client.scatter(_portable(engine), broadcast=True, hash=False)
+        spec_f = client.scatter(spec, broadcast=True, hash=False)
+        run_id = uuid.uuid4().hex[:12]
+        rest = iter(chunks)
+        pending: set = set()
+
+        def submit(chunk: Chunk):
+            first, count = chunk
+            future = client.submit(_dask_chunk, engine_f, spec_f, seed, first, count,
+                                   key=f"gpuale-null-{run_id}-{first}")
+            pending.add(future)
+            return future
+
+        try:
+            # This client's loop: it need not be dask's default client.
+            queue = as_completed([submit(c) for c in itertools.islice(rest, in_flight)],
+                                 loop=client.loop)
+            for future in queue:
+                pending.discard(future)
+                partial = future.result()  # a worker's exception is raised here
+                future.release()
+                on_partial(partial)
+                chunk = next(rest, None)
+                if chunk is not None:
+                    queue.add(submit(chunk))
+        except KeyboardInterrupt:
+            client.cancel(list(pending), force=True)
+            raise RunInterrupted("interrupted during the permutations") from None
+        except BaseException:
+            client.cancel(list(pending), force=True)
+            raise
+        finally:
+            client.cancel([engine_f, spec_f], force=True)
+
+
 def default_scheduler(engine: Engine, spec: NullSpec, n_workers: int | None = None,
                       n_chunks: int | None = None) -> Scheduler:
     """The scheduler an engine asks for, or serial where one worker or chunk is enough."""
@@ -489,6 +907,16 @@ def run_null(
     RunInterrupted
         On Ctrl-C; the workers are stopped first.
     """
+    merged = _merged_partial(spec, engine, seed, n_iters, scheduler, n_workers, progress)
+    if isinstance(spec, GlobalNullSpec):
+        return merged.finish(spec, seed, n_iters)
+    return merged.finish(spec, seed, n_iters, engine.observed_difference(spec))
+
+
+def _merged_partial(spec: NullSpec, engine: Engine, seed: int, n_iters: int,
+                    scheduler: Scheduler | None, n_workers: int | None,
+                    progress: ProgressCallback | None) -> Partial:
+    """Every chunk of ``n_iters`` permutations run and merged (see :func:`run_null`)."""
     if n_iters < 1:
         raise ValueError(f"n_iters must be at least 1, got {n_iters}")
     size = engine.chunk_size(spec)
@@ -504,9 +932,289 @@ def run_null(
             progress(partial.n_permutations)
 
     scheduler.run(engine, spec, seed, chunks, on_partial)
-    if isinstance(spec, GlobalNullSpec):
-        return merged.finish(spec, seed, n_iters)
-    return merged.finish(spec, seed, n_iters, engine.observed_difference(spec))
+    return merged
+
+
+# --- Cluster-level FWE of a contrast --------------------------------------------------------
+
+
+def quantile_order_statistics(n_values: int, q: float) -> tuple[int, int, float]:
+    """numpy's default ("linear") ``quantile`` of n values as two order statistics.
+
+    Returns ``(previous, next, gamma)``: the quantile lies between the ``previous``-th and
+    the ``next``-th smallest value (0-based), a share ``gamma`` of the way; the same
+    index arithmetic as ``np.quantile(values, q)`` (NiMARE's ``np.quantile(np.abs(
+    iter_diff_values), 1 - voxel_thresh)``).
+    """
+    if n_values < 1:
+        raise ValueError("a quantile of no values")
+    # numpy: virtual index (n - 1) * q in float64, its floor and the fractional part;
+    # at or beyond the last value both neighbours are the last value.
+    virtual = float(n_values - 1) * float(q)
+    if virtual >= n_values - 1:
+        return n_values - 1, n_values - 1, virtual - math.floor(virtual)
+    if virtual < 0:
+        return 0, 0, virtual - math.floor(virtual)
+    previous = math.floor(virtual)
+    return previous, previous + 1, virtual - previous
+
+
+def interpolate_quantile(previous: float, next_: float, gamma: float) -> float:
+    """numpy's linear interpolation between two float32 order statistics, in float32.
+
+    As numpy's ``_lerp`` does it for a float32 array and a Python-float quantile (the
+    weight promoted weakly, so every step rounds to float32), from whichever end is
+    nearer.
+    """
+    a, b = np.float32(previous), np.float32(next_)
+    step = b - a
+    if gamma >= 0.5:
+        return float(b - step * (1 - gamma))
+    return float(a + step * gamma)
+
+
+def _bin_of_rank(histogram: np.ndarray, rank: int) -> tuple[int, int]:
+    """The bin holding the ``rank``-th smallest value (0-based), and its rank within."""
+    cumulative = np.cumsum(histogram)
+    b = int(np.searchsorted(cumulative, rank, side="right"))
+    if b >= histogram.size:
+        raise ValueError(f"the histogram holds {int(cumulative[-1])} values, not {rank + 1}")
+    return b, rank - (int(cumulative[b - 1]) if b else 0)
+
+
+def _float32_of_bits(bits: int) -> float:
+    return float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
+
+
+def pooled_quantile(coarse: np.ndarray, fine: np.ndarray, above: float, fine_bin: int,
+                    n_values: int, q: float) -> float:
+    """The quantile q of non-negative float32 values from their two histograms (exact).
+
+    Parameters
+    ----------
+    coarse : ndarray of int64, shape (HISTOGRAM_BINS,)
+        Counts by the high 16 bits of the values' bit patterns.
+    fine : ndarray of int64, shape (HISTOGRAM_BINS,)
+        Counts by the low 16 bits of the values in coarse bin ``fine_bin``.
+    above : float
+        The smallest value above coarse bin ``fine_bin``.
+    fine_bin : int
+        The coarse bin of the quantile's lower order statistic
+        (:func:`quantile_bin`).
+    n_values, q : int, float
+        As ``np.quantile(values, q)`` with ``values.size == n_values``.
+    """
+    previous, next_, gamma = quantile_order_statistics(n_values, q)
+    b, within = _bin_of_rank(coarse, previous)
+    if b != fine_bin:
+        raise ValueError(f"the fine histogram is of bin {fine_bin}, the quantile in bin {b}")
+    if int(fine.sum()) != int(coarse[b]):
+        raise ValueError(f"the two passes disagree: bin {b} holds {int(coarse[b])} values "
+                         f"in the first and {int(fine.sum())} in the second")
+    low, _ = _bin_of_rank(fine, within)
+    value_previous = _float32_of_bits((b << 16) | low)
+    if next_ == previous:
+        value_next = value_previous
+    elif within + 1 < int(coarse[b]):
+        value_next = _float32_of_bits((b << 16) | _bin_of_rank(fine, within + 1)[0])
+    else:  # the next value is the smallest of a higher coarse bin
+        value_next = float(above)
+    return interpolate_quantile(value_previous, value_next, gamma)
+
+
+def quantile_bin(coarse: np.ndarray, n_values: int, q: float) -> int:
+    """The coarse bin holding the quantile's lower order statistic."""
+    return _bin_of_rank(coarse, quantile_order_statistics(n_values, q)[0])[0]
+
+
+def abs_difference_histogram(xp, abs_diff, histogram_bin: int | None, floor: int = 0):
+    """One batch of an ``abs_difference_histogram``: ``(counts, smallest above)``.
+
+    ``abs_diff`` holds non-negative float32 values (any shape, an array of ``xp``);
+    ``counts`` (int64, ``HISTOGRAM_BINS``) bins them by the high half of their bits
+    (coarse bins below ``floor`` counted in bin 0), or, with ``histogram_bin``, those of
+    that coarse bin by the low half. Integer counts, so every engine and order gives the
+    same histogram.
+    """
+    bits = abs_diff.reshape(-1).view(xp.uint32)
+    high = bits >> 16
+    if histogram_bin is None:
+        high = high.astype(xp.int64)
+        if floor:
+            high[high < floor] = 0
+        counts = xp.bincount(high, minlength=HISTOGRAM_BINS)
+        return counts.astype(xp.int64), float("inf")
+    inside = high == histogram_bin
+    counts = xp.bincount((bits[inside] & 0xFFFF).astype(xp.int64), minlength=HISTOGRAM_BINS)
+    higher = abs_diff.reshape(-1)[high > histogram_bin]
+    above = float(higher.min()) if higher.size else float("inf")
+    return counts.astype(xp.int64), above
+
+
+def contrast_cluster_null(
+    spec: ContrastNullSpec,
+    engine: Engine,
+    *,
+    seed: int,
+    n_iters: int,
+    voxel_thresh: float = 0.001,
+    n_mask_voxels: int | None = None,
+    scheduler: Scheduler | None = None,
+    n_workers: int | None = None,
+    progress: ProgressCallback | None = None,
+    floor_factor: float | None = FLOOR_FACTOR,
+) -> ContrastNull:
+    """A contrast null with NiMARE's cluster-level FWE nulls, in three passes.
+
+    NiMARE 0.22.1's ``ALESubtraction(vfwe_only=False)`` forms clusters where |ALE_A -
+    ALE_B| exceeds ``np.quantile(|every permuted difference|, 1 - voxel_thresh)``, pooled
+    over the mask's voxels (those no experiment reaches count as 0) and the permutations,
+    and keeps per permutation the largest cluster size and mass, positive and negative
+    differences labelled apart. It stores every permuted map for that; here a
+    permutation's split depends only on (seed, permutation), so the permutations are run
+    three times instead:
+
+    1. exceedance counts, largest |difference| and a histogram of every |difference| by
+       the high 16 bits of its float32 pattern, which locates the quantile's order
+       statistics in one coarse bin (bins far below the quantile, placed by a pilot on
+       the first permutations, are lumped together, so engines skip the voxels whose
+       pooled ALE cannot reach them);
+    2. a histogram of that bin by the low 16 bits, which gives them exactly, and so the
+       quantile, as numpy interpolates it;
+    3. the largest cluster size and mass of each permutation above it.
+
+    Memory is two histograms of 65,536 counts, whatever the permutations and voxels.
+    Passes 2 and 3 need only the voxels whose pooled ALE reaches the quantile's bin or
+    the threshold, a few percent of them.
+
+    Parameters
+    ----------
+    spec : ContrastNullSpec
+        The contrast, with ``voxel_flat`` and ``shape`` (its statistics are replaced).
+    engine : Engine
+    seed, n_iters : int
+    voxel_thresh : float
+        NiMARE's ``voxel_thresh``: the quantile is ``1 - voxel_thresh``.
+    n_mask_voxels : int, optional
+        Voxels of the mask (default: the spec's columns); those beyond the columns hold a
+        difference of 0 in every permutation, and count in the quantile as in NiMARE's.
+    scheduler, n_workers, progress
+        As :func:`run_null`; ``progress`` counts a third of a permutation per pass, so
+        it adds up to ``n_iters``.
+    floor_factor : float, optional
+        The first pass's lumping floor lies this many times below the pilot's quantile
+        estimate; None: no pilot and no floor. The result does not depend on it.
+
+    Returns
+    -------
+    ContrastNull
+        With ``max_cluster_size``, ``max_cluster_mass``, ``cluster_forming_abs_difference``
+        and ``voxel_thresh``.
+
+    Raises
+    ------
+    RuntimeError
+        If the passes do not see the same permutations (their largest |difference| differ).
+    """
+    if not 0 < voxel_thresh < 1:
+        raise ValueError(f"voxel_thresh must lie in (0, 1), got {voxel_thresh!r}")
+    n_mask_voxels = spec.n_voxels if n_mask_voxels is None else int(n_mask_voxels)
+    if n_mask_voxels < spec.n_voxels:
+        raise ValueError(f"the mask has {n_mask_voxels} voxels, fewer than the spec's "
+                         f"{spec.n_voxels}")
+    q = 1.0 - voxel_thresh
+    n_values = n_iters * n_mask_voxels
+    outside_zeros = n_iters * (n_mask_voxels - spec.n_voxels)
+    thirds = _ThirdsProgress(progress)
+
+    def run(**changes) -> ContrastNullPartial:
+        return _merged_partial(dataclasses.replace(spec, **changes), engine, seed, n_iters,
+                               scheduler, n_workers, thirds)
+
+    floor = _histogram_floor(spec, engine, seed, n_iters, q, n_mask_voxels, floor_factor,
+                             scheduler, n_workers)
+    first = run(statistics=CONTRAST_STATISTICS + (ABS_DIFFERENCE_HISTOGRAM,),
+                histogram_bin=None, histogram_floor=floor,
+                cluster_forming_abs_difference=None)
+    coarse = first.histogram.copy()
+    coarse[0] += outside_zeros  # bit pattern 0: the value 0
+    fine_bin = quantile_bin(coarse, n_values, q)
+    if floor and fine_bin < floor:
+        # The quantile lies among the lumped bins (the pilot misjudged it): bin them all.
+        coarse = _merged_partial(dataclasses.replace(
+            spec, statistics=("max_abs_difference", ABS_DIFFERENCE_HISTOGRAM),
+            histogram_bin=None, cluster_forming_abs_difference=None), engine, seed, n_iters,
+            scheduler, n_workers, None).histogram.copy()
+        coarse[0] += outside_zeros
+        fine_bin = quantile_bin(coarse, n_values, q)
+    second = run(statistics=("max_abs_difference", ABS_DIFFERENCE_HISTOGRAM),
+                 histogram_bin=fine_bin, cluster_forming_abs_difference=None)
+    fine = second.histogram.copy()
+    if fine_bin == 0:
+        fine[0] += outside_zeros
+    threshold = pooled_quantile(coarse, fine, second.above, fine_bin, n_values, q)
+    third_spec = dataclasses.replace(
+        spec, statistics=("max_abs_difference",) + CONTRAST_CLUSTER_STATISTICS,
+        histogram_bin=None, cluster_forming_abs_difference=threshold)
+    third = _merged_partial(third_spec, engine, seed, n_iters, scheduler, n_workers, thirds)
+    # Every pass collects the largest |difference|: equal, they saw the same permutations.
+    maxima = [_join_chunks(p.chunks, n_iters)[0] for p in (first, second, third)]
+    if not all(np.array_equal(maxima[0], m) for m in maxima[1:]):
+        raise RuntimeError("the passes over the permutations saw different permutations")
+    clusters = third.finish(third_spec, seed, n_iters, diff=np.zeros(0))
+    base = first.finish(dataclasses.replace(spec, statistics=CONTRAST_STATISTICS,
+                                            histogram_bin=None,
+                                            cluster_forming_abs_difference=None),
+                        seed, n_iters, engine.observed_difference(spec))
+    return dataclasses.replace(
+        base, max_cluster_size=clusters.max_cluster_size,
+        max_cluster_mass=clusters.max_cluster_mass,
+        cluster_forming_abs_difference=threshold, voxel_thresh=float(voxel_thresh),
+        connectivity=int(spec.connectivity),
+    )
+
+
+
+def _histogram_floor(spec: ContrastNullSpec, engine: Engine, seed: int, n_iters: int,
+                     q: float, n_mask_voxels: int, factor: float | None,
+                     scheduler: Scheduler | None, n_workers: int | None) -> int:
+    """The coarse bin below which the first pass may lump |differences| together.
+
+    Only the bins at and above the quantile's need counting one by one, and an engine
+    may skip every voxel whose difference cannot reach the floor (most voxels, whose
+    pooled ALE is small). The quantile is estimated on the first permutations (the
+    same ones the passes run), and the floor placed ``factor`` times below it; should
+    the quantile still fall below the floor, the first pass is repeated without one, so
+    the result never depends on the estimate.
+    """
+    if factor is None:
+        return 0
+    n_pilot = min(n_iters, PILOT_PERMUTATIONS)
+    pilot = _merged_partial(dataclasses.replace(
+        spec, statistics=("max_abs_difference", ABS_DIFFERENCE_HISTOGRAM),
+        histogram_bin=None, histogram_floor=0, cluster_forming_abs_difference=None),
+        engine, seed, n_pilot, SerialScheduler(), n_workers, None)
+    coarse = pilot.histogram.copy()
+    coarse[0] += n_pilot * (n_mask_voxels - spec.n_voxels)
+    estimate = _float32_of_bits(quantile_bin(coarse, n_pilot * n_mask_voxels, q) << 16)
+    floor_value = np.array([estimate / factor], dtype=np.float32)
+    return int(floor_value.view(np.uint32)[0] >> 16)
+
+
+class _ThirdsProgress:
+    """Progress of three passes over the same permutations, in whole permutations."""
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.progress = progress
+        self.thirds = 0
+
+    def __call__(self, n: int) -> None:
+        if self.progress is None:
+            return
+        before = self.thirds // 3
+        self.thirds += n
+        if self.thirds // 3 > before:
+            self.progress(self.thirds // 3 - before)
 
 
 def monte_carlo_null(

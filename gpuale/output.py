@@ -13,15 +13,20 @@ import numpy as np
 
 from gpuale._files import atomic_output_dir, environment, file_checksum, write_json, write_tsv
 from gpuale.analysis import ALEResult
+from gpuale.clusters import CONTRIBUTION_FIELDS, peak_rows
+from gpuale.contrast import smallest_p
 from gpuale.runfolder import (
     CLUSTER_LABELS,
     CLUSTERS_TSV,
     CONJUNCTION_MAP,
+    CONTRIBUTIONS_KEY,
+    CONTRIBUTIONS_METHOD,
     CONTRIBUTIONS_TSV,
     N_CLUSTERS_KEY,
     NULLS_NPZ,
     OUTPUTS_KEY,
     RUN_JSON,
+    input_record,
     map_file,
     record_header,
 )
@@ -34,21 +39,26 @@ __all__ = [
     "save_contrast",
 ]
 
+#: An input file as :func:`gpuale.runfolder.input_record` takes it: a path, or
+#: ``(the name the user gave, path)``.
+InputItem = str | Path | tuple[str, str | Path]
+
+#: clusters.tsv of a global ALE: one row per cluster (``peak`` 1, at its largest ALE) and
+#: one per sub-peak (``peak`` 2, 3, ...; see :func:`gpuale.clusters.peak_rows`).
 CLUSTER_COLUMNS = (
-    "cluster", "size_voxels", "volume_mm3", "peak_x", "peak_y", "peak_z", "peak_ale",
+    "cluster", "peak", "size_voxels", "volume_mm3", "peak_x", "peak_y", "peak_z", "peak_ale",
     "peak_zstat", "com_x", "com_y", "com_z", "p_fwe_size", "p_fwe_mass",
 )
-CONTRIBUTION_COLUMNS = (
-    "cluster", "experiment", "label", "n_subjects", "foci_in_cluster", "contribution_pct",
-    "max_ma",
-)
+#: contributions.tsv: per cluster and experiment, NiMARE's jackknife and JALE's contribution
+#: table (see :func:`gpuale.clusters.experiment_contributions` for each column).
+CONTRIBUTION_COLUMNS = CONTRIBUTION_FIELDS
 
 
 def save_ale(
     result: ALEResult,
     out_dir: str | Path,
     *,
-    inputs: Sequence[str | Path] = (),
+    inputs: Sequence[InputItem] = (),
     command: str | None = None,
     force: bool = False,
     extra: dict | None = None,
@@ -58,16 +68,17 @@ def save_ale(
     Files: ``ale``, ``p``, ``z`` and, with Monte Carlo, the FWE maps (``*.nii.gz``),
     ``clusters.tsv``, ``contributions.tsv``, ``nulls.npz`` (the analytic null histogram
     and the per-permutation maxima, so thresholds can be changed without re-running) and
-    ``run.json`` (settings, inputs with checksums, timings), written last.
+    ``run.json`` (settings, inputs with checksums, timings), written last. An input is a
+    path, or ``(name, path)`` where the user named it otherwise (``example:NAME``).
     """
-    with atomic_output_dir(out_dir, force=force) as tmp:
+    with atomic_output_dir(out_dir, force=force, inputs=_input_paths(inputs)) as tmp:
         written = []
         for name, image in result.images().items():
             image.to_filename(str(tmp / map_file(name)))
             written.append(map_file(name))
         clusters = result.clusters()
         if result.inference is not None:
-            write_tsv(tmp / CLUSTERS_TSV, clusters, CLUSTER_COLUMNS)
+            write_tsv(tmp / CLUSTERS_TSV, peak_rows(clusters), CLUSTER_COLUMNS)
             write_tsv(tmp / CONTRIBUTIONS_TSV, result.contributions(clusters),
                       CONTRIBUTION_COLUMNS)
             written += [CLUSTERS_TSV, CONTRIBUTIONS_TSV]
@@ -76,6 +87,11 @@ def save_ale(
         record = run_record(result, inputs, command, clusters, written)
         write_json(tmp / RUN_JSON, {**record, **(extra or {})})
     return Path(out_dir)
+
+
+def _input_paths(inputs: Sequence[InputItem]) -> list[Path]:
+    """The files behind a run's inputs, which its output folder must not hold."""
+    return [Path(item[1] if isinstance(item, tuple) else item) for item in inputs]
 
 
 def _save_nulls(result: ALEResult, path: Path) -> None:
@@ -99,7 +115,7 @@ def _save_nulls(result: ALEResult, path: Path) -> None:
 
 def run_record(
     result: ALEResult,
-    inputs: Sequence[str | Path],
+    inputs: Sequence[InputItem],
     command: str | None,
     clusters: list[dict],
     outputs: list[str],
@@ -111,7 +127,7 @@ def run_record(
         **record_header("ale"),
         "command": command,
         "environment": environment(),
-        "inputs": [{"path": str(p), "sha256": file_checksum(p)} for p in inputs],
+        "inputs": [input_record(p) for p in inputs],
         "n_experiments": len(dataset),
         "n_foci": dataset.n_foci,
         "n_subjects_total": int(dataset.sample_sizes.sum()),
@@ -145,6 +161,7 @@ def run_record(
         "max_ale": float(result.ale.max()),
         "cluster_size_threshold": result.cluster_size_threshold(),
         N_CLUSTERS_KEY: len(clusters),
+        CONTRIBUTIONS_KEY: CONTRIBUTIONS_METHOD if result.inference is not None else None,
         "timings_s": result.timings,
         "warnings": result.warnings,
         OUTPUTS_KEY: outputs + [RUN_JSON],
@@ -152,10 +169,46 @@ def run_record(
     return record
 
 
+#: clusters.tsv of a contrast: one row per cluster (``peak`` 1) and per sub-peak (``peak``
+#: 2, 3, ...); peaks are local maxima of |ALE_A - ALE_B| (``peak_diff``), ``peak_value`` the
+#: thresholded z there.
 CONTRAST_CLUSTER_COLUMNS = (
-    "cluster", "direction", "size_voxels", "volume_mm3", "peak_x", "peak_y", "peak_z",
-    "peak_value", "com_x", "com_y", "com_z",
+    "cluster", "peak", "direction", "size_voxels", "volume_mm3", "peak_x", "peak_y", "peak_z",
+    "peak_value", "peak_diff", "com_x", "com_y", "com_z",
 )
+#: clusters.tsv of a conjunction: as a contrast's, without the difference; ``direction`` is
+#: ``positive`` (every input > 0; A>B in contrasts) or ``negative`` (every input < 0).
+CONJUNCTION_CLUSTER_COLUMNS = tuple(c for c in CONTRAST_CLUSTER_COLUMNS if c != "peak_diff")
+
+
+#: clusters.tsv of a contrast with cluster-level FWE: each cluster's size and mass FWE p.
+CONTRAST_FWE_COLUMNS = ("p_fwe_size", "p_fwe_mass")
+
+
+def _cluster_fwe_settings(result) -> dict:
+    """run.json settings of a contrast's cluster-level FWE (NiMARE's names in words)."""
+    if not getattr(result, "cluster_fwe", False):
+        return {"cluster_fwe": False}
+    null = result.null
+    return {
+        "cluster_fwe": True,
+        "alpha": result.alpha,
+        "cluster_forming_quantile": 1.0 - null.voxel_thresh,
+        "cluster_forming_abs_difference": null.cluster_forming_abs_difference,
+        "cluster_size_threshold": _fwe_cutoff(null.max_cluster_size, result.alpha, "voxels"),
+        "cluster_mass_threshold": _fwe_cutoff(null.max_cluster_mass, result.alpha, "mass"),
+        "cluster_null": "largest cluster size and mass of each split, positive and negative "
+                        "differences apart (NiMARE 0.22.1 ALESubtraction, vfwe_only=False)",
+    }
+
+
+def _fwe_cutoff(null_maxima: np.ndarray, alpha: float, unit: str) -> dict:
+    """The (1 - alpha) quantile of a null's maxima with its 95% Monte Carlo interval, as
+    a global ALE's ``cluster_size_threshold``."""
+    from gpuale.inference import threshold_interval
+
+    estimate, low, high = threshold_interval(null_maxima, alpha)
+    return {unit: estimate, "ci95_low": low, "ci95_high": high}
 
 
 def save_contrast(
@@ -163,7 +216,8 @@ def save_contrast(
     command: str | None = None, force: bool = False, extra: dict | None = None,
 ) -> Path:
     """Write a contrast: group ALE maps, difference, p, signed z, thresholded z, clusters."""
-    with atomic_output_dir(out_dir, force=force) as tmp:
+    with atomic_output_dir(out_dir, force=force,
+                           inputs=_input_paths([*inputs_a, *inputs_b])) as tmp:
         written = []
         for name, values in result.maps().items():
             result.grid.to_image(values, description=f"gpuale:{name}").to_filename(
@@ -171,9 +225,21 @@ def save_contrast(
             )
             written.append(map_file(name))
         clusters = result.clusters()
-        write_tsv(tmp / CLUSTERS_TSV, clusters, CONTRAST_CLUSTER_COLUMNS)
-        np.savez_compressed(tmp / NULLS_NPZ, max_abs_difference=result.null.max_abs,
-                            seed=np.array(result.null.seed, dtype=np.uint64))
+        cluster_fwe = getattr(result, "cluster_fwe", False)
+        write_tsv(tmp / CLUSTERS_TSV, peak_rows(clusters), CONTRAST_CLUSTER_COLUMNS
+                  + (CONTRAST_FWE_COLUMNS if cluster_fwe else ()))
+        null = result.null
+        cluster_nulls = {}
+        if getattr(null, "has_clusters", False):
+            # With the cluster-forming threshold, enough to change alpha without re-running.
+            cluster_nulls = {
+                "max_cluster_size": null.max_cluster_size,
+                "max_cluster_mass": null.max_cluster_mass,
+                "cluster_forming_abs_difference": np.float32(
+                    null.cluster_forming_abs_difference),
+            }
+        np.savez_compressed(tmp / NULLS_NPZ, max_abs_difference=null.max_abs,
+                            seed=np.array(null.seed, dtype=np.uint64), **cluster_nulls)
         written += [CLUSTERS_TSV, NULLS_NPZ]
         record = {
             **record_header("contrast"),
@@ -185,7 +251,7 @@ def save_contrast(
                     "n_experiments": len(group),
                     "n_foci": group.n_foci,
                     "experiments": group.ids,
-                    "inputs": [{"path": str(p), "sha256": file_checksum(p)} for p in paths],
+                    "inputs": [input_record(p) for p in paths],
                     "main_effect": getattr(main, "source", None),
                 }
                 for name, group, paths, main in (
@@ -197,13 +263,16 @@ def save_contrast(
                 "iterations": result.null.n_iters,
                 "seed": result.null.seed,
                 "p_threshold": result.p_threshold,
+                "smallest_p": smallest_p(result.mode, result.null.n_iters),
                 "min_volume_mm3": result.min_volume_mm3,
                 "connectivity": result.connectivity,
                 "min_z": result.min_z,
                 "device": result.device,
+                **_cluster_fwe_settings(result),
             },
             N_CLUSTERS_KEY: len(clusters),
             "timings_s": result.timings,
+            "warnings": result.warnings,
             OUTPUTS_KEY: written + [RUN_JSON],
             **(extra or {}),
         }
@@ -218,24 +287,29 @@ def save_conjunction(
     """Write a conjunction: the minimum-statistic map, its clusters and run.json."""
     import nibabel as nib
 
-    with atomic_output_dir(out_dir, force=force) as tmp:
+    with atomic_output_dir(out_dir, force=force,
+                           inputs=[i.path for i in result.inputs]) as tmp:
         img = nib.Nifti1Image(result.values.astype(np.float32), result.affine)
         img.header["descrip"] = f"gpuale:{result.statistic}".encode()[:79]
         img.to_filename(str(tmp / map_file(CONJUNCTION_MAP)))
         nib.Nifti1Image(result.labels.astype(np.int16), result.affine).to_filename(
             str(tmp / map_file(CLUSTER_LABELS))
         )
-        columns = tuple(c for c in CONTRAST_CLUSTER_COLUMNS if c != "direction")
-        write_tsv(tmp / CLUSTERS_TSV, result.clusters, columns)
+        write_tsv(tmp / CLUSTERS_TSV, peak_rows(result.clusters), CONJUNCTION_CLUSTER_COLUMNS)
         write_json(tmp / RUN_JSON, {
             **record_header("conjunction"),
             "method": "minimum statistic (Nichols et al. 2005)",
             "command": command,
             "environment": environment(),
             "statistic": result.statistic,
-            "inputs": [{"path": str(i.path), "sha256": file_checksum(i.path)}
+            "inputs": [{"path": str(i.path), "sha256": file_checksum(i.path),
+                        "statistic": i.statistic, "thresholded": i.thresholded}
                        for i in result.inputs],
+            "settings": {"threshold": result.threshold,
+                         "min_volume_mm3": result.min_volume_mm3,
+                         "connectivity": result.connectivity},
             N_CLUSTERS_KEY: len(result.clusters),
+            "warnings": result.warnings,
             OUTPUTS_KEY: [map_file(CONJUNCTION_MAP), map_file(CLUSTER_LABELS), CLUSTERS_TSV,
                           RUN_JSON],
             **(extra or {}),

@@ -12,6 +12,16 @@ run.json schema versions:
 1. (no ``schema_version`` key) global ALE counted its clusters in ``n_significant_clusters``,
    contrasts and conjunctions in ``n_clusters``.
 2. ``schema_version: 2``; every analysis counts its clusters in ``n_clusters``.
+3. ``schema_version: 3``; clusters.tsv lists each cluster's sub-peaks as rows of their own
+   (a ``peak`` column: 1 the cluster's row and peak, 2, 3, ... its sub-peaks), so a reader
+   of version 2 would count them as clusters; contrast and conjunction records keep
+   ``warnings``, as global ones did.
+
+Keys added without a version change, absent from older records (readers use ``get``):
+``contributions`` (contributions.tsv holds NiMARE's jackknife and JALE's table, and its
+``contribution_pct`` is JALE's NORM; before, it was gpuale's own share of the summed ALE
+and there was no ``jackknife`` column), ``given`` in each input, and a study analysis's
+``study_file`` and ``selection``.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpuale._files import file_checksum
 from gpuale.grid import Grid, read_volume
 
 __all__ = [
@@ -33,6 +44,7 @@ __all__ = [
     "INDEX_HTML",
     "KINDS",
     "MAP_SUFFIX",
+    "PEAK_COLUMN",
     "NULLS_NPZ",
     "REPORT_HTML",
     "RUN_JSON",
@@ -45,10 +57,14 @@ __all__ = [
     "cluster_count",
     "conjunction_map_path",
     "finished_with",
+    "input_name",
+    "input_record",
+    "is_cluster_row",
     "is_study_folder",
     "map_file",
     "open_run",
     "read_main_effect",
+    "read_run_experiments",
     "read_map",
     "record_header",
 ]
@@ -81,7 +97,7 @@ def map_file(name: str) -> str:
 
 # --------------------------------------------------------------------------- run.json
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_VERSION_KEY = "schema_version"
 #: Which analysis wrote the folder: one of ``KINDS``.
 KIND_KEY = "analysis"
@@ -94,6 +110,19 @@ OUTPUTS_KEY = "outputs"
 STUDY_FINGERPRINT_KEY = "study_fingerprint"
 STUDY_NAME_KEY = "study"
 STUDY_ANALYSIS_KEY = "study_analysis"
+#: The study file an analysis came from, the command that ran it (``command``, as for any
+#: run), and the experiments it selected: ``{"inputs", "where", "split"}`` for a global
+#: analysis, ``{"A": ..., "B": ...}`` (each with its global ``analysis``) for a contrast.
+STUDY_FILE_KEY = "study_file"
+SELECTION_KEY = "selection"
+#: Which measures contributions.tsv holds (absent where it held gpuale's earlier
+#: leave-one-out share of the summed ALE under ``contribution_pct``).
+CONTRIBUTIONS_KEY = "contributions"
+CONTRIBUTIONS_METHOD = "jackknife (NiMARE Jackknife) and JALE contribution table"
+#: Each entry of run.json's ``inputs``: the file read (``path``) and its ``sha256``, and,
+#: when the user named it otherwise (``example:NAME``, a path relative to a study file),
+#: that name as ``given``.
+INPUT_GIVEN_KEY = "given"
 
 
 def record_header(kind: str) -> dict:
@@ -101,6 +130,27 @@ def record_header(kind: str) -> dict:
     if kind not in KINDS:
         raise ValueError(f"unknown analysis kind {kind!r}; gpuale writes {', '.join(KINDS)}")
     return {SCHEMA_VERSION_KEY: SCHEMA_VERSION, KIND_KEY: kind}
+
+
+def input_record(item: str | Path | tuple[str, str | Path]) -> dict:
+    """run.json's entry for an input: a path, or ``(name the user gave, path)``.
+
+    Returns
+    -------
+    dict
+        ``path`` (the file or folder read), ``sha256`` (of its contents) and, when it
+        differs from the path, the ``given`` name (``example:semantic-children``).
+    """
+    given, path = item if isinstance(item, tuple) else (None, item)
+    entry = {"path": str(path), "sha256": file_checksum(path)}
+    if given is not None and str(given) != str(path):
+        entry[INPUT_GIVEN_KEY] = str(given)
+    return entry
+
+
+def input_name(entry: dict) -> str:
+    """An input of run.json's ``inputs`` as the user named it (else the file read)."""
+    return str(entry.get(INPUT_GIVEN_KEY) or entry.get("path", "-"))
 
 
 def schema_version(record: dict) -> int:
@@ -131,6 +181,16 @@ def _number(text: str) -> object:
         return float(text)
     except ValueError:
         return text
+
+
+#: clusters.tsv's column numbering a cluster's peaks: 1 its peak, 2, 3, ... its sub-peaks.
+PEAK_COLUMN = "peak"
+
+
+def is_cluster_row(row: dict) -> bool:
+    """Whether a clusters.tsv row is its cluster's own (its peak), not a sub-peak's."""
+    # Folders written before sub-peaks were listed have no peak column: every row is one.
+    return row.get(PEAK_COLUMN) in (None, "", 1)
 
 
 def _read_tsv(path: Path) -> list[dict]:
@@ -198,7 +258,19 @@ class RunFolder:
         return self._tables[name]
 
     def clusters(self) -> list[dict]:
-        """Rows of clusters.tsv (numbers as floats); none without Monte Carlo."""
+        """One row per cluster from clusters.tsv (numbers as floats); none without Monte Carlo.
+
+        The rows of the clusters' peaks (``peak`` 1, or every row of a folder written
+        before sub-peaks were listed); :meth:`peaks` gives the sub-peaks too.
+        """
+        return [row for row in self.peaks() if is_cluster_row(row)]
+
+    def peaks(self) -> list[dict]:
+        """Every row of clusters.tsv: each cluster's peak, then its sub-peaks.
+
+        Sub-peak rows (``peak`` 2, 3, ...) hold the cluster number, the sub-peak's
+        coordinates and values, and blanks (``""``) for the cluster's other columns.
+        """
         return self._table(CLUSTERS_TSV)
 
     def contributions(self) -> list[dict]:
@@ -315,3 +387,31 @@ def read_main_effect(path: str | Path, grid: Grid) -> tuple[np.ndarray, np.ndarr
             )
         maps[name] = read_map(file, grid)
     return maps[Z], maps[Z_THRESHOLDED] > 0
+
+
+def read_run_experiments(path: str | Path) -> list[dict]:
+    """The experiments a finished ``gpuale global`` run recorded (run.json ``experiments``).
+
+    Returns
+    -------
+    list of dict
+        One per experiment, in the run's order: ``id``, ``n_subjects``, ``n_foci`` (and
+        what else run.json keeps of it).
+
+    Raises
+    ------
+    NotARunFolder
+        ``path`` holds no finished run (no run.json).
+    ValueError
+        The run is not a global ALE (a contrast or conjunction), or it records no
+        experiments.
+    """
+    run = open_run(path)
+    if run.kind != "ale":
+        raise ValueError(f"{str(path)!r} is a {run.kind} run, not a `gpuale global` run; a "
+                         "gated contrast takes each group's global ALE as its main effect")
+    experiments = run.record.get("experiments")
+    if not isinstance(experiments, list) or not experiments:
+        raise ValueError(f"{run.run_json} records no experiments, so it cannot be checked "
+                         "against a contrast's group")
+    return experiments

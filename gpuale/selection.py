@@ -16,7 +16,7 @@ import numpy as np
 
 from gpuale.dataset import Dataset, Experiment
 
-__all__ = ["columns", "median_split", "select"]
+__all__ = ["columns", "median_split", "referenced_columns", "select"]
 
 _COMPARE = {
     ast.Eq: operator.eq,
@@ -134,6 +134,20 @@ def _compile(node: ast.AST, expression: str, known: set[str]):
         "'task_type == knowledge', 'age_mean >= 10', 'language in [english, german]' "
         "joined by and/or"
     )
+
+
+def referenced_columns(where: str) -> set[str]:
+    """The columns an expression compares, so that a reader can load only those of a
+    large input (a Neurosynth release's term features); a malformed expression names
+    none here and is reported by :func:`select`."""
+    try:
+        tree = ast.parse(where.strip(), mode="eval")
+    except SyntaxError:
+        return set()
+    return {
+        node.left.id for node in ast.walk(tree)
+        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name)
+    }
 
 
 def select(dataset: Dataset, where: str) -> Dataset:

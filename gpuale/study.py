@@ -28,7 +28,11 @@ of = ["knowledge", "objects"]
 
 Analyses run in dependency order, each into ``OUT/<name>/``. An analysis whose folder
 already holds a finished run with the same inputs and settings (its fingerprint in
-run.json) is reused, not run again. ``OUT/study.json`` and ``OUT/index.html`` list them.
+run.json) is reused, not run again, so running a study again after Ctrl-C resumes it;
+``force`` recomputes everything. ``OUT/study.json`` (rewritten after each analysis) and
+``OUT/index.html`` list them. Each run.json records the study file, the command, and the
+analysis's selection of experiments (``where``, ``split``); inputs keep the names the
+study file gives them (``example:semantic-children``).
 """
 
 from __future__ import annotations
@@ -37,23 +41,40 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from gpuale import __version__, output, runfolder
-from gpuale._files import file_checksum, write_json
+from gpuale._files import (
+    OutputFolderNotEmpty,
+    check_name,
+    check_output_dir,
+    claim_output_dir,
+    file_checksum,
+    folder_key,
+    write_json,
+)
 from gpuale.analysis import run_ale
 from gpuale.conjunction import conjunction
 from gpuale.contrast import MainEffect, run_contrast
 from gpuale.dataset import Dataset
-from gpuale.examples import resolve_input
+from gpuale.examples import example_name, resolve_input
 from gpuale.grid import Grid, load_grid
 from gpuale.io import load_dataset
-from gpuale.selection import median_split, select
+from gpuale.nulls import RunInterrupted, Scheduler
+from gpuale.selection import median_split, referenced_columns, select
 
-__all__ = ["Study", "load_study", "run_study"]
+__all__ = [
+    "Study",
+    "StudyFolderConflict",
+    "StudyInterrupted",
+    "check_study_folder",
+    "load_study",
+    "run_study",
+]
 
 ANALYSIS_TYPES = ("global", "contrast", "conjunction")
 #: Settings a [study] table (or an analysis) may set, with their defaults.
@@ -69,10 +90,11 @@ SETTINGS = {
     "fwhm": None,
     "min_volume": 200.0,
     "workers": None,
+    "sample_size": None,  # N of experiments whose input has none (Neurosynth releases)
 }
 ANALYSIS_KEYS = {
     "global": {"type", "input", "inputs", "where", "split"},
-    "contrast": {"type", "a", "b", "mode", "p", "min_z", "overlap"},
+    "contrast": {"type", "a", "b", "mode", "p", "min_z", "overlap", "cluster_fwe"},
     "conjunction": {"type", "of"},
 }
 
@@ -99,27 +121,42 @@ class Study:
     name: str
     inputs: dict[str, list[Path]]
     analyses: dict[str, Analysis]
+    #: Each input as the study file names it (``example:NAME``, a relative path), for
+    #: run.json and the reports; ``inputs`` holds the paths read.
+    input_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def display_path(self) -> str:
+        """The study file as a user would name it (``example:NAME`` for a bundled one)."""
+        return example_name(self.path) or str(self.path)
 
     def order(self) -> list[Analysis]:
         """Analyses in dependency order (a cycle is an error that names it)."""
         done: list[str] = []
         state: dict[str, str] = {}
-
-        def visit(name: str, trail: list[str]) -> None:
-            if state.get(name) == "done":
-                return
-            if state.get(name) == "visiting":
-                cycle = trail[trail.index(name):] + [name]
-                raise ValueError(f"{self.path}: analyses depend on each other in a cycle: "
-                                 f"{' -> '.join(cycle)}")
-            state[name] = "visiting"
-            for dep in self.analyses[name].depends_on:
-                visit(dep, trail + [name])
-            state[name] = "done"
-            done.append(name)
-
-        for name in self.analyses:
-            visit(name, [])
+        # Depth first with an explicit stack, not recursion: a long chain of dependencies
+        # (thousands of analyses) must not hit Python's recursion limit.
+        for root in self.analyses:
+            if state.get(root) == "done":
+                continue
+            trail: list[str] = [root]
+            state[root] = "visiting"
+            pending = [iter(self.analyses[root].depends_on)]
+            while pending:
+                dep = next(pending[-1], None)
+                if dep is None:
+                    name = trail.pop()
+                    pending.pop()
+                    state[name] = "done"
+                    done.append(name)
+                elif state.get(dep) == "visiting":
+                    cycle = trail[trail.index(dep):] + [dep]
+                    raise ValueError(f"{self.path}: analyses depend on each other in a cycle: "
+                                     f"{' -> '.join(cycle)}")
+                elif state.get(dep) != "done":
+                    state[dep] = "visiting"
+                    trail.append(dep)
+                    pending.append(iter(self.analyses[dep].depends_on))
         return [self.analyses[name] for name in done]
 
 
@@ -142,7 +179,12 @@ def load_study(path: str | Path) -> Study:
                              "[analyses.NAME]")
     shared = dict(SETTINGS)
     study_table = dict(raw.get("study", {}))
-    name = str(study_table.pop("name", path.stem))
+    name = study_table.pop("name", path.stem)
+    try:
+        # The default output folder is named after the study: it must stay one folder.
+        check_name(name, "[study] name")
+    except ValueError as exc:
+        raise _problem(path, str(exc)) from None
     bad = set(study_table) - set(SETTINGS)
     if bad:
         raise _problem(path, f"[study] has unknown setting(s) {sorted(bad)}; known: "
@@ -150,8 +192,10 @@ def load_study(path: str | Path) -> Study:
     shared.update(study_table)
 
     inputs = {}
+    input_names = {}
     for key, value in raw.get("inputs", {}).items():
         values = value if isinstance(value, list) else [value]
+        input_names[key] = [str(item) for item in values]
         resolved = []
         for item in values:
             candidate = resolve_input(item)
@@ -166,7 +210,10 @@ def load_study(path: str | Path) -> Study:
     tables = raw.get("analyses", {})
     if not tables:
         raise _problem(path, "no [analyses.NAME] tables: nothing to run")
+    _check_analysis_names(path, list(tables))
     for key, table in tables.items():
+        if not isinstance(table, dict):
+            raise _problem(path, f"analyses.{key} must be a table [analyses.{key}]")
         analyses[key] = _analysis(path, key, dict(table), shared, inputs)
     for analysis in analyses.values():
         for dep in analysis.depends_on:
@@ -176,9 +223,41 @@ def load_study(path: str | Path) -> Study:
             if analysis.type == "contrast" and analyses[dep].type != "global":
                 raise _problem(path, f"contrast {analysis.name!r}: {dep!r} must be a global "
                                      "analysis (its experiments form the group)")
-    study = Study(path=path, name=name, inputs=inputs, analyses=analyses)
+            uses_map = analysis.type == "conjunction" or analysis.spec.get("mode") == "gated"
+            if uses_map and analyses[dep].type == "global" \
+                    and not analyses[dep].settings["iterations"]:
+                # Found here, not after the analyses before it have run for hours.
+                raise _problem(path, f"{analysis.type} {analysis.name!r} needs the "
+                                     f"thresholded map of {dep!r}, which iterations = 0 "
+                                     "does not give; give it iterations")
+    study = Study(path=path, name=name, inputs=inputs, analyses=analyses,
+                  input_names=input_names)
     study.order()
     return study
+
+
+#: Files of a study folder that an analysis's folder must not be named as.
+RESERVED_NAMES = (runfolder.STUDY_JSON, runfolder.INDEX_HTML)
+
+
+def _check_analysis_names(path: Path, names: list[str]) -> None:
+    """Each analysis name is one plain folder of its own (OUT/NAME): no empty name (OUT
+    itself), no ``..`` or separators (outside OUT), no two names sharing a folder on a
+    case-insensitive file system, none named as the study's own files."""
+    seen: dict[str, str] = {}
+    reserved = {folder_key(name) for name in RESERVED_NAMES}
+    for name in names:
+        try:
+            check_name(name, "analysis name")
+        except ValueError as exc:
+            raise _problem(path, str(exc)) from None
+        key = folder_key(name)
+        if key in reserved:
+            raise _problem(path, f"analysis name {name!r} is taken by the study's own file")
+        if key in seen:
+            raise _problem(path, f"analyses {seen[key]!r} and {name!r} would share one folder "
+                                 "(names differing only in case or accents); rename one")
+        seen[key] = name
 
 
 def _analysis(path, key, table, shared, inputs) -> Analysis:
@@ -192,6 +271,11 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
     unknown = set(table) - ANALYSIS_KEYS[kind]
     if unknown:
         raise _problem(path, f"analysis {key!r} ({kind}) has unknown key(s) {sorted(unknown)}")
+    for setting, value in {**settings, **table}.items():
+        # TOML has nan and inf: compared with them every test is False, silently.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _problem(path, f"analysis {key!r}: {setting} = {value} is not a finite "
+                                 "number")
     if kind == "global":
         names = table.get("inputs", [table["input"]] if "input" in table else [])
         if not names:
@@ -232,62 +316,295 @@ def _fingerprint(analysis: Analysis, study: Study, upstream: dict[str, str]) -> 
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+#: How to get past a :class:`StudyFolderConflict`, in the words of the Python API.
+STUDY_FORCE_HINT = "choose another folder or pass force=True to write the study into it"
+ANALYSIS_FORCE_HINT = "move it away or pass force=True to replace it"
+
+
+class StudyFolderConflict(OutputFolderNotEmpty):
+    """The output folder, or an analysis's folder in it, holds something other than this
+    study's results, and writing over it was not asked for (``force``).
+
+    ``option`` and ``hint`` say how to get past it (see :class:`OutputFolderNotEmpty`).
+    """
+
+    def __init__(self, message: str, hint: str, option: str) -> None:
+        super().__init__(f"{message}; {hint}")
+        self.hint = hint
+        self.option = option
+
+
+class StudyInterrupted(RunInterrupted):
+    """The user stopped a study (Ctrl-C). The analyses that had finished are kept, and
+    study.json and index.html list them, so the same call again resumes.
+
+    Attributes
+    ----------
+    out_dir : Path
+    finished : list of str
+        Analyses finished (run or reused) before the interruption, in the order run.
+    interrupted : str or None
+        The analysis that was running (None: between analyses, or writing a report).
+    remaining : list of str
+        Analyses that did not finish.
+    """
+
+    def __init__(self, out_dir: Path, finished: list[str], interrupted: str | None,
+                 remaining: list[str]) -> None:
+        self.out_dir = Path(out_dir)
+        self.finished = list(finished)
+        self.interrupted = interrupted
+        self.remaining = list(remaining)
+        during = f"during analysis {interrupted!r}; " if interrupted else ""
+        total = len(self.finished) + len(self.remaining)
+        if self.finished:
+            kept = (f"{len(self.finished)} of {total} analyses finished and are kept in "
+                    f"{self.out_dir}: {', '.join(self.finished)}")
+        else:
+            kept = f"none of the {total} analyses had finished"
+        super().__init__(f"{during}{kept}. Run the same command again to resume: finished "
+                         "analyses are reused")
+
+
+def check_study_folder(study: Study, out_dir: str | Path, *, force: bool = False) -> None:
+    """Refuse to write a study where it would replace something else (checked before work).
+
+    A folder may take the study when it is empty or new, or already holds this study (its
+    study.json, or an analysis recorded as this study's). Each analysis's folder, where it
+    exists, must hold that analysis of this study. ``force`` lifts both checks; even then
+    only the analyses' folders, study.json and index.html are ever replaced.
+
+    Raises
+    ------
+    StudyFolderConflict
+        Without ``force``: the folder holds something else, or another study, or an
+        analysis's folder holds something other than that analysis.
+    ValueError
+        ``out_dir`` exists and is not a folder.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output {str(out_dir)!r} exists and is not a folder")
+    if force or not out_dir.is_dir() or not any(out_dir.iterdir()):
+        _check_replaceable(study, out_dir)
+        return
+    recorded = _recorded_study(out_dir)
+    if recorded is None and not any(_is_analysis_of(out_dir / a, study, a)
+                                    for a in study.analyses):
+        raise StudyFolderConflict(f"output folder {str(out_dir)!r} is not empty and holds "
+                                  "no gpuale study", STUDY_FORCE_HINT, "study_force")
+    if recorded is not None and recorded != study.name:
+        raise StudyFolderConflict(f"output folder {str(out_dir)!r} holds the study "
+                                  f"{recorded!r}, not {study.name!r}", STUDY_FORCE_HINT,
+                                  "study_force")
+    for name in study.analyses:
+        folder = out_dir / name
+        if folder.exists() and not _is_analysis_of(folder, study, name):
+            raise StudyFolderConflict(
+                f"{str(folder)!r} is in the way of analysis {name!r}: it does not hold that "
+                f"analysis of study {study.name!r}", ANALYSIS_FORCE_HINT, "analysis_force")
+    _check_replaceable(study, out_dir)
+
+
+def _check_replaceable(study: Study, out_dir: Path) -> None:
+    """Each analysis folder that a run may replace (its settings changed, or ``force``)
+    holds only what gpuale wrote, and neither the study file nor an input (even forced)."""
+    protected = [study.path, *(p for paths in study.inputs.values() for p in paths)]
+    for name in study.analyses:
+        folder = out_dir / name
+        if folder.exists() or folder.is_symlink():
+            check_output_dir(folder, force=True, inputs=protected)
+
+
+def _recorded_study(out_dir: Path) -> str | None:
+    """The name of the study whose study.json is in ``out_dir`` (None: none readable)."""
+    try:
+        record = json.loads((out_dir / runfolder.STUDY_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(record.get("study")) if isinstance(record, dict) else None
+
+
+def _is_analysis_of(folder: Path, study: Study, name: str) -> bool:
+    try:
+        record = runfolder.open_run(folder).record
+    except (OSError, ValueError):
+        return False
+    return (record.get(runfolder.STUDY_NAME_KEY) == study.name
+            and record.get(runfolder.STUDY_ANALYSIS_KEY) == name)
+
+
 def run_study(
     study: Study,
     out_dir: str | Path,
     *,
     iterations: int | None = None,
     device: str | None = None,
+    force: bool = False,
+    command: str | None = None,
     progress_factory: Callable | None = None,
     log: Callable[[str], None] = print,
+    scheduler: Scheduler | None = None,
 ) -> list[dict]:
-    """Run (or reuse) every analysis of a study; returns the index entries."""
+    """Run every analysis of a study into ``out_dir/NAME/``, reusing finished ones.
+
+    An analysis whose folder holds a finished run with the same inputs and settings (its
+    fingerprint in run.json) is reused, so calling this again after an interruption
+    resumes. ``out_dir/study.json`` is rewritten after every analysis and
+    ``out_dir/index.html`` at the end (or on an interruption).
+
+    Parameters
+    ----------
+    study : Study
+    out_dir : str or Path
+    iterations, device : optional
+        Override the study's settings for every analysis.
+    force : bool
+        Recompute every analysis, and write into a folder that holds something else
+        (only the analyses' folders, study.json and index.html are replaced).
+    command : str, optional
+        The command line, for each run.json and report.
+    progress_factory : callable, optional
+        ``(total, analysis name) -> context manager`` yielding a progress callback.
+    log : callable
+        Where progress messages go.
+    scheduler : Scheduler, optional
+        Who runs every analysis's permutation chunks (a :class:`gpuale.nulls.DaskScheduler`
+        spreads them over a cluster; results and fingerprints are the same).
+
+    Returns
+    -------
+    list of dict
+        One index entry per analysis: ``name``, ``kind``, ``folder``, ``status`` ('ran'
+        or 'reused'), ``n_clusters``, ``summary``.
+
+    Raises
+    ------
+    StudyFolderConflict
+        See :func:`check_study_folder`.
+    StudyInterrupted
+        On Ctrl-C; the finished analyses are kept and named.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    grid = load_grid()
+    # Held for the whole study: a second run into the same folder fails at once, rather
+    # than both writing the same analyses and study.json.
+    with claim_output_dir(out_dir):
+        return _run_study_held(study, out_dir, iterations=iterations, device=device,
+                               force=force, command=command,
+                               progress_factory=progress_factory, log=log,
+                               scheduler=scheduler)
+
+
+def _run_study_held(study: Study, out_dir: Path, *, iterations, device, force, command,
+                    progress_factory, log, scheduler) -> list[dict]:
+    check_study_folder(study, out_dir, force=force)
+    order = study.order()
     datasets: dict[str, Dataset] = {}
-    fingerprints: dict[str, str] = {}
-    entries = []
-    for analysis in study.order():
-        settings = dict(analysis.settings)
-        if iterations is not None:
-            settings["iterations"] = iterations
-        if device is not None:
-            settings["device"] = device
-        analysis = dataclasses.replace(analysis, settings=settings)
-        folder = out_dir / analysis.name
-        fingerprint = _fingerprint(analysis, study, fingerprints)
-        fingerprints[analysis.name] = fingerprint
-        extra = {runfolder.STUDY_FINGERPRINT_KEY: fingerprint,
-                 runfolder.STUDY_NAME_KEY: study.name,
-                 runfolder.STUDY_ANALYSIS_KEY: analysis.name}
+    # Every input read and every selection evaluated before the first analysis runs: an
+    # empty selection or a bad file is an error now, not after hours of earlier analyses.
+    for analysis in order:
         if analysis.type == "global":
             datasets[analysis.name] = _global_dataset(analysis, study)
-        reuse = runfolder.finished_with(folder, fingerprint)
-        entry = {"name": analysis.name, "kind": analysis.type, "folder": analysis.name,
-                 "status": "reused" if reuse else "ran"}
-        if not reuse:
-            log(f"{analysis.name}: {analysis.type} ...")
-            progress = (progress_factory(settings["iterations"], analysis.name)
-                        if progress_factory else contextlib.nullcontext())
-            with progress as step, warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                _run_one(analysis, folder, out_dir, datasets, study, grid, step, extra)
-            for message in dict.fromkeys(str(w.message) for w in caught):
-                log(f"  warning: {message}")
-        else:
-            log(f"{analysis.name}: reused (same inputs and settings)")
-        entry.update(_summarise(folder))
-        _report(folder, log)
-        entries.append(entry)
-    write_json(out_dir / runfolder.STUDY_JSON, {"study": study.name, "file": str(study.path),
-                                         "analyses": entries})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grid = load_grid()
+    fingerprints: dict[str, str] = {}
+    entries: list[dict] = []
+    # Written first, so that an interrupted study's folder is known as one on the rerun.
+    _write_study_json(out_dir, study, command, entries, order, "running")
+    current = None
+    try:
+        for analysis in order:
+            current = analysis.name
+            entries.append(_run_or_reuse(analysis, study, out_dir, grid, datasets,
+                                         fingerprints, iterations, device, force, command,
+                                         progress_factory, log, scheduler))
+            current = None
+            _write_study_json(out_dir, study, command, entries, order, "running")
+            _report(out_dir / analysis.name, log)
+    except (KeyboardInterrupt, RunInterrupted):
+        _write_study_json(out_dir, study, command, entries, order, "interrupted")
+        _index(out_dir, entries, log)
+        finished = [entry["name"] for entry in entries]
+        raise StudyInterrupted(out_dir, finished, current,
+                               [a.name for a in order if a.name not in finished]) from None
+    _write_study_json(out_dir, study, command, entries, order, "finished")
     _index(out_dir, entries, log)
     return entries
 
 
+def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
+                  datasets: dict[str, Dataset], fingerprints: dict[str, str],
+                  iterations: int | None, device: str | None, force: bool,
+                  command: str | None, progress_factory: Callable | None,
+                  log: Callable[[str], None], scheduler: Scheduler | None = None) -> dict:
+    """Run one analysis, or reuse its finished folder; its index entry."""
+    settings = dict(analysis.settings)
+    if iterations is not None:
+        settings["iterations"] = iterations
+    if device is not None:
+        settings["device"] = device
+    analysis = dataclasses.replace(analysis, settings=settings)
+    folder = out_dir / analysis.name
+    fingerprint = _fingerprint(analysis, study, fingerprints)
+    fingerprints[analysis.name] = fingerprint
+    extra = {runfolder.STUDY_FINGERPRINT_KEY: fingerprint,
+             runfolder.STUDY_NAME_KEY: study.name,
+             runfolder.STUDY_ANALYSIS_KEY: analysis.name,
+             runfolder.STUDY_FILE_KEY: study.display_path}
+    selection = _selection(analysis, study)
+    if selection is not None:
+        extra[runfolder.SELECTION_KEY] = selection
+    if analysis.type == "global" and analysis.name not in datasets:
+        datasets[analysis.name] = _global_dataset(analysis, study)
+    reuse = not force and runfolder.finished_with(folder, fingerprint)
+    if reuse:
+        log(f"{analysis.name}: reused (same inputs and settings)")
+    else:
+        log(f"{analysis.name}: {analysis.type} ...")
+        progress = (progress_factory(settings["iterations"], analysis.name)
+                    if progress_factory else contextlib.nullcontext())
+        with progress as step, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _run_one(analysis, folder, out_dir, datasets, study, grid, step, extra, command,
+                     scheduler)
+        for message in dict.fromkeys(str(w.message) for w in caught):
+            log(f"  warning: {message}")
+    return {"name": analysis.name, "kind": analysis.type, "folder": analysis.name,
+            "status": "reused" if reuse else "ran", **_summarise(folder)}
+
+
+def _selection(analysis: Analysis, study: Study) -> dict | None:
+    """The experiments an analysis takes, for run.json (see runfolder.SELECTION_KEY)."""
+    if analysis.type == "global":
+        return {"inputs": list(analysis.spec["inputs"]),
+                "where": analysis.spec.get("where"), "split": analysis.spec.get("split")}
+    if analysis.type == "contrast":
+        return {side: {"analysis": name, **_selection(study.analyses[name], study)}
+                for side, name in (("A", analysis.spec["a"]), ("B", analysis.spec["b"]))}
+    return None
+
+
+def _write_study_json(out_dir: Path, study: Study, command: str | None, entries: list[dict],
+                      order: list[Analysis], state: str) -> None:
+    """study.json: the finished analyses (as index entries) and those still to come."""
+    done = {entry["name"] for entry in entries}
+    tmp = out_dir / f".{runfolder.STUDY_JSON}.tmp"
+    write_json(tmp, {"study": study.name, "file": study.display_path, "command": command,
+                     "state": state, "analyses": entries,
+                     "pending": [a.name for a in order if a.name not in done]})
+    # Replaced whole, so that a second Ctrl-C never leaves half a study.json.
+    tmp.replace(out_dir / runfolder.STUDY_JSON)
+
+
 def _input_paths(analysis: Analysis, study: Study) -> list[Path]:
     return [p for name in analysis.spec["inputs"] for p in study.inputs[name]]
+
+
+def _named_inputs(analysis: Analysis, study: Study) -> list[tuple[str, Path]]:
+    """A global analysis's inputs as ``(name in the study file, path)``, for run.json."""
+    return [(given, path) for name in analysis.spec["inputs"]
+            for given, path in zip(study.input_names.get(name, study.inputs[name]),
+                                   study.inputs[name])]
 
 
 def _global_dataset(analysis: Analysis, study: Study) -> Dataset:
@@ -295,7 +612,14 @@ def _global_dataset(analysis: Analysis, study: Study) -> Dataset:
     paths = _input_paths(analysis, study)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dataset = load_dataset(paths, space=s["space"], tal_transform=s["tal_transform"])
+        # A selection's columns are loaded where an input holds too many to load them all
+        # (a Neurosynth release's terms).
+        dataset = load_dataset(
+            paths, space=s["space"], tal_transform=s["tal_transform"],
+            sample_size=s["sample_size"],
+            columns=referenced_columns(analysis.spec["where"]) if "where" in analysis.spec
+            else None,
+        )
     if "where" in analysis.spec:
         dataset = select(dataset, analysis.spec["where"])
     if "split" in analysis.spec:
@@ -305,17 +629,18 @@ def _global_dataset(analysis: Analysis, study: Study) -> Dataset:
 
 
 def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str, Dataset],
-             study: Study, grid: Grid, progress, extra: dict) -> None:
+             study: Study, grid: Grid, progress, extra: dict, command: str | None,
+             scheduler: Scheduler | None = None) -> None:
     s = analysis.settings
     if analysis.type == "global":
-        paths = _input_paths(analysis, study)
         result = run_ale(
             datasets[analysis.name], grid=grid, fwhm_mm=s["fwhm"], n_iters=s["iterations"],
             seed=s["seed"], cluster_forming_p=s["cluster_p"], alpha=s["alpha"],
             connectivity=s["connectivity"], device=s["device"], n_workers=s["workers"],
-            progress=progress,
+            progress=progress, scheduler=scheduler,
         )
-        output.save_ale(result, folder, inputs=paths, force=True, extra=extra)
+        output.save_ale(result, folder, inputs=_named_inputs(analysis, study), force=True,
+                        command=command, extra=extra)
     elif analysis.type == "contrast":
         a, b = analysis.spec["a"], analysis.spec["b"]
         mode = analysis.spec.get("mode", "whole-brain")
@@ -328,12 +653,16 @@ def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str
             main_a=mains[0], main_b=mains[1], min_z=analysis.spec.get("min_z", False),
             overlap=analysis.spec.get("overlap", "error"), fwhm_mm=s["fwhm"],
             device=s["device"], n_workers=s["workers"], progress=progress,
+            scheduler=scheduler, cluster_fwe=bool(analysis.spec.get("cluster_fwe", False)),
+            alpha=s["alpha"],
         )
-        output.save_contrast(result, folder, force=True, extra=extra)
+        inputs_a, inputs_b = (_named_inputs(study.analyses[side], study) for side in (a, b))
+        output.save_contrast(result, folder, inputs_a=inputs_a, inputs_b=inputs_b,
+                             command=command, force=True, extra=extra)
     else:
         result = conjunction([out_dir / name for name in analysis.spec["of"]],
                              min_volume_mm3=s["min_volume"], connectivity=s["connectivity"])
-        output.save_conjunction(result, folder, force=True, extra=extra)
+        output.save_conjunction(result, folder, command=command, force=True, extra=extra)
 
 
 def _summarise(folder: Path) -> dict:

@@ -68,7 +68,7 @@ def test_global_with_monte_carlo_writes_tables(sleuth_file, tmp_path):
                                      "--iters", "20", "--workers", "1", "--quiet"])
     assert result.exit_code == 0, result.output
     header = (out / "clusters.tsv").read_text().splitlines()[0].split("\t")
-    assert header[:3] == ["cluster", "size_voxels", "volume_mm3"]
+    assert header[:4] == ["cluster", "peak", "size_voxels", "volume_mm3"]
     assert (out / "contributions.tsv").exists()
     nulls = np.load(out / "nulls.npz")
     assert nulls["max_ale"].shape == (20,) and nulls["max_cluster_size"].shape == (20,)
@@ -98,9 +98,14 @@ def test_refuses_to_overwrite_without_force(sleuth_file, tmp_path):
     assert result.exit_code == 2 and "--force" in result.output
     assert "force=True" not in result.output  # the library's words, translated
     assert (out / "keep.txt").read_text() == "precious"
+    # --force replaces only gpuale's own results, never a folder of the user's files.
     result = runner.invoke(cli.app, [*args, "--force"])
-    assert result.exit_code == 0
-    assert not (out / "keep.txt").exists() and (out / "run.json").exists()
+    assert result.exit_code == 2 and "not a gpuale run folder" in result.output
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
+    assert runner.invoke(cli.app, args).exit_code == 0
+    result = runner.invoke(cli.app, [*args, "--force"])
+    assert result.exit_code == 0 and (out / "run.json").exists()
 
 
 def test_library_errors_name_arguments_not_flags(tmp_path):
@@ -193,7 +198,9 @@ def test_contrast_and_conjunction_end_to_end(sleuth_file, tmp_path):
     assert result.exit_code == 0, result.output
     same = nib.load(conj / "conjunction.nii.gz").get_fdata()
     thresholded = nib.load(out / "z_thresholded.nii.gz").get_fdata()
-    np.testing.assert_allclose(same, np.where(thresholded > 0, thresholded, 0), atol=1e-6)
+    # A contrast with itself: both directions, A>B positive and B>A negative, kept.
+    np.testing.assert_allclose(same, thresholded, atol=1e-6)
+    assert (thresholded < 0).any() and (thresholded > 0).any()
 
 
 def test_contrast_with_shared_experiment_asks_what_to_do(sleuth_file, tmp_path):
@@ -223,3 +230,79 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_outputs(tmp_path):
     assert "interrupted" in stderr and "no outputs" in stderr
     assert "Traceback" not in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+STUDY = """
+[study]
+iterations = 3
+workers = 1
+device = "cpu"
+
+[inputs]
+data = "foci.txt"
+
+[analyses.first]
+type = "global"
+input = "data"
+
+[analyses.second]
+type = "global"
+input = "data"
+where = "id != 'Study C'"
+iterations = 100000000
+"""
+
+
+def test_ctrl_c_on_a_study_names_what_finished_and_a_rerun_resumes(sleuth_file, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    study = tmp_path / "study.toml"
+    study.write_text(STUDY)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpuale", "run", str(study), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines = []
+    for line in process.stderr:  # the second analysis starts once the first has finished
+        lines.append(line)
+        if line.startswith("second:"):
+            break
+    time.sleep(3)  # into the permutations
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=120)
+    stderr = "".join(lines) + rest
+    assert process.returncode == 130, stderr
+    assert "during analysis 'second'" in stderr
+    assert "1 of 2 analyses finished" in stderr and "first" in stderr
+    assert "no outputs were written" not in stderr and "Traceback" not in stderr
+    assert (out / "first" / "run.json").exists() and not (out / "second").exists()
+
+    # The plain rerun resumes: the finished analysis is reused, not refused or redone.
+    result = runner.invoke(cli.app, ["run", str(study), "--out", str(out), "--iters", "3"])
+    assert result.exit_code == 0, result.output
+    assert "first: reused" in result.output and "(1 run, 1 reused)" in result.output
+    record = json.loads((out / "second" / "run.json").read_text())
+    assert record["command"].startswith("gpuale ") and record["study_file"] == str(study)
+    assert record["selection"]["where"] == "id != 'Study C'"
+    # --force recomputes everything.
+    result = runner.invoke(cli.app, ["run", str(study), "--out", str(out), "--iters", "3",
+                                     "--force"])
+    assert result.exit_code == 0, result.output
+    assert "(2 run, 0 reused)" in result.output
+
+
+def test_run_refuses_a_folder_that_holds_something_else(sleuth_file, tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(STUDY)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    result = runner.invoke(cli.app, ["run", str(study), "--out", str(out), "--iters", "3"])
+    assert result.exit_code == 2
+    assert "holds no gpuale study" in result.output and "--force" in result.output
+    assert "force=True" not in result.output
+    assert (out / "keep.txt").read_text() == "precious"

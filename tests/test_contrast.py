@@ -170,14 +170,16 @@ def test_conjunction_is_the_minimum_where_all_maps_are_on(tmp_path):
 
 
 def test_conjunction_refuses_mixed_grids_and_statistics(tmp_path):
-    a = _save(tmp_path, "a.nii.gz", np.ones((5, 5, 5)))
+    blob = np.zeros((10, 10, 10))
+    blob[2:4, 2:4, 2:4] = 3.0
+    a = _save(tmp_path, "a.nii.gz", blob)
     moved = np.eye(4)
     moved[0, 3] = 2
-    b = _save(tmp_path, "b.nii.gz", np.ones((5, 5, 5)), affine=moved)
-    c = _save(tmp_path, "c.nii.gz", np.ones((5, 5, 5)), description=b"gpuale:ale")
+    b = _save(tmp_path, "b.nii.gz", blob, affine=moved)
+    c = _save(tmp_path, "c.nii.gz", blob, description=b"gpuale:ale")
     with pytest.raises(ValueError, match="grid"):
         conjunction([a, b])
     with pytest.raises(ValueError, match="statistic"):
-        conjunction([a, c])
+        conjunction([a, c], threshold=1.0)  # an ALE map, cut, is still not z
     with pytest.raises(ValueError, match="two"):
         conjunction([a])

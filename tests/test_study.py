@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import numpy as np
 import pytest
 
 from gpuale.study import load_study, run_study
@@ -79,6 +80,13 @@ def test_runs_in_dependency_order_and_reuses_finished_analyses(tmp_path):
         assert (out / name / "run.json").exists()
     index = json.loads((out / "study.json").read_text())
     assert [a["name"] for a in index["analyses"]] == order
+    if (out / "left" / "report.html").exists():  # with the report extra
+        html = (out / "left" / "report.html").read_text(encoding="utf-8")
+        for expected in ("Selection", "where id in [A, B]", "foci.txt", "study.toml",
+                         "analysis <b>left</b>"):
+            assert expected in html, expected
+        html = (out / "left_vs_right" / "report.html").read_text(encoding="utf-8")
+        assert "analysis left: where id in [A, B]" in html
 
     again = run_study(load_study(tmp_path / "study.toml"), out, log=lambda m: None)
     assert {e["status"] for e in again} == {"reused"}
@@ -121,3 +129,162 @@ def test_bundled_demo_study_is_valid():
     study = load_study(example_path("semantic-children-study"))
     assert len(study.analyses) == 11
     assert study.order()[-1].type in ("contrast", "conjunction")
+
+
+@pytest.fixture
+def no_reports(monkeypatch):
+    """Studies without report.html (the report tests cover them), to keep these fast."""
+    import gpuale.study
+
+    monkeypatch.setattr(gpuale.study, "_report", lambda folder, log: None)
+
+
+def _interrupt_at(monkeypatch, name):
+    """Make analysis ``name`` stop as Ctrl-C would, once."""
+    import gpuale.study
+
+    real = gpuale.study._run_one
+
+    def run_one(analysis, *args, **kwargs):
+        if analysis.name == name:
+            raise KeyboardInterrupt
+        return real(analysis, *args, **kwargs)
+
+    monkeypatch.setattr(gpuale.study, "_run_one", run_one)
+    return lambda: monkeypatch.setattr(gpuale.study, "_run_one", real)
+
+
+def test_interrupted_study_names_what_finished_and_a_rerun_resumes(tmp_path, monkeypatch,
+                                                                   no_reports):
+    from gpuale.study import StudyInterrupted
+
+    study = load_study(_write(tmp_path))
+    order = [a.name for a in study.order()]
+    stop = order[2]
+    restore = _interrupt_at(monkeypatch, stop)
+    out = tmp_path / "out"
+    with pytest.raises(StudyInterrupted) as info:
+        run_study(study, out, log=lambda m: None)
+    assert info.value.finished == order[:2] and info.value.interrupted == stop
+    assert info.value.remaining == order[2:]
+    message = str(info.value)
+    assert f"2 of {len(order)} analyses finished" in message and stop in message
+    assert all(name in message for name in order[:2])
+    record = json.loads((out / "study.json").read_text())
+    assert record["state"] == "interrupted" and record["pending"] == order[2:]
+    assert [a["name"] for a in record["analyses"]] == order[:2]
+    assert not (out / stop).exists()
+
+    restore()
+    again = run_study(load_study(tmp_path / "study.toml"), out, log=lambda m: None)
+    assert {e["name"]: e["status"] for e in again} == {
+        name: "reused" if name in order[:2] else "ran" for name in order}
+    record = json.loads((out / "study.json").read_text())
+    assert record["state"] == "finished" and record["pending"] == []
+
+
+def test_force_recomputes_every_analysis_and_touches_nothing_else(tmp_path, no_reports):
+    study = load_study(_write(tmp_path))
+    out = tmp_path / "out"
+    run_study(study, out, log=lambda m: None)
+    (out / "notes.txt").write_text("mine")
+    (out / "extra").mkdir()
+    (out / "extra" / "keep.txt").write_text("mine too")
+    forced = run_study(study, out, force=True, log=lambda m: None)
+    assert {e["status"] for e in forced} == {"ran"}
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "extra" / "keep.txt").read_text() == "mine too"
+    assert {p.name for p in out.iterdir()} - {"index.html"} == {
+        *study.analyses, "extra", "notes.txt", "study.json"}
+
+
+def test_folders_holding_something_else_are_refused_unless_forced(tmp_path, no_reports):
+    from gpuale.study import StudyFolderConflict
+
+    study = load_study(_write(tmp_path))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(StudyFolderConflict, match="holds no gpuale study") as info:
+        run_study(study, out, log=lambda m: None)
+    assert "force=True" in str(info.value)
+    run_study(study, out, force=True, log=lambda m: None)
+    assert (out / "notes.txt").read_text() == "mine"
+
+    # A folder in the way of an analysis is refused, even with force: force replaces only
+    # what gpuale wrote (issue 16).
+    (out / "left" / "run.json").unlink()
+    (out / "left" / "mine.txt").write_text("mine")
+    with pytest.raises(StudyFolderConflict, match="in the way of analysis 'left'"):
+        run_study(study, out, log=lambda m: None)
+    with pytest.raises(ValueError, match="not a gpuale run folder"):
+        run_study(study, out, force=True, log=lambda m: None)
+    assert (out / "left" / "mine.txt").read_text() == "mine"
+    for file in (out / "left").iterdir():
+        file.unlink()  # emptied, it may take the analysis
+    run_study(study, out, force=True, log=lambda m: None)
+    assert (out / "left" / "run.json").exists()
+
+    # Another study's folder.
+    other = load_study(_write(tmp_path, STUDY.replace("[study]", '[study]\nname = "other"')))
+    with pytest.raises(StudyFolderConflict, match="holds the study 'study', not 'other'"):
+        run_study(other, out, log=lambda m: None)
+
+
+def test_run_json_records_study_command_selection_and_named_inputs(tmp_path, no_reports):
+    study = load_study(_write(tmp_path))
+    out = tmp_path / "out"
+    run_study(study, out, command="gpuale run study.toml", log=lambda m: None)
+    left = json.loads((out / "left" / "run.json").read_text())
+    assert left["command"] == "gpuale run study.toml"
+    assert left["study"] == "study" and left["study_analysis"] == "left"
+    assert left["study_file"] == str(tmp_path / "study.toml")
+    assert left["selection"] == {"inputs": ["data"], "where": "id in [A, B]", "split": None}
+    assert left["inputs"][0]["given"] == "foci.txt"
+    assert left["inputs"][0]["path"] == str(tmp_path / "foci.txt")
+    contrast = json.loads((out / "left_vs_right" / "run.json").read_text())
+    assert contrast["selection"]["A"] == {"analysis": "left", "inputs": ["data"],
+                                          "where": "id in [A, B]", "split": None}
+    assert contrast["selection"]["B"]["where"] == "id in [C, D]"
+    assert contrast["groups"]["A"]["inputs"][0]["given"] == "foci.txt"
+    assert contrast["command"] == "gpuale run study.toml"
+    conj = json.loads((out / "common" / "run.json").read_text())
+    assert conj["command"] == "gpuale run study.toml" and conj["study_analysis"] == "common"
+
+
+def test_bundled_inputs_keep_their_example_names(tmp_path, no_reports):
+    path = tmp_path / "children.toml"
+    path.write_text(textwrap.dedent("""
+        [study]
+        iterations = 2
+        workers = 1
+        device = "cpu"
+
+        [inputs]
+        children = "example:semantic-children"
+
+        [analyses.younger]
+        type = "global"
+        input = "children"
+        where = "age_mean >= 0"
+        split = { column = "age_mean", half = "low" }
+    """))
+    study = load_study(path)
+    run_study(study, tmp_path / "out", log=lambda m: None)
+    record = json.loads((tmp_path / "out" / "younger" / "run.json").read_text())
+    assert record["inputs"][0]["given"] == "example:semantic-children"
+    assert record["selection"]["split"] == {"column": "age_mean", "half": "low"}
+    from gpuale.examples import example_path
+
+    demo = load_study(example_path("semantic-children-study"))
+    assert demo.display_path == "example:semantic-children-study"
+
+
+def test_a_contrast_can_ask_for_cluster_level_fwe(tmp_path, no_reports):
+    study = STUDY.replace('a = "left"\nb = "right"', 'a = "left"\nb = "right"\ncluster_fwe = true')
+    assert "cluster_fwe = true" in study
+    run_study(load_study(_write(tmp_path, study)), tmp_path / "out", log=lambda _: None)
+    record = json.loads((tmp_path / "out" / "left_vs_right" / "run.json").read_text())
+    assert record["settings"]["cluster_fwe"] is True
+    nulls = np.load(tmp_path / "out" / "left_vs_right" / "nulls.npz")
+    assert nulls["max_cluster_size"].size == 5

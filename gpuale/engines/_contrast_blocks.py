@@ -95,6 +95,129 @@ def contrast_chunk(xp, blocks: list[VoxelBlock], n_voxels: int, seed: int, first
     return upper, lower, chunk_max
 
 
+def statistics_chunk(xp, blocks: list[VoxelBlock], spec, seed: int, first: int,
+                     count: int) -> dict:
+    """Every statistic of a :class:`~gpuale.nulls.ContrastNullSpec` for permutations
+    ``first .. first + count - 1``, from every voxel's float32 difference (the definition
+    of the histogram and cluster statistics; no voxel is skipped).
+
+    Returns
+    -------
+    dict
+        ``upper``, ``lower`` (None without ``exceedance``), ``max_abs`` (float64),
+        ``histogram`` and ``above`` (None and inf without a histogram), ``max_size`` and
+        ``max_mass`` (None without cluster statistics); host (numpy) arrays.
+    """
+    from gpuale.nulls import ABS_DIFFERENCE_HISTOGRAM, abs_difference_histogram
+
+    statistics = spec.statistics
+    splits = xp.asarray(random_splits(seed, first, count, spec.n_total, spec.n_a),
+                        dtype=xp.float64)
+    exceedance = "exceedance" in statistics
+    upper = xp.zeros(spec.n_voxels, dtype=xp.int64) if exceedance else None
+    lower = xp.zeros(spec.n_voxels, dtype=xp.int64) if exceedance else None
+    chunk_max = xp.zeros(count, dtype=xp.float32)
+    histogram, above = None, float("inf")
+    clusters = "max_cluster_size" in statistics
+    threshold = np.float32(spec.cluster_forming_abs_difference) if clusters else None
+    picked = []
+    still_open = True
+    for block in blocks:
+        if exceedance:
+            sum_a = block.count(xp, splits, upper, lower)
+        else:
+            sum_a = splits @ block.log
+        diff = _ale_difference(xp, sum_a, block.total, xp.float32)
+        magnitude = xp.abs(diff)
+        # The largest |difference| exactly as contrast_chunk finds it (the same blocks
+        # searched), so that it does not depend on what else is collected.
+        still_open = still_open and block.ceiling >= float(chunk_max.min())
+        if still_open:
+            xp.maximum(chunk_max, magnitude.max(axis=1), out=chunk_max)
+        if ABS_DIFFERENCE_HISTOGRAM in statistics:
+            counts, smallest = abs_difference_histogram(xp, magnitude, spec.histogram_bin,
+                                                        spec.histogram_floor)
+            histogram = counts if histogram is None else histogram + counts
+            above = min(above, smallest)
+        if clusters:
+            permutation, column = xp.nonzero(magnitude > threshold)
+            picked.append((permutation, block.columns[column], diff[permutation, column]))
+    out = {
+        "upper": None if upper is None else _host(upper),
+        "lower": None if lower is None else _host(lower),
+        # synchronize: a chunk's results come back once
+        "max_abs": _host(chunk_max).astype(np.float64),
+        "histogram": None if histogram is None else _host(histogram),
+        "above": above,
+        "max_size": None,
+        "max_mass": None,
+    }
+    if clusters:
+        if picked:
+            permutation, column, values = (
+                np.concatenate([_host(part[i]) for part in picked]) for i in range(3)
+            )
+        else:
+            permutation = column = np.zeros(0, np.int64)
+            values = np.zeros(0, np.float32)
+        out["max_size"], out["max_mass"] = largest_clusters(
+            permutation, column, values, count, spec.voxel_flat, spec.shape,
+            spec.connectivity, threshold)
+    return out
+
+
+def largest_clusters(permutation: np.ndarray, column: np.ndarray, values: np.ndarray,
+                     count: int, voxel_flat: np.ndarray, shape: tuple[int, int, int],
+                     connectivity: int, threshold) -> tuple[np.ndarray, np.ndarray]:
+    """Per permutation, the largest cluster size and mass of its supra-threshold voxels.
+
+    Parameters
+    ----------
+    permutation, column, values : ndarray
+        The supra-threshold (|difference| > threshold) voxels of every permutation of a
+        chunk: permutation within the chunk, column and float32 difference, in any order.
+    count : int
+        Permutations in the chunk.
+    voxel_flat, shape, connectivity
+        The columns' places in the volume and the neighbourhood.
+    threshold : float32
+        The cluster-forming |difference|.
+
+    Returns
+    -------
+    max_size : ndarray of int64, shape (count,)
+    max_mass : ndarray of float64, shape (count,)
+        Positive and negative differences are labelled apart and the largest over both
+        kept, as NiMARE's ``_calculate_cluster_measures(tail="two")``; a cluster's mass is
+        the sum of float64 (|difference| - threshold) over its voxels in ascending order.
+    """
+    from gpuale.clusters import cluster_measures, connectivity_structure
+
+    structure = connectivity_structure(connectivity)
+    order = np.lexsort((column, permutation))
+    permutation, column, values = permutation[order], column[order], values[order]
+    bounds = np.searchsorted(permutation, np.arange(count + 1))
+    max_size = np.zeros(count, dtype=np.int64)
+    max_mass = np.zeros(count, dtype=np.float64)
+    cut = np.float64(np.float32(threshold))
+    for p in range(count):
+        part = slice(bounds[p], bounds[p + 1])
+        for tail in (values[part] > 0, values[part] < 0):
+            if not tail.any():
+                continue
+            flat = voxel_flat[column[part][tail]]
+            excess = np.abs(values[part][tail]).astype(np.float64) - cut
+            sizes, masses, _ = cluster_measures(flat, excess, shape, structure)
+            max_size[p] = max(max_size[p], int(sizes.max()))
+            max_mass[p] = max(max_mass[p], float(masses.max()))
+    return max_size, max_mass
+
+
+def _host(array) -> np.ndarray:
+    """A device array's values on the host (numpy arrays pass through)."""
+    return array if isinstance(array, np.ndarray) else array.get()
+
+
 def observed_difference(xp, blocks: list[VoxelBlock], n_voxels: int):
     """Observed ALE_A - ALE_B (float64) at every voxel of the blocks."""
     diff = xp.zeros(n_voxels, dtype=xp.float64)

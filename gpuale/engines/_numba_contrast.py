@@ -260,6 +260,16 @@ def contrast_chunk(tables: ContrastTables, seed: int, first: int,
     max_abs : ndarray of float64, shape (count,)
         Largest |ALE_A - ALE_B| of each permutation (evaluated in float32).
     """
+    masks = _split_masks(tables, seed, first, count)
+    upper = np.empty(tables.n_voxels, dtype=np.int64)
+    lower = np.empty(tables.n_voxels, dtype=np.int64)
+    _count_exceedances(tables.indptr, tables.experiments, tables.values, tables.observed,
+                       tables.order, masks, upper, lower)
+    return upper, lower, _largest_differences(tables, masks)
+
+
+def _split_masks(tables: ContrastTables, seed: int, first: int, count: int) -> np.ndarray:
+    """``masks[e, p]``: -1 where experiment e is in group A in permutation p, else 0."""
     if count < 1:
         raise ValueError(f"count must be positive, got {count}")
     splits = random_splits(seed, first, count, tables.n_total, tables.n_a)
@@ -267,11 +277,12 @@ def contrast_chunk(tables: ContrastTables, seed: int, first: int,
     # the last row, all zeros, is the padding's.
     masks = np.zeros((tables.n_total + 1, count), dtype=np.int64)
     masks[:-1] = -splits.T.astype(np.int64)
-    upper = np.empty(tables.n_voxels, dtype=np.int64)
-    lower = np.empty(tables.n_voxels, dtype=np.int64)
-    _count_exceedances(tables.indptr, tables.experiments, tables.values, tables.observed,
-                       tables.order, masks, upper, lower)
+    return masks
 
+
+def _largest_differences(tables: ContrastTables, masks: np.ndarray) -> np.ndarray:
+    """Largest float32 |ALE_A - ALE_B| of each permutation, as the block code finds it."""
+    count = masks.shape[1]
     running = np.zeros(count, dtype=np.float32)
     capacity = max(PAIR_BATCH, count)
     perm = np.empty(capacity, dtype=np.int64)
@@ -291,7 +302,110 @@ def contrast_chunk(tables: ContrastTables, seed: int, first: int,
                 np.exp(arg_a[:n], out=arg_a[:n])
                 np.exp(arg_b[:n], out=arg_b[:n])
                 _fold_maxima(running, perm, arg_a, arg_b, n)
-    return upper, lower, running.astype(np.float64)
+    return running.astype(np.float64)
+
+
+#: Rows whose differences one batch of :func:`statistics_chunk` computes (with 128
+#: permutations, 2 MB of int64 sums).
+ROW_BATCH = 2048
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_sums(rows, indptr, experiments, values, masks, sums):
+    """``sums[i, p]``: group A's log-sum S_A at row ``rows[i]`` in permutation p (exact)."""
+    count = masks.shape[1]
+    for i in range(rows.size):
+        r = rows[i]
+        out = sums[i]
+        for p in range(count):
+            out[p] = 0
+        for k in range(indptr[r], indptr[r + 1], NONZERO_GROUP):
+            m0, m1 = masks[experiments[k]], masks[experiments[k + 1]]
+            m2, m3 = masks[experiments[k + 2]], masks[experiments[k + 3]]
+            v0, v1, v2, v3 = values[k], values[k + 1], values[k + 2], values[k + 3]
+            for p in range(count):
+                out[p] += _pick4(m0, m1, m2, m3, v0, v1, v2, v3, p)
+
+
+def statistics_chunk(tables: ContrastTables, spec, seed: int, first: int,
+                     count: int) -> dict:
+    """Every statistic of a :class:`~gpuale.nulls.ContrastNullSpec`, as the block code's
+    :func:`~gpuale.engines._contrast_blocks.statistics_chunk` gives them, bit for bit.
+
+    Exceedance counts and the largest |difference| come from :func:`contrast_chunk`'s
+    code. The histogram and the supra-threshold voxels need each voxel's float32
+    difference, evaluated as the block code does (exact S_A, float32 exponents, numpy's
+    float32 ``exp``), but only at rows that can matter: a difference never exceeds its
+    row's ``reach``, so a fine histogram of one coarse bin skips the rows whose reach is
+    below the bin, and the cluster statistics those whose reach is at most the
+    cluster-forming threshold.
+
+    Returns
+    -------
+    dict
+        As the block code's, except that the supra-threshold voxels are returned for
+        labelling (``picked``: permutation, column and float32 difference arrays) instead
+        of ``max_size`` and ``max_mass``.
+    """
+    from gpuale.nulls import ABS_DIFFERENCE_HISTOGRAM, HISTOGRAM_BINS, abs_difference_histogram
+
+    statistics = spec.statistics
+    masks = _split_masks(tables, seed, first, count)
+    out = {"upper": None, "lower": None, "histogram": None, "above": float("inf"),
+           "picked": None}
+    if "exceedance" in statistics:
+        out["upper"] = np.empty(tables.n_voxels, dtype=np.int64)
+        out["lower"] = np.empty(tables.n_voxels, dtype=np.int64)
+        _count_exceedances(tables.indptr, tables.experiments, tables.values, tables.observed,
+                           tables.order, masks, out["upper"], out["lower"])
+    out["max_abs"] = _largest_differences(tables, masks)
+    histogram = ABS_DIFFERENCE_HISTOGRAM in statistics
+    clusters = "max_cluster_size" in statistics
+    if not (histogram or clusters):
+        return out
+    threshold = np.float32(spec.cluster_forming_abs_difference) if clusters else None
+    # The smallest difference that counts one by one: the lowest value of the fine bin or
+    # of the coarse floor (below it, values are lumped into bin 0), or the threshold.
+    if histogram:
+        low_bin = spec.histogram_floor if spec.histogram_bin is None else spec.histogram_bin
+        low = np.array([low_bin << 16], np.uint32).view(np.float32)[0]
+    else:
+        low = threshold
+    if clusters:
+        low = min(low, threshold)
+    rows = np.flatnonzero(tables.reach >= np.float64(low)).astype(np.int64)
+    if histogram:
+        out["histogram"] = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
+        if spec.histogram_bin is None:
+            # The rows skipped: every difference below ``low``, so in a lumped bin.
+            out["histogram"][0] += count * (tables.n_voxels - rows.size)
+    picked = []
+    sums = np.empty((min(ROW_BATCH, rows.size), count), dtype=np.int64)
+    for start in range(0, rows.size, ROW_BATCH):
+        batch = rows[start : start + ROW_BATCH]
+        part = sums[: batch.size]
+        _group_sums(batch, tables.indptr, tables.experiments, tables.values, masks, part)
+        # As the block code rounds them: exact float64, then float32; numpy's float32 exp.
+        diff = ((tables.total[batch, None] - part) * _INVERSE_SCALE).astype(np.float32)
+        exp_a = (part * _INVERSE_SCALE).astype(np.float32)
+        np.exp(diff, out=diff)
+        np.exp(exp_a, out=exp_a)
+        diff -= exp_a
+        magnitude = np.abs(diff)
+        if histogram:
+            counts, smallest = abs_difference_histogram(np, magnitude, spec.histogram_bin,
+                                                        spec.histogram_floor)
+            out["histogram"] += counts
+            out["above"] = min(out["above"], smallest)
+        if clusters:
+            row, permutation = np.nonzero(magnitude > threshold)
+            picked.append((permutation, tables.order[batch[row]], diff[row, permutation]))
+    if clusters:
+        out["picked"] = tuple(
+            np.concatenate([p[i] for p in picked]) if picked else np.zeros(0, dtype)
+            for i, dtype in enumerate((np.int64, np.int64, np.float32))
+        )
+    return out
 
 
 def observed_difference(tables: ContrastTables) -> np.ndarray:

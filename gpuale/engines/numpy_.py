@@ -20,7 +20,14 @@ import numpy as np
 from gpuale.clusters import cluster_measures, connectivity_structure
 from gpuale.engines import _contrast_blocks
 from gpuale.engines._boxes import clipped_boxes
-from gpuale.nulls import ContrastNullPartial, ContrastNullSpec, GlobalNullPartial, GlobalNullSpec
+from gpuale.nulls import (
+    CONTRAST_STATISTICS,
+    ContrastNullPartial,
+    ContrastNullSpec,
+    GlobalNullPartial,
+    GlobalNullSpec,
+    contrast_partial,
+)
 from gpuale.problem import Problem
 from gpuale.rng import relocation_draws
 from gpuale.stats import ObservedALE, ale_from_log_sum
@@ -146,6 +153,9 @@ class NumpyEngine:
         if isinstance(spec, GlobalNullSpec):
             return self._global_chunk(spec, seed, first, count)
         blocks = self._blocks(spec)
+        if tuple(spec.statistics) != CONTRAST_STATISTICS:
+            return contrast_partial(
+                first, _contrast_blocks.statistics_chunk(np, blocks, spec, seed, first, count))
         upper, lower, max_abs = _contrast_blocks.contrast_chunk(
             np, blocks, spec.n_voxels, seed, first, count, spec.n_total, spec.n_a
         )
@@ -156,8 +166,9 @@ class NumpyEngine:
 
     def _blocks(self, spec: ContrastNullSpec) -> list:
         with self._lock:
-            # The cache holds the spec itself, so its id cannot be reused by another.
-            if self._contrast is None or self._contrast[0] is not spec:
+            # The cache holds the spec itself, so its log maps' id cannot be reused by
+            # another; specs of the same data (the passes of a cluster null) share blocks.
+            if self._contrast is None or not self._contrast[0].same_data(spec):
                 self._contrast = (spec, _contrast_blocks.voxel_blocks(np, spec.log_maps,
                                                                       spec.n_a))
             return self._contrast[1]

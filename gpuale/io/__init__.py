@@ -1,4 +1,5 @@
-"""Reading coordinate data sets: Sleuth text, CSV/TSV tables, experiment sheets, NiMARE JSON.
+"""Reading coordinate data sets: Sleuth text, CSV/TSV tables, experiment sheets, NiMARE JSON,
+Studysets (JSON and parquet) and Neurosynth releases.
 
 Every reader returns a :class:`gpuale.dataset.Dataset` with foci in MNI millimetres and
 raises :class:`CoordinateFileError` (file, line, problem) for anything wrong with an input.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from gpuale.dataset import Dataset, Experiment
@@ -24,8 +25,16 @@ from gpuale.io.errors import (
     read_text,
     split_lines,
 )
+from gpuale.io.neurosynth import find_release, is_neurosynth_header, read_neurosynth
 from gpuale.io.nimare_json import read_nimare_json
 from gpuale.io.sleuth import COMMENT, read_sleuth
+from gpuale.io.studyset import (
+    is_parquet_studyset,
+    is_studyset_document,
+    load_json,
+    read_studyset_json,
+    read_studyset_parquet,
+)
 from gpuale.io.table import (
     EXPERIMENT_COLUMNS,
     FOCI_DIR,
@@ -34,6 +43,7 @@ from gpuale.io.table import (
     read_table,
     read_table_header,
 )
+from gpuale.selection import referenced_columns, select
 from gpuale.space import DEFAULT_TAL_TRANSFORM
 
 __all__ = [
@@ -44,8 +54,11 @@ __all__ = [
     "detect_format",
     "load_dataset",
     "read_experiment_sheet",
+    "read_neurosynth",
     "read_nimare_json",
     "read_sleuth",
+    "read_studyset_json",
+    "read_studyset_parquet",
     "read_table",
 ]
 
@@ -53,6 +66,9 @@ SLEUTH = "sleuth"
 TABLE = "table"
 SHEET = "sheet"
 NIMARE_JSON = "nimare_json"
+NEUROSYNTH = "neurosynth"
+STUDYSET_JSON = "studyset_json"
+STUDYSET_PARQUET = "studyset_parquet"
 
 #: Format name → reader; every reader takes ``(path, *, space, tal_transform)``.
 FORMATS: dict[str, Callable[..., Dataset]] = {
@@ -60,14 +76,27 @@ FORMATS: dict[str, Callable[..., Dataset]] = {
     TABLE: read_table,
     SHEET: read_experiment_sheet,
     NIMARE_JSON: read_nimare_json,
+    NEUROSYNTH: read_neurosynth,
+    STUDYSET_JSON: read_studyset_json,
+    STUDYSET_PARQUET: read_studyset_parquet,
 }
+#: Readers that also take ``sample_size`` (N of experiments without one) and ``columns``
+#: (optional metadata columns to load). Sleuth files and tables state every N.
+_SAMPLE_SIZE_FORMATS = frozenset({NIMARE_JSON, NEUROSYNTH, STUDYSET_JSON, STUDYSET_PARQUET})
+_COLUMN_FORMATS = frozenset({NEUROSYNTH, STUDYSET_JSON, STUDYSET_PARQUET})
 
 _JSON_SUFFIX = ".json"
 _JSON_START = ("{", "[")
 _UNKNOWN_FORMAT = (
     "not a coordinate file: expected a Sleuth text file (starting with `// Reference=`), "
     "a CSV/TSV table with experiment, x, y, z and sample-size columns, an experiments.csv "
-    "sheet with a foci/ folder beside it, or a NiMARE dataset .json"
+    "sheet with a foci/ folder beside it, a NiMARE dataset or Studyset .json, or a "
+    "Neurosynth release's coordinates.tsv[.gz]"
+)
+_UNKNOWN_FOLDER = (
+    f"a directory without {SHEET_FILE} (an experiment sheet, with foci/), a Neurosynth "
+    "release (one *coordinates.tsv[.gz] with its *metadata.tsv[.gz]) or a parquet Studyset "
+    "(studyset.json with analyses.parquet, coordinates.parquet, ...)"
 )
 
 
@@ -83,8 +112,12 @@ def detect_format(path: PathLike) -> str:
     -------
     str
         ``"sheet"`` for a directory with ``experiments.csv`` (or a sheet with ``foci/``
-        beside it), ``"nimare_json"`` for ``.json``, ``"sleuth"`` when the first non-blank
-        line starts with ``//``, ``"table"`` when the header has x, y, z columns.
+        beside it); ``"studyset_parquet"`` for a parquet Studyset folder (or its
+        ``studyset.json``); ``"neurosynth"`` for a release folder or a file with a
+        release's coordinates or metadata header (``id, table_id, ..., x, y, z``); for
+        JSON, ``"studyset_json"`` when it holds a list of ``studies``, else
+        ``"nimare_json"``; ``"sleuth"`` when the first non-blank line starts with ``//``;
+        ``"table"`` when the header has x, y, z columns. Files may be gzip-compressed.
 
     Raises
     ------
@@ -95,21 +128,43 @@ def detect_format(path: PathLike) -> str:
     if path.is_dir():
         if (path / SHEET_FILE).is_file():
             return SHEET
-        raise CoordinateFileError(path, None, f"a directory without {SHEET_FILE}")
-    if path.suffix.lower() == _JSON_SUFFIX:
-        return NIMARE_JSON
+        if is_parquet_studyset(path):
+            return STUDYSET_PARQUET
+        if any(p.name.endswith(("coordinates.tsv", "coordinates.tsv.gz"))
+               for p in path.iterdir()):
+            find_release(path)  # one release, with its metadata, or a clear error
+            return NEUROSYNTH
+        raise CoordinateFileError(path, None, _UNKNOWN_FOLDER)
+    if is_parquet_studyset(path):
+        return STUDYSET_PARQUET
     text = read_text(path)
     first = next(line.strip() for line in split_lines(text) if line.strip())
+    if path.suffix.lower() == _JSON_SUFFIX or first.startswith(_JSON_START):
+        return _json_format(path, text)
     if first.startswith(COMMENT):
         return SLEUTH
-    if first.startswith(_JSON_START):
-        return NIMARE_JSON
     header = read_table_header(path, text)
+    # Releases are tab-separated whatever the name; a metadata file has no x, y, z for
+    # the table sniffer to find its delimiter by.
+    if is_neurosynth_header(header) or is_neurosynth_header(
+        {name.strip().lower() for name in first.split("\t")}
+    ):
+        return NEUROSYNTH
     if {"x", "y", "z"} <= header:
         return TABLE
     if header.intersection(EXPERIMENT_COLUMNS) and (path.parent / FOCI_DIR).is_dir():
         return SHEET
     raise CoordinateFileError(path, 1, _UNKNOWN_FORMAT)
+
+
+def _json_format(path: Path, text: str) -> str:
+    """A Studyset (an object with a list of ``studies``) or a NiMARE dataset."""
+    if '"studies"' not in text:  # cheap: most dataset files need no parse here
+        return NIMARE_JSON
+    if is_studyset_document(load_json(path, keep=True)):
+        return STUDYSET_JSON  # its reader takes the parsed document
+    load_json(path)  # not a Studyset: let go of the parsed document
+    return NIMARE_JSON
 
 
 def _prefixes(paths: Sequence[PathLike]) -> list[str]:
@@ -161,18 +216,32 @@ def load_dataset(
     *,
     space: str | None = None,
     tal_transform: str = DEFAULT_TAL_TRANSFORM,
+    sample_size: int | None = None,
+    columns: Collection[str] | None = None,
+    where: str | None = None,
 ) -> Dataset:
     """Read one or more inputs, detecting each one's format, into one data set.
 
     Parameters
     ----------
     paths : sequence of str or PathLike, or one path
-        Sleuth text files, CSV/TSV tables, experiment sheets (or their directories) and
-        NiMARE JSON files, in any mix.
+        Sleuth text files, CSV/TSV tables, experiment sheets (or their directories),
+        NiMARE dataset and Studyset JSON files, parquet Studyset folders and Neurosynth
+        releases, in any mix.
     space : {"MNI", "TAL"}, optional
-        Space for inputs that do not state it; must agree with those that do.
+        Space for inputs that do not state it; must agree with those that do (Neurosynth
+        and Studysets: the space of coordinates marked UNKNOWN).
     tal_transform : str
         Talairach → MNI transform (see :func:`gpuale.space.tal2mni`).
+    sample_size : int, optional
+        N of every experiment whose input gives none (NiMARE's ``kernel__sample_size``):
+        Neurosynth releases (which have none), Studysets and NiMARE dataset JSON.
+    columns : collection of str, optional
+        Optional metadata columns to load where an input has too many to load them all:
+        Neurosynth term features (``terms_abstract_tfidf__pain``), Studyset annotations.
+    where : str, optional
+        A selection (:func:`gpuale.selection.select`) applied to the result; the columns
+        it names are loaded as with ``columns``.
 
     Returns
     -------
@@ -185,6 +254,8 @@ def load_dataset(
     ------
     CoordinateFileError
         For any problem with an input, naming the file and line.
+    ValueError
+        For a ``where`` that is malformed, names an unknown column or selects nothing.
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
@@ -193,8 +264,17 @@ def load_dataset(
         raise ValueError("no input files given")
     normalize_space_argument(space)
     check_tal_transform(tal_transform)
-    datasets = [
-        FORMATS[detect_format(path)](path, space=space, tal_transform=tal_transform)
-        for path in paths
-    ]
-    return Dataset.concat(_unique_across(paths, datasets))
+    wanted = set(columns or ())
+    if where is not None:
+        wanted |= referenced_columns(where)
+    datasets = []
+    for path in paths:
+        kind = detect_format(path)
+        options = {"space": space, "tal_transform": tal_transform}
+        if kind in _SAMPLE_SIZE_FORMATS:
+            options["sample_size"] = sample_size
+        if kind in _COLUMN_FORMATS:
+            options["columns"] = wanted
+        datasets.append(FORMATS[kind](path, **options))
+    dataset = Dataset.concat(_unique_across(paths, datasets))
+    return dataset if where is None else select(dataset, where)

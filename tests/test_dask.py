@@ -1,0 +1,278 @@
+"""Permutations on a Dask cluster: the same nulls as one machine, bit for bit.
+
+A ``LocalCluster`` of two worker processes (what CI runs), and a cluster started with
+dask's own command line (``dask scheduler``, ``dask worker``) on 127.0.0.1 driven by
+``gpuale global --scheduler``. Skipped without the dask extra.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_small_grid, random_dataset
+from typer.testing import CliRunner
+
+from gpuale import cli
+from gpuale.analysis import run_ale
+from gpuale.engines import get_engine
+from gpuale.engines.numpy_ import NumpyEngine
+from gpuale.nulls import (
+    ContrastNullSpec,
+    DaskScheduler,
+    GlobalNullSpec,
+    RunInterrupted,
+    SchedulerUnavailable,
+    ThreadScheduler,
+    run_null,
+)
+from gpuale.problem import compile_problem
+
+distributed = pytest.importorskip("distributed", reason="needs the dask extra")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                               dashboard_address=None)
+    with cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def problem():
+    grid = make_small_grid()
+    dataset = random_dataset(grid, 20, np.random.default_rng(7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compile_problem(dataset, grid), run_ale(dataset, grid=grid, n_iters=0).threshold
+
+
+def assert_same_global(a, b):
+    for name in ("max_ale", "max_cluster_size", "max_cluster_mass"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+@pytest.mark.parametrize("engine", [get_engine("cpu"), NumpyEngine()], ids=lambda e: e.name)
+def test_global_null_on_a_cluster_equals_one_machine(client, problem, engine):
+    compiled, threshold = problem
+    spec = GlobalNullSpec(compiled, threshold, 6)
+    here = run_null(spec, engine, seed=11, n_iters=70, scheduler=ThreadScheduler(2))
+    seen = []
+    there = run_null(spec, engine, seed=11, n_iters=70, progress=seen.append,
+                     scheduler=DaskScheduler(client, in_flight=3))
+    assert_same_global(here, there)
+    assert sum(seen) == 70 and len(seen) == len(range(0, 70, engine.chunk_size(spec)))
+
+
+def test_contrast_null_on_a_cluster_equals_one_machine(client, problem):
+    compiled, _ = problem
+    engine = get_engine("cpu")
+    _, log_maps = engine.experiment_log_maps(compiled)
+    spec = ContrastNullSpec(log_maps, 8)
+    here = run_null(spec, engine, seed=5, n_iters=300, scheduler=ThreadScheduler(2))
+    there = run_null(spec, engine, seed=5, n_iters=300, scheduler=DaskScheduler(client))
+    for name in ("upper", "lower", "max_abs", "diff"):
+        np.testing.assert_array_equal(getattr(here, name), getattr(there, name))
+
+
+def test_run_ale_takes_the_scheduler(client):
+    grid = make_small_grid()
+    dataset = random_dataset(grid, 18, np.random.default_rng(3))
+    here = run_ale(dataset, grid=grid, n_iters=40, seed=2)
+    there = run_ale(dataset, grid=grid, n_iters=40, seed=2, scheduler=DaskScheduler(client))
+    assert_same_global(here.montecarlo, there.montecarlo)
+    np.testing.assert_array_equal(here.inference.p_cluster_size, there.inference.p_cluster_size)
+
+
+def test_ctrl_c_cancels_the_futures(client, problem):
+    compiled, threshold = problem
+    spec = GlobalNullSpec(compiled, threshold, 6)
+
+    def stop(n):
+        raise KeyboardInterrupt  # as Ctrl-C arrives while waiting for the next chunk
+
+    with pytest.raises(RunInterrupted):
+        run_null(spec, get_engine("cpu"), seed=1, n_iters=400, progress=stop,
+                 scheduler=DaskScheduler(client, in_flight=4))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = [key for keys in client.processing().values() for key in keys
+                if "gpuale-null" in str(key)]
+        if not left and not any("gpuale-null" in str(k) for k in client.who_has()):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"chunks still on the cluster after Ctrl-C: {left}")
+
+
+def test_a_worker_error_reaches_the_caller(client, problem):
+    compiled, threshold = problem
+
+    class Broken(NumpyEngine):
+        def null_chunk(self, spec, seed, first, count):
+            raise ZeroDivisionError(f"chunk {first}")
+
+    with pytest.raises(ZeroDivisionError, match="chunk"):
+        run_null(GlobalNullSpec(compiled, threshold, 6), Broken(), seed=1, n_iters=24,
+                 scheduler=DaskScheduler(client))
+
+
+def test_an_unreachable_scheduler_is_a_clear_error():
+    scheduler = DaskScheduler("tcp://127.0.0.1:9", timeout=1)
+    with pytest.raises(SchedulerUnavailable, match="cannot reach the Dask scheduler at "
+                       "'tcp://127.0.0.1:9'.*dask scheduler"):
+        scheduler.client()
+
+
+def test_the_problem_is_sent_once_and_chunks_name_it(client, problem, monkeypatch):
+    compiled, threshold = problem
+    scattered, submitted = [], []
+    scatter, submit = client.scatter, client.submit
+
+    def spy_scatter(data, **kwargs):
+        scattered.append((type(data).__name__, kwargs.get("broadcast")))
+        return scatter(data, **kwargs)
+
+    def spy_submit(function, *args, **kwargs):
+        submitted.append([type(a).__name__ for a in args])
+        return submit(function, *args, **kwargs)
+
+    monkeypatch.setattr(client, "scatter", spy_scatter)
+    monkeypatch.setattr(client, "submit", spy_submit)
+    run_null(GlobalNullSpec(compiled, threshold, 6), NumpyEngine(), seed=1, n_iters=40,
+             scheduler=DaskScheduler(client))
+    assert scattered == [("NumpyEngine", True), ("GlobalNullSpec", True)]
+    assert len(submitted) == 5  # one task per chunk of 8
+    assert all(args[:2] == ["Future", "Future"] and args[2:] == ["int"] * 3
+               for args in submitted)
+
+
+def test_cli_reports_an_unreachable_scheduler(tmp_path, monkeypatch):
+    # dask retries a refused connection until its timeout; a short one keeps this quick
+    monkeypatch.setattr(cli, "DaskScheduler", functools.partial(DaskScheduler, timeout=1))
+    sleuth = tmp_path / "foci.txt"
+    sleuth.write_text(SLEUTH)
+    result = CliRunner().invoke(cli.app, [
+        "global", str(sleuth), "--out", str(tmp_path / "out"), "--iters", "8", "--quiet",
+        "--no-report", "--scheduler", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert "cannot reach the Dask scheduler" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+SLEUTH = """// Reference=MNI
+// Study A
+// Subjects=20
+-40\t20\t10
+-42\t24\t12
+38\t22\t8
+
+// Study B
+// Subjects=12
+-38\t18\t12
+-44\t22\t10
+
+// Study C
+// Subjects=30
+-40\t22\t8
+40\t20\t10
+0\t-60\t30
+"""
+
+
+def _dask_cli(*args: str, log: Path) -> subprocess.Popen:
+    dask = Path(sys.executable).with_name("dask")
+    command = [str(dask)] if dask.exists() else [sys.executable, "-m", "dask"]
+    with open(log, "w") as handle:
+        return subprocess.Popen([*command, *args], stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+@pytest.mark.slow
+def test_cli_on_a_cluster_from_dasks_own_command_line(tmp_path):
+    """``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, and
+    ``gpuale global --scheduler``: nulls.npz equals a single-machine run's."""
+    sleuth = tmp_path / "foci.txt"
+    sleuth.write_text(SLEUTH)
+    address_file = tmp_path / "scheduler.json"
+    processes = [_dask_cli("scheduler", "--host", "127.0.0.1", "--port", "0",
+                           "--no-dashboard", "--scheduler-file", str(address_file),
+                           log=tmp_path / "scheduler.log")]
+    try:
+        deadline = time.monotonic() + 30
+        while not address_file.exists() or not address_file.read_text().strip():
+            assert time.monotonic() < deadline, (tmp_path / "scheduler.log").read_text()
+            time.sleep(0.1)
+        time.sleep(0.1)  # the file is written whole, but give it a moment
+        address = json.loads(address_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        processes.append(_dask_cli("worker", address, "--nworkers", "2", "--nthreads", "1",
+                                   "--host", "127.0.0.1", "--no-dashboard",
+                                   log=tmp_path / "worker.log"))
+        common = ["global", str(sleuth), "--iters", "48", "--seed", "4", "--quiet",
+                  "--no-report"]
+        runner = CliRunner()
+        there = runner.invoke(cli.app, [*common, "--out", str(tmp_path / "dask"),
+                                        "--scheduler", address])
+        assert there.exit_code == 0, there.output + (tmp_path / "worker.log").read_text()
+        here = runner.invoke(cli.app, [*common, "--out", str(tmp_path / "local")])
+        assert here.exit_code == 0, here.output
+        a = np.load(tmp_path / "dask" / "nulls.npz")
+        b = np.load(tmp_path / "local" / "nulls.npz")
+        assert a.files == b.files
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name])
+    finally:
+        for process in reversed(processes):
+            os.killpg(process.pid, 15)
+        for process in processes:
+            process.wait(timeout=30)
+
+
+def test_an_engine_that_cannot_be_pickled_is_made_on_each_worker(client, problem,
+                                                                 monkeypatch):
+    """As the CUDA engine (a lock, GPU state): sent as its device, made by get_engine on
+    each worker (whose own engines pickle as usual: only this process is patched)."""
+    from gpuale.engines.numba_ import NumbaEngine
+
+    compiled, threshold = problem
+    spec = GlobalNullSpec(compiled, threshold, 6)
+    here = run_null(spec, get_engine("cpu"), seed=9, n_iters=24)
+
+    def refuse(self):
+        raise TypeError("cannot pickle '_thread.lock' object")
+
+    monkeypatch.setattr(NumbaEngine, "__getstate__", refuse)
+    there = run_null(spec, NumbaEngine(), seed=9, n_iters=24, scheduler=DaskScheduler(client))
+    assert_same_global(here, there)
+
+
+def test_an_engine_no_worker_can_make_is_a_clear_error(client, problem):
+    import threading
+
+    class Local(NumpyEngine):  # not what get_engine makes, and holding a lock
+        def __init__(self):
+            super().__init__()
+            self.lock = threading.Lock()
+
+        def __getstate__(self):
+            return {"lock": self.lock}
+
+    compiled, threshold = problem
+    with pytest.raises(SchedulerUnavailable, match="cannot be sent to Dask workers"):
+        run_null(GlobalNullSpec(compiled, threshold, 6), Local(), seed=1, n_iters=16,
+                 scheduler=DaskScheduler(client))
