@@ -9,48 +9,14 @@ not used: on Linux it keeps the high-water mark of the process that forked us.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import threading
 import warnings
 from pathlib import Path
 
+from gpuale.compare import PeakMemory  # the same sampler as `gpuale compare`
+
 warnings.simplefilter("ignore")
 HERE = Path(__file__).resolve().parent
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            kids += [int(k) for k in task.read_text().split()]
-        except OSError:
-            pass
-    return kids
-
-
-class PeakMemory(threading.Thread):
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak_kib = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        me = os.getpid()
-        while not self.stop.wait(0.02):
-            total = _rss_kib(me) + sum(_rss_kib(k) for k in _children(me))
-            self.peak_kib = max(self.peak_kib, total)
 
 
 def _contrast_groups():

@@ -47,6 +47,7 @@ __all__ = [
     "COMPARE_FILES",
     "NIMARE_MISSING",
     "AnalysisSettings",
+    "PeakMemory",
     "SideFailed",
     "check_compare_out",
     "Tolerances",
@@ -157,7 +158,7 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-class _PeakMemory(threading.Thread):
+class PeakMemory(threading.Thread):
     """Peak resident set of this process and its children, sampled every 20 ms.
 
     ``ru_maxrss`` is not used: on Linux it keeps the high-water mark of the parent that
@@ -279,7 +280,7 @@ def _run_nimare(settings: AnalysisSettings) -> dict[str, np.ndarray]:
 
 def _worker(tool: str, settings_json: str, out_npz: str) -> None:
     """One side of a comparison in this (fresh) process; prints its peak memory as JSON."""
-    monitor = _PeakMemory()
+    monitor = PeakMemory()
     monitor.start()
     warnings.simplefilter("ignore")
     settings = AnalysisSettings.from_json(json.loads(settings_json))

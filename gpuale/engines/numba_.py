@@ -285,6 +285,23 @@ def _largest_per_group(bounds, flat, excess, nx, ny, nz, offsets, label, parent,
 
 
 @_njit
+def _stamp_ranks(scratch, first, stop, ijk, focus_side, focus_start, rank_table, nx, ny, nz):
+    """Stamp the kernel ranks of foci ``first .. stop - 1`` (one experiment) into
+    ``scratch``, keeping the largest: ranks grow with the kernel value, so the largest
+    rank is the maximum MA."""
+    for f in range(first, stop):
+        side = focus_side[f]
+        r = side // 2
+        x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
+        for i in range(max(x - r, 0), min(x + r + 1, nx)):
+            for j in range(max(y - r, 0), min(y + r + 1, ny)):
+                row = (i * ny + j) * nz
+                krow = focus_start[f] + ((i - x + r) * side + j - y + r) * side - z + r
+                for k in range(max(z - r, 0), min(z + r + 1, nz)):
+                    scratch[row + k] = max(scratch[row + k], rank_table[krow + k])
+
+
+@_njit
 def _observed_log_sum(ijk, offsets, focus_side, focus_start, kernel_of_experiment,
                       rank_table, log1m_table, log1m_start, nx, ny, nz, mask_flat, log_sum,
                       scratch, counts, counts_start):
@@ -298,16 +315,8 @@ def _observed_log_sum(ijk, offsets, focus_side, focus_start, kernel_of_experimen
     for e in range(offsets.size - 1):
         table = log1m_start[kernel_of_experiment[e]]
         base = counts_start[e]
-        for f in range(offsets[e], offsets[e + 1]):
-            side = focus_side[f]
-            r = side // 2
-            x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
-            for i in range(max(x - r, 0), min(x + r + 1, nx)):
-                for j in range(max(y - r, 0), min(y + r + 1, ny)):
-                    row = (i * ny + j) * nz
-                    krow = focus_start[f] + ((i - x + r) * side + j - y + r) * side - z + r
-                    for k in range(max(z - r, 0), min(z + r + 1, nz)):
-                        scratch[row + k] = max(scratch[row + k], rank_table[krow + k])
+        _stamp_ranks(scratch, offsets[e], offsets[e + 1], ijk, focus_side, focus_start,
+                     rank_table, nx, ny, nz)
         for f in range(offsets[e], offsets[e + 1]):
             side = focus_side[f]
             r = side // 2
@@ -337,16 +346,8 @@ def _experiment_terms(ijk, offsets, focus_side, focus_start, kernel_of_experimen
     n = 0
     for e in range(offsets.size - 1):
         table = log1m_start[kernel_of_experiment[e]]
-        for f in range(offsets[e], offsets[e + 1]):
-            side = focus_side[f]
-            r = side // 2
-            x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
-            for i in range(max(x - r, 0), min(x + r + 1, nx)):
-                for j in range(max(y - r, 0), min(y + r + 1, ny)):
-                    row = (i * ny + j) * nz
-                    krow = focus_start[f] + ((i - x + r) * side + j - y + r) * side - z + r
-                    for k in range(max(z - r, 0), min(z + r + 1, nz)):
-                        scratch[row + k] = max(scratch[row + k], rank_table[krow + k])
+        _stamp_ranks(scratch, offsets[e], offsets[e + 1], ijk, focus_side, focus_start,
+                     rank_table, nx, ny, nz)
         for f in range(offsets[e], offsets[e + 1]):
             side = focus_side[f]
             r = side // 2
