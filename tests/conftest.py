@@ -16,6 +16,26 @@ from gpuale.rng import relocation_draws
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: A small Sleuth file (three studies, MNI) for command-line and scheduler tests.
+SLEUTH = """// Reference=MNI
+// Study A
+// Subjects=20
+-40\t20\t10
+-42\t24\t12
+38\t22\t8
+
+// Study B
+// Subjects=12
+-38\t18\t12
+-44\t22\t10
+
+// Study C
+// Subjects=30
+-40\t22\t8
+40\t20\t10
+0\t-60\t30
+"""
+
 
 def shared_data_dir() -> Path | None:
     """The workplace's shared data folder, if this checkout has one beside or inside it."""
@@ -23,6 +43,36 @@ def shared_data_dir() -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+#: Two disjoint groups of experiments (A1-A3, B1-B2) for contrast and run-folder tests.
+SLEUTH_GROUP_A = """// Reference=MNI
+// A1
+// Subjects=20
+-40\t20\t10
+-42\t24\t12
+38\t22\t8
+
+// A2
+// Subjects=12
+-38\t18\t12
+-44\t22\t10
+
+// A3
+// Subjects=30
+-40\t22\t8
+40\t20\t10
+"""
+SLEUTH_GROUP_B = """// Reference=MNI
+// B1
+// Subjects=18
+40\t-60\t30
+42\t-62\t28
+
+// B2
+// Subjects=25
+38\t-58\t32
+-40\t22\t8
+"""
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_small_grid, random_dataset
+from conftest import SLEUTH_GROUP_A, SLEUTH_GROUP_B, make_small_grid, random_dataset
 from typer.testing import CliRunner
 
 import gpuale.contrast
@@ -137,43 +137,13 @@ def test_global_ale_warns_when_alpha_is_out_of_reach():
     assert any("21 iterations" in w for w in result.warnings)
 
 
-SLEUTH_A = """// Reference=MNI
-// A1
-// Subjects=20
--40\t20\t10
--42\t24\t12
-38\t22\t8
-
-// A2
-// Subjects=12
--38\t18\t12
--44\t22\t10
-
-// A3
-// Subjects=30
--40\t22\t8
-40\t20\t10
-"""
-SLEUTH_B = """// Reference=MNI
-// B1
-// Subjects=18
-40\t-60\t30
-42\t-62\t28
-
-// B2
-// Subjects=25
-38\t-58\t32
--40\t22\t8
-"""
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("checks")
-    (root / "a.txt").write_text(SLEUTH_A)
-    (root / "b.txt").write_text(SLEUTH_B)
+    (root / "a.txt").write_text(SLEUTH_GROUP_A)
+    (root / "b.txt").write_text(SLEUTH_GROUP_B)
     # A foreign group: A's first two experiments, one with another sample size.
-    (root / "c.txt").write_text(SLEUTH_A.split("// A3")[0].replace("Subjects=12",
+    (root / "c.txt").write_text(SLEUTH_GROUP_A.split("// A3")[0].replace("Subjects=12",
                                                                      "Subjects=13"))
     for name in ("a", "b", "c"):
         result = runner.invoke(cli.app, ["global", str(root / f"{name}.txt"), "--out",

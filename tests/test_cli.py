@@ -7,31 +7,13 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import SLEUTH
 from typer.testing import CliRunner
 
 from gpuale import cli
 from gpuale.grid import load_grid
 
 runner = CliRunner()
-
-SLEUTH = """// Reference=MNI
-// Study A
-// Subjects=20
--40\t20\t10
--42\t24\t12
-38\t22\t8
-
-// Study B
-// Subjects=12
--38\t18\t12
--44\t22\t10
-
-// Study C
-// Subjects=30
--40\t22\t8
-40\t20\t10
-0\t-60\t30
-"""
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_small_grid, random_dataset
+from conftest import SLEUTH, make_small_grid, random_dataset
 from typer.testing import CliRunner
 
 from gpuale import cli
@@ -173,25 +173,6 @@ def test_cli_reports_an_unreachable_scheduler(tmp_path, monkeypatch):
     assert "cannot reach the Dask scheduler" in result.output
     assert not (tmp_path / "out").exists()
 
-
-SLEUTH = """// Reference=MNI
-// Study A
-// Subjects=20
--40\t20\t10
--42\t24\t12
-38\t22\t8
-
-// Study B
-// Subjects=12
--38\t18\t12
--44\t22\t10
-
-// Study C
-// Subjects=30
--40\t22\t8
-40\t20\t10
-0\t-60\t30
-"""
 
 
 def _dask_cli(*args: str, log: Path) -> subprocess.Popen:

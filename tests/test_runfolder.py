@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import SLEUTH_GROUP_A, SLEUTH_GROUP_B
 from typer.testing import CliRunner
 
 from gpuale import cli, runfolder
@@ -21,35 +22,6 @@ from gpuale.runfolder import NotARunFolder, finished_with, open_run, read_main_e
 runner = CliRunner()
 PACKAGE = Path(runfolder.__file__).parent
 
-FOCI_A = """// Reference=MNI
-// A1
-// Subjects=20
--40\t20\t10
--42\t24\t12
-38\t22\t8
-
-// A2
-// Subjects=12
--38\t18\t12
--44\t22\t10
-
-// A3
-// Subjects=30
--40\t22\t8
-40\t20\t10
-"""
-FOCI_B = """// Reference=MNI
-// B1
-// Subjects=18
-40\t-60\t30
-42\t-62\t28
-
-// B2
-// Subjects=25
-38\t-58\t32
--40\t22\t8
-"""
-
 
 def _invoke(*args: str) -> None:
     result = runner.invoke(cli.app, [*args, "--quiet", "--no-report"])
@@ -60,8 +32,8 @@ def _invoke(*args: str) -> None:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A global ALE with Monte Carlo, a contrast and a conjunction, written by the CLI."""
     root = tmp_path_factory.mktemp("runs")
-    (root / "a.txt").write_text(FOCI_A)
-    (root / "b.txt").write_text(FOCI_B)
+    (root / "a.txt").write_text(SLEUTH_GROUP_A)
+    (root / "b.txt").write_text(SLEUTH_GROUP_B)
     out = {name: root / name for name in ("ale", "contrast", "conjunction", "no_mc")}
     _invoke("global", str(root / "a.txt"), "--out", str(out["ale"]), "--iters", "20",
             "--workers", "1")
