@@ -7,7 +7,30 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Dataset", "Experiment"]
+__all__ = ["NO_SAMPLE_SIZE", "Dataset", "Experiment", "SampleSizeUnknown"]
+
+
+class _NoSampleSize:
+    """The type of :data:`NO_SAMPLE_SIZE`."""
+
+    def __repr__(self) -> str:
+        return "NO_SAMPLE_SIZE"
+
+
+#: Given to a reader as its ``sample_size`` where N is not needed (a fixed kernel FWHM):
+#: experiments whose input states no N load with ``n_subjects=None`` instead of an error.
+NO_SAMPLE_SIZE = _NoSampleSize()
+
+#: How to give experiments without a sample size one, in the words of the Python API.
+_SAMPLE_SIZE_HINT = "give one N for them all, e.g. sample_size=20"
+
+
+class SampleSizeUnknown(ValueError):
+    """Experiments without a sample size where the kernel width follows N; ``option`` and
+    ``hint`` let the command line name its flag."""
+
+    option = "sample_size"
+    hint = _SAMPLE_SIZE_HINT
 
 
 #: Foci farther than this from the origin are an error: no brain, nor a voxel index of any
@@ -26,8 +49,10 @@ class Experiment:
         Identifier, unique within a :class:`Dataset`.
     label : str
         Human-readable description (e.g. the Sleuth label lines joined by `` | ``).
-    n_subjects : int
-        Sample size; sets the width of the ALE kernel (Eickhoff et al. 2009).
+    n_subjects : int or None
+        Sample size; sets the width of the ALE kernel (Eickhoff et al. 2009). None where
+        the input states none and none is needed (a fixed kernel FWHM); passing
+        :data:`NO_SAMPLE_SIZE` gives None too.
     foci : ndarray of shape (n_foci, 3)
         Peak coordinates in MNI millimetres (already converted from Talairach).
     space : {"MNI", "TAL"}
@@ -36,15 +61,20 @@ class Experiment:
         Where the experiment was read from, as ``file:line``.
     metadata : mapping
         Extra columns (task type, age, ...) for subset selection.
+    focus_attributes : mapping of str to sequence
+        Columns of a table that vary within the experiment (a peak's statistic, its
+        anatomical label, a comment), one value per focus in the order of ``foci``. They
+        are carried to the contribution table and never enter the ALE.
     """
 
     id: str
     label: str
-    n_subjects: int
+    n_subjects: int | None
     foci: np.ndarray
     space: str = "MNI"
     source: str = ""
     metadata: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    focus_attributes: Mapping[str, Sequence[object]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         foci = np.asarray(self.foci, dtype=np.float64)
@@ -70,14 +100,25 @@ class Experiment:
                 f"{MAX_FOCUS_DISTANCE_MM:.0f} mm from the origin: outside any brain (a typo, "
                 "or not millimetres?)"
             )
-        if int(self.n_subjects) != self.n_subjects or self.n_subjects < 1:
+        if self.n_subjects is None or self.n_subjects is NO_SAMPLE_SIZE:
+            object.__setattr__(self, "n_subjects", None)
+        elif int(self.n_subjects) != self.n_subjects or self.n_subjects < 1:
             raise ValueError(
                 f"experiment {self.id!r} ({self.source}): sample size must be a positive "
                 f"integer, got {self.n_subjects!r}"
             )
+        attributes = {name: tuple(values) for name, values in self.focus_attributes.items()}
+        for name, values in attributes.items():
+            if len(values) != foci.shape[0]:
+                raise ValueError(
+                    f"experiment {self.id!r} ({self.source}): focus attribute {name!r} has "
+                    f"{len(values)} values for {foci.shape[0]} foci"
+                )
+        object.__setattr__(self, "focus_attributes", attributes)
         foci.setflags(write=False)
         object.__setattr__(self, "foci", foci)
-        object.__setattr__(self, "n_subjects", int(self.n_subjects))
+        if self.n_subjects is not None:
+            object.__setattr__(self, "n_subjects", int(self.n_subjects))
 
     @property
     def n_foci(self) -> int:
@@ -132,7 +173,28 @@ class Dataset:
 
     @property
     def sample_sizes(self) -> np.ndarray:
+        """Every experiment's N (int64).
+
+        Raises
+        ------
+        SampleSizeUnknown
+            If some experiment has none (loaded for a fixed kernel FWHM).
+        """
+        unknown = [exp.id for exp in self.experiments if exp.n_subjects is None]
+        if unknown:
+            raise SampleSizeUnknown(
+                f"{len(unknown)} experiment(s) have no sample size (e.g. {unknown[0]!r}), "
+                f"which sets the kernel width unless a fixed FWHM is given; "
+                f"{_SAMPLE_SIZE_HINT}"
+            )
         return np.array([exp.n_subjects for exp in self.experiments], dtype=np.int64)
+
+    @property
+    def n_subjects_total(self) -> int | None:
+        """The summed N, or None where some experiment has none."""
+        if any(exp.n_subjects is None for exp in self.experiments):
+            return None
+        return int(self.sample_sizes.sum())
 
     def subset(self, ids: Sequence[str]) -> Dataset:
         """The experiments with these ids, in the dataset's order."""

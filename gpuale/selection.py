@@ -166,7 +166,16 @@ def select(dataset: Dataset, where: str) -> Dataset:
             f"{where!r} is not a valid selection; example: 'task_type == knowledge and "
             "age_mean >= 10'"
         ) from None
-    predicate = _compile(tree.body, where, set(columns(dataset)))
+    known = set(columns(dataset))
+    # A table column that varies within an experiment is kept per focus, not as metadata.
+    per_focus = {name for exp in dataset for name in exp.focus_attributes} - known
+    for column in sorted(referenced_columns(where) & per_focus):
+        raise ValueError(
+            f"in {where!r}: {column!r} varies within experiments (a focus attribute, one "
+            "value per focus); a selection chooses whole experiments by columns that are "
+            "the same on every row of an experiment"
+        )
+    predicate = _compile(tree.body, where, known)
     chosen = tuple(exp for exp in dataset if predicate(exp))
     if not chosen:
         raise ValueError(

@@ -8,17 +8,25 @@ raises :class:`CoordinateFileError` (file, line, problem) for anything wrong wit
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
-from gpuale.dataset import Dataset, Experiment
+from gpuale._files import describe_input
+from gpuale.dataset import NO_SAMPLE_SIZE, Dataset, Experiment
+from gpuale.io.duplicates import (
+    DuplicateExperimentError,
+    DuplicateExperimentWarning,
+    check_duplicates,
+)
 from gpuale.io.errors import (
     CoordinateFileError,
     CoordinateFileWarning,
     DuplicateLabelWarning,
+    InputLayoutNote,
     PathLike,
     check_tal_transform,
     normalize_space_argument,
@@ -39,6 +47,7 @@ from gpuale.io.table import (
     EXPERIMENT_COLUMNS,
     FOCI_DIR,
     SHEET_FILE,
+    column_names,
     read_experiment_sheet,
     read_table,
     read_table_header,
@@ -50,7 +59,10 @@ __all__ = [
     "FORMATS",
     "CoordinateFileError",
     "CoordinateFileWarning",
+    "DuplicateExperimentError",
+    "DuplicateExperimentWarning",
     "DuplicateLabelWarning",
+    "InputLayoutNote",
     "detect_format",
     "load_dataset",
     "read_experiment_sheet",
@@ -80,10 +92,14 @@ FORMATS: dict[str, Callable[..., Dataset]] = {
     STUDYSET_JSON: read_studyset_json,
     STUDYSET_PARQUET: read_studyset_parquet,
 }
-#: Readers that also take ``sample_size`` (N of experiments without one) and ``columns``
-#: (optional metadata columns to load). Sleuth files and tables state every N.
-_SAMPLE_SIZE_FORMATS = frozenset({NIMARE_JSON, NEUROSYNTH, STUDYSET_JSON, STUDYSET_PARQUET})
+#: Readers that also take ``sample_size`` (N of experiments without one: every format),
+#: ``columns`` (optional metadata columns to load) and the table options
+#: ``experiment_column`` and ``sample_size_column``.
+_SAMPLE_SIZE_FORMATS = frozenset(FORMATS)
 _COLUMN_FORMATS = frozenset({NEUROSYNTH, STUDYSET_JSON, STUDYSET_PARQUET})
+_TABLE_FORMATS = frozenset({TABLE, SHEET})
+#: Reader options that may differ from input to input (``input_options``).
+TABLE_OPTIONS = ("experiment_column", "sample_size_column")
 
 _JSON_SUFFIX = ".json"
 _JSON_START = ("{", "[")
@@ -137,7 +153,7 @@ def detect_format(path: PathLike) -> str:
         raise CoordinateFileError(path, None, _UNKNOWN_FOLDER)
     if is_parquet_studyset(path):
         return STUDYSET_PARQUET
-    text = read_text(path)
+    text = read_text(path, keep=True)  # for the reader that follows: read once
     first = next(line.strip() for line in split_lines(text) if line.strip())
     if path.suffix.lower() == _JSON_SUFFIX or first.startswith(_JSON_START):
         return _json_format(path, text)
@@ -178,15 +194,7 @@ def _prefixes(paths: Sequence[PathLike]) -> list[str]:
 
 
 def _renamed(experiment: Experiment, new_id: str) -> Experiment:
-    return Experiment(
-        id=new_id,
-        label=experiment.label,
-        n_subjects=experiment.n_subjects,
-        foci=experiment.foci,
-        space=experiment.space,
-        source=experiment.source,
-        metadata=experiment.metadata,
-    )
+    return dataclasses.replace(experiment, id=new_id)
 
 
 def _unique_across(paths: Sequence[PathLike], datasets: list[Dataset]) -> list[Dataset]:
@@ -211,6 +219,29 @@ def _unique_across(paths: Sequence[PathLike], datasets: list[Dataset]) -> list[D
     ]
 
 
+def _input_options(
+    paths: list, input_options, experiment_column, sample_size_column
+) -> list[dict[str, object]]:
+    """Each input's table options: its own (``input_options``) over the shared ones."""
+    shared = {"experiment_column": column_names(experiment_column),
+              "sample_size_column": sample_size_column}
+    if input_options is None:
+        return [dict(shared) for _ in paths]
+    if len(input_options) != len(paths):
+        raise ValueError(f"{len(input_options)} input_options for {len(paths)} paths")
+    result = []
+    for own in input_options:
+        unknown = set(own or {}) - set(TABLE_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown input option(s) {sorted(unknown)}; known: "
+                             f"{', '.join(TABLE_OPTIONS)}")
+        merged = dict(shared)
+        merged.update({k: v for k, v in (own or {}).items() if v is not None})
+        merged["experiment_column"] = column_names(merged["experiment_column"])
+        result.append(merged)
+    return result
+
+
 def load_dataset(
     paths: Sequence[PathLike] | PathLike,
     *,
@@ -219,6 +250,12 @@ def load_dataset(
     sample_size: int | None = None,
     columns: Collection[str] | None = None,
     where: str | None = None,
+    allow_duplicates: bool = False,
+    progress: Callable[[str], None] | None = None,
+    experiment_column: str | Sequence[str] | None = None,
+    sample_size_column: str | None = None,
+    input_options: Sequence[Mapping[str, object] | None] | None = None,
+    need_sample_size: bool = True,
 ) -> Dataset:
     """Read one or more inputs, detecting each one's format, into one data set.
 
@@ -234,14 +271,34 @@ def load_dataset(
     tal_transform : str
         Talairach → MNI transform (see :func:`gpuale.space.tal2mni`).
     sample_size : int, optional
-        N of every experiment whose input gives none (NiMARE's ``kernel__sample_size``):
-        Neurosynth releases (which have none), Studysets and NiMARE dataset JSON.
+        N of every experiment whose input gives none (NiMARE's ``kernel__sample_size``),
+        in every format: Neurosynth releases (which have none), Studysets, NiMARE dataset
+        JSON, tables without a sample-size column or with empty cells, Sleuth experiments
+        without a ``// Subjects=`` line.
     columns : collection of str, optional
         Optional metadata columns to load where an input has too many to load them all:
         Neurosynth term features (``terms_abstract_tfidf__pain``), Studyset annotations.
     where : str, optional
         A selection (:func:`gpuale.selection.select`) applied to the result; the columns
         it names are loaded as with ``columns``.
+    allow_duplicates : bool
+        Keep an experiment that occurs twice (the same sample size and foci, in one input
+        or across inputs; see :mod:`gpuale.io.duplicates`), with a warning. By default it
+        is an error naming both and where they came from. Checked before ``where``.
+    progress : callable, optional
+        Called with a line such as ``"reading adults.txt (48.1 MB)"`` before each input is
+        read, so that a caller can show what a long load is doing.
+    experiment_column : str or sequence of str, optional
+        Tables and experiment sheets: the column naming the experiment, or several
+        (``"publication,contrast"``) joined into one id (:func:`read_table`).
+    sample_size_column : str, optional
+        Tables and experiment sheets: the column holding each experiment's N.
+    input_options : sequence of mapping, optional
+        One per path (None for none): ``experiment_column`` and ``sample_size_column`` for
+        that input alone, over the shared ones (a study file's per-input settings).
+    need_sample_size : bool
+        False where N is not needed (a fixed kernel FWHM): experiments that have none,
+        with no ``sample_size`` given, load with ``n_subjects=None`` instead of an error.
 
     Returns
     -------
@@ -254,8 +311,11 @@ def load_dataset(
     ------
     CoordinateFileError
         For any problem with an input, naming the file and line.
+    DuplicateExperimentError
+        For an experiment given twice, unless ``allow_duplicates``.
     ValueError
-        For a ``where`` that is malformed, names an unknown column or selects nothing.
+        For a ``where`` that is malformed, names an unknown column or selects nothing;
+        for table options given where no input is a table.
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
@@ -267,14 +327,26 @@ def load_dataset(
     wanted = set(columns or ())
     if where is not None:
         wanted |= referenced_columns(where)
+    per_input = _input_options(paths, input_options, experiment_column, sample_size_column)
     datasets = []
-    for path in paths:
+    for path, table_options in zip(paths, per_input, strict=True):
+        if progress is not None:
+            progress(f"reading {describe_input(path)}")
         kind = detect_format(path)
         options = {"space": space, "tal_transform": tal_transform}
         if kind in _SAMPLE_SIZE_FORMATS:
-            options["sample_size"] = sample_size
+            unneeded = sample_size is None and not need_sample_size
+            options["sample_size"] = NO_SAMPLE_SIZE if unneeded else sample_size
         if kind in _COLUMN_FORMATS:
             options["columns"] = wanted
+        if kind in _TABLE_FORMATS:
+            options.update(table_options)
+        elif any(value is not None for value in table_options.values()):
+            # Never ignored without a word: the user meant some column of some table.
+            given = ", ".join(k for k, v in table_options.items() if v is not None)
+            raise ValueError(f"{given} applies to CSV/TSV tables and experiment sheets; "
+                             f"{os.fspath(path)} is read as {kind}")
         datasets.append(FORMATS[kind](path, **options))
     dataset = Dataset.concat(_unique_across(paths, datasets))
+    check_duplicates(dataset, allow=allow_duplicates)
     return dataset if where is None else select(dataset, where)

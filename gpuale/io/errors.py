@@ -25,6 +25,7 @@ __all__ = [
     "CoordinateFileError",
     "CoordinateFileWarning",
     "DuplicateLabelWarning",
+    "InputLayoutNote",
     "SampleSizeMissing",
     "SpaceNotStated",
     "check_tal_transform",
@@ -109,14 +110,47 @@ class DuplicateLabelWarning(CoordinateFileWarning):
     """Several experiments share one label; they are kept as distinct experiments."""
 
 
-def read_text(path: PathLike) -> str:
+class InputLayoutNote(UserWarning):
+    """What a reader detected about a file's layout that is not the default (a
+    semicolon-delimited table, decimal commas): nothing is wrong, but the user should
+    see how the file was read. The command line prints it as a note."""
+
+
+def read_text(path: PathLike, *, keep: bool = False) -> str:
     """The text of a coordinate file, with any byte-order mark removed.
 
     A gzip-compressed file (``.gz``) is decompressed first. UTF-8 is expected; UTF-16/32
     files are read when they carry a byte-order mark, and a file that is not UTF-8 is
     read as Windows-1252 with a warning. Empty, binary and unreadable files raise
-    :class:`CoordinateFileError`.
+    :class:`CoordinateFileError`. ``keep`` holds the text for the next call on the same
+    unchanged file (format detection, then the reader: a file is read and decompressed
+    once).
     """
+    key = os.fspath(path)
+    kept = _KEPT.pop(key, None)
+    if kept is not None and kept[0] == _signature(path):
+        text = kept[1]
+    else:
+        text = _read_text(path)
+    if keep:
+        _KEPT.clear()  # one text at most
+        _KEPT[key] = (_signature(path), text)
+    return text
+
+
+#: The text ``read_text(keep=True)`` read last, by path, with its file's signature.
+_KEPT: dict[str, tuple[tuple[int, int, int] | None, str]] = {}
+
+
+def _signature(path: PathLike) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _read_text(path: PathLike) -> str:
     try:
         data = _read_bytes(path)
     except FileNotFoundError:

@@ -16,8 +16,18 @@ The format::
 The reader is strict about content and lenient about layout, because real files are
 hand-edited: CRLF or CR line endings, a byte-order mark, trailing tabs, whitespace-only
 lines, blank lines anywhere (also between the Subjects line and the coordinates), and
-coordinates separated by tabs, spaces or commas all load. A bare ``//`` line counts as
-blank. An experiment ends where a new ``//`` label line follows its coordinates.
+coordinates separated by tabs, spaces, commas or semicolons all load. A bare ``//`` line
+counts as blank. An experiment ends where a new ``//`` label line follows its coordinates.
+
+Decimal commas (a European export) load where the row is unambiguous: split at
+whitespace and semicolons only, it gives three numbers, some with one decimal comma
+(``-39,5<TAB>12,0<TAB>3,5`` or ``-39,5; 12; 3,5``). Read with commas as separators such
+a row would give more than three numbers, so the two readings never both fit; a
+comma-separated row (``-39,12,3``) stays comma-separated. An
+:class:`~gpuale.io.errors.InputLayoutNote` says a file had decimal commas.
+
+An experiment without a ``// Subjects=`` line takes ``sample_size`` when one is given
+(its coordinates then follow the label lines directly); without it, that is an error.
 
 Experiment ids are the label (the label lines joined by `` | ``). Repeated labels are
 kept as distinct experiments, never merged: the first keeps the bare label, later ones
@@ -37,10 +47,13 @@ import numpy as np
 
 from gpuale.dataset import Dataset, Experiment
 from gpuale.io.errors import (
+    SAMPLE_SIZE_HINT,
     SPACE_HINT,
     CoordinateFileError,
     DuplicateLabelWarning,
+    InputLayoutNote,
     PathLike,
+    SampleSizeMissing,
     SpaceNotStated,
     check_tal_transform,
     normalize_space_argument,
@@ -59,8 +72,11 @@ LABEL_SEPARATOR = " | "
 N_COORDINATES = 3
 _REFERENCE = re.compile(r"reference\s*=\s*(?P<value>.*)", re.IGNORECASE)
 _SUBJECTS = re.compile(r"subjects\s*=\s*(?P<value>.*)", re.IGNORECASE)
-# Tabs, spaces (also non-breaking ones) or commas, in any mix and number.
-_COORDINATE_SEPARATOR = re.compile(r"[\s,]+")
+# Tabs, spaces (also non-breaking ones), commas or semicolons, in any mix and number.
+_COORDINATE_SEPARATOR = re.compile(r"[\s,;]+")
+# The separators of a row whose numbers have decimal commas.
+_DECIMAL_COMMA_SEPARATOR = re.compile(r"[\s;]+")
+_DECIMAL_COMMA_NUMBER = re.compile(r"[+-]?(?:\d+(?:,\d+)?|,\d+)")
 
 
 @dataclasses.dataclass
@@ -84,8 +100,10 @@ class _Block:
 class _SleuthParser:
     """Line-by-line reader; each ``_on_*`` method handles one kind of line."""
 
-    def __init__(self, path: PathLike) -> None:
+    def __init__(self, path: PathLike, sample_size: int | None = None) -> None:
         self.path = path
+        self.sample_size = sample_size
+        self.decimal_comma_line: int | None = None  # the first row read with them
         self.space: str | None = None
         self.space_line: int | None = None
         self.blocks: list[_Block] = []
@@ -188,14 +206,32 @@ class _SleuthParser:
                 )
             raise self.error(number, "coordinates before any experiment's `// label` line")
         if current.subjects is None:
-            raise self.error(
-                number,
-                f"coordinates before the `// Subjects=N` line of experiment {current.label!r}",
-            )
+            if self.sample_size is None:
+                raise SampleSizeMissing(
+                    self.path,
+                    number,
+                    f"coordinates before the `// Subjects=N` line of experiment "
+                    f"{current.label!r}; add the line, or {SAMPLE_SIZE_HINT}",
+                )
+            current.subjects = self.sample_size  # the caller's N for experiments without
         current.foci.append(self._parse_row(number, text))
 
+    def _decimal_comma_fields(self, text: str) -> list[str] | None:
+        """The row's numbers with decimal points, where it unambiguously has decimal
+        commas (see the module docstring); else None."""
+        fields = [field for field in _DECIMAL_COMMA_SEPARATOR.split(text) if field]
+        if (len(fields) != N_COORDINATES or not any("," in field for field in fields)
+                or not all(_DECIMAL_COMMA_NUMBER.fullmatch(field) for field in fields)):
+            return None
+        return [field.replace(",", ".") for field in fields]
+
     def _parse_row(self, number: int, text: str) -> tuple[float, float, float]:
-        fields = [field for field in _COORDINATE_SEPARATOR.split(text) if field]
+        fields = self._decimal_comma_fields(text)
+        if fields is not None:
+            if self.decimal_comma_line is None:
+                self.decimal_comma_line = number
+        else:
+            fields = [field for field in _COORDINATE_SEPARATOR.split(text) if field]
         values = []
         for field in fields:
             try:
@@ -210,8 +246,12 @@ class _SleuthParser:
                 raise self.error(number, f"{field!r} is not a finite coordinate")
             values.append(value)
         if len(values) != N_COORDINATES:
+            hint = ""
+            if "," in text and len(values) > N_COORDINATES:
+                hint = ("; if it has decimal commas (-39,5), separate the numbers with tabs, "
+                        "spaces or semicolons")
             raise self.error(
-                number, f"coordinate row has {len(values)} numbers, expected 3 (x y z)"
+                number, f"coordinate row has {len(values)} numbers, expected 3 (x y z){hint}"
             )
         return values[0], values[1], values[2]
 
@@ -263,6 +303,7 @@ def read_sleuth(
     *,
     space: str | None = None,
     tal_transform: str = DEFAULT_TAL_TRANSFORM,
+    sample_size: int | None = None,
 ) -> Dataset:
     """Read a GingerALE / Sleuth coordinate text file.
 
@@ -275,6 +316,8 @@ def read_sleuth(
         must agree with it otherwise.
     tal_transform : str
         Talairach → MNI transform (see :func:`gpuale.space.tal2mni`).
+    sample_size : int, optional
+        N of experiments without a ``// Subjects=`` line.
 
     Returns
     -------
@@ -288,8 +331,11 @@ def read_sleuth(
     """
     given = normalize_space_argument(space)
     check_tal_transform(tal_transform)
-    parser = _SleuthParser(path)
+    parser = _SleuthParser(path, sample_size)
     blocks = parser.parse(split_lines(read_text(path)))
+    if parser.decimal_comma_line is not None:
+        warnings.warn(f"{path}: coordinates read with decimal commas (first on line "
+                      f"{parser.decimal_comma_line})", InputLayoutNote, stacklevel=2)
     if parser.space is None and given is None:
         raise SpaceNotStated(
             path, None, f"no `// Reference=MNI` or `// Reference=TAL` line; {SPACE_HINT}"
