@@ -122,16 +122,19 @@ def _foreign_files(out_dir: Path) -> list[str] | None:
     """Files in a run folder that gpuale did not write (None: not a gpuale run folder).
 
     gpuale writes the files run.json lists under ``outputs``, run.json, the report and its
-    figures, and hidden ``.NAME.tmp`` files while replacing one.
+    figures, the jackknife and fail-safe N results, and hidden ``.NAME.tmp`` files while
+    replacing one.
     """
-    from gpuale.runfolder import FIGURES_DIR, OUTPUTS_KEY, REPORT_HTML, RUN_JSON
+    from gpuale.runfolder import DERIVED_FILES, FIGURES_DIR, OUTPUTS_KEY, REPORT_HTML, RUN_JSON
 
     try:
         record = json.loads((out_dir / RUN_JSON).read_text(encoding="utf-8"))
         outputs = set(record[OUTPUTS_KEY])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    ours = outputs | {RUN_JSON, REPORT_HTML}
+    # jackknife.tsv, failsafe.tsv and their records are written later, into the finished
+    # folder, by `gpuale jackknife` and `gpuale failsafe`.
+    ours = outputs | {RUN_JSON, REPORT_HTML} | DERIVED_FILES
     foreign = []
     for path in sorted(out_dir.rglob("*")):
         relative = path.relative_to(out_dir)
@@ -349,3 +352,26 @@ def environment() -> dict:
         "platform": platform.platform(),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def input_size(path: str | Path) -> int:
+    """Bytes of an input on disk: a file's size, the sum of a folder's files (a release, a
+    Studyset), 0 for what has no size (a named pipe) or cannot be read."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size if path.is_file() else 0
+    except OSError:
+        return 0
+
+
+def describe_input(path: str | Path) -> str:
+    """An input's name with its size, for progress lines: ``adults.txt (48.1 MB)``."""
+    size = input_size(path)
+    name = Path(path).name or str(path)
+    if not size:
+        return name
+    if size < 1000:
+        return f"{name} ({size} bytes)"
+    return f"{name} ({size / 1e3:.1f} kB)" if size < 10**6 else f"{name} ({size / 1e6:.1f} MB)"

@@ -125,6 +125,7 @@ class AnalysisSettings:
     tal_transform: str = "lancaster_other"
     where: str | None = None
     workers: int | None = None
+    allow_duplicates: bool = False
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "inputs": list(self.inputs)}
@@ -187,7 +188,7 @@ def _load(settings: AnalysisSettings):
     return load_dataset(
         [resolve_input(value) for value in settings.inputs], space=settings.space,
         tal_transform=settings.tal_transform, sample_size=settings.sample_size,
-        where=settings.where,
+        where=settings.where, allow_duplicates=settings.allow_duplicates,
     )
 
 

@@ -11,11 +11,36 @@ from gpuale.dataset import Dataset
 from gpuale.grid import Grid
 from gpuale.kernel import ale_kernel, fwhm_from_sample_size, kernel_sigma
 
-__all__ = ["Problem", "compile_problem"]
+__all__ = [
+    "ExperimentsOutsideMaskWarning",
+    "FociOutsideMaskWarning",
+    "NoFocusInMaskError",
+    "Problem",
+    "compile_problem",
+]
 
 
 class FociOutsideMaskWarning(UserWarning):
     """Some foci lie outside the analysis mask; they are kept (their kernels still count)."""
+
+
+class ExperimentsOutsideMaskWarning(FociOutsideMaskWarning):
+    """Some experiments have no focus inside the mask: only the tails of their kernels
+    that reach into it count, which is rarely what was meant (a mask of another space or
+    a part of the brain)."""
+
+
+class NoFocusInMaskError(ValueError):
+    """No focus of any experiment lies inside the mask: the ALE would be (almost) zero
+    everywhere, a result that means nothing."""
+
+
+#: How many experiments a warning names before it counts the rest.
+NAMED_EXPERIMENTS = 5
+#: Foci farther than this from the origin are named in the outside-the-mask warning: no
+#: brain reaches it (MNI/Talairach ~ +-100 mm). Farther than
+#: :data:`gpuale.dataset.MAX_FOCUS_DISTANCE_MM` they are an error when read.
+IMPLAUSIBLE_DISTANCE_MM = 200.0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -95,11 +120,18 @@ def compile_problem(dataset: Dataset, grid: Grid, *, fwhm_mm: float | None = Non
         A fixed kernel FWHM for every experiment. By default each experiment's FWHM follows
         its sample size (Eickhoff et al. 2009).
 
+    Raises
+    ------
+    NoFocusInMaskError
+        If no focus lies inside the mask (naming the mask and the number of foci).
+
     Notes
     -----
     Foci are rounded to the nearest voxel (half to even, as NiMARE). Foci outside the mask
     are kept, as NiMARE keeps them: the in-mask part of their kernel still counts. A
-    warning says how many there are.
+    warning says how many there are; a louder one
+    (:class:`ExperimentsOutsideMaskWarning`) names the experiments that have no focus
+    inside the mask at all.
     """
     xyz = np.concatenate([exp.foci for exp in dataset.experiments])
     ijk = grid.mm_to_voxel(xyz)
@@ -109,26 +141,21 @@ def compile_problem(dataset: Dataset, grid: Grid, *, fwhm_mm: float | None = Non
     inside_grid = np.all((ijk >= 0) & (ijk < np.array(grid.shape)), axis=1)
     in_mask = np.zeros(len(ijk), dtype=bool)
     in_mask[inside_grid] = grid.mask[tuple(ijk[inside_grid].T)]
-    if not in_mask.all():
-        warnings.warn(
-            f"{int((~in_mask).sum())} of {len(ijk)} foci lie outside the analysis mask; they "
-            "are kept and the in-mask part of their kernels counts (as in NiMARE)",
-            FociOutsideMaskWarning,
-            stacklevel=2,
-        )
+    _check_foci_in_mask(dataset, grid, in_mask, offsets)
 
     if fwhm_mm is not None:
         sigmas = [kernel_sigma(grid.voxel_sizes, fwhm_mm=fwhm_mm)] * len(dataset)
         fwhms = np.full(len(dataset), float(fwhm_mm))
     else:
-        sigmas = [kernel_sigma(grid.voxel_sizes, n_subjects=exp.n_subjects) for exp in dataset]
+        # sample_sizes first: it names experiments without N (loaded for a fixed FWHM).
         fwhms = np.asarray(fwhm_from_sample_size(dataset.sample_sizes), dtype=np.float64)
         fwhms = np.atleast_1d(fwhms)
+        sigmas = [kernel_sigma(grid.voxel_sizes, n_subjects=exp.n_subjects) for exp in dataset]
     unique_sigmas = sorted(set(sigmas))
     kernel_index = np.array([unique_sigmas.index(s) for s in sigmas], dtype=np.int32)
     kernels = tuple(ale_kernel(s) for s in unique_sigmas)
 
-    focus_ijk = ijk.astype(np.int32)
+    focus_ijk = ijk.astype(np.int32)  # foci farther than int32 are refused by Experiment
     focus_ijk.setflags(write=False)
     return Problem(
         grid=grid,
@@ -139,3 +166,59 @@ def compile_problem(dataset: Dataset, grid: Grid, *, fwhm_mm: float | None = Non
         fwhm_mm=fwhms,
         experiment_ids=tuple(dataset.ids),
     )
+
+
+def _check_foci_in_mask(dataset: Dataset, grid: Grid, in_mask: np.ndarray,
+                        offsets: np.ndarray) -> None:
+    """An error if no focus lies inside the mask; a warning naming the experiments with
+    none inside it, or counting the foci outside it."""
+    mask = grid.source or "the analysis mask"
+    n_foci = len(in_mask)
+    if not in_mask.any():
+        raise NoFocusInMaskError(
+            f"mask {mask!r}: none of the {n_foci} foci of the {len(dataset)} experiments "
+            "lies inside it, so the ALE would be zero (or nearly) everywhere; are the mask "
+            "and the coordinates in the same space (MNI), and is it a whole-brain mask?"
+        )
+    if in_mask.all():
+        return
+    outside = n_foci - int(in_mask.sum())
+    far = _farthest_focus(dataset, offsets)
+    # Every experiment has at least one focus, so each reduceat segment is non-empty.
+    any_inside = np.logical_or.reduceat(in_mask, offsets[:-1])
+    if any_inside.all():
+        warnings.warn(
+            f"{outside} of {n_foci} foci lie outside the analysis mask; they "
+            f"are kept and the in-mask part of their kernels counts (as in NiMARE){far}",
+            FociOutsideMaskWarning,
+            stacklevel=3,
+        )
+        return
+    lost = [dataset[int(k)] for k in np.flatnonzero(~any_inside)]
+    named = ", ".join(f"{exp.id!r} ({exp.source})" if exp.source else repr(exp.id)
+                      for exp in lost[:NAMED_EXPERIMENTS])
+    more = f" and {len(lost) - NAMED_EXPERIMENTS} more" if len(lost) > NAMED_EXPERIMENTS else ""
+    warnings.warn(
+        f"{len(lost)} of {len(dataset)} experiments have no focus inside the mask {mask!r}: "
+        f"{named}{more}; only the tails of their kernels that reach into it count (as in "
+        f"NiMARE); {outside} of {n_foci} foci lie outside it in all{far}. Check that the "
+        "mask and the coordinates are in the same space",
+        ExperimentsOutsideMaskWarning,
+        stacklevel=3,
+    )
+
+
+def _farthest_focus(dataset: Dataset, offsets: np.ndarray) -> str:
+    """``"; the farthest ..."`` naming a focus beyond IMPLAUSIBLE_DISTANCE_MM, or ``""``."""
+    xyz = np.concatenate([exp.foci for exp in dataset.experiments])
+    distance = np.linalg.norm(xyz, axis=1)
+    k = int(distance.argmax())
+    if distance[k] <= IMPLAUSIBLE_DISTANCE_MM:
+        return ""
+    exp = dataset[int(np.searchsorted(offsets, k, side="right")) - 1]
+    n_far = int((distance > IMPLAUSIBLE_DISTANCE_MM).sum())
+    x, y, z = xyz[k]
+    where = f" ({exp.source})" if exp.source else ""
+    return (f"; {n_far} more than {IMPLAUSIBLE_DISTANCE_MM:.0f} mm from the origin, outside "
+            f"any brain, the farthest at ({x:.6g}, {y:.6g}, {z:.6g}) mm in {exp.id!r}{where} "
+            "(a typo, or not MNI millimetres?)")

@@ -524,3 +524,28 @@ def test_sigkill_of_the_parent_leaves_no_worker_processes():
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in workers if alive(pid)]
+
+
+def test_sigterm_stops_a_run_started_with_sigint_ignored(foci, tmp_path, monkeypatch):
+    """A job a script starts with ``&`` has SIGINT ignored; SIGTERM must still stop it."""
+    import gpuale.output
+
+    out = tmp_path / "out"
+    save_nulls = gpuale.output._save_nulls
+
+    def terminated_while_saving(*args):
+        save_nulls(*args)
+        os.kill(os.getpid(), signal.SIGINT)  # from outside: stays ignored
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(gpuale.output, "_save_nulls", terminated_while_saving)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        result = _global(foci, "--out", out)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # restored after the command
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result.exit_code == 130, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foci.txt"]

@@ -41,12 +41,13 @@ import io
 import math
 import re
 import warnings
+import zipfile
 from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 
-from gpuale.dataset import Dataset, Experiment
+from gpuale.dataset import NO_SAMPLE_SIZE, Dataset, Experiment
 from gpuale.io.errors import (
     SAMPLE_SIZE_HINT,
     SPACE_HINT,
@@ -364,8 +365,10 @@ def _npz_columns(feature_set: FeatureSet, terms: list[str], n_rows: int,
         if term not in position:
             raise _unknown_term(feature_set.vocabulary, term, vocabulary, feature_set.group)
     try:
-        matrix = sparse.load_npz(feature_set.features)
-    except (OSError, ValueError, KeyError) as exc:
+        matrix = sparse.load_npz(io.BytesIO(_npz_bytes(feature_set.features)))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, CoordinateFileError):
+            raise
         raise CoordinateFileError(
             feature_set.features, None, f"not a scipy sparse .npz matrix ({exc})"
         ) from None
@@ -379,6 +382,20 @@ def _npz_columns(feature_set: FeatureSet, terms: list[str], n_rows: int,
     # Only the wanted columns become dense (a release has thousands of terms).
     picked = matrix.tocsc()[:, [position[t] for t in terms]].toarray().astype(np.float64)
     return {term: picked[:, k] for k, term in enumerate(terms)}
+
+
+def _npz_bytes(path: Path) -> bytes:
+    """An .npz file's bytes, read once and bounded like every input (MAX_INPUT_BYTES on
+    disk), and its arrays too once unpacked: a small zip of zeros must not fill memory."""
+    from gpuale.io import errors
+
+    data = errors._read_bytes(path)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        # zipfile never unpacks more than a member's stated size, so the sum bounds it.
+        unpacked = sum(member.file_size for member in archive.infolist())
+    if unpacked > errors.MAX_INPUT_BYTES:
+        raise errors._too_large(path)
+    return data
 
 
 def _tsv_columns(feature_set: FeatureSet, terms: list[str],
@@ -561,7 +578,7 @@ def read_neurosynth(
             Experiment(
                 id=study,
                 label=str(title) if title else study,
-                n_subjects=int(sample_size),
+                n_subjects=sample_size,  # checked whole (or NO_SAMPLE_SIZE: no N needed)
                 foci=to_mni(xyz[rows], spaces[k], tal_transform),
                 space=spaces[k],
                 source=f"{release.coordinates}:{coords.lines[rows[0]]}",
@@ -581,6 +598,8 @@ def read_neurosynth(
 
 
 def _check_sample_size(sample_size: object) -> None:
+    if sample_size is NO_SAMPLE_SIZE:  # a fixed kernel FWHM: no N is needed
+        return
     if (isinstance(sample_size, bool) or not isinstance(sample_size, int | np.integer)
             or sample_size < 1):
         raise ValueError(f"sample_size must be a whole number >= 1, got {sample_size!r}")

@@ -72,6 +72,12 @@ __all__ = [
 
 PARQUET_FORMAT = "nimare-studyset-parquet"
 PARQUET_MANIFEST = "studyset.json"
+#: The largest parquet manifest (``studyset.json``) read while detecting the format.
+MAX_MANIFEST_BYTES = 1 << 20
+#: The most rows of one parquet table: far above any release (NeuroStore's have ~10^6
+#: coordinates), so that a small file of highly compressed rows (a "parquet bomb") is an
+#: error, not all of memory. Each row becomes Python objects (~100 bytes a cell).
+MAX_PARQUET_ROWS = 20_000_000
 PARQUET_EXTRA_HINT = "pip install 'gpuale[parquet]' (pyarrow)"
 SAMPLE_SIZE_KEYS = ("sample_sizes", "sample_size")
 #: Point spaces that state nothing about MNI or Talairach.
@@ -127,8 +133,14 @@ def is_parquet_studyset(path: PathLike) -> bool:
     if path.is_dir() and not (path / "analyses.parquet").is_file():
         return False
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        with open(manifest, "rb") as handle:
+            # A manifest is a few hundred bytes: a larger studyset.json is a Studyset
+            # document, which its own reader reads (bounded).
+            head = handle.read(MAX_MANIFEST_BYTES + 1)
+        if len(head) > MAX_MANIFEST_BYTES:
+            return False
+        data = json.loads(head.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
     return isinstance(data, Mapping) and data.get("format") == PARQUET_FORMAT
 
@@ -431,6 +443,43 @@ def _pyarrow(path: PathLike):
     return pq
 
 
+def _read_parquet(pq, file: Path, wanted_columns: list[str] | None):
+    """One parquet table (only ``wanted_columns`` of it, where given), opened once and
+    bounded: at most MAX_INPUT_BYTES on disk and decompressed, at most MAX_PARQUET_ROWS
+    rows; anything larger is an error naming the file."""
+    from gpuale.io import errors
+
+    limit = errors.MAX_INPUT_BYTES
+    if file.stat().st_size > limit:
+        raise errors._too_large(file)
+    try:
+        with open(file, "rb") as handle, pq.ParquetFile(handle) as table_file:
+            meta = table_file.metadata
+            present = table_file.schema_arrow.names
+            if wanted_columns is not None:
+                wanted_columns = [c for c in wanted_columns if c in present]
+            picked = set(present if wanted_columns is None else wanted_columns)
+            unpacked = sum(
+                group.column(j).total_uncompressed_size
+                for group in (meta.row_group(i) for i in range(meta.num_row_groups))
+                for j in range(group.num_columns)
+                if group.column(j).path_in_schema.split(".")[0] in picked
+            )
+            if unpacked > limit or meta.num_rows > MAX_PARQUET_ROWS:
+                what = (f"{meta.num_rows:,} rows" if meta.num_rows > MAX_PARQUET_ROWS
+                        else f"{unpacked / 2**30:.1f} GiB uncompressed")
+                raise CoordinateFileError(
+                    file, None,
+                    f"{what}: larger than gpuale reads ({MAX_PARQUET_ROWS:,} rows, "
+                    f"{limit >> 30} GiB); not a coordinate table, or a damaged one")
+            return table_file.read(columns=wanted_columns)
+    except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+        if isinstance(exc, CoordinateFileError):
+            raise
+        raise CoordinateFileError(file, None, f"not a readable parquet table ({exc})") \
+            from None
+
+
 def _column(table, name: str, path: Path) -> list:
     if name not in table.schema.names:
         raise CoordinateFileError(
@@ -488,14 +537,7 @@ def read_studyset_parquet(
             if required:
                 raise CoordinateFileError(file, None, f"the Studyset has no {name} table")
             return file, None
-        try:
-            if wanted_columns is not None:
-                present = pq.read_schema(file).names
-                wanted_columns = [c for c in wanted_columns if c in present]
-            return file, pq.read_table(file, columns=wanted_columns)
-        except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
-            raise CoordinateFileError(file, None, f"not a readable parquet table ({exc})") \
-                from None
+        return file, _read_parquet(pq, file, wanted_columns)
 
     wanted = sorted(set(columns or ()))
     a_file, analyses = read("analyses", True)
