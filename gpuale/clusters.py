@@ -302,8 +302,29 @@ def _geometry(grid: Grid, members: np.ndarray, weights: np.ndarray,
 #: :func:`experiment_contributions`.
 CONTRIBUTION_FIELDS = (
     "cluster", "experiment", "label", "n_subjects", "foci_in_cluster", "jackknife",
-    "contribution_pct", "max_drop_pct", "ma_sum", "ma_mean", "ma_max",
+    "contribution_pct", "max_drop_pct", "ma_sum", "ma_mean", "ma_max", "focus_attributes",
 )
+#: The numeric measures of a contribution row (see :func:`cluster_contributions`).
+_MEASURE_FIELDS = CONTRIBUTION_FIELDS[5:-1]
+
+
+def _focus_attributes(experiment, foci: np.ndarray) -> str:
+    """The table columns kept per focus (a peak's statistic, its label) of an experiment's
+    foci in a cluster: ``name=value, ...`` per focus, foci joined by `` | ``; "" when the
+    input has none."""
+    described = []
+    if not experiment.focus_attributes:
+        return ""
+    for focus in foci:
+        cells = []
+        for name, values in experiment.focus_attributes.items():
+            value = values[int(focus)]
+            if value is not None:
+                text = f"{value:g}" if isinstance(value, float) else " ".join(str(value).split())
+                cells.append(f"{name}={text}")
+        if cells:
+            described.append(", ".join(cells))
+    return " | ".join(described)
 
 
 def cluster_contributions(
@@ -380,8 +401,10 @@ def experiment_contributions(
     decreasing contribution. Columns (:data:`CONTRIBUTION_FIELDS`): the cluster's number,
     the experiment's id, label and sample size, ``foci_in_cluster`` (foci whose voxel lies
     in the cluster: NiMARE's ``FocusCounter``, whose "within one voxel" rule admits only a
-    focus's own voxel once foci are rounded to voxels), and the measures of
-    :func:`cluster_contributions`.
+    focus's own voxel once foci are rounded to voxels), the measures of
+    :func:`cluster_contributions`, and ``focus_attributes``: the per-focus columns of the
+    input table (:attr:`gpuale.dataset.Experiment.focus_attributes`) of those same foci in
+    the cluster, as ``zstat=4.3, location=left IFG | ...`` ("" without any).
 
     ``jackknife`` is NiMARE's ``diagnostics.Jackknife`` computed without refitting. NiMARE
     takes its clusters from a target image (by default the cluster-size FWE z map,
@@ -419,9 +442,8 @@ def experiment_contributions(
     for cluster in clusters:
         members = np.flatnonzero(labels == cluster["label"])
         measures = cluster_contributions(problem, log_sum, members)
-        in_cluster = np.bincount(
-            foci_exp[foci_labels == cluster["label"]], minlength=problem.n_experiments
-        )
+        foci_in = np.flatnonzero(foci_labels == cluster["label"])
+        in_cluster = np.bincount(foci_exp[foci_in], minlength=problem.n_experiments)
         for e in np.argsort(-measures["contribution_pct"], kind="stable"):
             if measures["ma_max"][e] <= 0:
                 continue
@@ -432,7 +454,11 @@ def experiment_contributions(
                     "label": dataset[e].label,
                     "n_subjects": dataset[e].n_subjects,
                     "foci_in_cluster": int(in_cluster[e]),
-                    **{key: float(measures[key][e]) for key in CONTRIBUTION_FIELDS[5:]},
+                    **{key: float(measures[key][e]) for key in _MEASURE_FIELDS},
+                    "focus_attributes": _focus_attributes(
+                        dataset[e],
+                        foci_in[foci_exp[foci_in] == e] - problem.experiment_offsets[e],
+                    ),
                 }
             )
     return rows

@@ -6,6 +6,7 @@ reads these folders back.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from gpuale.runfolder import (
     NULLS_NPZ,
     OUTPUTS_KEY,
     RUN_JSON,
+    STOPPING_KEY,
+    TFCE_KEY,
     input_record,
     map_file,
     record_header,
@@ -34,9 +37,12 @@ from gpuale.runfolder import (
 __all__ = [
     "CLUSTER_COLUMNS",
     "CONTRIBUTION_COLUMNS",
+    "TABLE_DIGITS",
     "save_ale",
     "save_conjunction",
     "save_contrast",
+    "table_value",
+    "write_table",
 ]
 
 #: An input file as :func:`gpuale.runfolder.input_record` takes it: a path, or
@@ -52,6 +58,27 @@ CLUSTER_COLUMNS = (
 #: contributions.tsv: per cluster and experiment, NiMARE's jackknife and JALE's contribution
 #: table (see :func:`gpuale.clusters.experiment_contributions` for each column).
 CONTRIBUTION_COLUMNS = CONTRIBUTION_FIELDS
+
+#: Significant digits of the fractional numbers in the TSV tables, which are for people
+#: (``0.003``, not ``0.0030000000000000027``); the maps and run.json keep full precision.
+TABLE_DIGITS = 6
+
+
+def table_value(value: object) -> object:
+    """A table cell as people read it: a fractional number to :data:`TABLE_DIGITS`
+    significant digits, a whole one (a coordinate in mm, a volume) in full; anything else
+    (ids, directions, counts, blanks) as it is."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (float, np.floating)):
+        return value
+    value = float(value)
+    if math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
+        return int(value)  # exact: 6 digits would turn a volume of 1234568 into 1.23457e+06
+    return f"{value:.{TABLE_DIGITS}g}"
+
+
+def write_table(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """A TSV table (header, then one line per row) with :func:`table_value` cells."""
+    write_tsv(path, [{k: table_value(v) for k, v in row.items()} for row in rows], columns)
 
 
 def save_ale(
@@ -78,8 +105,8 @@ def save_ale(
             written.append(map_file(name))
         clusters = result.clusters()
         if result.inference is not None:
-            write_tsv(tmp / CLUSTERS_TSV, peak_rows(clusters), CLUSTER_COLUMNS)
-            write_tsv(tmp / CONTRIBUTIONS_TSV, result.contributions(clusters),
+            write_table(tmp / CLUSTERS_TSV, peak_rows(clusters), CLUSTER_COLUMNS)
+            write_table(tmp / CONTRIBUTIONS_TSV, result.contributions(clusters),
                       CONTRIBUTION_COLUMNS)
             written += [CLUSTERS_TSV, CONTRIBUTIONS_TSV]
         _save_nulls(result, tmp / NULLS_NPZ)
@@ -110,6 +137,8 @@ def _save_nulls(result: ALEResult, path: Path) -> None:
             seed=np.array(mc.seed, dtype=np.uint64),
             cluster_forming_threshold=np.array(mc.threshold),
         )
+        if mc.max_tfce is not None:
+            arrays["max_tfce"] = mc.max_tfce
     np.savez_compressed(path, **arrays)
 
 
@@ -130,7 +159,7 @@ def run_record(
         "inputs": [input_record(p) for p in inputs],
         "n_experiments": len(dataset),
         "n_foci": dataset.n_foci,
-        "n_subjects_total": int(dataset.sample_sizes.sum()),
+        "n_subjects_total": dataset.n_subjects_total,  # None where some N is not stated
         "experiments": [
             {"id": exp.id, "n_subjects": exp.n_subjects, "n_foci": exp.n_foci,
              "space": exp.space, "fwhm_mm": float(fwhm), "source": exp.source}
@@ -160,6 +189,8 @@ def run_record(
         },
         "max_ale": float(result.ale.max()),
         "cluster_size_threshold": result.cluster_size_threshold(),
+        STOPPING_KEY: result.stopping.record() if result.stopping is not None else None,
+        TFCE_KEY: tfce_record(result),
         N_CLUSTERS_KEY: len(clusters),
         CONTRIBUTIONS_KEY: CONTRIBUTIONS_METHOD if result.inference is not None else None,
         "timings_s": result.timings,
@@ -167,6 +198,32 @@ def run_record(
         OUTPUTS_KEY: outputs + [RUN_JSON],
     }
     return record
+
+
+def tfce_record(result: ALEResult) -> dict | None:
+    """run.json's ``tfce`` of a global ALE (None without TFCE): the method and its
+    parameters, the z it was computed on, the FWE threshold (1 - alpha quantile of the
+    largest TFCE per permutation, with its 95% Monte Carlo interval) and what passed it."""
+    if result.tfce is None:
+        return None
+    from gpuale.inference import threshold_interval
+    from gpuale.tfce import TFCE_CONNECTIVITY, TFCE_E, TFCE_H, TFCE_P_FLOOR, TFCE_STEPS
+
+    estimate, low, high = threshold_interval(result.montecarlo.max_tfce, result.alpha)
+    return {
+        "method": "TFCE (Frahm et al. 2022; JALE's compute_tfce)",
+        "E": TFCE_E,
+        "H": TFCE_H,
+        "steps": TFCE_STEPS,
+        "connectivity": TFCE_CONNECTIVITY,
+        "p_floor": TFCE_P_FLOOR,
+        "z": "from the observed data's analytic null (the same mapping for every "
+             f"permutation), p floored at {TFCE_P_FLOOR:.3g}, brain mask",
+        "max_tfce": float(result.tfce.tfce.max()),
+        "threshold": {"tfce": estimate, "ci95_low": low, "ci95_high": high},
+        "n_significant_voxels": result.tfce.n_significant,
+        "null": "largest TFCE of each permutation, gathered with the other maxima",
+    }
 
 
 #: clusters.tsv of a contrast: one row per cluster (``peak`` 1) and per sub-peak (``peak``
@@ -226,7 +283,7 @@ def save_contrast(
             written.append(map_file(name))
         clusters = result.clusters()
         cluster_fwe = getattr(result, "cluster_fwe", False)
-        write_tsv(tmp / CLUSTERS_TSV, peak_rows(clusters), CONTRAST_CLUSTER_COLUMNS
+        write_table(tmp / CLUSTERS_TSV, peak_rows(clusters), CONTRAST_CLUSTER_COLUMNS
                   + (CONTRAST_FWE_COLUMNS if cluster_fwe else ()))
         null = result.null
         cluster_nulls = {}
@@ -295,7 +352,8 @@ def save_conjunction(
         nib.Nifti1Image(result.labels.astype(np.int16), result.affine).to_filename(
             str(tmp / map_file(CLUSTER_LABELS))
         )
-        write_tsv(tmp / CLUSTERS_TSV, peak_rows(result.clusters), CONJUNCTION_CLUSTER_COLUMNS)
+        write_table(tmp / CLUSTERS_TSV, peak_rows(result.clusters),
+                    CONJUNCTION_CLUSTER_COLUMNS)
         write_json(tmp / RUN_JSON, {
             **record_header("conjunction"),
             "method": "minimum statistic (Nichols et al. 2005)",
