@@ -12,12 +12,15 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux2014_x86_64 -d .whl nibabel==5.3.2
 #
-# Steps, each with its own time limit so the whole stays under 8 minutes:
+# Steps, each with its own time limit so the whole stays under 10 minutes (9.5 at most):
 #   1. environment (card, driver, CuPy), 2. the gpu-marked tests, 3. compute-sanitizer
 #   memcheck, initcheck and synccheck on a small run, 4. throughput: children, adults and a
 #   2,000-experiment synthetic set, 10,000 permutations each (compilation excluded), the
 #   CPU engine beside them, CPU = GPU on the first permutations, 5. an ncu summary of the
-#   scatter kernel. Everything goes to OUT_DIR; OUT_DIR/gpu-check.md is the summary.
+#   scatter kernel, 6. the cost of a permutation at the whole Neurosynth release's size
+#   (14,371 studies, 1,024 permutations) and the projected time of 10,000 on 1, 2, 4 and 8
+#   GPUs over Dask (bench/gpu_bench.py --projection). Everything goes to OUT_DIR;
+#   OUT_DIR/gpu-check.md is the summary.
 # Without a GPU it says so and exits 0; `bash bench/gpu_check.sh --dry-run` checks the
 # script itself on the CPU (the kernels through the host shim).
 set -uo pipefail
@@ -62,6 +65,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to OUT_DIR/NAME.
 
 if [ $DRY -eq 1 ]; then
     step throughput 300 $PY bench/gpu_bench.py --dry-run --json "$OUT_DIR/throughput.json"
+    step projection 120 $PY bench/gpu_bench.py --projection --dry-run --studies 200 \
+        --json "$OUT_DIR/projection.json"
     echo "(dry run: kernels on the CPU through the host shim; sanitizers and ncu not run)" >>"$SUMMARY"
 elif ! $PY -c "import sys; from gpuale.engines.cuda import gpu_available; sys.exit(not gpu_available())"; then
     echo "no GPU visible to CuPy: nothing measured" | tee -a "$SUMMARY"
@@ -77,6 +82,8 @@ else
     step throughput 180 $PY bench/gpu_bench.py --iters 10000 --json "$OUT_DIR/throughput.json"
     step ncu 45 ncu --kernel-name regex:gpuale_log_sum --launch-skip 1 --launch-count 1 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis $PY bench/gpu_bench.py --small
+    step projection 90 $PY bench/gpu_bench.py --projection --projection-iters 1024 \
+        --json "$OUT_DIR/projection.json"
 fi
 
 {
@@ -88,6 +95,10 @@ fi
     echo "## Throughput"
     echo
     sed -n '/^| data set/,$p' "$OUT_DIR/throughput.log" 2>/dev/null
+    echo
+    echo "## Projection: 10,000 permutations of the whole Neurosynth release"
+    echo
+    sed -n '/^projection: /,$p' "$OUT_DIR/projection.log" 2>/dev/null
 } >>"$SUMMARY"
 rm -f "$SUMMARY.steps"
 echo

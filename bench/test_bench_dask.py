@@ -5,7 +5,9 @@ extra). Throughput: the children data set's global null (BENCH_DASK_ITERS permut
 default 200) with the numba engine on ``ThreadScheduler(BENCH_CORES)`` and on a
 ``LocalCluster`` of 1 and 2 single-threaded worker processes. Overhead per chunk: the
 same round trips with an engine whose chunks do no work (chunks of 1 permutation), so
-the time is scheduling, transfer and merging only.
+the time is scheduling, transfer and merging only. A study: the children's three
+task-type analyses (BENCH_DASK_STUDY_ITERS permutations each, default 200) on the same
+cluster one after another and at the same time (``run_study(concurrent_analyses=)``).
 
 Cluster start-up (a few seconds) is left out of every figure: a cluster is started once
 and serves many runs. A warm-up round compiles the numba kernels in every worker.
@@ -14,6 +16,7 @@ and serves many runs. A warm-up round compiles the numba kernels in every worker
 from __future__ import annotations
 
 import os
+import textwrap
 import warnings
 
 import numpy as np
@@ -36,6 +39,7 @@ pytest.importorskip("distributed", reason="needs the dask extra")
 CORES = int(os.environ.get("BENCH_CORES", "2"))
 ITERS = int(os.environ.get("BENCH_DASK_ITERS", "200"))
 OVERHEAD_CHUNKS = int(os.environ.get("BENCH_DASK_CHUNKS", "400"))
+STUDY_ITERS = int(os.environ.get("BENCH_DASK_STUDY_ITERS", "200"))
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +128,50 @@ def test_overhead_per_chunk_single_process(benchmark, spec, kind):
                                         scheduler=scheduler), rounds=3, warmup_rounds=1)
     _record(benchmark, f"{kind}-idle", 1 if kind == "serial" else CORES, OVERHEAD_CHUNKS,
             OVERHEAD_CHUNKS)
+
+
+STUDY = """
+[study]
+iterations = {iters}
+device = "cpu"
+
+[inputs]
+children = "example:semantic-children"
+
+[analyses.knowledge]
+type = "global"
+input = "children"
+where = "task_type == knowledge"
+
+[analyses.relatedness]
+type = "global"
+input = "children"
+where = "task_type == relatedness"
+
+[analyses.objects]
+type = "global"
+input = "children"
+where = "task_type == objects"
+"""
+
+
+@pytest.mark.parametrize("together", [1, 3], ids=["one-at-a-time", "together"])
+def test_study_on_a_cluster(benchmark, cluster_client, tmp_path, together):
+    """Three global analyses whose permutations go to the cluster: one after another,
+    or at the same time (each computes its observed map here while another's chunks
+    run). Reports are left out; every round recomputes (``force``)."""
+    from gpuale.study import load_study, run_study
+
+    workers, client = cluster_client
+    path = tmp_path / "study.toml"
+    path.write_text(textwrap.dedent(STUDY.format(iters=STUDY_ITERS)))
+    study = load_study(path)
+    scheduler = DaskScheduler(client)
+
+    def run():
+        run_study(study, tmp_path / "out", force=True, log=lambda m: None, report=False,
+                  scheduler=scheduler, concurrent_analyses=together)
+
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    _record(benchmark, f"dask-study({together} at once)", workers, 3 * STUDY_ITERS,
+            3 * -(-STUDY_ITERS // 8))

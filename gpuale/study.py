@@ -32,16 +32,27 @@ run.json) is reused, not run again, so running a study again after Ctrl-C resume
 ``force`` recomputes everything. ``OUT/study.json`` (rewritten after each analysis) and
 ``OUT/index.html`` list them. Each run.json records the study file, the command, and the
 analysis's selection of experiments (``where``, ``split``); inputs keep the names the
-study file gives them (``example:semantic-children``).
+study file gives them (``example:semantic-children``). A global analysis may take
+``iterations = "auto"``: the stopping rule of :mod:`gpuale.stopping`, at most 10,000.
+
+An input given as a table names the columns of a CSV/TSV table (see
+:func:`gpuale.io.read_table`)::
+
+    [inputs.mine]
+    path = "coordinates.csv"                  # or paths = [...]
+    experiment_column = "publication,contrast"
+    sample_size_column = "subjects"
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
 import json
 import math
+import threading
 import tomllib
 import warnings
 from collections.abc import Callable
@@ -64,13 +75,15 @@ from gpuale.dataset import Dataset
 from gpuale.examples import example_name, resolve_input
 from gpuale.grid import Grid, load_grid
 from gpuale.io import load_dataset
-from gpuale.nulls import RunInterrupted, Scheduler
+from gpuale.nulls import DaskScheduler, RunInterrupted, Scheduler
 from gpuale.selection import median_split, referenced_columns, select
+from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
 
 __all__ = [
     "Study",
     "StudyFolderConflict",
     "StudyInterrupted",
+    "allowing_duplicates",
     "check_study_folder",
     "load_study",
     "run_study",
@@ -91,6 +104,7 @@ SETTINGS = {
     "min_volume": 200.0,
     "workers": None,
     "sample_size": None,  # N of experiments whose input has none (Neurosynth releases)
+    "allow_duplicates": False,  # keep an experiment given twice (else an error)
 }
 ANALYSIS_KEYS = {
     "global": {"type", "input", "inputs", "where", "split"},
@@ -124,6 +138,9 @@ class Study:
     #: Each input as the study file names it (``example:NAME``, a relative path), for
     #: run.json and the reports; ``inputs`` holds the paths read.
     input_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: Each input's table options (``experiment_column``, ``sample_size_column``), where
+    #: the study file gives them.
+    input_options: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     @property
     def display_path(self) -> str:
@@ -166,13 +183,18 @@ def _problem(path: Path, message: str) -> ValueError:
 
 def load_study(path: str | Path) -> Study:
     """Read and check a study file; every mistake is an error naming the file and entry."""
+    from gpuale.io.errors import read_text
+
     path = Path(path)
+    if not path.exists():
+        raise ValueError(f"study file {str(path)!r} does not exist")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"study file {str(path)!r} does not exist") from None
+        # Bounded and read once, as every input (a pipe works, /dev/zero is an error).
+        raw = tomllib.loads(read_text(path))
     except tomllib.TOMLDecodeError as exc:
         raise _problem(path, f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per level of [[[...]]] or {a = {b = ...}}
+        raise _problem(path, "TOML nested too deeply to read") from None
     unknown = set(raw) - {"study", "inputs", "analyses"}
     if unknown:
         raise _problem(path, f"unknown table(s) {sorted(unknown)}; use [study], [inputs], "
@@ -193,7 +215,10 @@ def load_study(path: str | Path) -> Study:
 
     inputs = {}
     input_names = {}
+    input_options = {}
     for key, value in raw.get("inputs", {}).items():
+        if isinstance(value, dict):
+            value, input_options[key] = _input_table(path, key, value)
         values = value if isinstance(value, list) else [value]
         input_names[key] = [str(item) for item in values]
         resolved = []
@@ -231,9 +256,30 @@ def load_study(path: str | Path) -> Study:
                                      f"thresholded map of {dep!r}, which iterations = 0 "
                                      "does not give; give it iterations")
     study = Study(path=path, name=name, inputs=inputs, analyses=analyses,
-                  input_names=input_names)
+                  input_names=input_names, input_options=input_options)
     study.order()
     return study
+
+
+#: Keys of an input given as a table ([inputs.NAME]): its file(s) and table options.
+INPUT_KEYS = {"path", "paths", "experiment_column", "sample_size_column"}
+
+
+def _input_table(path: Path, key: str, table: dict) -> tuple[object, dict]:
+    """An [inputs.NAME] table: its path(s), and its table options."""
+    unknown = set(table) - INPUT_KEYS
+    if unknown:
+        raise _problem(path, f"input {key!r} has unknown key(s) {sorted(unknown)}; known: "
+                             f"{sorted(INPUT_KEYS)}")
+    if ("path" in table) == ("paths" in table):
+        raise _problem(path, f"input {key!r} needs path = \"...\" or paths = [...]")
+    options = {name: table[name] for name in ("experiment_column", "sample_size_column")
+               if name in table}
+    for name, option in options.items():
+        if not isinstance(option, str) and not (name == "experiment_column" and isinstance(
+                option, list) and all(isinstance(item, str) for item in option)):
+            raise _problem(path, f"input {key!r}: {name} = {option!r} must be a column name")
+    return table.get("path", table.get("paths")), options
 
 
 #: Files of a study folder that an analysis's folder must not be named as.
@@ -271,11 +317,20 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
     unknown = set(table) - ANALYSIS_KEYS[kind]
     if unknown:
         raise _problem(path, f"analysis {key!r} ({kind}) has unknown key(s) {sorted(unknown)}")
+    if not isinstance(settings["allow_duplicates"], bool):
+        raise _problem(path, f"analysis {key!r}: allow_duplicates = "
+                             f"{settings['allow_duplicates']!r} must be true or false")
     for setting, value in {**settings, **table}.items():
         # TOML has nan and inf: compared with them every test is False, silently.
         if isinstance(value, float) and not math.isfinite(value):
             raise _problem(path, f"analysis {key!r}: {setting} = {value} is not a finite "
                                  "number")
+    iterations = settings["iterations"]
+    if isinstance(iterations, str) and (iterations != AUTO or kind == "contrast"):
+        # "auto" is the stopping rule of a global ALE; a contrast runs a fixed number.
+        raise _problem(path, f"analysis {key!r} ({kind}): iterations = {iterations!r}; give "
+                             "a whole number" + (" or \"auto\"" if kind == "global" else
+                                                 " (\"auto\" is for global analyses)"))
     if kind == "global":
         names = table.get("inputs", [table["input"]] if "input" in table else [])
         if not names:
@@ -306,13 +361,19 @@ def _fingerprint(analysis: Analysis, study: Study, upstream: dict[str, str]) -> 
         "gpuale": __version__,
         "type": analysis.type,
         "spec": analysis.spec,
-        "settings": analysis.settings,
+        # allow_duplicates changes no number (without it the analysis fails): a folder
+        # finished before the setting existed is reused.
+        "settings": {k: v for k, v in analysis.settings.items() if k != "allow_duplicates"},
         "inputs": {
             name: [file_checksum(p) for p in study.inputs[name]]
             for name in analysis.spec.get("inputs", [])
         },
         "upstream": {dep: upstream[dep] for dep in analysis.depends_on},
     }
+    options = {name: study.input_options[name] for name in analysis.spec.get("inputs", [])
+               if study.input_options.get(name)}
+    if options:  # only where given, so that earlier studies' fingerprints stay the same
+        payload["input_options"] = options
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -445,6 +506,8 @@ def run_study(
     progress_factory: Callable | None = None,
     log: Callable[[str], None] = print,
     scheduler: Scheduler | None = None,
+    report: bool = True,
+    concurrent_analyses: int | None = None,
 ) -> list[dict]:
     """Run every analysis of a study into ``out_dir/NAME/``, reusing finished ones.
 
@@ -471,6 +534,18 @@ def run_study(
     scheduler : Scheduler, optional
         Who runs every analysis's permutation chunks (a :class:`gpuale.nulls.DaskScheduler`
         spreads them over a cluster; results and fingerprints are the same).
+    report : bool
+        Write each analysis's report.html (with the report extra). index.html is written
+        either way: it links each analysis's report, or its folder where there is none.
+    concurrent_analyses : int, optional
+        With a :class:`~gpuale.nulls.DaskScheduler`: analyses run at the same time, each
+        as soon as those it depends on have finished, so that the cluster has the next
+        analysis's chunks while this process computes one's observed maps, clusters and
+        outputs (default :data:`CONCURRENT_ANALYSES`; 1 runs them one after another).
+        They take turns at everything done in this process, so each folder and its
+        warnings are as one after another would give; there are no progress bars then,
+        a line per analysis started and finished instead. Ignored without a Dask
+        scheduler (this machine's cores already serve one analysis).
 
     Returns
     -------
@@ -492,11 +567,14 @@ def run_study(
         return _run_study_held(study, out_dir, iterations=iterations, device=device,
                                force=force, command=command,
                                progress_factory=progress_factory, log=log,
-                               scheduler=scheduler)
+                               scheduler=scheduler, report=report,
+                               concurrent_analyses=concurrent_analyses)
 
 
 def _run_study_held(study: Study, out_dir: Path, *, iterations, device, force, command,
-                    progress_factory, log, scheduler) -> list[dict]:
+                    progress_factory, log, scheduler, report=True,
+                    concurrent_analyses=None) -> list[dict]:
+    together = _analyses_at_once(scheduler, concurrent_analyses)
     check_study_folder(study, out_dir, force=force)
     order = study.order()
     datasets: dict[str, Dataset] = {}
@@ -504,7 +582,7 @@ def _run_study_held(study: Study, out_dir: Path, *, iterations, device, force, c
     # empty selection or a bad file is an error now, not after hours of earlier analyses.
     for analysis in order:
         if analysis.type == "global":
-            datasets[analysis.name] = _global_dataset(analysis, study)
+            datasets[analysis.name] = _global_dataset(analysis, study, log)
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = load_grid()
     fingerprints: dict[str, str] = {}
@@ -513,15 +591,36 @@ def _run_study_held(study: Study, out_dir: Path, *, iterations, device, force, c
     _write_study_json(out_dir, study, command, entries, order, "running")
     current = None
     try:
-        for analysis in order:
-            current = analysis.name
-            entries.append(_run_or_reuse(analysis, study, out_dir, grid, datasets,
-                                         fingerprints, iterations, device, force, command,
-                                         progress_factory, log, scheduler))
-            current = None
-            _write_study_json(out_dir, study, command, entries, order, "running")
-            _report(out_dir / analysis.name, log)
-    except (KeyboardInterrupt, RunInterrupted):
+        if together > 1:
+            position = {a.name: i for i, a in enumerate(order)}
+
+            def run(analysis, shared_scheduler, capture):
+                return _run_or_reuse(analysis, study, out_dir, grid, datasets, fingerprints,
+                                     iterations, device, force, command, None, log,
+                                     shared_scheduler, capture)
+
+            def finish(entry):
+                entries.append(entry)
+                entries.sort(key=lambda e: position[e["name"]])  # study order, as serially
+                log(f"{entry['name']}: {entry['status']}; {entry['summary']}")
+                _write_study_json(out_dir, study, command, entries, order, "running")
+                if report:
+                    _report(out_dir / entry["name"], log)
+
+            _run_together(order, run, finish, scheduler, together, log)
+        else:
+            for analysis in order:
+                current = analysis.name
+                entries.append(_run_or_reuse(analysis, study, out_dir, grid, datasets,
+                                             fingerprints, iterations, device, force,
+                                             command, progress_factory, log, scheduler))
+                current = None
+                _write_study_json(out_dir, study, command, entries, order, "running")
+                if report:
+                    _report(out_dir / analysis.name, log)
+    except (KeyboardInterrupt, RunInterrupted) as exc:
+        if isinstance(exc, _AnalysesInterrupted):
+            current = ", ".join(exc.running) or None
         _write_study_json(out_dir, study, command, entries, order, "interrupted")
         _index(out_dir, entries, log)
         finished = [entry["name"] for entry in entries]
@@ -536,8 +635,13 @@ def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
                   datasets: dict[str, Dataset], fingerprints: dict[str, str],
                   iterations: int | None, device: str | None, force: bool,
                   command: str | None, progress_factory: Callable | None,
-                  log: Callable[[str], None], scheduler: Scheduler | None = None) -> dict:
-    """Run one analysis, or reuse its finished folder; its index entry."""
+                  log: Callable[[str], None], scheduler: Scheduler | None = None,
+                  capture: Callable | None = None) -> dict:
+    """Run one analysis, or reuse its finished folder; its index entry.
+
+    ``capture`` is a context manager factory yielding the list that collects the
+    analysis's warnings (default: ``warnings.catch_warnings(record=True)``).
+    """
     settings = dict(analysis.settings)
     if iterations is not None:
         settings["iterations"] = iterations
@@ -561,16 +665,192 @@ def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
         log(f"{analysis.name}: reused (same inputs and settings)")
     else:
         log(f"{analysis.name}: {analysis.type} ...")
-        progress = (progress_factory(settings["iterations"], analysis.name)
+        total = DEFAULT_MAX_ITERS if settings["iterations"] == AUTO else settings["iterations"]
+        progress = (progress_factory(total, analysis.name)
                     if progress_factory else contextlib.nullcontext())
-        with progress as step, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with progress as step, (capture or _caught_warnings)() as caught:
             _run_one(analysis, folder, out_dir, datasets, study, grid, step, extra, command,
                      scheduler)
         for message in dict.fromkeys(str(w.message) for w in caught):
             log(f"  warning: {message}")
     return {"name": analysis.name, "kind": analysis.type, "folder": analysis.name,
             "status": "reused" if reuse else "ran", **_summarise(folder)}
+
+
+@contextlib.contextmanager
+def _caught_warnings():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
+# --- Analyses at the same time, on a Dask cluster ---------------------------------------
+
+#: Analyses a study runs at once on a Dask cluster (``run_study(concurrent_analyses=)``).
+CONCURRENT_ANALYSES = 4
+
+
+def _analyses_at_once(scheduler: Scheduler | None, concurrent_analyses: int | None) -> int:
+    if concurrent_analyses is not None and (isinstance(concurrent_analyses, bool)
+                                            or not isinstance(concurrent_analyses, int)
+                                            or concurrent_analyses < 1):
+        raise ValueError(f"concurrent_analyses must be a whole number of at least 1, got "
+                         f"{concurrent_analyses!r}")
+    if not isinstance(scheduler, DaskScheduler):
+        # This machine's cores are busy with one analysis's permutations already.
+        return 1
+    return concurrent_analyses or CONCURRENT_ANALYSES
+
+
+class _AnalysesInterrupted(RunInterrupted):
+    """Ctrl-C while analyses ran at the same time; ``running`` names those that stopped."""
+
+    def __init__(self, running: list[str]) -> None:
+        super().__init__("interrupted")
+        self.running = running
+
+
+class _TakingTurns:
+    """One analysis's scheduler among several running at once: its permutations go to the
+    cluster (its own share of the study's :class:`DaskScheduler`), and while it waits for
+    them another analysis takes its turn in this process."""
+
+    def __init__(self, cluster: DaskScheduler, turn: threading.Lock) -> None:
+        self.cluster = cluster
+        self.turn = turn
+
+    def run(self, engine, spec, seed, chunks, on_partial) -> None:
+        self.turn.release()
+        try:
+            self.cluster.run(engine, spec, seed, chunks, on_partial)
+        finally:
+            self.turn.acquire()
+
+
+class _WarningsByThread:
+    """Each analysis thread's warnings in its own list.
+
+    ``warnings.catch_warnings`` changes one state for the whole process (before Python
+    3.14), so two analyses catching their warnings at once would swap or lose them. Here
+    one catcher for the study sends each warning to the list of the thread that raised
+    it (elsewhere where no analysis runs in that thread); the analyses' own
+    ``catch_warnings`` blocks (run.json keeps their messages) nest safely because the
+    analyses take turns (:class:`_TakingTurns`) and none waits for the cluster inside one.
+    """
+
+    def __init__(self) -> None:
+        self._lists: dict[int, list] = {}
+
+    @contextlib.contextmanager
+    def installed(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            elsewhere = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                caught = self._lists.get(threading.get_ident())
+                if caught is None:
+                    elsewhere(message, category, filename, lineno, file, line)
+                else:
+                    caught.append(warnings.WarningMessage(message, category, filename,
+                                                          lineno, file, line))
+
+            warnings.showwarning = show
+            yield self
+
+    @contextlib.contextmanager
+    def this_thread(self):
+        ident = threading.get_ident()
+        self._lists[ident] = caught = []
+        try:
+            yield caught
+        finally:
+            del self._lists[ident]
+
+
+def _run_together(order: list[Analysis], run: Callable, finish: Callable[[dict], None],
+                  cluster: DaskScheduler, limit: int, log: Callable[[str], None]) -> None:
+    """Run up to ``limit`` analyses at once, each when those it depends on have finished.
+
+    Each analysis runs in a thread of this process, with its own share of the cluster
+    (:meth:`DaskScheduler.share`), and the threads take turns (one lock): an analysis
+    holds the turn for all it does here (reading its upstream folders, the observed map,
+    clusters, writing its folder through the usual atomic rename) and lets it go only
+    while it waits for its permutations from the cluster. So every number and file is
+    what one analysis after another would give (the permutations depend only on seed and
+    index), outputs are written here only, and the cluster has the chunks of several
+    analyses to run. ``finish(entry)`` is called in this thread, in its turn, as each
+    analysis ends.
+
+    On Ctrl-C (or an analysis's error) every share is stopped, which cancels its chunks
+    on the cluster; the analyses that were computing here stop at their next
+    permutations, and any already writing its folder finishes it (and is kept). Then
+    :class:`_AnalysesInterrupted` (or the error) is raised.
+    """
+    turn = threading.Lock()
+    sink = _WarningsByThread()
+    waiting = list(order)
+    done: set[str] = set()
+    running: dict[concurrent.futures.Future, tuple[Analysis, DaskScheduler]] = {}
+
+    def work(analysis: Analysis, share: DaskScheduler) -> dict:
+        with turn:
+            if share.stopped:
+                raise RunInterrupted("interrupted before it started")
+            return run(analysis, _TakingTurns(share, turn), sink.this_thread)
+
+    with sink.installed(), concurrent.futures.ThreadPoolExecutor(
+            max_workers=limit, thread_name_prefix="gpuale-analysis") as pool:
+        try:
+            while waiting or running:
+                for analysis in [a for a in waiting if set(a.depends_on) <= done]:
+                    if len(running) >= limit:
+                        break
+                    waiting.remove(analysis)
+                    share = cluster.share()
+                    running[pool.submit(work, analysis, share)] = (analysis, share)
+                ended, _ = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in sorted(ended, key=lambda f: order.index(running[f][0])):
+                    entry = future.result()  # an analysis's error is raised here
+                    # Out of running first: a Ctrl-C inside finish must not finish it twice.
+                    done.add(running.pop(future)[0].name)
+                    with turn:
+                        finish(entry)
+        except BaseException as exc:
+            stopped = _stop_all(running, turn, finish, log)
+            if isinstance(exc, (KeyboardInterrupt, RunInterrupted)):
+                raise _AnalysesInterrupted(stopped) from None
+            raise
+
+
+def _stop_all(running: dict, turn: threading.Lock, finish: Callable[[dict], None],
+              log: Callable[[str], None]) -> list[str]:
+    """Stop every running analysis and wait for their threads; those that finished even
+    so are passed to ``finish``. The names of the others, in study order."""
+    if running:
+        log(f"stopping {len(running)} running analyses: their chunks are cancelled; "
+            "waiting for their work here to stop")
+    for _, share in running.values():
+        share.stop()
+    while True:
+        try:
+            concurrent.futures.wait(running)
+            break
+        except KeyboardInterrupt:  # a second Ctrl-C: threads cannot be killed; keep on
+            for _, share in running.values():
+                share.stop()
+    stopped = []
+    for future, (analysis, _) in running.items():
+        try:
+            entry = future.result()
+        except BaseException:  # interrupted, or failed with the error being raised
+            stopped.append(analysis.name)
+        else:
+            with turn:
+                finish(entry)
+    running.clear()
+    return stopped
 
 
 def _selection(analysis: Analysis, study: Study) -> dict | None:
@@ -596,6 +876,15 @@ def _write_study_json(out_dir: Path, study: Study, command: str | None, entries:
     tmp.replace(out_dir / runfolder.STUDY_JSON)
 
 
+def allowing_duplicates(study: Study) -> Study:
+    """The study with ``allow_duplicates = true`` in every analysis (``gpuale run
+    --allow-duplicates``)."""
+    analyses = {name: dataclasses.replace(analysis, settings={**analysis.settings,
+                                                               "allow_duplicates": True})
+                for name, analysis in study.analyses.items()}
+    return dataclasses.replace(study, analyses=analyses)
+
+
 def _input_paths(analysis: Analysis, study: Study) -> list[Path]:
     return [p for name in analysis.spec["inputs"] for p in study.inputs[name]]
 
@@ -607,18 +896,31 @@ def _named_inputs(analysis: Analysis, study: Study) -> list[tuple[str, Path]]:
                                    study.inputs[name])]
 
 
-def _global_dataset(analysis: Analysis, study: Study) -> Dataset:
+#: Inputs larger than this (together) are logged as they are read (seconds each).
+LOADING_NOTICE_BYTES = 4_000_000
+
+
+def _global_dataset(analysis: Analysis, study: Study,
+                    log: Callable[[str], None] | None = None) -> Dataset:
+    from gpuale._files import input_size
+
     s = analysis.settings
     paths = _input_paths(analysis, study)
+    large = log is not None and sum(map(input_size, paths)) >= LOADING_NOTICE_BYTES
+    progress = (lambda line: log(f"{analysis.name}: {line} ...")) if large else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # A selection's columns are loaded where an input holds too many to load them all
         # (a Neurosynth release's terms).
         dataset = load_dataset(
             paths, space=s["space"], tal_transform=s["tal_transform"],
-            sample_size=s["sample_size"],
+            sample_size=s["sample_size"], allow_duplicates=s["allow_duplicates"],
+            progress=progress,
             columns=referenced_columns(analysis.spec["where"]) if "where" in analysis.spec
             else None,
+            input_options=[study.input_options.get(name) for name in analysis.spec["inputs"]
+                           for _ in study.inputs[name]],
+            need_sample_size=s["fwhm"] is None,  # a fixed kernel FWHM needs no N
         )
     if "where" in analysis.spec:
         dataset = select(dataset, analysis.spec["where"])

@@ -21,7 +21,7 @@ import pytest
 from conftest import SLEUTH, make_small_grid, random_dataset
 from typer.testing import CliRunner
 
-from gpuale import cli
+from gpuale import _hostshim, cli
 from gpuale.analysis import run_ale
 from gpuale.engines import get_engine
 from gpuale.engines.numpy_ import NumpyEngine
@@ -257,3 +257,77 @@ def test_an_engine_no_worker_can_make_is_a_clear_error(client, problem):
     with pytest.raises(SchedulerUnavailable, match="cannot be sent to Dask workers"):
         run_null(GlobalNullSpec(compiled, threshold, 6), Local(), seed=1, n_iters=16,
                  scheduler=DaskScheduler(client))
+
+
+# --- A worker with a GPU runs the CUDA engine (as far as it can be checked without one) ---
+
+
+@pytest.fixture
+def a_gpu_here(monkeypatch):
+    """CuPy 'sees' two GPUs (gpu_available, device_count patched), and workers start
+    without engines of their own."""
+    import gpuale.engines.cuda as cuda
+    from gpuale import nulls
+
+    monkeypatch.setattr(cuda, "gpu_available", lambda: True)
+    monkeypatch.setattr(cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(nulls, "_WORKER_ENGINES", {})
+
+
+def test_the_cuda_engine_travels_as_its_device_and_a_worker_makes_its_own(a_gpu_here):
+    from gpuale.engines.cuda import CudaEngine
+    from gpuale.nulls import _EngineOnWorker, _portable, _worker_engine
+
+    assert get_engine("auto").device == "gpu:0"  # a GPU here: the CUDA engine is chosen
+    sent = _portable(CudaEngine(device_id=1))  # holds a lock: cannot be pickled
+    assert sent == _EngineOnWorker("cuda", "gpu:1")
+    made = _worker_engine(sent)
+    assert type(made) is CudaEngine and made.device_id == 1 and made.on_gpu
+    assert _worker_engine(sent) is made  # once per worker: its uploads serve every chunk
+    numba = get_engine("cpu")
+    assert _portable(numba) is numba and _worker_engine(numba) is numba
+
+
+def test_a_worker_without_the_gpu_it_is_sent_for_fails_clearly(monkeypatch):
+    import gpuale.engines.cuda as cuda
+    from gpuale import nulls
+    from gpuale.engines import DeviceUnavailable
+    from gpuale.nulls import _EngineOnWorker, _worker_engine
+
+    monkeypatch.setattr(cuda, "gpu_available", lambda: False)
+    monkeypatch.setattr(nulls, "_WORKER_ENGINES", {})
+    with pytest.raises(DeviceUnavailable, match="asked for a GPU, but CuPy sees none"):
+        _worker_engine(_EngineOnWorker("cuda", "gpu:0"))
+
+
+@pytest.mark.skipif(not _hostshim.compiler_available(), reason="needs g++ for the host shim")
+def test_cuda_chunks_on_a_cluster_run_on_the_workers_cuda_engine(a_gpu_here, problem):
+    """The whole path of a GPU cluster but the GPU: the client's CudaEngine is sent as
+    its device, each worker's chunks run on the worker's CUDA engine (here the one a
+    worker made, its kernels moved to the host shim), and the null equals the same engine
+    run here."""
+    from distributed import Client, LocalCluster
+
+    from gpuale import nulls
+    from gpuale.engines.cuda import CudaEngine, kernel_dir
+    from gpuale.nulls import SerialScheduler, _EngineOnWorker
+
+    compiled, threshold = problem
+    spec = GlobalNullSpec(compiled, threshold, 6)
+    launch = _hostshim.load(kernel_dir() / "ale_null.cu").launch
+    on_worker = nulls._worker_engine(_EngineOnWorker("cuda", "gpu:0"))
+    on_worker._host_launch = launch  # the worker's own engine, without a GPU
+    ran = []
+    chunk = on_worker.null_chunk
+    on_worker.null_chunk = lambda *args: ran.append(args[2:]) or chunk(*args)
+    here = run_null(spec, CudaEngine.on_host(launch), seed=4, n_iters=6,
+                    scheduler=SerialScheduler())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                               dashboard_address=None)
+    with cluster, Client(cluster, set_as_default=False) as in_process:
+        there = run_null(spec, CudaEngine(device_id=0), seed=4, n_iters=6,
+                         scheduler=DaskScheduler(in_process))
+    assert_same_global(here, there)
+    assert ran == [(0, 6)]  # the chunk ran on the worker's engine
