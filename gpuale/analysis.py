@@ -10,7 +10,7 @@ from collections.abc import Callable
 import nibabel as nib
 import numpy as np
 
-from gpuale.clusters import cluster_table, experiment_contributions
+from gpuale.clusters import cluster_table, experiment_contributions, label_clusters
 from gpuale.dataset import Dataset
 from gpuale.engines import get_engine, resolve_device
 from gpuale.grid import Grid, load_grid
@@ -25,7 +25,18 @@ from gpuale.inference import (
 )
 from gpuale.nulls import GlobalNullSpec, MonteCarloNull, Scheduler, run_null
 from gpuale.problem import Problem, compile_problem
+from gpuale.runfolder import TFCE_LOGP_FWE, TFCE_MAP, TFCE_THRESHOLDED, TFCE_Z_FWE
 from gpuale.stats import AnalyticNull, ObservedALE, analytic_null, p_to_z
+from gpuale.stopping import (
+    AUTO,
+    DEFAULT_MAX_ITERS,
+    StoppingRecord,
+    StoppingRule,
+    UnsettledWarning,
+    cluster_size_decision,
+    run_null_until_settled,
+)
+from gpuale.tfce import TfceInference, correct_tfce, z_table
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -77,6 +88,10 @@ class ALEResult:
     fwhm_mm: float | None = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: Where ``n_iters="auto"`` stopped and why (None for a fixed number of iterations).
+    stopping: StoppingRecord | None = None
+    #: TFCE map and its voxel-level FWE (``tfce=True``; :mod:`gpuale.tfce`).
+    tfce: TfceInference | None = None
 
     @property
     def ale(self) -> np.ndarray:
@@ -117,6 +132,13 @@ class ALEResult:
             renumber[order] = np.arange(1, order.size + 1)
             labels = renumber[inf.labels]
             maps["cluster_labels"] = labels.astype(np.int16)
+        if self.tfce is not None:
+            maps.update({
+                TFCE_MAP: self.tfce.tfce.astype(np.float32),
+                TFCE_LOGP_FWE: ClusterInference.logp(self.tfce.p),
+                TFCE_Z_FWE: self.tfce.z_fwe,
+                TFCE_THRESHOLDED: self.tfce.thresholded,
+            })
         if self.fdr_q is not None:
             cut = fdr_threshold(self.p, self.fdr_q)
             maps["z_fdr"] = np.where(self.p <= cut, self.z, 0.0).astype(np.float32)
@@ -166,7 +188,8 @@ def run_ale(
     *,
     grid: Grid | None = None,
     fwhm_mm: float | None = None,
-    n_iters: int = DEFAULT_ITERS,
+    n_iters: int | str = DEFAULT_ITERS,
+    max_iters: int = DEFAULT_MAX_ITERS,
     seed: int = DEFAULT_SEED,
     cluster_forming_p: float = DEFAULT_CLUSTER_FORMING_P,
     alpha: float = DEFAULT_ALPHA,
@@ -176,6 +199,7 @@ def run_ale(
     fdr_q: float | None = None,
     progress: Callable[[int], None] | None = None,
     scheduler: Scheduler | None = None,
+    tfce: bool = False,
 ) -> ALEResult:
     """Activation likelihood estimation with cluster-level FWE correction.
 
@@ -186,8 +210,12 @@ def run_ale(
         Analysis mask and grid; the MNI152 2 mm brain mask by default.
     fwhm_mm : float, optional
         Fixed kernel FWHM; by default it follows each experiment's sample size.
-    n_iters : int
-        Monte Carlo permutations; 0 skips FWE correction.
+    n_iters : int or "auto"
+        Monte Carlo permutations; 0 skips FWE correction; ``"auto"`` runs them in
+        checkpoints until every observed cluster's FWE decision and the cluster-size
+        threshold are settled (:mod:`gpuale.stopping`), at most ``max_iters``.
+    max_iters : int
+        The most permutations ``n_iters="auto"`` runs.
     seed : int
         Seed of the counter-based generator (see :mod:`gpuale.rng`).
     cluster_forming_p : float
@@ -207,6 +235,10 @@ def run_ale(
     scheduler : Scheduler, optional
         Who runs the permutation chunks, e.g. a :class:`gpuale.nulls.DaskScheduler` for a
         cluster (the null is the same, bit for bit); default: this machine's cores.
+    tfce : bool
+        Also TFCE (Frahm et al. 2022; :mod:`gpuale.tfce`) on the z of the observed data's
+        analytic null, with each permutation's largest TFCE gathered in the same pass and
+        voxel-level FWE p from them; needs Monte Carlo iterations.
 
     Returns
     -------
@@ -214,10 +246,17 @@ def run_ale(
     """
     _check_probability("cluster_forming_p", cluster_forming_p)
     _check_probability("alpha", alpha)
-    if n_iters < 0:
-        raise ValueError(f"n_iters must be >= 0, got {n_iters}")
+    rule = None
+    if n_iters == AUTO:
+        rule = StoppingRule(alpha=alpha, max_iters=max_iters)
+        n_iters = max_iters  # the most it may run, for the checks below
+    elif isinstance(n_iters, str) or n_iters < 0:
+        raise ValueError(f"n_iters must be >= 0 or {AUTO!r}, got {n_iters!r}")
     if fdr_q is not None:
         _check_probability("fdr_q", fdr_q)
+    if tfce and not n_iters:
+        raise ValueError("tfce needs Monte Carlo iterations (--iters, n_iters > 0): its FWE "
+                         "p come from each permutation's largest TFCE")
     caught: list[str] = []
     if len(dataset) < MIN_RECOMMENDED_EXPERIMENTS:
         message = (
@@ -269,12 +308,32 @@ def run_ale(
     )
     if n_iters:
         start = time.perf_counter()
-        spec = GlobalNullSpec(problem, float(threshold), int(connectivity))
-        result.montecarlo = run_null(spec, engine, seed=seed, n_iters=n_iters,
-                                     scheduler=scheduler, n_workers=n_workers,
-                                     progress=progress)
+        z_of_ale = None
+        if tfce:
+            try:
+                z_of_ale = z_table(null)
+            except ValueError:  # permuted ALE may pass the observed maximum (the cut)
+                z_of_ale = z_table(analytic_null(observed.ma_values, grid.n_voxels))
+        spec = GlobalNullSpec(problem, float(threshold), int(connectivity), tfce_z=z_of_ale)
+        if rule is None:
+            result.montecarlo = run_null(spec, engine, seed=seed, n_iters=n_iters,
+                                         scheduler=scheduler, n_workers=n_workers,
+                                         progress=progress)
+        else:
+            _, sizes, _ = label_clusters(observed.ale, grid, threshold, connectivity)
+            result.montecarlo, result.stopping = run_null_until_settled(
+                spec, engine, seed=seed, rule=rule, scheduler=scheduler,
+                n_workers=n_workers, progress=progress,
+                decide=cluster_size_decision(sizes[1:], rule))
+            unsettled = result.stopping.unsettled_message()
+            if unsettled:
+                warnings.warn(unsettled, UnsettledWarning, stacklevel=2)
+                caught.append(unsettled)
         timings["montecarlo_s"] = time.perf_counter() - start
         result.inference = correct_fwe(observed.ale, grid, result.montecarlo)
+        if tfce:
+            result.tfce = correct_tfce(z_of_ale(observed.ale), grid,
+                                       result.montecarlo.max_tfce, alpha)
         _warn_near_alpha(result)
     return result
 

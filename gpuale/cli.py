@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,6 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from gpuale import __version__
 from gpuale._files import check_output_dir, claim_output_dir
@@ -48,14 +50,110 @@ from gpuale.engines import get_engine, resolve_device
 from gpuale.examples import EXAMPLES, example_path, resolve_input
 from gpuale.grid import load_grid
 from gpuale.inference import iterations_to_reach
-from gpuale.io import load_dataset
+from gpuale.io import InputLayoutNote, load_dataset
 from gpuale.nulls import DaskScheduler, RunInterrupted, default_workers
 from gpuale.output import save_ale, save_conjunction, save_contrast
-from gpuale.runfolder import INDEX_HTML
+from gpuale.runfolder import INDEX_HTML, REPORT_HTML
 from gpuale.space import DEFAULT_TAL_TRANSFORM
-from gpuale.study import StudyInterrupted, load_study, run_study
+from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
+from gpuale.study import StudyInterrupted, allowing_duplicates, load_study, run_study
 
-app = typer.Typer(
+
+class _Argument(TyperArgument):
+    """A positional argument named as click names it: ``INPUTS...``, ``[OUT]``.
+
+    Typer's own spelling (``{inputs}...`` in the usage line, ``<list[str]>`` beside it)
+    reads as a template rather than a name.
+    """
+
+    @property
+    def display_name_raw(self) -> str:
+        return self.metavar if self.metavar is not None else self.name.upper()
+
+    def _rich_display_name(self) -> str:
+        return self.display_name_raw + ("..." if self.nargs != 1 else "")
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    def display_type_rich(self, ctx) -> str | None:
+        return None  # its name says what it is; its help says what it takes
+
+
+class _Flag(TyperOption):
+    """An on/off option (``--force``, ``--report/--no-report``, ``--help``): no ``<bool>``
+    beside it, as it takes no value."""
+
+    def display_type_rich(self, ctx) -> str | None:
+        return None
+
+
+class _ReadableHelp:
+    """A command (or the app) whose help is read literally and whose parameters are named
+    readably.
+
+    Help strings are escaped once here: under ``rich_markup_mode="rich"`` a ``[study]`` or
+    ``'gpuale[gpu]'`` in them would otherwise be taken for a style tag and vanish.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = escape(self.help) if self.help else self.help
+        self.short_help = escape(self.short_help) if self.short_help else self.short_help
+        for param in self.params:
+            _readable(param)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        return _readable(option) if option is not None else None
+
+
+class _Command(_ReadableHelp, TyperCommand):
+    """A command of the app (see :class:`_ReadableHelp`)."""
+
+
+class _Group(_ReadableHelp, TyperGroup):
+    """The app itself, whose help lists the commands (see :class:`_ReadableHelp`)."""
+
+
+def _readable(param):
+    """``param`` itself, its help escaped, and shown as an :class:`_Argument` or a
+    :class:`_Flag` where it is one (its class changes, nothing else); other options keep
+    typer's type column (``<float>``, ``<MNI|TAL>``)."""
+    if getattr(param, "_gpuale_readable", False):
+        return param  # the help option is cached by its command: escaped once
+    if type(param) is TyperArgument:
+        param.__class__ = _Argument
+    elif type(param) is TyperOption and getattr(param, "is_flag", False):
+        param.__class__ = _Flag
+    if getattr(param, "help", None):
+        param.help = escape(param.help)
+    param._gpuale_readable = True
+    return param
+
+
+class _Typer(typer.Typer):
+    """Every command of the app is a :class:`_Command` (those added later included)."""
+
+    def command(self, name: str | None = None, *, cls=None, **kwargs):
+        return super().command(name, cls=cls or _Command, **kwargs)
+
+
+class _Console(Console):
+    """stderr for people and for log files: user text printed literally, lines unbroken
+    where the output is not a terminal (a path split at column 80 can not be copied)."""
+
+    def print(self, *objects, soft_wrap: bool | None = None, **kwargs) -> None:
+        if soft_wrap is None:
+            # The stream itself, not is_terminal: FORCE_COLOR (set by CI systems) makes rich
+            # treat a log file as a terminal, 80 columns wide.
+            isatty = getattr(self.file, "isatty", None)
+            soft_wrap = not (isatty is not None and isatty())
+        super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+
+
+app = _Typer(
     help=(
         "GPU-accelerated activation likelihood estimation (ALE) for coordinate-based "
         "meta-analysis. Results match NiMARE 0.22.1 on the same data."
@@ -63,10 +161,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
+    cls=_Group,
 )
 # Markup off: labels, paths and messages are the user's text, and a '[/i]' or 'run[old]' in
 # them must print as written (styled prefixes go through _styled).
-err = Console(stderr=True, markup=False)
+err = _Console(stderr=True, markup=False, highlight=False)
 
 
 class Space(StrEnum):
@@ -88,12 +187,33 @@ class Connectivity(StrEnum):
 
 _DEFAULT_TAL = TalTransform(DEFAULT_TAL_TRANSFORM)
 
+#: Bundled data sets that are coordinate inputs; the others are study files (`gpuale run`).
+EXAMPLE_INPUTS = tuple(name for name, path in EXAMPLES.items() if not path.endswith(".toml"))
+
 INPUTS_HELP = (
     "Coordinate files: Sleuth text (GingerALE), CSV/TSV tables (one row per focus), a "
     "folder with experiments.csv and foci/, NiMARE dataset or Studyset JSON, a parquet "
     "Studyset folder, or a Neurosynth release (its coordinates.tsv[.gz] or folder). Several "
-    f"inputs are combined. Bundled data: {', '.join('example:' + k for k in EXAMPLES)}."
+    f"inputs are combined. Bundled data: {', '.join('example:' + k for k in EXAMPLE_INPUTS)}."
 )
+
+
+def _iterations(value: str | int, *, auto: bool) -> int | str:
+    """--iters: a whole number >= 0, or (where ``auto``) the stopping rule."""
+    text = str(value).strip()
+    if text.lower() == AUTO:
+        if auto:
+            return AUTO
+        raise typer.BadParameter("'auto' (the stopping rule) is for `gpuale global`; a "
+                                 "contrast runs a fixed number of permutations: give one")
+    try:
+        number = int(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a whole number"
+                                 + (" or 'auto'" if auto else "")) from None
+    if number < 0:
+        raise typer.BadParameter(f"{number} is below 0")
+    return number
 
 
 IterationsOption = Annotated[
@@ -102,12 +222,27 @@ IterationsOption = Annotated[
         "--iters",
         help="Monte Carlo iterations (Eickhoff et al. 2016 use 5,000-10,000); 0 = no Monte "
         "Carlo (global only).",
-        min=0,
+        parser=functools.partial(_iterations, auto=False),
     ),
+]
+AutoIterationsOption = Annotated[
+    str,
+    typer.Option(
+        "--iters",
+        metavar="N|auto",
+        help="Monte Carlo iterations (Eickhoff et al. 2016 use 5,000-10,000); 0 = no Monte "
+        "Carlo; auto = run them in checkpoints until every cluster's FWE decision and the "
+        "cluster-size threshold are settled (Besag & Clifford 1991), at most --max-iters.",
+        parser=functools.partial(_iterations, auto=True),
+    ),
+]
+MaxItersOption = Annotated[
+    int, typer.Option("--max-iters", help="The most iterations --iters auto runs.", min=1)
 ]
 SeedOption = Annotated[int, typer.Option(help="Seed of the permutations.", min=0)]
 DeviceOption = Annotated[
-    str, typer.Option(help="auto, cpu, gpu or gpu:N ('gpu' without one is an error).")
+    str, typer.Option(help="auto (the first GPU CuPy sees, else the CPU), cpu, gpu or gpu:N "
+                      "('gpu' without one is an error). The one chosen is printed.")
 ]
 WorkersOption = Annotated[
     int | None, typer.Option(help="CPU threads for the permutations (default: all cores).", min=1)
@@ -147,6 +282,23 @@ SampleSizeOption = Annotated[
     typer.Option("--sample-size", help="N of every experiment whose input gives none "
                  "(Neurosynth releases have none; NiMARE's kernel__sample_size).", min=1),
 ]
+ExperimentColumnOption = Annotated[
+    str | None,
+    typer.Option("--experiment-column", metavar="NAME[,NAME...]",
+                 help="Tables: the column naming each experiment, or several joined into "
+                 "one id (e.g. publication,contrast)."),
+]
+SampleSizeColumnOption = Annotated[
+    str | None,
+    typer.Option("--sample-size-column", metavar="NAME",
+                 help="Tables: the column holding each experiment's N."),
+]
+AllowDuplicatesOption = Annotated[
+    bool,
+    typer.Option("--allow-duplicates",
+                 help="Keep an experiment given twice (the same N and foci, in one input or "
+                 "across inputs), which then counts twice; by default it is an error."),
+]
 SchedulerOption = Annotated[
     str | None,
     typer.Option("--scheduler", metavar="ADDRESS",
@@ -175,18 +327,60 @@ def _capped_workers(workers: int | None) -> int | None:
 
 
 def _input_paths(inputs: list[str]) -> list[Path]:
-    """The files a run reads, for the output folder check (never written over)."""
+    """The files a run reads, for the output folder check (never written over).
+
+    A bundled study given as an input is refused here, before any work, with the command
+    that runs it.
+    """
+    for value in inputs:
+        name = value.removeprefix("example:") if value.startswith("example:") else None
+        if name in EXAMPLES and name not in EXAMPLE_INPUTS:
+            raise ValueError(f"{value} is a study file, not coordinates: `gpuale demo` runs "
+                             f"it, as does `gpuale run {example_path(name)}`")
     return [resolve_input(value) for value in inputs]
 
 
 def _load(inputs: list[str], space: Space | None, tal_transform: TalTransform,
-          sample_size: int | None = None, where: str | None = None):
+          sample_size: int | None = None, where: str | None = None,
+          allow_duplicates: bool = False, quiet: bool = False,
+          experiment_column: str | None = None, sample_size_column: str | None = None,
+          fwhm: float | None = None):
     paths = [resolve_input(value) for value in inputs]
-    dataset = load_dataset(
-        paths, space=space.value if space else None, tal_transform=tal_transform.value,
-        sample_size=sample_size, where=where,
-    )
+    with _loading(paths, quiet) as progress:
+        dataset = load_dataset(
+            paths, space=space.value if space else None, tal_transform=tal_transform.value,
+            sample_size=sample_size, where=where, allow_duplicates=allow_duplicates,
+            progress=progress, experiment_column=experiment_column,
+            sample_size_column=sample_size_column,
+            need_sample_size=fwhm is None,  # a fixed kernel FWHM needs no N
+        )
     return paths, dataset
+
+
+#: Inputs larger than this (together) show what is being read while they load.
+LOADING_NOTICE_BYTES = 4_000_000
+
+
+@contextmanager
+def _loading(paths: list[Path], quiet: bool):
+    """A spinner with the elapsed time on stderr while large inputs load (a 50 MB Sleuth
+    file takes seconds), or nothing (small inputs, -q, not a terminal)."""
+    from gpuale._files import input_size
+
+    if quiet or sum(input_size(p) for p in paths) < LOADING_NOTICE_BYTES:
+        yield None
+        return
+    if not err.is_terminal:
+        # A log gets one line per input instead of an animation.
+        yield lambda line: err.print(f"{line} ...", highlight=False)
+        return
+    from rich.progress import SpinnerColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("reading", total=None)
+        yield lambda line: bar.update(task, description=line)
 
 
 @contextmanager
@@ -238,6 +432,9 @@ FLAG_HINTS = {
     "study_force": "choose another --out or pass --force to write the study into it",
     "analysis_force": "move it away or pass --force to replace it",
     "sample_size": "give one N for them all with --sample-size N",
+    "derived_force": "pass --force to replace them",
+    "allow_duplicates": "remove one, or pass --allow-duplicates (in a study file: "
+                        "allow_duplicates = true) to keep both",
 }
 
 
@@ -253,9 +450,58 @@ def _styled(prefix: str, style: str, message: object) -> Text:
     return Text.assemble((prefix, style), f" {message}")
 
 
+#: The installed gpuale package: warnings raised from its files are its own messages.
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _is_own_warning(category: type[Warning], filename: str) -> bool:
+    """Whether a warning is one of gpuale's messages: a category gpuale defines, or a plain
+    ``UserWarning`` raised in gpuale's code (the library warnings a user cannot act on are
+    numpy's RuntimeWarnings, nibabel's, ...)."""
+    if category.__module__.partition(".")[0] == "gpuale":
+        return True
+    return category is UserWarning and _inside(filename, PACKAGE_DIR)
+
+
+def _inside(filename: str, folder: Path) -> bool:
+    try:
+        return Path(filename).resolve().is_relative_to(folder)
+    except (OSError, ValueError):
+        return False
+
+
+def _library_warning(message, category: type[Warning], filename: str, lineno: int) -> str:
+    """A library's warning in words a user can act on: whose it is, where gpuale met it,
+    and that gpuale did not foresee it."""
+    library = category.__module__.partition(".")[0]
+    parts = Path(filename).parts
+    for packages in ("site-packages", "dist-packages"):
+        if library in ("builtins", "warnings") and packages in parts[:-1]:
+            library = Path(parts[parts.index(packages) + 1]).stem
+    who = "a library gpuale calls" if library in ("builtins", "warnings") else library
+    where = filename
+    if _inside(filename, PACKAGE_DIR):
+        where = Path(filename).resolve().relative_to(PACKAGE_DIR.parent).as_posix()
+    return (f"{message} ({category.__name__} from {who}, at {where} line {lineno}). This is "
+            "not one of gpuale's own checks, so its effect on the results is not known; "
+            "please report it with the command that gave it")
+
+
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """``warnings.showwarning`` for the command line: one yellow line, no source line."""
-    err.print(_styled("warning:", "yellow", message), highlight=False, soft_wrap=True)
+    """``warnings.showwarning`` for the command line: one yellow line, no source line.
+
+    gpuale's own warnings say what happened and what to do. A library's warning (numpy's
+    ``overflow encountered``, ...) is named as such, with where it was met; a library's
+    deprecation notices concern gpuale's code, not the user's results, and are left out.
+    """
+    if not _is_own_warning(category, filename):
+        if issubclass(category, (DeprecationWarning, PendingDeprecationWarning)):
+            return
+        message = _library_warning(message, category, filename, lineno)
+    if issubclass(category, InputLayoutNote):  # how a file was read: said, not a problem
+        err.print(_styled("note:", "cyan", message))
+        return
+    err.print(_styled("warning:", "yellow", message))
 
 
 def _terminate(signum, frame) -> None:
@@ -265,7 +511,21 @@ def _terminate(signum, frame) -> None:
     SIGINT is held back (while worker processes start, see gpuale.nulls) instead of cutting
     a worker's start-up short.
     """
+    _terminating[0] = True
     signal.raise_signal(signal.SIGINT)
+
+
+#: Set by :func:`_terminate`, so that a SIGINT it sends is acted on where SIGINT itself is
+#: ignored.
+_terminating = [False]
+
+
+def _interrupt_if_terminating(signum, frame) -> None:
+    """SIGINT handler where the process started with SIGINT ignored (a job started with
+    ``&`` by a script): a SIGINT from outside stays ignored, as the shell meant, but the one
+    :func:`_terminate` sends must still stop the command, or ``kill`` would do nothing."""
+    if _terminating[0]:
+        raise KeyboardInterrupt
 
 
 @contextmanager
@@ -278,10 +538,16 @@ def _sigterm_as_interrupt():
     except ValueError:  # not the main thread: signals cannot be handled here
         yield
         return
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _interrupt_if_terminating)
+    _terminating[0] = False
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 @contextmanager
@@ -336,21 +602,37 @@ def _progress_bar(total: int, quiet: bool, description: str):
     )
     with Progress(*columns, console=err, transient=False) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+        yield _Advance(progress, task, description)
+
+
+class _Advance:
+    """A progress callback; ``set_total`` moves the target (the stopping rule's next
+    checkpoint, named in the description)."""
+
+    def __init__(self, progress: Progress, task, description: str) -> None:
+        self.progress, self.task, self.description = progress, task, description
+
+    def __call__(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+    def set_total(self, total: int) -> None:
+        self.progress.update(self.task, total=total,
+                             description=f"{self.description} (auto, checkpoint {total:,})")
 
 
 @app.command("global")
 def global_(
     inputs: Annotated[list[str], typer.Argument(help=INPUTS_HELP, show_default=False)],
     out: OutOption,
-    iters: IterationsOption = DEFAULT_ITERS,
+    iters: AutoIterationsOption = str(DEFAULT_ITERS),
+    max_iters: MaxItersOption = DEFAULT_MAX_ITERS,
     seed: SeedOption = DEFAULT_SEED,
     cluster_p: Annotated[
         float, typer.Option("--cluster-p", help="Cluster-forming (uncorrected) p.")
     ] = DEFAULT_CLUSTER_FORMING_P,
     alpha: Annotated[float, typer.Option(help="Cluster-level FWE alpha.")] = DEFAULT_ALPHA,
     connectivity: ConnectivityOption = Connectivity.faces,
-    device: DeviceOption = "cpu",
+    device: DeviceOption = "auto",
     workers: WorkersOption = None,
     space: SpaceOption = None,
     tal_transform: TalOption = _DEFAULT_TAL,
@@ -360,7 +642,16 @@ def global_(
         float | None,
         typer.Option(help="Also write a voxel-wise FDR map at this q (discouraged for ALE)."),
     ] = None,
+    tfce: Annotated[
+        bool,
+        typer.Option("--tfce", help="Also TFCE (Frahm et al. 2022, JALE's definition) on the "
+                     "z of the observed data's analytic null, with voxel-level FWE from each "
+                     "permutation's largest TFCE (same pass); writes tfce, "
+                     "z/logp_desc-tfce_level-voxel and tfce_thresholded."),
+    ] = False,
     sample_size: SampleSizeOption = None,
+    experiment_column: ExperimentColumnOption = None,
+    sample_size_column: SampleSizeColumnOption = None,
     where: Annotated[
         str | None,
         typer.Option(help="Only the experiments for which this holds, e.g. "
@@ -368,6 +659,7 @@ def global_(
                      "(a Neurosynth term loads only that term's column)."),
     ] = None,
     scheduler: SchedulerOption = None,
+    allow_duplicates: AllowDuplicatesOption = False,
     report: ReportOption = True,
     force: ForceOption = False,
     quiet: QuietOption = False,
@@ -381,22 +673,28 @@ def global_(
         _finite(cluster_p=cluster_p, alpha=alpha, fwhm=fwhm, fdr=fdr)
         workers = _capped_workers(workers)
         check_output_dir(out, force=force, inputs=_input_paths(inputs))
-        paths, dataset = _load(inputs, space, tal_transform, sample_size, where)
+        paths, dataset = _load(inputs, space, tal_transform, sample_size, where,
+                               allow_duplicates, quiet, experiment_column, sample_size_column,
+                               fwhm)
         grid = load_grid(mask)
         chosen = resolve_device(device)
         with _scheduler(scheduler if iters else None) as cluster:
             if not quiet:
                 err.print(
                     f"{len(dataset)} experiments, {dataset.n_foci} foci, {grid.n_voxels} "
-                    f"in-mask voxels; {iters} iterations on {_where(chosen, cluster)}",
+                    f"in-mask voxels; {_iterations_text(iters, max_iters)} on "
+                    f"{_where(chosen, cluster)}",
                     highlight=False,
                 )
-            with _progress_bar(iters, quiet, "Monte Carlo") as progress:
+            # auto: the bar's target is the current checkpoint (the rule moves it on).
+            with _progress_bar(max_iters if iters == AUTO else iters, quiet,
+                               "Monte Carlo") as progress:
                 result = run_ale(
-                    dataset, grid=grid, fwhm_mm=fwhm, n_iters=iters, seed=seed,
+                    dataset, grid=grid, fwhm_mm=fwhm, n_iters=iters, max_iters=max_iters,
+                    seed=seed,
                     cluster_forming_p=cluster_p, alpha=alpha,
                     connectivity=int(connectivity.value), device=chosen, n_workers=workers,
-                    fdr_q=fdr, progress=progress, scheduler=cluster,
+                    fdr_q=fdr, progress=progress, scheduler=cluster, tfce=tfce,
                 )
         save_ale(result, out, inputs=list(zip(inputs, paths)), command=_command(),
                  force=force)
@@ -408,6 +706,17 @@ def global_(
 class Mode(StrEnum):
     whole_brain = "whole-brain"
     gated = "gated"
+    balanced = "balanced"
+
+
+class BalancedNull(StrEnum):
+    label_permutation = "label-permutation"
+    random_foci = "random-foci"
+
+
+class MaskCoverage(StrEnum):
+    gm = "gm"
+    brain = "brain"
 
 
 class Overlap(StrEnum):
@@ -425,7 +734,9 @@ def contrast(
         Mode,
         typer.Option(help="whole-brain: every voxel, two-sided (NiMARE's ALESubtraction); "
                      "gated: A>B only within A's significant main effect, one-sided "
-                     "(Eickhoff et al. 2011, GingerALE)."),
+                     "(Eickhoff et al. 2011, GingerALE); balanced: mean ALE_A - ALE_B over "
+                     "subsamples of --target-n experiments per group, against null extrema "
+                     "(NiMARE's BalancedALESubtraction; --iters null iterations)."),
     ] = Mode.whole_brain,
     iters: IterationsOption = DEFAULT_ITERS,
     seed: SeedOption = DEFAULT_SEED,
@@ -462,17 +773,48 @@ def contrast(
                      "(--min-volume is not used). About three times the permutation time."),
     ] = False,
     alpha: Annotated[
-        float, typer.Option(help="Cluster-level FWE alpha (with --cluster-fwe).")
+        float, typer.Option(help="Cluster-level FWE alpha (with --cluster-fwe); balanced: "
+                            "two-tailed alpha of the null extrema.")
     ] = DEFAULT_ALPHA,
+    target_n: Annotated[
+        int | None,
+        typer.Option("--target-n", help="Balanced: experiments per subsample (default: the "
+                     "smaller group's size)."),
+    ] = None,
+    balanced_null: Annotated[
+        BalancedNull,
+        typer.Option("--null", help="Balanced: label-permutation (default: tests whether the "
+                     "group labels matter) or random-foci (NiMARE's default; flagged voxels "
+                     "on an arbitrary split of one dataset)."),
+    ] = BalancedNull.label_permutation,
+    difference_iterations: Annotated[
+        int,
+        typer.Option("--difference-iterations", help="Balanced: subsample pairs averaged "
+                     "per map (NiMARE's default 1,000).", min=1),
+    ] = 1000,
+    subsamples: Annotated[
+        int,
+        typer.Option("--subsamples", help="Balanced: subsets of each group's probabilistic "
+                     "map (NiMARE's n_subsamples, 2,500).", min=1),
+    ] = 2500,
+    mask_coverage: Annotated[
+        MaskCoverage,
+        typer.Option("--mask-coverage", help="Balanced: where the difference is computed and "
+                     "random foci fall: gm (grey matter > 0.1, as NiMARE; needs nilearn) or "
+                     "brain."),
+    ] = MaskCoverage.gm,
     connectivity: ConnectivityOption = Connectivity.faces,
-    device: DeviceOption = "cpu",
+    device: DeviceOption = "auto",
     workers: WorkersOption = None,
     space: SpaceOption = None,
     tal_transform: TalOption = _DEFAULT_TAL,
     mask: MaskOption = None,
     fwhm: FwhmOption = None,
     sample_size: SampleSizeOption = None,
+    experiment_column: ExperimentColumnOption = None,
+    sample_size_column: SampleSizeColumnOption = None,
     scheduler: SchedulerOption = None,
+    allow_duplicates: AllowDuplicatesOption = False,
     report: ReportOption = True,
     force: ForceOption = False,
     quiet: QuietOption = False,
@@ -490,10 +832,16 @@ def contrast(
             # Before any input is read: the options cannot go together.
             raise ValueError("--cluster-fwe is for whole-brain contrasts only (NiMARE's "
                              f"ALESubtraction), not --mode {mode.value}")
+        if target_n is not None and mode is not Mode.balanced:
+            raise ValueError(f"--target-n is for --mode balanced, not --mode {mode.value}")
         check_output_dir(out, force=force, inputs=[*_input_paths([group_a, group_b]),
                                                    *filter(None, (main_a, main_b))])
-        paths_a, dataset_a = _load([group_a], space, tal_transform, sample_size)
-        paths_b, dataset_b = _load([group_b], space, tal_transform, sample_size)
+        columns = {"experiment_column": experiment_column,
+                   "sample_size_column": sample_size_column, "fwhm": fwhm}
+        paths_a, dataset_a = _load([group_a], space, tal_transform, sample_size,
+                                   allow_duplicates=allow_duplicates, quiet=quiet, **columns)
+        paths_b, dataset_b = _load([group_b], space, tal_transform, sample_size,
+                                   allow_duplicates=allow_duplicates, quiet=quiet, **columns)
         grid = load_grid(mask)
         effects = [MainEffect.from_run_dir(p, grid) if p else None for p in (main_a, main_b)]
         chosen = resolve_device(device)
@@ -511,11 +859,16 @@ def contrast(
                     connectivity=int(connectivity.value), main_a=effects[0],
                     main_b=effects[1], min_z=min_z, overlap=overlap.value, fwhm_mm=fwhm,
                     device=chosen, n_workers=workers, progress=progress, scheduler=cluster,
-                    cluster_fwe=cluster_fwe, alpha=alpha,
+                    cluster_fwe=cluster_fwe, alpha=alpha, target_n=target_n,
+                    balanced_null=balanced_null.value,
+                    difference_iterations=difference_iterations, n_subsamples=subsamples,
+                    mask_coverage=mask_coverage.value,
                 )
-        save_contrast(result, out, inputs_a=list(zip([group_a], paths_a)),
-                      inputs_b=list(zip([group_b], paths_b)), command=_command(),
-                      force=force)
+        save = save_contrast
+        if mode is Mode.balanced:
+            from gpuale.balanced import save_balanced_contrast as save
+        save(result, out, inputs_a=list(zip([group_a], paths_a)),
+             inputs_b=list(zip([group_b], paths_b)), command=_command(), force=force)
         _write_report(out, report, quiet)
         if not quiet:
             clusters = result.clusters()
@@ -617,6 +970,7 @@ def compare_(
         str | None, typer.Option(help="Only the experiments for which this holds.")
     ] = None,
     workers: WorkersOption = None,
+    allow_duplicates: AllowDuplicatesOption = False,
     ale_tol: Annotated[
         float, typer.Option("--ale-tol", help="Largest |dALE| that counts as equal.", min=0)
     ] = 1e-6,
@@ -654,7 +1008,7 @@ def compare_(
                 inputs=tuple(inputs), iters=iters, seed=seed, cluster_p=cluster_p,
                 alpha=alpha, fwhm=fwhm, sample_size=sample_size,
                 space=space.value if space else None, tal_transform=tal_transform.value,
-                where=where, workers=workers)
+                where=where, workers=workers, allow_duplicates=allow_duplicates)
             if against is not None:
                 record = cmp.compare_with_nimare(settings, tolerances, log=log)
             else:
@@ -667,6 +1021,151 @@ def compare_(
         typer.echo(f"results in {out}")
     if not record["passed"]:
         raise typer.Exit(1)
+
+
+RunDirArgument = Annotated[
+    Path, typer.Argument(help="A finished `gpuale global` run folder (with --iters > 0).",
+                         show_default=False)
+]
+DerivedForceOption = Annotated[
+    bool, typer.Option(help="Replace an earlier result of this command in RUN_DIR (the "
+                       "run's own files are never touched).")
+]
+DerivedReportOption = Annotated[
+    bool, typer.Option(help="Rewrite RUN_DIR's report.html with the new table (needs the "
+                       "report extra).")
+]
+
+
+@app.command("jackknife")
+def jackknife_(
+    run_dir: RunDirArgument,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = None,
+    report: DerivedReportOption = True,
+    force: DerivedForceOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Leave-one-experiment-out: does each cluster of RUN_DIR survive without each experiment?
+
+    Re-runs the analysis without each experiment in turn, with the settings, seed and
+    iterations of RUN_DIR's run.json, and writes jackknife.tsv (per cluster and
+    experiment: survives or not, the smallest overlapping FWE p, NiMARE's jackknife
+    contribution) and jackknife.json into RUN_DIR.
+    """
+    from gpuale.jackknife import check_not_written, load_recorded_analysis, run_jackknife
+    from gpuale.runfolder import JACKKNIFE_JSON, JACKKNIFE_TSV
+
+    with _user_errors(), claim_output_dir(run_dir):
+        workers = _capped_workers(workers)
+        check_not_written(run_dir, (JACKKNIFE_TSV, JACKKNIFE_JSON), force=force)
+        analysis = load_recorded_analysis(run_dir)
+        chosen = resolve_device(device)
+        k, iters = len(analysis.dataset), analysis.settings.iterations
+        if not quiet:
+            err.print(f"{k} re-runs of {iters} iterations ({k} experiments, "
+                      f"{len(analysis.clusters)} cluster(s)) on {_describe(chosen)}",
+                      highlight=False)
+        with _progress_bar(k * iters, quiet, "Jackknife") as progress:
+            result = run_jackknife(run_dir, device=chosen, n_workers=workers, force=force,
+                                   progress=progress, command=_command(), analysis=analysis)
+        _write_report(run_dir, report and (run_dir / REPORT_HTML).exists(), quiet)
+        if not quiet:
+            for c in result.clusters:
+                needs = c["needs"]
+                err.print(f"  #{c['cluster']} ({c['size_voxels']} voxels): "
+                          + ("survives without any one experiment" if not needs else
+                             f"lost without {len(needs)} experiment(s): "
+                             + ", ".join(needs[:5]) + (" ..." if len(needs) > 5 else "")),
+                          highlight=False)
+            _rerun_warnings(result.warnings, JACKKNIFE_JSON)
+            err.print(f"results in {run_dir / JACKKNIFE_TSV}", highlight=False)
+
+
+@app.command("failsafe")
+def failsafe_(
+    run_dir: RunDirArgument,
+    minimum: Annotated[
+        int | None, typer.Option("--min", help="Null studies of the first probe (default: "
+                                 "as many as the experiments).", min=0, show_default=False),
+    ] = None,
+    maximum: Annotated[
+        int | None, typer.Option("--max", help="Most null studies tried (default: 5 times "
+                                 "the experiments); a cluster significant with them is "
+                                 "reported as above it.", min=1, show_default=False),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the null studies (default: the run's seed).",
+                                 min=0, show_default=False),
+    ] = None,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = None,
+    report: DerivedReportOption = True,
+    force: DerivedForceOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Fail-safe N (Acar et al. 2018): how many null studies each cluster of RUN_DIR survives.
+
+    Adds null studies (focus counts and sample sizes resampled from the real experiments,
+    foci uniform over the mask) and finds by bisection the smallest number with which a
+    cluster is no longer significant, each step a full ALE with cluster-level FWE (the
+    run's settings, seed and iterations). Writes failsafe.tsv and failsafe.json into
+    RUN_DIR.
+    """
+    from gpuale.failsafe import (
+        DEFAULT_MAXIMUM_PER_EXPERIMENT,
+        DEFAULT_MINIMUM_PER_EXPERIMENT,
+        max_evaluations,
+        run_failsafe,
+    )
+    from gpuale.jackknife import check_not_written, load_recorded_analysis
+    from gpuale.runfolder import FAILSAFE_JSON, FAILSAFE_TSV
+
+    with _user_errors(), claim_output_dir(run_dir):
+        workers = _capped_workers(workers)
+        check_not_written(run_dir, (FAILSAFE_TSV, FAILSAFE_JSON), force=force)
+        analysis = load_recorded_analysis(run_dir)
+        k, iters = len(analysis.dataset), analysis.settings.iterations
+        minimum = DEFAULT_MINIMUM_PER_EXPERIMENT * k if minimum is None else minimum
+        maximum = DEFAULT_MAXIMUM_PER_EXPERIMENT * k if maximum is None else maximum
+        if not minimum < maximum:
+            raise ValueError(f"--min {minimum} must be smaller than --max {maximum}")
+        chosen = resolve_device(device)
+        runs = max_evaluations(len(analysis.clusters), minimum, maximum)
+        if not quiet:
+            err.print(f"{len(analysis.clusters)} cluster(s), {k} experiments: between {minimum} "
+                      f"and {maximum} null studies, at most {runs} re-runs of {iters} "
+                      f"iterations on {_describe(chosen)}", highlight=False)
+        with _progress_bar(runs * iters, quiet, "Fail-safe N") as bar:
+            done = [0]
+
+            def progress(n: int) -> None:
+                done[0] += n
+                bar(n)
+
+            result = run_failsafe(run_dir, minimum=minimum, maximum=maximum, seed=seed,
+                                  device=chosen, n_workers=workers, force=force,
+                                  progress=progress if bar else None, command=_command(),
+                                  analysis=analysis)
+            if bar:  # the bound on re-runs is rarely all used: the bar ends full
+                bar(runs * iters - done[0])
+        _write_report(run_dir, report and (run_dir / REPORT_HTML).exists(), quiet)
+        if not quiet:
+            for row in result.rows:
+                text = (f"fail-safe N = {row['fsn']} null studies" if row["fsn"] != "" else
+                        f"still significant with {row['significant_with']} null studies")
+                err.print(f"  #{row['cluster']} ({row['size_voxels']} voxels): {text}",
+                          highlight=False)
+            _rerun_warnings(result.warnings, FAILSAFE_JSON)
+            err.print(f"results in {run_dir / FAILSAFE_TSV}", highlight=False)
+
+
+def _rerun_warnings(messages: list[str], record: str) -> None:
+    """The re-runs' warnings, one line per kind (all of them are in the JSON record)."""
+    for message in messages:
+        err.print(_styled("warning:", "yellow", message), highlight=False, soft_wrap=True)
+    if messages:
+        err.print(f"(the re-runs' warnings are kept in {record})", highlight=False)
 
 
 def _write_report(out: Path, report: bool, quiet: bool) -> None:
@@ -696,6 +1195,16 @@ def run_study_(
     ] = None,
     device: Annotated[str | None, typer.Option(help="Override the study's device.")] = None,
     scheduler: SchedulerOption = None,
+    allow_duplicates: Annotated[
+        bool,
+        typer.Option("--allow-duplicates",
+                     help="Keep experiments given twice in every analysis (as the study "
+                     "setting allow_duplicates = true); by default they are an error."),
+    ] = False,
+    report: Annotated[
+        bool, typer.Option(help="Write each analysis's report.html (needs the report extra); "
+                           "index.html links the folders either way.")
+    ] = True,
     force: StudyForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -704,14 +1213,19 @@ def run_study_(
     Each analysis goes into OUT/NAME/ with its report; OUT/index.html links them. Running
     the same command again resumes an interrupted study: analyses already finished with the
     same inputs and settings are reused, the rest run. --force recomputes them all.
+
+    With --scheduler, up to four analyses whose inputs are ready run at once, their
+    permutations on the cluster (the same results; a line per analysis, no progress bars).
     """
     with _user_errors():
         study = load_study(study_file)
+        if allow_duplicates:
+            study = allowing_duplicates(study)
         out = out or study_file.parent / study.name
         with _scheduler(scheduler) as cluster:
             if cluster is not None and not quiet:
                 err.print(f"permutations on {cluster.describe()}", highlight=False)
-            _run_study(study, out, iters, device, force, quiet, cluster)
+            _run_study(study, out, iters, device, force, quiet, cluster, report)
 
 
 @app.command("demo")
@@ -785,12 +1299,12 @@ def _demo_on_cpu(study):
 
 
 def _run_study(study, out: Path, iters, device, force: bool, quiet: bool,
-               scheduler: DaskScheduler | None = None) -> None:
+               scheduler: DaskScheduler | None = None, report: bool = True) -> None:
     log = (lambda message: None) if quiet else (lambda m: err.print(m, highlight=False))
     entries = run_study(
         study, out, iterations=iters, device=device, force=force, command=_command(),
         log=log, progress_factory=lambda total, name: _progress_bar(total, quiet, name),
-        scheduler=scheduler,
+        scheduler=scheduler, report=report,
     )
     if not quiet:
         ran = sum(entry["status"] == "ran" for entry in entries)
@@ -807,8 +1321,17 @@ def _command() -> str:
     return shlex.join(["gpuale", *sys.argv[1:]])
 
 
+def _iterations_text(iters: int | str, max_iters: int) -> str:
+    if iters == AUTO:
+        return f"iterations until settled (at most {max_iters:,})"
+    return f"{iters} iterations"
+
+
 def _summary(result, out: Path) -> None:
     clusters = result.clusters()
+    if result.stopping is not None:
+        err.print(f"--iters auto: {result.stopping.reason} at {result.stopping.stopped_at:,} "
+                  "iterations", highlight=False)
     err.print(
         f"max ALE {float(result.ale.max()):.4f}; cluster-forming ALE {result.threshold:.5f} "
         f"(p < {result.cluster_forming_p})",

@@ -178,6 +178,8 @@ def contrast_cluster_inference(diff: np.ndarray, grid: Grid, null: ContrastNull,
 #: Modes: NiMARE's whole-brain two-sided test, and Eickhoff et al.'s (2011) test gated by
 #: the groups' significant main effects.
 MODES = ("whole-brain", "gated")
+#: NiMARE's BalancedALESubtraction (:mod:`gpuale.balanced`): its own result and outputs.
+BALANCED_MODE = "balanced"
 #: Default thresholds of the contrast map: p < 0.001 two-sided (whole brain); P(A>B) >
 #: 0.95 within the main effects (gated, Eickhoff et al. 2011 / GingerALE).
 DEFAULT_P_THRESHOLD = {"whole-brain": 0.001, "gated": 0.05}
@@ -240,15 +242,20 @@ def _describe_experiment(exp: dict) -> str:
     return f"{exp['id']!r} (N = {exp['n_subjects']}, {exp['n_foci']} foci)"
 
 
+def _whole(value) -> int | None:
+    return None if value is None else int(value)
+
+
 def _main_effect_difference(recorded: tuple[dict, ...], group: Dataset,
                             name: str) -> str | None:
     """How a run's recorded experiments differ from a group's (None: they do not)."""
     # Experiments are compared by id, sample size and number of foci, in any order (the
     # ALE does not depend on it); repeated ids (allowed in Sleuth files) are compared as
     # multisets.
-    mine = [{"id": e.id, "n_subjects": int(e.n_subjects), "n_foci": int(e.n_foci)}
+    # N is None where the input states none (a fixed kernel FWHM needs none).
+    mine = [{"id": e.id, "n_subjects": e.n_subjects, "n_foci": int(e.n_foci)}
             for e in group]
-    theirs = [{"id": str(e.get("id")), "n_subjects": int(e.get("n_subjects", -1)),
+    theirs = [{"id": str(e.get("id")), "n_subjects": _whole(e.get("n_subjects", -1)),
                "n_foci": int(e.get("n_foci", -1))} for e in recorded]
     unmatched = list(theirs)
     for exp in mine:
@@ -498,6 +505,11 @@ def run_contrast(
     scheduler: Scheduler | None = None,
     cluster_fwe: bool = False,
     alpha: float = 0.05,
+    target_n: int | None = None,
+    balanced_null: str | None = None,
+    difference_iterations: int | None = None,
+    n_subsamples: int | None = None,
+    mask_coverage: str = "gm",
 ) -> ContrastResult:
     """Contrast of two groups of experiments (Eickhoff et al. 2011).
 
@@ -539,7 +551,12 @@ def run_contrast(
         cluster-size and cluster-mass FWE p, z and logp maps, and the reported map keeps
         the clusters with cluster-size FWE p < ``alpha`` (no minimum volume).
     alpha : float
-        Cluster-level FWE alpha (with ``cluster_fwe``).
+        Cluster-level FWE alpha (with ``cluster_fwe``); with ``mode="balanced"``, the
+        two-tailed alpha of the null extrema.
+    target_n, balanced_null, difference_iterations, n_subsamples, mask_coverage :
+        ``mode="balanced"``: NiMARE's ``BalancedALESubtraction``, run by
+        :func:`gpuale.balanced.run_balanced_contrast` (which returns a
+        :class:`~gpuale.balanced.BalancedContrastResult`; ``n_iters`` null iterations).
 
     Raises
     ------
@@ -548,8 +565,28 @@ def run_contrast(
     OverlapError
         An experiment is in both groups and ``overlap="error"``.
     """
+    if mode == BALANCED_MODE:
+        from gpuale import balanced
+
+        unused = [name for name, value in (
+            ("p_threshold", p_threshold), ("main_a", main_a), ("main_b", main_b),
+            ("min_z", min_z), ("cluster_fwe", cluster_fwe)) if value]
+        if unused:
+            # Not silently ignored: a balanced contrast is thresholded by its null extrema.
+            raise ValueError(f"{', '.join(unused)} do(es) not apply to a balanced contrast, "
+                             "which is thresholded by its null extrema at alpha")
+        group_a, group_b = check_overlap(group_a, group_b, overlap)
+        return balanced.run_balanced_contrast(
+            group_a, group_b, grid=grid, target_n=target_n,
+            null=balanced_null or balanced.DEFAULT_BALANCED_NULL, n_iters=n_iters,
+            difference_iterations=difference_iterations
+            or balanced.DEFAULT_DIFFERENCE_ITERATIONS,
+            n_subsamples=n_subsamples or balanced.DEFAULT_N_SUBSAMPLES,
+            mask_coverage=mask_coverage, seed=seed, alpha=alpha,
+            min_volume_mm3=min_volume_mm3, connectivity=connectivity, fwhm_mm=fwhm_mm,
+            device=device, n_workers=n_workers, progress=progress, scheduler=scheduler)
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"mode must be one of {MODES + (BALANCED_MODE,)}, got {mode!r}")
     if len(group_a) == 0 or len(group_b) == 0:
         raise ValueError("both groups need at least one experiment")
     if n_iters < 1:

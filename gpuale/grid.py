@@ -21,6 +21,17 @@ def default_mask_path() -> Path:
     return Path(str(resources.files("gpuale") / "data" / DEFAULT_MASK_NAME))
 
 
+#: The balanced contrast's grey-matter prior on the bundled mask's grid (see
+#: :func:`gpuale.balanced.prior_voxels`).
+GM_PRIOR_NAME = "tpl-MNI152NLin2009aSym_res-02_desc-gmprior_mask.nii.gz"
+
+
+def gm_prior_path() -> Path:
+    """Path of the bundled grey-matter prior (MNI ICBM152 2009a symmetric grey-matter
+    template resampled to the 2 mm grid, above 0.1; gpuale/data/README.md)."""
+    return Path(str(resources.files("gpuale") / "data" / GM_PRIOR_NAME))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Grid:
     """A 3-D voxel lattice with a brain mask.

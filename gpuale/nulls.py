@@ -13,7 +13,7 @@ Two nulls exist:
 ``GlobalNullSpec``
     foci relocated at random in the mask (Eickhoff et al. 2012); per permutation the
     largest ALE, the largest cluster above the cluster-forming threshold and the largest
-    cluster mass.
+    cluster mass, and on request the largest TFCE (:mod:`gpuale.tfce`).
 ``ContrastNullSpec``
     pooled experiments split at random into groups of the observed sizes (Eickhoff et
     al. 2011); per voxel how often the permuted ALE_A - ALE_B reaches the observed one
@@ -40,6 +40,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -56,6 +57,7 @@ __all__ = [
     "CONTRAST_CLUSTER_STATISTICS",
     "CONTRAST_STATISTICS",
     "GLOBAL_STATISTICS",
+    "TFCE_STATISTIC",
     "ContrastNull",
     "ContrastNullPartial",
     "ContrastNullSpec",
@@ -79,6 +81,9 @@ __all__ = [
 
 #: Per-permutation maxima a global null collects.
 GLOBAL_STATISTICS = ("max_ale", "max_cluster_size", "max_cluster_mass")
+#: On request (``GlobalNullSpec.tfce_z``), also each permutation's largest TFCE
+#: (:mod:`gpuale.tfce`, Frahm et al. 2022), gathered in the same pass.
+TFCE_STATISTIC = "max_tfce"
 #: What a contrast null collects: per-voxel exceedance counts and the per-permutation
 #: largest |ALE_A - ALE_B|.
 CONTRAST_STATISTICS = ("exceedance", "max_abs_difference")
@@ -132,13 +137,18 @@ class GlobalNullSpec:
         Cluster-forming ALE threshold (ALE > threshold forms clusters).
     connectivity : {6, 18, 26}
     statistics : tuple of str
-        What to collect (see ``GLOBAL_STATISTICS``).
+        What to collect: ``GLOBAL_STATISTICS``, and ``TFCE_STATISTIC`` with ``tfce_z``.
+    tfce_z : gpuale.tfce.ZTable, optional
+        The z of each ALE value (the observed data's analytic null, the same for every
+        permutation) that TFCE is computed on; given, each permutation's largest TFCE is
+        collected too (6-connectivity whatever ``connectivity`` is, as JALE).
     """
 
     problem: Problem
     threshold: float
     connectivity: int = 6
     statistics: tuple[str, ...] = GLOBAL_STATISTICS
+    tfce_z: object | None = None
 
     kind = "global"
 
@@ -149,12 +159,21 @@ class GlobalNullSpec:
             )
         if not np.isfinite(self.threshold):
             raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
-        unknown = set(self.statistics) - set(GLOBAL_STATISTICS)
+        if self.tfce_z is not None and TFCE_STATISTIC not in self.statistics:
+            object.__setattr__(self, "statistics", tuple(self.statistics) + (TFCE_STATISTIC,))
+        unknown = set(self.statistics) - set(GLOBAL_STATISTICS + (TFCE_STATISTIC,))
         if unknown:
             raise ValueError(
                 f"unknown statistic(s) {sorted(unknown)}; a global null collects "
-                f"{GLOBAL_STATISTICS}"
+                f"{GLOBAL_STATISTICS} and, with tfce_z, {TFCE_STATISTIC!r}"
             )
+        if TFCE_STATISTIC in self.statistics and self.tfce_z is None:
+            raise ValueError(f"{TFCE_STATISTIC!r} needs tfce_z, the z of each ALE value")
+
+    @property
+    def tfce(self) -> bool:
+        """Whether each permutation's largest TFCE is collected."""
+        return self.tfce_z is not None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -316,15 +335,19 @@ def _join_chunks(chunks: dict[int, tuple[np.ndarray, ...]], n_iters: int) -> lis
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class GlobalNullPartial:
-    """Maxima of some permutations: ``chunks[first] = (max_ale, max_size, max_mass)``."""
+    """Maxima of some permutations: ``chunks[first] = (max_ale, max_size, max_mass)``,
+    and ``max_tfce`` after them where the spec collects it."""
 
-    chunks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    chunks: dict[int, tuple[np.ndarray, ...]]
 
     @classmethod
-    def of(cls, first: int, max_ale, max_size, max_mass) -> GlobalNullPartial:
-        return cls({int(first): (np.asarray(max_ale, dtype=np.float64),
-                                 np.asarray(max_size, dtype=np.int64),
-                                 np.asarray(max_mass, dtype=np.float64))})
+    def of(cls, first: int, max_ale, max_size, max_mass,
+           max_tfce=None) -> GlobalNullPartial:
+        columns = (np.asarray(max_ale, dtype=np.float64), np.asarray(max_size, dtype=np.int64),
+                   np.asarray(max_mass, dtype=np.float64))
+        if max_tfce is not None:
+            columns += (np.asarray(max_tfce, dtype=np.float64),)
+        return cls({int(first): columns})
 
     @property
     def n_permutations(self) -> int:
@@ -337,9 +360,12 @@ class GlobalNullPartial:
         return GlobalNullPartial({**self.chunks, **other.chunks})
 
     def finish(self, spec: GlobalNullSpec, seed: int, n_iters: int) -> MonteCarloNull:
-        max_ale, max_size, max_mass = _join_chunks(self.chunks, n_iters)
+        n_columns = len(GLOBAL_STATISTICS) + bool(spec.tfce)
+        if any(len(part) != n_columns for part in self.chunks.values()):
+            raise ValueError(f"every chunk of this null holds {n_columns} statistics")
+        max_ale, max_size, max_mass, *tfce = _join_chunks(self.chunks, n_iters)
         return MonteCarloNull(max_ale, max_size, max_mass, int(seed), float(spec.threshold),
-                              int(spec.connectivity))
+                              int(spec.connectivity), max_tfce=tfce[0] if tfce else None)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -410,7 +436,7 @@ def contrast_partial(first: int, results: dict) -> ContrastNullPartial:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class MonteCarloNull:
-    """Per-permutation maxima of a Monte Carlo run."""
+    """Per-permutation maxima of a Monte Carlo run (``max_tfce``: None unless collected)."""
 
     max_ale: np.ndarray
     max_cluster_size: np.ndarray
@@ -418,6 +444,7 @@ class MonteCarloNull:
     seed: int
     threshold: float
     connectivity: int
+    max_tfce: np.ndarray | None = None
 
     @property
     def n_iters(self) -> int:
@@ -681,17 +708,24 @@ def _portable(engine: Engine) -> Engine | _EngineOnWorker:
     return engine
 
 
+def _worker_engine(engine: Engine | _EngineOnWorker) -> Engine:
+    """The engine a Dask worker runs: the one sent, or for an :class:`_EngineOnWorker` the
+    worker's own ``get_engine(device)`` (``gpu:0``: the first GPU this worker sees), made
+    once per worker."""
+    if not isinstance(engine, _EngineOnWorker):
+        return engine
+    if engine not in _WORKER_ENGINES:
+        from gpuale.engines import get_engine
+
+        _WORKER_ENGINES[engine] = get_engine(engine.device)
+    return _WORKER_ENGINES[engine]
+
+
 def _dask_chunk(engine: Engine | _EngineOnWorker, spec: NullSpec, seed: int, first: int,
                 count: int) -> Partial:
     """One chunk on a Dask worker: a pure function of its arguments (the engine and spec
     arrive as the worker's copies of the scattered data)."""
-    if isinstance(engine, _EngineOnWorker):
-        if engine not in _WORKER_ENGINES:
-            from gpuale.engines import get_engine
-
-            _WORKER_ENGINES[engine] = get_engine(engine.device)
-        engine = _WORKER_ENGINES[engine]
-    return engine.null_chunk(spec, seed, first, count)
+    return _worker_engine(engine).null_chunk(spec, seed, first, count)
 
 
 def _gpuale_version() -> str:
@@ -740,6 +774,37 @@ class DaskScheduler:
         self._client = None
         self._owns_client = isinstance(address, str)
         self._checked = False
+        # stop() may come from another thread (a study's, on Ctrl-C): every future this
+        # scheduler has submitted and not yet seen finish is in _live, under _live_lock.
+        self._stopping = threading.Event()
+        self._live: set = set()
+        self._live_lock = threading.Lock()
+
+    def share(self) -> DaskScheduler:
+        """A scheduler on the same client (connected and checked once), for one of several
+        runs at the same time (a study's analyses): each can be stopped on its own."""
+        client = self.client()
+        if not self._checked:
+            self.check_workers()
+        shared = DaskScheduler(client, in_flight=self.in_flight, timeout=self.timeout)
+        shared._checked = True
+        return shared
+
+    def stop(self) -> None:
+        """Cancel every chunk of this scheduler's runs, from any thread; a run waiting on
+        them raises :class:`RunInterrupted` and later runs raise it at once (a stopped
+        scheduler stays stopped)."""
+        with self._live_lock:
+            self._stopping.set()
+            live = list(self._live)
+            self._live.clear()
+        if live and self._client is not None:
+            self._client.cancel(live, force=True)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping.is_set()
 
     def __enter__(self) -> DaskScheduler:
         return self
@@ -814,6 +879,8 @@ class DaskScheduler:
 
         from distributed import as_completed
 
+        if self._stopping.is_set():
+            raise RunInterrupted("interrupted before the permutations")
         client = self.client()
         if not self._checked:
             self.check_workers()
@@ -828,8 +895,12 @@ class DaskScheduler:
 
         def submit(chunk: Chunk):
             first, count = chunk
-            future = client.submit(_dask_chunk, engine_f, spec_f, seed, first, count,
-                                   key=f"gpuale-null-{run_id}-{first}")
+            with self._live_lock:  # either stop() sees this future, or it is not submitted
+                if self._stopping.is_set():
+                    raise RunInterrupted("interrupted during the permutations")
+                future = client.submit(_dask_chunk, engine_f, spec_f, seed, first, count,
+                                       key=f"gpuale-null-{run_id}-{first}")
+                self._live.add(future)
             pending.add(future)
             return future
 
@@ -839,6 +910,10 @@ class DaskScheduler:
                                  loop=client.loop)
             for future in queue:
                 pending.discard(future)
+                with self._live_lock:
+                    self._live.discard(future)
+                if self._stopping.is_set():  # stop() cancelled the rest
+                    raise RunInterrupted("interrupted during the permutations")
                 partial = future.result()  # a worker's exception is raised here
                 future.release()
                 on_partial(partial)
@@ -852,6 +927,8 @@ class DaskScheduler:
             client.cancel(list(pending), force=True)
             raise
         finally:
+            with self._live_lock:
+                self._live.difference_update(pending)
             client.cancel([engine_f, spec_f], force=True)
 
 
@@ -915,12 +992,16 @@ def run_null(
 
 def _merged_partial(spec: NullSpec, engine: Engine, seed: int, n_iters: int,
                     scheduler: Scheduler | None, n_workers: int | None,
-                    progress: ProgressCallback | None) -> Partial:
-    """Every chunk of ``n_iters`` permutations run and merged (see :func:`run_null`)."""
+                    progress: ProgressCallback | None, start: int = 0) -> Partial:
+    """Every chunk of permutations ``start .. n_iters - 1`` run and merged (see
+    :func:`run_null`; a later ``start`` runs one segment of a null, as the stopping rule
+    of :mod:`gpuale.stopping` does, and its partial merges with the earlier ones')."""
     if n_iters < 1:
         raise ValueError(f"n_iters must be at least 1, got {n_iters}")
+    if not 0 <= start < n_iters:
+        raise ValueError(f"start must lie in 0 .. {n_iters - 1}, got {start}")
     size = engine.chunk_size(spec)
-    chunks = [(first, min(size, n_iters - first)) for first in range(0, n_iters, size)]
+    chunks = [(first, min(size, n_iters - first)) for first in range(start, n_iters, size)]
     if scheduler is None:
         scheduler = default_scheduler(engine, spec, n_workers, len(chunks))
     merged: Partial | None = None

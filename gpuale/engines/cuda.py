@@ -2,7 +2,9 @@
 
 Each batch of a global null runs entirely on the device (``kernels/ale_null.cu``): draws,
 log-sum, maximum ALE, thresholding, connected components and the per-permutation maxima,
-with three numbers per permutation coming back. Results match
+with three numbers per permutation coming back. With TFCE (``--tfce``) each permuted
+map's log-sums come back too: TFCE of GPU permutations is computed on the host, by the
+compiled union-find of :mod:`gpuale.tfce` on the CPU's threads (``_host_tfce``). Results match
 :class:`gpuale.engines.numpy_.NumpyEngine` for the same seed: draws are the same Philox
 function, and sums are carried in fixed point so that they do not depend on the order of
 atomic additions. Contrast nulls are cuBLAS matrix products
@@ -46,6 +48,7 @@ from gpuale.nulls import (
 )
 from gpuale.problem import Problem
 from gpuale.stats import ObservedALE
+from gpuale.tfce import TfceWork, positive_z, tfce_log_cut, tfce_values
 
 __all__ = ["CudaEngine", "device_count", "gpu_available", "kernel_dir", "supra_threshold_cut"]
 
@@ -646,6 +649,7 @@ class CudaEngine:
         self._launch_shape = {"block_size": BLOCK_SIZE, "max_grid": MAX_GRID}
         self._pipeline: tuple[GlobalNullSpec, _NullPipeline] | None = None
         self._contrast: tuple[ContrastNullSpec, list] | None = None
+        self._tfce: tuple | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -722,6 +726,15 @@ class CudaEngine:
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
         with self._lock, self._on_device():
+            if getattr(spec, "kind", None) == "balanced":
+                # Subsample products on the device; relocated foci's maps on the host,
+                # compiled (the numpy engine's maps bit for bit, about 10x faster).
+                from gpuale.balanced import balanced_null_chunk
+                from gpuale.engines.numba_ import NumbaEngine, numba_available
+
+                host = NumbaEngine() if numba_available() else NumpyEngine()
+                return balanced_null_chunk(self._xp(), spec, seed, first, count,
+                                           host.experiment_log_maps)
             if isinstance(spec, GlobalNullSpec):
                 return GlobalNullPartial.of(first, *self._global_chunk(spec, seed, first,
                                                                        count))
@@ -758,6 +771,7 @@ class CudaEngine:
         out_ale = xp.empty(count, dtype=xp.float64)
         out_size = xp.empty(count, dtype=xp.int64)
         out_mass = xp.empty(count, dtype=xp.float64)
+        out_tfce = np.empty(count, dtype=np.float64) if spec.tfce else None
         batch = min(self._batch_size(pipeline), count)
         out_of_memory = _out_of_memory_errors() if self.on_gpu else ()
         buf = None
@@ -772,6 +786,8 @@ class CudaEngine:
                 pipeline.run(
                     buf, seed, first + done, n, out_ale[part], out_size[part], out_mass[part]
                 )
+                if out_tfce is not None:
+                    out_tfce[part] = self._host_tfce(spec, buf, n)
             except out_of_memory:
                 if batch == 1:
                     raise
@@ -780,8 +796,55 @@ class CudaEngine:
                 batch //= 2
                 continue
             done += n
-        # synchronize: the only device -> host copies of a null chunk
-        return _to_host(out_ale), _to_host(out_size), _to_host(out_mass)
+        # synchronize: the only device -> host copies of a null chunk (but TFCE's)
+        maxima = (_to_host(out_ale), _to_host(out_size), _to_host(out_mass))
+        return maxima if out_tfce is None else (*maxima, out_tfce)
+
+    def _host_tfce(self, spec: GlobalNullSpec, buf: _Buffers, count: int) -> np.ndarray:
+        """Largest TFCE of each permuted map of a batch: TFCE of GPU permutations is
+        computed on the host. Each map's fixed-point log-sums come back (a block of maps
+        at a time), its ALE is ``1 - exp(S)`` in float64 rounded to float32 with the
+        host's ``exp`` (as :func:`supra_threshold_cut` takes it), and the compiled
+        union-find of :mod:`gpuale.tfce` runs on the host's cores, one map per thread. A
+        device kernel for it is future work."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from gpuale.nulls import default_workers
+
+        if self._tfce is None or self._tfce[0] is not spec:
+            # Voxels whose -S is at most this fixed point have z = 0.
+            cut = -tfce_log_cut(spec.tfce_z) * 2.0**LOG_SUM_FRAC_BITS
+            cut = min(max(math.floor(cut), 0), 2**63) if math.isfinite(cut) else 2**63
+            work = TfceWork(spec.problem.grid.mask)
+            self._tfce = (spec, np.uint64(cut), work, [])
+        _, cut, work, spare = self._tfce
+        workers = default_workers()
+        while len(spare) < workers:  # one scratch per thread, sharing the table
+            spare.append(work.for_thread())
+
+        def largest(index: int, neg_log_sum: np.ndarray) -> float:
+            candidates = np.flatnonzero(neg_log_sum > cut)
+            ale = (1.0 - np.exp(-neg_log_sum[candidates].astype(np.float64)
+                                * 2.0**-LOG_SUM_FRAC_BITS)).astype(np.float32)
+            keep, z = positive_z(ale, spec.tfce_z)
+            return tfce_values(candidates[keep], z, spare[index % workers],
+                               every_voxel=False)[1]
+
+        def strided(maps: np.ndarray, t: int) -> list[float]:
+            # Thread t takes maps t, t + workers, ... with scratch t: none is shared.
+            return [largest(t, maps[i]) for i in range(t, maps.shape[0], workers)]
+
+        out = np.empty(count, dtype=np.float64)
+        block = max(1, min(count, 4 * workers))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, count, block):
+                stop = min(count, start + block)
+                maps = _to_host(buf.neg_log_sum[start:stop])
+                threads = range(min(workers, stop - start))
+                for t, values in zip(threads, pool.map(strided, [maps] * len(threads),
+                                                       threads)):
+                    out[start + t : stop : workers] = values
+        return out
 
     def _batch_size(self, pipeline: _NullPipeline) -> int:
         limit = min(self.max_batch, (2**31 - 1) // max(int(pipeline.n_foci), 1))

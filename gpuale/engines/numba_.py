@@ -6,7 +6,9 @@ experiment order, exactly as the numpy engine adds it; clusters are the same con
 components, and cluster masses are summed over a cluster's voxels in the same (ascending)
 order. The one transcendental step, ALE = 1 - exp(log-sum), is left to numpy on the few
 voxels that can pass the cluster-forming threshold, because numba's ``exp`` may differ
-from numpy's in the last bit.
+from numpy's in the last bit. The largest TFCE of a permutation (``--tfce``) is the
+compiled union-find of :mod:`gpuale.tfce` on those voxels' z; it agrees with the numpy
+engine's definition (100 labellings) to rounding, as its sums run in another order.
 
 What makes it fast: a permutation is one compiled pass over the kernel boxes. A box that
 no other box of its experiment touches adds its kernel directly; only boxes that do
@@ -41,6 +43,7 @@ from gpuale.nulls import (
 from gpuale.problem import Problem
 from gpuale.rng import relocation_draws
 from gpuale.stats import ObservedALE, ale_from_log_sum
+from gpuale.tfce import TfceWork, positive_z, tfce_log_cut, tfce_values
 
 __all__ = ["NumbaEngine", "numba_available"]
 
@@ -422,6 +425,10 @@ class _GlobalTables:
         # ALE > t  <=>  log-sum < log1p(-t); a small slack admits every voxel whose
         # float32 ALE could round above t, and the exact test is made on those (numpy).
         self.log_cut = float(np.log1p(-self.threshold * (1 - 1e-6)))
+        if spec.tfce:  # TFCE needs every voxel with z > 0 (a lower ALE, usually)
+            self.log_cut = max(self.log_cut, tfce_log_cut(spec.tfce_z))
+        self._tfce_work: TfceWork | None = None
+        self._mask = grid.mask
         self.neighbours = earlier_neighbours(spec.connectivity)
         nx, ny, nz = self.shape
         self.slab_planes = max(1, min(nx, SLAB_BYTES // (ny * nz * 8)))
@@ -434,6 +441,13 @@ class _GlobalTables:
         inside = rows.any(axis=1)
         self.row_lo = np.where(inside, rows.argmax(axis=1), 0).astype(np.int64)
         self.row_hi = np.where(inside, nz - rows[:, ::-1].argmax(axis=1), 0).astype(np.int64)
+
+
+    def tfce_work(self) -> TfceWork:
+        """The mask's TFCE neighbour table, made once (threads take their own scratch)."""
+        if self._tfce_work is None:
+            self._tfce_work = TfceWork(self._mask)
+        return self._tfce_work
 
 
 class _Scratch:
@@ -539,6 +553,12 @@ class NumbaEngine:
         """Permutations ``first .. first + count - 1`` of a global or contrast null."""
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
+        if getattr(spec, "kind", None) == "balanced":
+            from gpuale.balanced import balanced_null_chunk
+            from gpuale.engines._numba_balanced import mean_no_activation
+
+            return balanced_null_chunk(np, spec, seed, first, count, self.experiment_log_maps,
+                                       mean_no_activation)
         if not isinstance(spec, GlobalNullSpec):
             if tuple(spec.statistics) != CONTRAST_STATISTICS:
                 return self._contrast_statistics(spec, seed, first, count)
@@ -556,6 +576,8 @@ class NumbaEngine:
         nx, ny, nz = tables.shape
         choices = relocation_draws(seed, first, count, problem.n_foci, grid.n_voxels)
         out = (np.empty(count), np.empty(count, dtype=np.int64), np.empty(count))
+        if spec.tfce:
+            out += (np.empty(count),)
         for b in range(count):
             flat = tables.in_mask_flat[choices[b]]
             ijk = np.stack(np.unravel_index(flat, tables.shape), axis=1)
@@ -566,14 +588,30 @@ class NumbaEngine:
                 scratch.candidates, scratch.candidate_log, tables.row_lo, tables.row_hi,
             )
             out[0][b] = ale_from_log_sum(np.array([smallest]))[0]
-            out[1][b], out[2][b] = self._largest_cluster(tables, scratch, n)
+            ale = ale_from_log_sum(scratch.candidate_log[:n]) if spec.tfce else None
+            out[1][b], out[2][b] = self._largest_cluster(tables, scratch, n, ale)
+            if spec.tfce:
+                out[3][b] = self._largest_tfce(spec, tables, scratch, n, ale)
         return GlobalNullPartial.of(first, *out)
 
+    def _largest_tfce(self, spec: GlobalNullSpec, tables: _GlobalTables, scratch: _Scratch,
+                      n: int, ale: np.ndarray) -> float:
+        """Largest TFCE of a permuted map: its candidates' z (the spec's table, so the
+        observed data's analytic null), then the compiled union-find."""
+        keep, z = positive_z(ale, spec.tfce_z)
+        work = getattr(self._local, "tfce", None)
+        if work is None or work[0] is not tables:
+            work = (tables, tables.tfce_work().for_thread())
+            self._local.tfce = work
+        return tfce_values(scratch.candidates[:n][keep], z, work[1], every_voxel=False)[1]
+
     @staticmethod
-    def _largest_cluster(tables: _GlobalTables, scratch: _Scratch, n: int) -> tuple[int, float]:
+    def _largest_cluster(tables: _GlobalTables, scratch: _Scratch, n: int,
+                         ale: np.ndarray | None = None) -> tuple[int, float]:
         if n == 0:
             return 0, 0.0
-        ale = ale_from_log_sum(scratch.candidate_log[:n])
+        if ale is None:
+            ale = ale_from_log_sum(scratch.candidate_log[:n])
         keep = ale > tables.threshold
         if not keep.any():
             return 0, 0.0

@@ -31,6 +31,7 @@ from gpuale.nulls import (
 from gpuale.problem import Problem
 from gpuale.rng import relocation_draws
 from gpuale.stats import ObservedALE, ale_from_log_sum
+from gpuale.tfce import tfce_definition
 
 __all__ = ["NumpyEngine"]
 
@@ -150,6 +151,10 @@ class NumpyEngine:
         """Permutations ``first .. first + count - 1`` of a global or contrast null."""
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
+        if getattr(spec, "kind", None) == "balanced":
+            from gpuale.balanced import balanced_null_chunk
+
+            return balanced_null_chunk(np, spec, seed, first, count, self.experiment_log_maps)
         if isinstance(spec, GlobalNullSpec):
             return self._global_chunk(spec, seed, first, count)
         blocks = self._blocks(spec)
@@ -188,12 +193,18 @@ class NumpyEngine:
             np.empty(count, dtype=np.int64),
             np.empty(count, dtype=np.float64),
         )
+        if spec.tfce:
+            out += (np.empty(count, dtype=np.float64),)
         for b in range(count):
             choice = relocation_draws(seed, first + b, 1, problem.n_foci, grid.n_voxels)[0]
             flat = grid.in_mask_flat[choice]
             ijk = np.stack(np.unravel_index(flat, grid.shape), axis=1)
             log_sum = scratch.log_sum(ijk)
             out[0][b], out[1][b], out[2][b] = scratch.maxima(log_sum)
+            if spec.tfce:  # the definition: one labelling per height
+                volume = np.zeros(grid.mask.size, dtype=np.float64)
+                volume[grid.in_mask_flat] = spec.tfce_z(ale_from_log_sum(log_sum))
+                out[3][b] = tfce_definition(volume.reshape(grid.shape)).max()
         return GlobalNullPartial.of(first, *out)
 
 

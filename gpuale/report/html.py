@@ -28,17 +28,21 @@ from gpuale.report.methods import (
     methods_conjunction,
     methods_contrast,
     methods_global,
+    methods_robustness,
 )
 from gpuale.runfolder import (
     CONJUNCTION_MAP,
+    FAILSAFE_JSON,
     FIGURES_DIR,
     INDEX_HTML,
+    JACKKNIFE_JSON,
     PEAK_COLUMN,
     REPORT_HTML,
     SELECTION_KEY,
     STUDY_ANALYSIS_KEY,
     STUDY_FILE_KEY,
     STUDY_NAME_KEY,
+    TFCE_KEY,
     Z_THRESHOLDED,
     RunFolder,
     input_name,
@@ -484,7 +488,9 @@ def _global_dataset(run: RunFolder) -> Section:
     record = run.record
     experiments = record.get("experiments", [])
     n_tal = sum(1 for e in experiments if e.get("space") == "TAL")
-    sizes = np.array([e.get("n_subjects", 0) for e in experiments], dtype=float)
+    # Experiments loaded without N (a fixed kernel FWHM) have none to summarise.
+    sizes = np.array([e["n_subjects"] for e in experiments
+                      if e.get("n_subjects") is not None], dtype=float)
     fwhm = record.get("kernel_fwhm_mm", {})
     rows = [
         ("Experiments", record.get("n_experiments")),
@@ -515,6 +521,12 @@ def _experiment_details(experiments: Sequence[dict]) -> str:
     return f"<details><summary>All {len(rows)} experiments</summary>{table}</details>"
 
 
+def _count(value) -> str:
+    """A whole number read back from a table, or "not stated" for an empty cell (an
+    experiment loaded without N for a fixed kernel FWHM)."""
+    return "not stated" if value in (None, "") else str(int(float(value)))
+
+
 def _contributions(run: RunFolder, labels: dict[str, list[str]]) -> Section | None:
     rows = run.contributions()
     if not run.clusters() or not rows:
@@ -531,7 +543,7 @@ def _contributions(run: RunFolder, labels: dict[str, list[str]]) -> Section | No
             f'<span class="contributor"><b>{float(r["contribution_pct"]):.1f}%</b> '
             f"{_esc(r['experiment'])} <span class=\"muted\">("
             + (f"jackknife {float(r['jackknife']):.3f}, " if jackknife else "")
-            + f"{int(r['foci_in_cluster'])} foci, N = {int(r['n_subjects'])})</span></span>"
+            + f"{int(r['foci_in_cluster'])} foci, N = {_count(r['n_subjects'])})</span></span>"
             for r in mine[:TOP_CONTRIBUTORS]
         )
         table_rows.append((int(cluster["cluster"]), labels[LABEL_ATLASES[0]][k], with_foci,
@@ -544,6 +556,93 @@ def _contributions(run: RunFolder, labels: dict[str, list[str]]) -> Section | No
                  css_class="contributions")
     )
     return Section("contributions", "Contributions", body)
+
+
+JACKKNIFE_TEXT = (
+    "Leave-one-experiment-out (gpuale jackknife): the analysis repeated without each "
+    "experiment in turn, with the run's settings, seed and {iterations:,} iterations; a "
+    "cluster survives when a cluster significant at the cluster-level FWE overlaps it. "
+    "Jackknife: the experiment's contribution (NiMARE's Jackknife). jackknife.tsv has every "
+    "experiment with the smallest overlapping FWE p without it."
+)
+FAILSAFE_TEXT = (
+    "Fail-safe N (Acar et al. 2018; gpuale failsafe): the fewest null studies (focus counts "
+    "and sample sizes resampled from the {k} experiments, foci at random in the mask) with "
+    "which the cluster is no longer significant, by bisection between {minimum} and "
+    "{maximum} null studies (seed {seed}; each step a full ALE with cluster-level FWE). It "
+    "assumes that significance, once lost, stays lost as null studies are added; where Monte "
+    "Carlo error breaks that, the lowest crossing found is given and a warning says so. No "
+    "verdict is given: compare it with the number of studies that may be unpublished in the "
+    "field."
+)
+
+
+def _jackknife(run: RunFolder) -> Section | None:
+    rows, record = run.jackknife(), run.derived_record(JACKKNIFE_JSON)
+    if not rows or not record:
+        return None
+    table_rows = []
+    for summary in record.get("clusters", []):
+        mine = [r for r in rows if int(r["cluster"]) == int(summary["cluster"])]
+        top = max(mine, key=lambda r: float(r["jackknife"]), default=None)
+        needs = summary.get("needs", [])
+        table_rows.append((
+            int(summary["cluster"]), int(summary["size_voxels"]),
+            "yes" if summary.get("survives_all") else "no",
+            ", ".join(str(n) for n in needs) or "-",
+            "-" if top is None else f"{top['experiment']} ({float(top['jackknife']):.3f})",
+        ))
+    iterations = int(record.get("settings", {}).get("iterations", 0))
+    body = (f'<p class="lead">{_esc(JACKKNIFE_TEXT.format(iterations=iterations))}</p>'
+            + _table(("Cluster", "Voxels", "Survives leaving out any one experiment",
+                      "Lost without", "Largest contribution (jackknife)"), table_rows,
+                     numeric=(0, 1))
+            + _note(_shown_warnings(record, JACKKNIFE_JSON)))
+    return Section("jackknife", "Jackknife (leave one experiment out)", body)
+
+
+def _failsafe(run: RunFolder) -> Section | None:
+    rows, record = run.failsafe(), run.derived_record(FAILSAFE_JSON)
+    if not rows or not record:
+        return None
+    table_rows = []
+    for row in rows:
+        above = row.get("fsn") in ("", None)
+        table_rows.append((
+            int(row["cluster"]), int(row["size_voxels"]),
+            f"> {int(row['significant_with'])}" if above else int(row["fsn"]),
+            f"significant with {int(row['significant_with'])}"
+            + ("" if above else f", not with {int(row['not_significant_with'])}"),
+            "-" if above else f"{float(row['fsn_per_experiment']):.2f}",
+        ))
+    lead = FAILSAFE_TEXT.format(k=record.get("n_experiments"), minimum=record.get("minimum"),
+                                maximum=record.get("maximum"), seed=record.get("null_seed"))
+    body = (f'<p class="lead">{_esc(lead)}</p>'
+            + _table(("Cluster", "Voxels", "Fail-safe N", "Null studies tried",
+                      "Fail-safe N per experiment"), table_rows, numeric=(0, 1, 2, 4))
+            + _note(_shown_warnings(record, FAILSAFE_JSON)))
+    return Section("failsafe", "Fail-safe N", body)
+
+
+#: Warnings of the re-runs shown in a report section; the rest stay in the JSON record.
+SHOWN_WARNINGS = 5
+
+
+def _shown_warnings(record: dict, name: str) -> list[str]:
+    warnings = [str(w) for w in record.get("warnings", [])]
+    if len(warnings) <= SHOWN_WARNINGS:
+        return warnings
+    return warnings[:SHOWN_WARNINGS] + [f"{len(warnings) - SHOWN_WARNINGS} more warnings of "
+                                        f"the re-runs in {name}"]
+
+
+def _with_robustness(methods: tuple[str, list[str]], run: RunFolder) -> tuple[str, list[str]]:
+    """The global methods paragraph with the jackknife and fail-safe N sentences, where
+    they ran."""
+    text, keys = methods
+    extra, extra_keys = methods_robustness(run.derived_record(JACKKNIFE_JSON),
+                                           run.derived_record(FAILSAFE_JSON))
+    return text + extra, list(keys) + [k for k in extra_keys if k not in keys]
 
 
 def _nulls(run: RunFolder) -> Section | None:
@@ -566,12 +665,23 @@ def _nulls(run: RunFolder) -> Section | None:
         figures.NullPanel(max_ale, "Maximum ALE per permutation", "ALE", ale_threshold,
                           (ale_low, ale_high), record.get("max_ale"), "observed maximum ALE"),
     ]
+    tfce = record.get(TFCE_KEY)
+    if tfce and "max_tfce" in nulls:  # --tfce: its voxel-level FWE null beside the others
+        cut = tfce["threshold"]
+        panels.append(figures.NullPanel(nulls["max_tfce"], "Maximum TFCE per permutation",
+                                        "TFCE", cut["tfce"], (cut["ci95_low"], cut["ci95_high"]),
+                                        tfce.get("max_tfce"), "observed maximum TFCE"))
     (run.path / FIGURES_DIR).mkdir(exist_ok=True)
     figures.null_figure(panels, run.path / FIGURES_DIR / "null_distributions.png", alpha=alpha)
     text = (
         f'<p class="lead">Over {sizes.size:,} permutations: cluster-size FWE threshold '
         f"{_esc(_threshold_text(threshold))}; voxel-level FWE threshold ALE &gt; "
-        f"{ale_threshold:.5f} (interval {ale_low:.5f}-{ale_high:.5f}).</p>"
+        f"{ale_threshold:.5f} (interval {ale_low:.5f}-{ale_high:.5f})"
+        + (f"; TFCE FWE threshold {tfce['threshold']['tfce']:.4g} (interval "
+           f"{tfce['threshold']['ci95_low']:.4g}-{tfce['threshold']['ci95_high']:.4g}), "
+           f"{tfce['n_significant_voxels']:,} voxels with TFCE FWE p &lt; {alpha:g}"
+           if tfce and "max_tfce" in nulls else "")
+        + ".</p>"
     )
     figure = _figure(f"{FIGURES_DIR}/null_distributions.png",
                      "Null distributions with the FWE thresholds (red) and their Monte Carlo "
@@ -593,8 +703,8 @@ def _global_page(run: RunFolder) -> Page:
     settings_section = dataclasses.replace(settings_section,
                                            body=_note(notes) + settings_section.body)
     sections = [settings_section, _global_dataset(run), *results,
-                _contributions(run, labels), _nulls(run),
-                _methods_section(*methods_global(record))]
+                _contributions(run, labels), _jackknife(run), _failsafe(run), _nulls(run),
+                _methods_section(*_with_robustness(methods_global(record), run))]
     cards = [
         ("experiments", record.get("n_experiments")),
         ("foci", record.get("n_foci")),
@@ -617,7 +727,10 @@ def _contrast_settings(run: RunFolder) -> Section:
         ("Mode", record.get("mode")),
         ("Permutations", f"{settings.get('iterations', 0):,}"),
         ("Seed", settings.get("seed")),
-        ("Threshold", f"p < {settings.get('p_threshold')}"),
+        ("Threshold", f"p < {settings.get('p_threshold')}" if record.get("mode") != "balanced"
+         else f"beyond the null extrema, alpha {settings.get('alpha')} two-tailed (target n "
+              f"{settings.get('target_n')}, {settings.get('difference_iterations')} draws, "
+              f"{settings.get('null')} null)"),
         ("Smallest attainable p", _smallest_p_text(record)),
         ("Minimum cluster volume", f"{settings.get('min_volume_mm3')} mm³"),
         ("Connectivity", CONNECTIVITY_TEXT.get(settings.get("connectivity"), "-")),

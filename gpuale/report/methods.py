@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from string import Template
 
-from gpuale.runfolder import CONTRIBUTIONS_KEY, cluster_count, schema_version
+from gpuale.runfolder import (
+    CONTRIBUTIONS_KEY,
+    STOPPING_KEY,
+    TFCE_KEY,
+    cluster_count,
+    schema_version,
+)
 
 __all__ = [
     "CONNECTIVITY_TEXT",
@@ -13,6 +19,7 @@ __all__ = [
     "methods_conjunction",
     "methods_contrast",
     "methods_global",
+    "methods_robustness",
 ]
 
 #: Eickhoff et al. (2016) recommend at least this many Monte Carlo iterations.
@@ -50,11 +57,42 @@ REFERENCES = {
         "Mazziotta JC, Fox PT (2007). Bias between MNI and Talairach coordinates analyzed "
         "using the ICBM-152 brain template. Human Brain Mapping 28:1194-1205."
     ),
+    "besag1991": (
+        "Besag J, Clifford P (1991). Sequential Monte Carlo p-values. Biometrika 78:301-304."
+    ),
+    "gandy2009": (
+        "Gandy A (2009). Sequential implementation of Monte Carlo tests with uniformly "
+        "bounded resampling risk. Journal of the American Statistical Association "
+        "104:1504-1511."
+    ),
     "nichols2005": (
         "Nichols T, Brett M, Andersson J, Wager T, Poline JB (2005). Valid conjunction "
         "inference with the minimum statistic. NeuroImage 25:653-660."
     ),
+    "acar2018": (
+        "Acar F, Seurinck R, Eickhoff SB, Moerkerke B (2018). Assessing robustness against "
+        "potential publication bias in Activation Likelihood Estimation (ALE) meta-analyses "
+        "for fMRI. PLoS One 13:e0208177."
+    ),
+    "frahm_jale": (
+        "Frahm L, Monimu, Hoffstaedter F. JALE: Python implementation of activation "
+        "likelihood estimation, balanced contrast (https://github.com/juaml/JALE); as "
+        "implemented in NiMARE's BalancedALESubtraction (Salo T et al., NiMARE 0.22.1)."
+    ),
 }
+REFERENCES.update({
+    "frahm2022": (
+        "Frahm L, Cieslik EC, Hoffstaedter F, Satterthwaite TD, Fox PT, Langner R, Eickhoff "
+        "SB (2022). Evaluation of thresholding methods for activation likelihood estimation "
+        "meta-analysis via large-scale simulations. Human Brain Mapping 43:3987-3997. "
+        "doi:10.1002/hbm.25898"
+    ),
+    "smith2009": (
+        "Smith SM, Nichols TE (2009). Threshold-free cluster enhancement: addressing problems "
+        "of smoothing, threshold dependence and localisation in cluster inference. "
+        "NeuroImage 44:83-98."
+    ),
+})
 _ALE_KEYS = ("eickhoff2009", "eickhoff2012", "eickhoff2016", "turkeltaub2012")
 
 #: Cluster neighbourhood -> how the methods paragraph names it.
@@ -86,6 +124,27 @@ CONTRIBUTIONS_SENTENCE = (
     "(jackknife): the fraction of the ALE lost without the experiment, averaged over the "
     "cluster's voxels (as NiMARE's Jackknife), also expressed as percentages summing to 100 "
     "over the experiments (as JALE's contribution table)."
+)
+#: Appended to the global paragraph of a run with ``--iters auto`` (run.json ``stopping``).
+STOPPING_TEMPLATE = Template(
+    " The number of Monte Carlo iterations was set by a sequential stopping rule: the "
+    "iterations ran in checkpoints of $checkpoints and stopped at the first checkpoint at "
+    "which every observed cluster's cluster-level FWE decision was settled, that is, the "
+    "Clopper-Pearson interval of its exceedance rate at level $eps/$looks excluded "
+    "the FWE level of $alpha (Besag and Clifford, 1991; Gandy, 2009)$threshold_text. It "
+    "stopped at $stopped_at iterations$why."
+)
+TFCE_TEMPLATE = Template(
+    " Threshold-free cluster enhancement (TFCE; Smith and Nichols, 2009) was applied as "
+    "Frahm et al. (2022) propose for ALE, with JALE's definition: on the z map of the "
+    "analytic null of the observed data (p floored at $p_floor), in $steps steps of "
+    "max(z)/$steps, each voxel gaining h^$H dh s^$E above each height h, s being the size "
+    "of its cluster of $connectivity there. The same mapping from ALE to z was used for "
+    "every Monte Carlo iteration (JALE instead recomputes each iteration's null histogram "
+    "and samples foci in grey matter only), and the largest TFCE of each iteration formed "
+    "the null of a voxel-level FWE correction (p, the share of iterations reaching a "
+    "voxel's TFCE, below $alpha): $n_voxels voxels were significant; the $quantile quantile "
+    "of that null was $threshold (95% Monte Carlo interval $low-$high)."
 )
 GLOBAL_NO_MC_TEMPLATE = Template(
     "The meta-analysis used the revised activation likelihood estimation (ALE) algorithm "
@@ -130,6 +189,26 @@ CONTRAST_GATED_TEMPLATE = Template(
     "clusters of $connectivity of at least $min_volume mm3$min_z_text; $n_clusters "
     "cluster(s) remained."
 )
+CONTRAST_BALANCED_TEMPLATE = Template(
+    "Differences between group A ($a_experiments experiments, $a_foci foci) and group B "
+    "($b_experiments experiments, $b_foci foci) were tested with a balanced ALE contrast "
+    "(Frahm, Monimu and Hoffstaedter, JALE; NiMARE's BalancedALESubtraction) in gpuale "
+    "$version, with ALE maps computed as in Eickhoff et al. (2009, 2012) and Turkeltaub et "
+    "al. (2012). The statistic was the mean, over $draws draws, of ALE(A) - ALE(B) for "
+    "random subsamples of $target_n experiments from each group ($coverage). Its null "
+    "distribution kept the smallest and largest mean difference of each of $iterations "
+    "iterations ($null_text; seed $seed); voxels beyond the $high_pct percentile of the "
+    "maxima (or the $low_pct percentile of the minima) were significant, with one-tailed p "
+    "(the share of null extrema reaching them) converted to signed z (positive for A > B). "
+    "$n_clusters cluster(s) of $connectivity of at least $min_volume mm3 remained."
+)
+#: How the balanced contrast's paragraph names its null.
+BALANCED_NULL_TEXT = {
+    "label-permutation": "pooled experiments re-assigned at random to groups of the "
+                         "original sizes, then subsampled alike",
+    "random-foci": "each experiment's foci placed at random in the prior, keeping its "
+                   "sample size and number of foci, then subsampled alike",
+}
 #: Appended to a contrast's paragraph (schema 3 on).
 CONTRAST_PEAKS_SENTENCE = (
     " Each cluster's peak is its voxel of largest |ALE(A) - ALE(B)|, listed with up to "
@@ -197,7 +276,9 @@ def methods_global(record: dict) -> tuple[str, list[str]]:
     common = {
         "version": _version(record),
         "n_experiments": record.get("n_experiments"),
-        "n_subjects": record.get("n_subjects_total"),
+        # None where experiments were loaded without N (a fixed kernel FWHM).
+        "n_subjects": ("an unstated number of" if record.get("n_subjects_total") is None
+                       else record.get("n_subjects_total")),
         "n_foci": record.get("n_foci"),
         "space_sentence": space_sentence,
         "kernel_sentence": _kernel_sentence(record),
@@ -220,16 +301,66 @@ def methods_global(record: dict) -> tuple[str, list[str]]:
         )
         if record.get(CONTRIBUTIONS_KEY) and cluster_count(record):
             text += CONTRIBUTIONS_SENTENCE
+        stopping = record.get(STOPPING_KEY)
+        if stopping:
+            text += _stopping_sentence(stopping)
+        if record.get(TFCE_KEY):
+            text += _tfce_sentence(record[TFCE_KEY], settings["alpha"])
     else:
         text = GLOBAL_NO_MC_TEMPLATE.substitute(common)
     keys = list(_ALE_KEYS) + (["lancaster2007"] if any_tal else [])
+    if settings.get("iterations", 0) and threshold and record.get(STOPPING_KEY):
+        keys += ["besag1991", "gandy2009"]
+    if settings.get("iterations", 0) and threshold and record.get(TFCE_KEY):
+        keys += ["smith2009", "frahm2022"]
     return text, keys
+
+
+def _tfce_sentence(tfce: dict, alpha: float) -> str:
+    """TFCE of a global run: the definition, the z it was computed on and its FWE."""
+    threshold = tfce.get("threshold", {})
+    return TFCE_TEMPLATE.substitute(
+        p_floor=f"{tfce.get('p_floor', 2.220446049250313e-16):.3g}",
+        steps=tfce.get("steps"),
+        H=f"{tfce.get('H'):g}",
+        E=f"{tfce.get('E'):g}",
+        connectivity=CONNECTIVITY_TEXT.get(tfce.get("connectivity"), "voxels"),
+        threshold=f"{threshold.get('tfce', float('nan')):.4g}",
+        low=f"{threshold.get('ci95_low', float('nan')):.4g}",
+        high=f"{threshold.get('ci95_high', float('nan')):.4g}",
+        quantile=f"{1 - alpha:g}",
+        alpha=f"{alpha:g}",
+        n_voxels=f"{tfce.get('n_significant_voxels', 0):,}",
+    )
+
+
+def _stopping_sentence(stopping: dict) -> str:
+    """The stopping rule of ``--iters auto`` and where it stopped."""
+    precision = stopping.get("threshold_precision")
+    settled = stopping.get("reason") == "settled"
+    return STOPPING_TEMPLATE.substitute(
+        checkpoints=", ".join(f"{n:,}" for n in stopping.get("checkpoints", [])),
+        eps=f"{stopping['eps']:g}",
+        looks=stopping.get("looks"),
+        alpha=f"{stopping['alpha']:g}",
+        threshold_text=(
+            f", and the interval of the minimum significant cluster size (95% confidence "
+            f"over the checkpoints) lay within +/-{precision:.0%} of it"
+            if precision is not None else ""
+        ),
+        stopped_at=f"{stopping['stopped_at']:,}",
+        why=("" if settled else
+             ", the largest number allowed, with the rule not satisfied (decisions near "
+             "the threshold may change with more iterations)"),
+    )
 
 
 def methods_contrast(record: dict) -> tuple[str, list[str]]:
     """Methods paragraph of a contrast run (whole-brain or gated) and its reference keys."""
     settings = record.get("settings", {})
     groups = record.get("groups", {})
+    if record.get("mode") == "balanced":
+        return _methods_balanced(record), ["frahm_jale", *_ALE_KEYS]
     p_threshold = float(settings.get("p_threshold", float("nan")))
     values = {
         "version": _version(record),
@@ -258,6 +389,33 @@ def methods_contrast(record: dict) -> tuple[str, list[str]]:
     return template.substitute(values) + peaks, ["eickhoff2011", *_ALE_KEYS]
 
 
+def _methods_balanced(record: dict) -> str:
+    """Methods paragraph of a balanced contrast (``gpuale contrast --mode balanced``)."""
+    settings = record.get("settings", {})
+    groups = record.get("groups", {})
+    alpha = float(settings.get("alpha", 0.05))
+    coverage = settings.get("mask_coverage")
+    return CONTRAST_BALANCED_TEMPLATE.substitute(
+        version=_version(record),
+        a_experiments=groups.get("A", {}).get("n_experiments"),
+        a_foci=groups.get("A", {}).get("n_foci"),
+        b_experiments=groups.get("B", {}).get("n_experiments"),
+        b_foci=groups.get("B", {}).get("n_foci"),
+        draws=f"{settings.get('difference_iterations', 0):,}",
+        target_n=settings.get("target_n"),
+        coverage=("grey-matter voxels of the mask" if coverage == "gm"
+                  else "every voxel of the mask"),
+        iterations=f"{settings.get('iterations', 0):,}",
+        null_text=BALANCED_NULL_TEXT.get(settings.get("null"), str(settings.get("null"))),
+        seed=settings.get("seed"),
+        high_pct=f"{100 * (1 - alpha / 2):g}th",
+        low_pct=f"{100 * alpha / 2:g}th",
+        n_clusters=cluster_count(record) or 0,
+        connectivity=CONNECTIVITY_TEXT.get(settings.get("connectivity"), "voxels"),
+        min_volume=f"{float(settings.get('min_volume_mm3', 0.0)):g}",
+    )
+
+
 def methods_conjunction(record: dict) -> tuple[str, list[str]]:
     """Methods paragraph of a conjunction run and its reference keys."""
     text = CONJUNCTION_TEMPLATE.substitute(
@@ -272,3 +430,57 @@ def methods_conjunction(record: dict) -> tuple[str, list[str]]:
             text += CONJUNCTION_THRESHOLD_SENTENCE.format(threshold=threshold)
         text += CONJUNCTION_SIGNS_SENTENCE
     return text, ["nichols2005", "eickhoff2009", "eickhoff2012", "turkeltaub2012"]
+
+
+#: Appended to a global paragraph where ``gpuale jackknife`` ran (jackknife.json).
+JACKKNIFE_SENTENCE = Template(
+    " The robustness of each cluster to single experiments was assessed by leaving each "
+    "experiment out in turn and repeating the analysis with the same settings and seed "
+    "($iterations Monte Carlo iterations); a cluster was counted as surviving when a "
+    "cluster significant at the cluster-level FWE overlapped it. $n_robust of $n_clusters "
+    "cluster(s) survived the removal of any single experiment."
+)
+#: Appended where ``gpuale failsafe`` ran (failsafe.json).
+FAILSAFE_SENTENCE = Template(
+    " Robustness against unpublished null results was assessed with the fail-safe N (Acar "
+    "et al., 2018): null studies, whose numbers of foci and sample sizes were resampled from "
+    "the included experiments and whose foci were placed at random within the mask, were "
+    "added until a cluster was no longer significant (each step a full ALE with "
+    "cluster-level FWE correction, seed $seed), searching by bisection between $minimum and "
+    "$maximum null studies. Fail-safe N per cluster: $values."
+)
+
+
+def methods_robustness(jackknife: dict | None, failsafe: dict | None) -> tuple[str, list[str]]:
+    """Sentences on the jackknife and fail-safe N of a global run, and the references they
+    add (``acar2018``).
+
+    Parameters
+    ----------
+    jackknife, failsafe : dict or None
+        jackknife.json and failsafe.json of the run folder (None where not run).
+
+    Returns
+    -------
+    text : str
+        To append to :func:`methods_global`'s paragraph ("" when neither ran).
+    references : list of str
+    """
+    text, keys = "", []
+    if jackknife and jackknife.get("clusters"):
+        clusters = jackknife["clusters"]
+        text += JACKKNIFE_SENTENCE.substitute(
+            iterations=f"{int(jackknife.get('settings', {}).get('iterations', 0)):,}",
+            n_robust=sum(1 for c in clusters if c.get("survives_all")),
+            n_clusters=len(clusters))
+    if failsafe and failsafe.get("clusters"):
+        values = "; ".join(
+            f"cluster {row['cluster']}: "
+            + (f"{row['fsn']}" if row.get("fsn") not in (None, "") else
+               f"more than {row['significant_with']}")
+            for row in failsafe["clusters"])
+        text += FAILSAFE_SENTENCE.substitute(
+            seed=failsafe.get("null_seed"), minimum=failsafe.get("minimum"),
+            maximum=failsafe.get("maximum"), values=values)
+        keys.append("acar2018")
+    return text, keys
