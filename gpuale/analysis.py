@@ -260,7 +260,8 @@ def run_ale(
     caught: list[str] = []
     if len(dataset) < MIN_RECOMMENDED_EXPERIMENTS:
         message = (
-            f"only {len(dataset)} experiments; ALE needs at least "
+            f"only {len(dataset)} experiment{'' if len(dataset) == 1 else 's'}; ALE needs "
+            f"at least "
             f"{MIN_RECOMMENDED_EXPERIMENTS} to avoid results driven by single experiments "
             "(Eickhoff et al. 2016)"
         )
@@ -324,7 +325,7 @@ def run_ale(
             result.montecarlo, result.stopping = run_null_until_settled(
                 spec, engine, seed=seed, rule=rule, scheduler=scheduler,
                 n_workers=n_workers, progress=progress,
-                decide=cluster_size_decision(sizes[1:], rule))
+                decide=cluster_size_decision(sizes[1:], rule, tfce=tfce))
             unsettled = result.stopping.unsettled_message()
             if unsettled:
                 warnings.warn(unsettled, UnsettledWarning, stacklevel=2)

@@ -104,6 +104,7 @@ __all__ = [
     "resolve_target_n",
     "run_balanced_contrast",
     "save_balanced_contrast",
+    "smallest_p",
     "subset_schedule",
 ]
 
@@ -288,6 +289,18 @@ def balanced_p(observed: np.ndarray, min_null: np.ndarray, max_null: np.ndarray,
         p[neg] = np.minimum(p[neg], p_neg)
         z[neg] = -p_to_z(p_neg)
     return p, z, low, high
+
+
+def smallest_p(n_iters: int, alpha: float = DEFAULT_ALPHA) -> float:
+    """The smallest p a balanced contrast can give with ``n_iters`` null iterations.
+
+    Computed by :func:`balanced_p` itself, for a difference that no null maximum reaches,
+    so that it follows its rule (NiMARE's ``p = max(1/n_iters, share of maxima)``): 1/n.
+    """
+    if n_iters < 1:
+        raise ValueError(f"n_iters must be at least 1, got {n_iters}")
+    p, _, _, _ = balanced_p(np.ones(1), np.zeros(n_iters), np.zeros(n_iters), alpha)
+    return float(p[0])
 
 
 # --- The null ------------------------------------------------------------------------------
@@ -788,8 +801,8 @@ def save_balanced_contrast(result: BalancedContrastResult, out_dir: str | Path, 
                            extra: dict | None = None) -> Path:
     """Write a balanced contrast: NiMARE's maps, the thresholded z, clusters.tsv,
     nulls.npz (the extrema) and run.json (target n, draws, null)."""
-    from gpuale._files import atomic_output_dir, environment, write_json, write_tsv
-    from gpuale.output import _input_paths
+    from gpuale._files import atomic_output_dir, environment, write_json
+    from gpuale.output import _input_paths, write_table
     from gpuale.runfolder import (
         CLUSTERS_TSV,
         N_CLUSTERS_KEY,
@@ -809,7 +822,8 @@ def save_balanced_contrast(result: BalancedContrastResult, out_dir: str | Path, 
                 str(tmp / map_file(name)))
             written.append(map_file(name))
         clusters = result.clusters()
-        write_tsv(tmp / CLUSTERS_TSV, peak_rows(clusters), BALANCED_CLUSTER_COLUMNS)
+        # For people: 6 significant digits (the maps and run.json keep full precision).
+        write_table(tmp / CLUSTERS_TSV, peak_rows(clusters), BALANCED_CLUSTER_COLUMNS)
         nulls = {"min_difference": result.null.min_null,
                  "max_difference": result.null.max_null,
                  "seed": np.array(result.null.seed, dtype=np.uint64)}

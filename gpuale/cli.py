@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
+import re
 import shlex
 import signal
 import sys
@@ -56,7 +58,13 @@ from gpuale.output import save_ale, save_conjunction, save_contrast
 from gpuale.runfolder import INDEX_HTML, REPORT_HTML
 from gpuale.space import DEFAULT_TAL_TRANSFORM
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
-from gpuale.study import StudyInterrupted, allowing_duplicates, load_study, run_study
+from gpuale.study import (
+    CONCURRENT_ANALYSES,
+    StudyInterrupted,
+    allowing_duplicates,
+    load_study,
+    run_study,
+)
 
 
 class _Argument(TyperArgument):
@@ -117,16 +125,45 @@ class _Group(_ReadableHelp, TyperGroup):
     """The app itself, whose help lists the commands (see :class:`_ReadableHelp`)."""
 
 
+#: The value of an option, named in its help (``--cluster-p P``) where typer would write
+#: its Python type (``<float>``); options not named here are named by their type.
+VALUE_NAMES = {
+    "out": "DIR", "main_a": "RUN_DIR", "main_b": "RUN_DIR", "mask": "NIFTI",
+    "seed": "SEED", "cluster_p": "P", "alpha": "P", "p_threshold": "P", "fdr": "Q",
+    "device": "DEVICE", "fwhm": "MM", "min_volume": "MM3", "threshold": "T",
+    "where": "EXPRESSION", "against": "REFERENCE", "devices": "A,B", "ale_tol": "TOL",
+    "z_tol": "TOL",
+}
+#: Typer's labels of Python types in words a user types.
+TYPE_NAMES = {"<int>": "N", "<int range>": "N", "<float>": "NUMBER",
+              "<float range>": "NUMBER", "<str>": "TEXT", "<path>": "PATH",
+              "<bool>": "BOOLEAN"}
+
+
+class _Valued(TyperOption):
+    """An option that takes a value, which its help names (``--cluster-p P``, ``--workers
+    N``) where typer would write a Python type (``<float>``, ``<int range>``); choices
+    keep theirs (``<MNI|TAL>``), which lists them."""
+
+    def display_type_rich(self, ctx) -> str | None:
+        shown = super().display_type_rich(ctx)
+        if self.metavar is not None:
+            return shown
+        return VALUE_NAMES.get(self.name) or TYPE_NAMES.get(shown, shown)
+
+
 def _readable(param):
     """``param`` itself, its help escaped, and shown as an :class:`_Argument` or a
-    :class:`_Flag` where it is one (its class changes, nothing else); other options keep
-    typer's type column (``<float>``, ``<MNI|TAL>``)."""
+    :class:`_Flag` where it is one, else as a :class:`_Valued` option (its class changes,
+    nothing else)."""
     if getattr(param, "_gpuale_readable", False):
         return param  # the help option is cached by its command: escaped once
     if type(param) is TyperArgument:
         param.__class__ = _Argument
     elif type(param) is TyperOption and getattr(param, "is_flag", False):
         param.__class__ = _Flag
+    elif type(param) is TyperOption:
+        param.__class__ = _Valued
     if getattr(param, "help", None):
         param.help = escape(param.help)
     param._gpuale_readable = True
@@ -204,8 +241,9 @@ def _iterations(value: str | int, *, auto: bool) -> int | str:
     if text.lower() == AUTO:
         if auto:
             return AUTO
-        raise typer.BadParameter("'auto' (the stopping rule) is for `gpuale global`; a "
-                                 "contrast runs a fixed number of permutations: give one")
+        raise typer.BadParameter("'auto' (the stopping rule) is for `gpuale global` and the "
+                                 "global analyses of `gpuale run`; a contrast runs a fixed "
+                                 "number of permutations: give one")
     try:
         number = int(text)
     except ValueError:
@@ -236,6 +274,16 @@ AutoIterationsOption = Annotated[
         parser=functools.partial(_iterations, auto=True),
     ),
 ]
+
+
+def _study_iterations(value: str | int) -> int | str:
+    """`gpuale run --iters`: a whole number >= 1, or the stopping rule."""
+    iterations = _iterations(value, auto=True)
+    if iterations != AUTO and iterations < 1:
+        raise typer.BadParameter(f"{iterations} is below 1")
+    return iterations
+
+
 MaxItersOption = Annotated[
     int, typer.Option("--max-iters", help="The most iterations --iters auto runs.", min=1)
 ]
@@ -303,7 +351,9 @@ SchedulerOption = Annotated[
     str | None,
     typer.Option("--scheduler", metavar="ADDRESS",
                  help="Run the permutations on a Dask cluster (e.g. tcp://127.0.0.1:8786; "
-                 "needs the dask extra). The nulls equal a single-machine run's."),
+                 "needs the dask extra). With --device auto each worker uses its own GPU "
+                 "if it has one, else its CPU. The nulls equal a single-machine run's "
+                 "(with GPU and CPU workers mixed, up to float rounding in ALE and mass)."),
 ]
 
 
@@ -384,13 +434,14 @@ def _loading(paths: list[Path], quiet: bool):
 
 
 @contextmanager
-def _scheduler(address: str | None):
+def _scheduler(address: str | None, device: str | None = None):
     """A Dask scheduler for ``--scheduler ADDRESS`` (connected once, closed at the end),
-    or None for this machine's cores."""
+    or None for this machine's cores. ``--device auto`` leaves the engine to each worker
+    (its GPU if it has one); an explicit device is the engine every worker runs."""
     if address is None:
         yield None
         return
-    scheduler = DaskScheduler(address)
+    scheduler = DaskScheduler(address, device=device)
     try:
         scheduler.check_workers()  # reachable, with the same gpuale: before any work
         yield scheduler
@@ -402,6 +453,8 @@ def _where(device: str, scheduler: DaskScheduler | None) -> str:
     """Where the permutations run, in words."""
     if scheduler is None:
         return _describe(device)
+    if scheduler.workers_choose:
+        return scheduler.describe()  # names each worker's own engine
     return f"{scheduler.describe()} ({_describe(device)} engine)"
 
 
@@ -438,11 +491,29 @@ FLAG_HINTS = {
 }
 
 
-def _in_cli_words(exc: BaseException) -> str:
-    """An error message, with a library hint about an argument turned into the CLI flag."""
+#: Python argument names that library messages name -> the option a user typed.
+CLI_NAMES = {
+    "fwhm_mm": "--fwhm",
+    "cluster_forming_p": "--cluster-p",
+    "min_volume_mm3": "--min-volume",
+    "sample_size_column": "--sample-size-column",
+    "experiment_column": "--experiment-column",
+}
+#: The same names as `gpuale run`'s study files spell them.
+STUDY_NAMES = {"fwhm_mm": "fwhm", "cluster_forming_p": "cluster_p",
+               "min_volume_mm3": "min_volume"}
+
+
+def _in_cli_words(exc: BaseException, names: dict[str, str] = CLI_NAMES) -> str:
+    """An error message, with a library hint about an argument turned into the CLI flag
+    and the arguments it names turned into the options (or study keys) a user wrote."""
     message = str(exc)
     flags = FLAG_HINTS.get(getattr(exc, "option", None))
-    return message.replace(exc.hint, flags) if flags else message
+    if flags:
+        message = message.replace(exc.hint, flags)
+    for name, word in names.items():
+        message = re.sub(rf"(?<![\w-]){name}(?![\w-])", word, message)
+    return message
 
 
 def _styled(prefix: str, style: str, message: object) -> Text:
@@ -551,8 +622,10 @@ def _sigterm_as_interrupt():
 
 
 @contextmanager
-def _user_errors():
-    """Turn expected failures into one clear line and an exit status, never a traceback."""
+def _user_errors(names: dict[str, str] = CLI_NAMES):
+    """Turn expected failures into one clear line and an exit status, never a traceback.
+
+    ``names``: how the messages name the settings (options, or a study file's keys)."""
     try:
         with _sigterm_as_interrupt(), warnings.catch_warnings():
             warnings.simplefilter("always")
@@ -572,7 +645,7 @@ def _user_errors():
         err.print(_styled("interrupted:", "red", "no outputs were written"), highlight=False)
         raise typer.Exit(130) from None
     except (ValueError, OSError) as exc:
-        err.print(_styled("error:", "red", _in_cli_words(exc)), highlight=False,
+        err.print(_styled("error:", "red", _in_cli_words(exc, names)), highlight=False,
                   soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -603,6 +676,15 @@ def _progress_bar(total: int, quiet: bool, description: str):
     with Progress(*columns, console=err, transient=False) as progress:
         task = progress.add_task(description, total=total)
         yield _Advance(progress, task, description)
+
+
+def _observed_status(iters, quiet: bool):
+    """Without permutations there is no bar: a spinner on a terminal, so that minutes of
+    ALE and analytic null on a large input (tens of thousands of experiments) do not look
+    like a hang."""
+    if quiet or iters or not err.is_terminal:
+        return contextlib.nullcontext()
+    return err.status("computing the ALE map and its analytic null", spinner="dots")
 
 
 class _Advance:
@@ -678,7 +760,7 @@ def global_(
                                fwhm)
         grid = load_grid(mask)
         chosen = resolve_device(device)
-        with _scheduler(scheduler if iters else None) as cluster:
+        with _scheduler(scheduler if iters else None, device) as cluster:
             if not quiet:
                 err.print(
                     f"{len(dataset)} experiments, {dataset.n_foci} foci, {grid.n_voxels} "
@@ -688,7 +770,7 @@ def global_(
                 )
             # auto: the bar's target is the current checkpoint (the rule moves it on).
             with _progress_bar(max_iters if iters == AUTO else iters, quiet,
-                               "Monte Carlo") as progress:
+                               "Monte Carlo") as progress, _observed_status(iters, quiet):
                 result = run_ale(
                     dataset, grid=grid, fwhm_mm=fwhm, n_iters=iters, max_iters=max_iters,
                     seed=seed,
@@ -845,7 +927,7 @@ def contrast(
         grid = load_grid(mask)
         effects = [MainEffect.from_run_dir(p, grid) if p else None for p in (main_a, main_b)]
         chosen = resolve_device(device)
-        with _scheduler(scheduler) as cluster:
+        with _scheduler(scheduler, device) as cluster:
             if not quiet:
                 err.print(
                     f"A: {len(dataset_a)} experiments, B: {len(dataset_b)} experiments; "
@@ -964,6 +1046,8 @@ def compare_(
     alpha: Annotated[float, typer.Option(help="Cluster-level FWE alpha.")] = DEFAULT_ALPHA,
     fwhm: FwhmOption = None,
     sample_size: SampleSizeOption = None,
+    experiment_column: ExperimentColumnOption = None,
+    sample_size_column: SampleSizeColumnOption = None,
     space: SpaceOption = None,
     tal_transform: TalOption = _DEFAULT_TAL,
     where: Annotated[
@@ -1008,7 +1092,8 @@ def compare_(
                 inputs=tuple(inputs), iters=iters, seed=seed, cluster_p=cluster_p,
                 alpha=alpha, fwhm=fwhm, sample_size=sample_size,
                 space=space.value if space else None, tal_transform=tal_transform.value,
-                where=where, workers=workers, allow_duplicates=allow_duplicates)
+                where=where, workers=workers, allow_duplicates=allow_duplicates,
+                experiment_column=experiment_column, sample_size_column=sample_size_column)
             if against is not None:
                 record = cmp.compare_with_nimare(settings, tolerances, log=log)
             else:
@@ -1042,6 +1127,7 @@ def jackknife_(
     run_dir: RunDirArgument,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
     report: DerivedReportOption = True,
     force: DerivedForceOption = False,
     quiet: QuietOption = False,
@@ -1062,13 +1148,15 @@ def jackknife_(
         analysis = load_recorded_analysis(run_dir)
         chosen = resolve_device(device)
         k, iters = len(analysis.dataset), analysis.settings.iterations
-        if not quiet:
-            err.print(f"{k} re-runs of {iters} iterations ({k} experiments, "
-                      f"{len(analysis.clusters)} cluster(s)) on {_describe(chosen)}",
-                      highlight=False)
-        with _progress_bar(k * iters, quiet, "Jackknife") as progress:
-            result = run_jackknife(run_dir, device=chosen, n_workers=workers, force=force,
-                                   progress=progress, command=_command(), analysis=analysis)
+        with _scheduler(scheduler, device) as cluster:
+            if not quiet:
+                err.print(f"{k} re-runs of {iters} iterations ({k} experiments, "
+                          f"{len(analysis.clusters)} cluster(s)) on {_where(chosen, cluster)}",
+                          highlight=False)
+            with _progress_bar(k * iters, quiet, "Jackknife") as progress:
+                result = run_jackknife(run_dir, device=chosen, n_workers=workers, force=force,
+                                       progress=progress, scheduler=cluster,
+                                       command=_command(), analysis=analysis)
         _write_report(run_dir, report and (run_dir / REPORT_HTML).exists(), quiet)
         if not quiet:
             for c in result.clusters:
@@ -1100,6 +1188,7 @@ def failsafe_(
     ] = None,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
     report: DerivedReportOption = True,
     force: DerivedForceOption = False,
     quiet: QuietOption = False,
@@ -1132,23 +1221,24 @@ def failsafe_(
             raise ValueError(f"--min {minimum} must be smaller than --max {maximum}")
         chosen = resolve_device(device)
         runs = max_evaluations(len(analysis.clusters), minimum, maximum)
-        if not quiet:
-            err.print(f"{len(analysis.clusters)} cluster(s), {k} experiments: between {minimum} "
-                      f"and {maximum} null studies, at most {runs} re-runs of {iters} "
-                      f"iterations on {_describe(chosen)}", highlight=False)
-        with _progress_bar(runs * iters, quiet, "Fail-safe N") as bar:
-            done = [0]
+        with _scheduler(scheduler, device) as cluster:
+            if not quiet:
+                err.print(f"{len(analysis.clusters)} cluster(s), {k} experiments: between "
+                          f"{minimum} and {maximum} null studies, at most {runs} re-runs of "
+                          f"{iters} iterations on {_where(chosen, cluster)}", highlight=False)
+            with _progress_bar(runs * iters, quiet, "Fail-safe N") as bar:
+                done = [0]
 
-            def progress(n: int) -> None:
-                done[0] += n
-                bar(n)
+                def progress(n: int) -> None:
+                    done[0] += n
+                    bar(n)
 
-            result = run_failsafe(run_dir, minimum=minimum, maximum=maximum, seed=seed,
-                                  device=chosen, n_workers=workers, force=force,
-                                  progress=progress if bar else None, command=_command(),
-                                  analysis=analysis)
-            if bar:  # the bound on re-runs is rarely all used: the bar ends full
-                bar(runs * iters - done[0])
+                result = run_failsafe(run_dir, minimum=minimum, maximum=maximum, seed=seed,
+                                      device=chosen, n_workers=workers, force=force,
+                                      progress=progress if bar else None, scheduler=cluster,
+                                      command=_command(), analysis=analysis)
+                if bar:  # the bound on re-runs is rarely all used: the bar ends full
+                    bar(runs * iters - done[0])
         _write_report(run_dir, report and (run_dir / REPORT_HTML).exists(), quiet)
         if not quiet:
             for row in result.rows:
@@ -1191,10 +1281,27 @@ def run_study_(
                                   "study file, named after the study).")
     ] = None,
     iters: Annotated[
-        int | None, typer.Option("--iters", help="Override the study's iterations.", min=1)
+        str | None,
+        typer.Option("--iters", metavar="N|auto", parser=_study_iterations,
+                     help="Override the study's iterations. auto: the global analyses run "
+                     "until settled (as `gpuale global --iters auto`, at most --max-iters); "
+                     "contrasts keep the study's fixed number (their cluster-forming "
+                     "threshold is estimated from all their iterations)."),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="Override the study's device.")] = None,
+    max_iters: Annotated[
+        int | None,
+        typer.Option("--max-iters", min=1, help="Override the study's max_iters: the most "
+                     f"iterations an auto analysis runs (default {DEFAULT_MAX_ITERS:,})."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(metavar="DEVICE",
+                                               help="Override the study's device.")] = None,
     scheduler: SchedulerOption = None,
+    concurrent_analyses: Annotated[
+        int | None,
+        typer.Option("--concurrent-analyses", metavar="N", min=1,
+                     help=f"With --scheduler: analyses run at once (default "
+                     f"{CONCURRENT_ANALYSES}; 1: one after another)."),
+    ] = None,
     allow_duplicates: Annotated[
         bool,
         typer.Option("--allow-duplicates",
@@ -1214,18 +1321,31 @@ def run_study_(
     the same command again resumes an interrupted study: analyses already finished with the
     same inputs and settings are reused, the rest run. --force recomputes them all.
 
-    With --scheduler, up to four analyses whose inputs are ready run at once, their
-    permutations on the cluster (the same results; a line per analysis, no progress bars).
+    With --scheduler, up to four analyses (--concurrent-analyses) whose inputs are ready
+    run at once, their permutations on the cluster (the same results; a line per analysis,
+    no progress bars). With the device auto each worker uses its own GPU if it has one,
+    else its CPU, whatever this machine has.
     """
-    with _user_errors():
+    with _user_errors(STUDY_NAMES):
         study = load_study(study_file)
         if allow_duplicates:
             study = allowing_duplicates(study)
         out = out or study_file.parent / study.name
-        with _scheduler(scheduler) as cluster:
+        # Each analysis runs on its own device; one the whole study shares is described.
+        devices = ({device} if device is not None
+                   else {a.settings.get("device") for a in study.analyses.values()})
+        shared = devices.pop() if len(devices) == 1 else None
+        with _scheduler(scheduler, shared) as cluster:
             if cluster is not None and not quiet:
                 err.print(f"permutations on {cluster.describe()}", highlight=False)
-            _run_study(study, out, iters, device, force, quiet, cluster, report)
+            if iters == AUTO and not quiet:
+                fixed = [name for name, a in study.analyses.items() if a.type == "contrast"]
+                if fixed:
+                    err.print(f"--iters auto: the global analyses run until settled; "
+                              f"contrast(s) {', '.join(fixed)} keep the study's fixed "
+                              "iterations", highlight=False)
+            _run_study(study, out, iters, device, force, quiet, cluster, report, max_iters,
+                       concurrent_analyses)
 
 
 @app.command("demo")
@@ -1240,6 +1360,10 @@ def demo(
                      f"{DEMO_CPU_ITERS:,} on a CPU, except for contrasts whose threshold "
                      "needs more).", min=1),
     ] = None,
+    report: Annotated[
+        bool, typer.Option(help="Write each analysis's report.html (needs the report extra); "
+                           "index.html links the folders either way.")
+    ] = True,
     force: StudyForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -1249,7 +1373,7 @@ def demo(
     task types and their conjunction, each with cluster-level FWE, reports and an index.
     Running it again on the same --out resumes it, reusing the analyses that finished.
     """
-    with _user_errors():
+    with _user_errors(STUDY_NAMES):
         study = load_study(example_path("semantic-children-study"))
         chosen = resolve_device(device)
         if iters is None and chosen == "cpu":
@@ -1264,7 +1388,7 @@ def demo(
                     "on a GPU; --iters 5000 for the literature default)",
                     highlight=False,
                 )
-        _run_study(study, out, iters, chosen, force, quiet)
+        _run_study(study, out, iters, chosen, force, quiet, report=report)
 
 
 def _demo_on_cpu(study):
@@ -1299,12 +1423,15 @@ def _demo_on_cpu(study):
 
 
 def _run_study(study, out: Path, iters, device, force: bool, quiet: bool,
-               scheduler: DaskScheduler | None = None, report: bool = True) -> None:
+               scheduler: DaskScheduler | None = None, report: bool = True,
+               max_iters: int | None = None,
+               concurrent_analyses: int | None = None) -> None:
     log = (lambda message: None) if quiet else (lambda m: err.print(m, highlight=False))
     entries = run_study(
-        study, out, iterations=iters, device=device, force=force, command=_command(),
+        study, out, iterations=iters, max_iters=max_iters, device=device, force=force,
+        command=_command(),
         log=log, progress_factory=lambda total, name: _progress_bar(total, quiet, name),
-        scheduler=scheduler, report=report,
+        scheduler=scheduler, report=report, concurrent_analyses=concurrent_analyses,
     )
     if not quiet:
         ran = sum(entry["status"] == "ran" for entry in entries)

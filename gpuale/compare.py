@@ -126,6 +126,8 @@ class AnalysisSettings:
     where: str | None = None
     workers: int | None = None
     allow_duplicates: bool = False
+    experiment_column: str | None = None
+    sample_size_column: str | None = None
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "inputs": list(self.inputs)}
@@ -189,6 +191,9 @@ def _load(settings: AnalysisSettings):
         [resolve_input(value) for value in settings.inputs], space=settings.space,
         tal_transform=settings.tal_transform, sample_size=settings.sample_size,
         where=settings.where, allow_duplicates=settings.allow_duplicates,
+        experiment_column=settings.experiment_column,
+        sample_size_column=settings.sample_size_column,
+        need_sample_size=settings.fwhm is None,  # a fixed kernel FWHM needs no N
     )
 
 
@@ -231,10 +236,12 @@ def nimare_dataset(dataset, prefix: str = "e"):
 
     studies = {}
     for index, exp in enumerate(dataset):
+        # No N (a fixed kernel FWHM needs none): no sample_sizes, as NiMARE reads them.
+        metadata = {} if exp.n_subjects is None else {"sample_sizes": [exp.n_subjects]}
         studies[f"{prefix}{index:04d}"] = {"contrasts": {"0": {
             "coords": {"space": "MNI", "x": exp.foci[:, 0].tolist(),
                        "y": exp.foci[:, 1].tolist(), "z": exp.foci[:, 2].tolist()},
-            "metadata": {"sample_sizes": [exp.n_subjects]},
+            "metadata": metadata,
         }}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

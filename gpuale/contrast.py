@@ -29,6 +29,7 @@ from gpuale.inference import (
     smallest_fwe_p,
     unreachable_threshold_message,
 )
+from gpuale.io.duplicates import experiment_key
 from gpuale.nulls import (
     ContrastNull,
     ContrastNullSpec,
@@ -325,16 +326,15 @@ class OverlapError(ValueError):
 
 
 def check_overlap(group_a: Dataset, group_b: Dataset, policy: str) -> tuple[Dataset, Dataset]:
-    """Find experiments in both groups (same id, or same sample size and foci)."""
+    """Find experiments in both groups: the same sample size and foci, whatever their
+    labels (:func:`gpuale.io.duplicates.experiment_key`). A label shared by experiments
+    with different foci is not an overlap: one paper often reports a contrast for each
+    group, and real files repeat labels."""
     if policy not in OVERLAP_POLICIES:
         raise ValueError(f"overlap must be one of {OVERLAP_POLICIES}, got {policy!r}")
 
-    def key(exp):
-        return (exp.n_subjects, np.round(exp.foci, 6).tobytes())
-
-    b_ids = {exp.id: exp for exp in group_b}
-    b_keys = {key(exp): exp for exp in group_b}
-    shared = [(a, b_ids.get(a.id) or b_keys.get(key(a))) for a in group_a]
+    b_keys = {experiment_key(exp): exp for exp in group_b}
+    shared = [(a, b_keys.get(experiment_key(a))) for a in group_a]
     shared = [(a, b) for a, b in shared if b is not None]
     if not shared or policy == "keep":
         return group_a, group_b
@@ -521,7 +521,9 @@ def run_contrast(
         ``gated`` tests A > B only where A's main effect is significant (B > A likewise),
         one-sided, as GingerALE.
     n_iters, seed : int
-        Random splits of the pooled experiments (NiMARE's default is 5,000). With n
+        Random splits of the pooled experiments (NiMARE's default is 5,000; not
+        ``"auto"``, a ValueError: the cluster-forming threshold of ``cluster_fwe`` is a
+        quantile of all of them, so no decision settles to stop at). With n
         splits the smallest p is 1/n (:func:`smallest_p`); when that cannot pass
         ``p_threshold`` an :class:`~gpuale.inference.UnreachableThresholdWarning` names the
         splits needed, before any is computed.
@@ -565,6 +567,15 @@ def run_contrast(
     OverlapError
         An experiment is in both groups and ``overlap="error"``.
     """
+    if isinstance(n_iters, str):
+        # Not gpuale.stopping's rule: a contrast's cluster-forming threshold is a quantile
+        # of every permuted difference, so more permutations move the threshold and with
+        # it the observed clusters; no decision settles, at any number of permutations,
+        # that a fixed-statistic sequential test (Besag & Clifford 1991) could stop on.
+        raise ValueError(f"n_iters must be a whole number, got {n_iters!r}: a contrast runs a "
+                         "fixed number of permutations (\"auto\", the stopping rule, is for "
+                         "run_ale; a contrast's cluster-forming threshold is estimated from "
+                         "all of its permutations)")
     if mode == BALANCED_MODE:
         from gpuale import balanced
 

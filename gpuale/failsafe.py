@@ -257,7 +257,7 @@ def failsafe_n(
             "fsn": "" if high is None else high,
             "significant_with": low,
             "not_significant_with": "" if high is None else high,
-            "fsn_per_experiment": "" if high is None else round(high / k, 4),
+            "fsn_per_experiment": "" if high is None else high / k,
             "result": ABOVE_MAXIMUM if high is None else EXACT,
         })
         for message in _monotonicity_warnings(c, cache):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpuale._files import environment, file_checksum, write_json, write_tsv
+from gpuale._files import environment, file_checksum, write_json
 from gpuale.analysis import ALEResult, run_ale
 from gpuale.clusters import cluster_contributions
 from gpuale.dataset import Dataset
@@ -37,6 +37,7 @@ from gpuale.engines import resolve_device
 from gpuale.grid import Grid, load_grid
 from gpuale.io import load_dataset
 from gpuale.nulls import Scheduler
+from gpuale.output import write_table
 from gpuale.runfolder import (
     CLUSTER_LABELS,
     JACKKNIFE_JSON,
@@ -418,7 +419,9 @@ def write_derived(run_dir: str | Path, tables: dict[str, tuple[list[dict], Seque
 
     Every file is first written to a hidden ``.NAME.tmp`` beside it and then renamed over
     its name, tables first and the JSON record last (so a record means its tables are
-    complete). The run's own files are never touched.
+    complete). The run's own files are never touched. The tables are for people
+    (:func:`gpuale.output.write_table`: fractions to 6 significant digits); the JSON record
+    keeps full precision.
     """
     run_dir = Path(run_dir)
     written = []
@@ -426,7 +429,7 @@ def write_derived(run_dir: str | Path, tables: dict[str, tuple[list[dict], Seque
     try:
         for name, (rows, columns) in tables.items():
             tmp = run_dir / f".{name}.tmp"
-            write_tsv(tmp, rows, columns)
+            write_table(tmp, rows, columns)
             staged.append((tmp, run_dir / name))
         tmp = run_dir / f".{json_name}.tmp"
         write_json(tmp, record)

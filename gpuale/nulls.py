@@ -31,8 +31,10 @@ find the quantile's two order statistics exactly, then labelling each permuted m
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
+import copy
 import dataclasses
 import itertools
 import math
@@ -684,8 +686,13 @@ class _EngineOnWorker:
 
 
 # A worker's engines made from an _EngineOnWorker, kept so that their per-spec state (a
-# GPU's uploaded problem) serves every chunk.
-_WORKER_ENGINES: dict[_EngineOnWorker, Engine] = {}
+# GPU's uploaded problem) serves every chunk; keyed by the worker too, as the workers of
+# one process (LocalCluster(processes=False)) need not see the same devices.
+_WORKER_ENGINES: dict[tuple[str, _EngineOnWorker], Engine] = {}
+
+#: What a :class:`DaskScheduler` sends when each worker chooses its own engine
+#: (``--device auto``): ``get_engine("auto")`` there, its GPU if it has one, else the CPU.
+_CHOSEN_ON_WORKER = _EngineOnWorker("auto", "auto")
 
 
 def _portable(engine: Engine) -> Engine | _EngineOnWorker:
@@ -714,11 +721,45 @@ def _worker_engine(engine: Engine | _EngineOnWorker) -> Engine:
     once per worker."""
     if not isinstance(engine, _EngineOnWorker):
         return engine
-    if engine not in _WORKER_ENGINES:
+    key = (_this_worker(), engine)
+    if key not in _WORKER_ENGINES:
         from gpuale.engines import get_engine
 
-        _WORKER_ENGINES[engine] = get_engine(engine.device)
-    return _WORKER_ENGINES[engine]
+        _WORKER_ENGINES[key] = get_engine(engine.device)
+    return _WORKER_ENGINES[key]
+
+
+def _this_worker() -> str:
+    """The address of the Dask worker running this task ('' outside one)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return ""
+
+
+def _chosen_engine_info(spec: NullSpec | None = None) -> tuple[str, str, int | None]:
+    """``(name, description, chunk size of spec)`` of the engine this worker chooses for
+    itself (run there by :meth:`DaskScheduler.worker_engines` and :meth:`DaskScheduler.run`)."""
+    engine = _worker_engine(_CHOSEN_ON_WORKER)
+    return (engine.name, engine.describe(),
+            None if spec is None else engine.chunk_size(spec))
+
+
+def _rechunked(chunks: list[Chunk], size: int) -> list[Chunk]:
+    """The same permutations in chunks of at most ``size`` (neighbours joined, large ones
+    split): where the workers' own engines ask for another size than the caller's (a GPU's
+    1024 permutations, a CPU's 8). A null does not depend on its chunks."""
+    pieces = [(first + at, min(size, count - at))
+              for first, count in chunks for at in range(0, count, size)]
+    joined: list[Chunk] = []
+    for first, count in pieces:
+        if joined and sum(joined[-1]) == first and joined[-1][1] + count <= size:
+            joined[-1] = (joined[-1][0], joined[-1][1] + count)
+        else:
+            joined.append((first, count))
+    return joined
 
 
 def _dask_chunk(engine: Engine | _EngineOnWorker, spec: NullSpec, seed: int, first: int,
@@ -755,20 +796,33 @@ class DaskScheduler:
         the memory the scheduler and the partials waiting to be merged take.
     timeout : float
         Seconds to wait for the scheduler when connecting.
+    device : str, optional
+        ``"auto"``: each worker runs the engine it chooses for itself
+        (``get_engine("auto")`` there: CUDA where it sees a GPU, else numba), whatever the
+        caller's engine; so a CPU-only client (a SLURM login node) still uses GPU workers.
+        Default (or any explicit device): the caller's engine, as given.
 
     Notes
     -----
-    Workers need the same gpuale (checked when a run starts). The engine is the one the
-    caller chose: ``NumbaEngine`` runs on CPU workers; an engine that cannot be pickled
-    (``CudaEngine``) is sent as its device and made on each worker, so ``gpu:0`` uses
-    each worker's first visible GPU, which under dask-cuda (``CUDA_VISIBLE_DEVICES`` set
-    per worker) is that worker's own GPU (not yet run on GPUs).
+    Workers need the same gpuale (checked when a run starts). With an explicit device the
+    engine is the one the caller chose: ``NumbaEngine`` runs on CPU workers; an engine
+    that cannot be pickled (``CudaEngine``) is sent as its device and made on each worker,
+    so ``gpu:0`` uses each worker's first visible GPU, which under dask-cuda
+    (``CUDA_VISIBLE_DEVICES`` set per worker) is that worker's own GPU (not yet run on
+    GPUs), and a worker without a GPU fails with :class:`gpuale.engines.DeviceUnavailable`.
+    With ``device="auto"`` GPU and CPU workers may serve one run side by side: every
+    engine draws the same permutations (:mod:`gpuale.rng`), so cluster sizes are the same
+    whichever worker ran a chunk, and a chunk's largest ALE and mass are those of its
+    engine (equal across engines up to the last bits of their float sums); the chunks
+    then have the size the workers' engines ask for (the smallest of them).
     """
 
-    def __init__(self, address, *, in_flight: int | None = None, timeout: float = 30.0):
+    def __init__(self, address, *, in_flight: int | None = None, timeout: float = 30.0,
+                 device: str | None = None):
         if in_flight is not None and in_flight < 1:
             raise ValueError(f"in_flight must be at least 1, got {in_flight}")
         self.address = address
+        self.workers_choose = _workers_choose(device)
         self.in_flight = in_flight
         self.timeout = timeout
         self._client = None
@@ -787,8 +841,19 @@ class DaskScheduler:
         if not self._checked:
             self.check_workers()
         shared = DaskScheduler(client, in_flight=self.in_flight, timeout=self.timeout)
+        shared.workers_choose = self.workers_choose
         shared._checked = True
         return shared
+
+    def for_device(self, device: str | None) -> DaskScheduler:
+        """This scheduler for an analysis run with ``device`` (``auto``: each worker
+        chooses its engine; else the caller's engine): the same client, chunks and
+        :meth:`stop` (a view, never closing the client)."""
+        self.client()  # connected first: the view uses this client, never its own
+        view = copy.copy(self)  # shares _stopping, _live and its lock: stop() reaches it
+        view._owns_client = False
+        view.workers_choose = _workers_choose(device)
+        return view
 
     def stop(self) -> None:
         """Cancel every chunk of this scheduler's runs, from any thread; a run waiting on
@@ -847,8 +912,27 @@ class DaskScheduler:
     def describe(self) -> str:
         client = self.client()
         threads = client.nthreads()
-        return (f"a Dask cluster at {client.scheduler.address} ({len(threads)} worker(s), "
+        text = (f"a Dask cluster at {client.scheduler.address} ({len(threads)} worker(s), "
                 f"{sum(threads.values())} thread(s))")
+        if self.workers_choose:
+            chosen = collections.Counter(self.worker_engines().values())
+            text += "; each worker's own engine: " + ", ".join(
+                f"{n} on {what}" for what, n in sorted(chosen.items()))
+        return text
+
+    def worker_engines(self, spec: NullSpec | None = None) -> dict[str, str]:
+        """Worker address -> the engine it chooses for itself (``device="auto"``), in
+        words; made there once, then kept for the run's chunks."""
+        return {w: info[1] for w, info in self._chosen_engines(spec).items()}
+
+    def _chosen_engines(self, spec) -> dict[str, tuple[str, str, int | None]]:
+        client = self.client()
+        workers = list(client.nthreads())
+        # Tasks pinned to each worker (not client.run): they run where chunks run, so a
+        # worker's engine is made, and kept, as its chunks will find it.
+        futures = [client.submit(_chosen_engine_info, spec, workers=[w], pure=False,
+                                 allow_other_workers=False) for w in workers]
+        return dict(zip(workers, client.gather(futures)))
 
     def check_workers(self) -> None:
         """Every worker imports the same gpuale as this process (else nulls could differ)."""
@@ -887,8 +971,13 @@ class DaskScheduler:
         in_flight = self.in_flight or 2 * max(1, self.n_threads())
         # Sent once to every worker, not with every chunk; hash=False spares tokenizing
         # a large problem.
-        engine_f = client.scatter(_portable(engine), broadcast=True, hash=False)
+        engine_f = client.scatter(_CHOSEN_ON_WORKER if self.workers_choose
+                                  else _portable(engine), broadcast=True, hash=False)
         spec_f = client.scatter(spec, broadcast=True, hash=False)
+        if self.workers_choose:  # chunks of the size the workers' engines ask for
+            sizes = [info[2] for info in self._chosen_engines(spec_f).values()]
+            if sizes:  # else no worker now: the chunks wait as they are for one to join
+                chunks = _rechunked(list(chunks), min(sizes))
         run_id = uuid.uuid4().hex[:12]
         rest = iter(chunks)
         pending: set = set()
@@ -930,6 +1019,11 @@ class DaskScheduler:
             with self._live_lock:
                 self._live.difference_update(pending)
             client.cancel([engine_f, spec_f], force=True)
+
+
+def _workers_choose(device: str | None) -> bool:
+    """Whether a device string leaves the engine to each Dask worker (``auto``)."""
+    return device is not None and device.strip().lower() == "auto"
 
 
 def default_scheduler(engine: Engine, spec: NullSpec, n_workers: int | None = None,

@@ -19,12 +19,22 @@ geometric *checkpoints* (looks) and stop at the first look where
    and an unadjusted 95% interval that happens to come out narrow at an early look would
    stop the rule there by luck.
 
+With TFCE (``--tfce``) the max-TFCE threshold, the cut of the TFCE map's voxel-level FWE,
+must reach the same precision, since its p come from the same permutations.
+
 The decision covers the cluster-size FWE p, which decides what :func:`gpuale.analysis.
 run_ale` calls significant; the cluster-mass and voxel-level p are reported from the same
 permutations. A permutation's draws depend only on (seed, permutation, focus)
 (:mod:`gpuale.rng`), so the checkpoints run as segments of permutations ``[n_k,
 n_{k+1})`` whose partials merge: a run that stops at ``n`` holds exactly the first ``n``
 permutations of a fixed run with the same seed.
+
+A study (``gpuale run --iters auto``, ``iterations = "auto"``) applies the rule to its
+global analyses, at most ``max_iters`` each. Contrasts run a fixed number
+(:func:`gpuale.contrast.run_contrast` refuses ``"auto"``): with cluster-level FWE their
+cluster-forming threshold is a quantile of every permuted difference, so each added
+permutation moves the threshold and with it the observed clusters; there is no fixed
+statistic whose exceedance count a sequential test could settle.
 
 References
 ----------
@@ -266,6 +276,12 @@ class Look:
         ``threshold_confidence``.
     threshold_settled : bool
         Whether the threshold met the precision target.
+    tfce_threshold : tuple of float or None
+        With TFCE: the max-TFCE threshold (the voxel-level FWE cut of the TFCE map) with
+        its interval, held to the same precision, since the TFCE p come from the same
+        permutations.
+    tfce_threshold_settled : bool
+        Whether it met the precision target (True without TFCE).
     """
 
     n: int
@@ -273,16 +289,23 @@ class Look:
     n_unsettled: int
     threshold: tuple[float, float, float]
     threshold_settled: bool
+    tfce_threshold: tuple[float, float, float] | None = None
+    tfce_threshold_settled: bool = True
 
     @property
     def settled(self) -> bool:
-        return self.n_unsettled == 0 and self.threshold_settled
+        return self.n_unsettled == 0 and self.threshold_settled and self.tfce_threshold_settled
 
     def record(self) -> dict:
         estimate, low, high = self.threshold
-        return {"n": self.n, "clusters": self.n_clusters, "unsettled": self.n_unsettled,
-                "cluster_size_threshold": {"voxels": estimate, "low": low, "high": high},
-                "threshold_settled": self.threshold_settled}
+        record = {"n": self.n, "clusters": self.n_clusters, "unsettled": self.n_unsettled,
+                  "cluster_size_threshold": {"voxels": estimate, "low": low, "high": high},
+                  "threshold_settled": self.threshold_settled}
+        if self.tfce_threshold is not None:
+            estimate, low, high = self.tfce_threshold
+            record["max_tfce_threshold"] = {"tfce": estimate, "low": low, "high": high}
+            record["tfce_threshold_settled"] = self.tfce_threshold_settled
+        return record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,23 +354,33 @@ class StoppingRecord:
         parts = []
         if last.n_unsettled:
             parts.append(f"{last.n_unsettled} cluster(s) whose FWE p is still too close to "
-                         f"alpha = {self.rule.alpha:g} to call")
+                         f"alpha = {self.rule.alpha:g} to call, so their decisions may "
+                         "change with more permutations")
         if not last.threshold_settled:
             estimate, low, high = last.threshold
             parts.append(f"a cluster-size threshold of {estimate:.0f} voxels known only to "
-                         f"[{low:.0f}, {high:.0f}]")
+                         f"[{low:.0f}, {high:.0f}]"
+                         + ("" if last.n_unsettled else
+                            " (every cluster's decision is settled; the reported threshold "
+                            "is the imprecise part)"))
+        if not last.tfce_threshold_settled:
+            estimate, low, high = last.tfce_threshold
+            parts.append(f"a max-TFCE threshold of {estimate:.4g} known only to "
+                         f"[{low:.4g}, {high:.4g}], so TFCE p near alpha may change")
         return (f"--iters auto stopped at max_iters = {self.stopped_at:,} unsettled: "
-                f"{' and '.join(parts)}; their decisions may change with more permutations "
-                "(raise --max-iters)")
+                f"{' and '.join(parts)} (raise --max-iters)")
 
 
 # --- Deciding and running ---------------------------------------------------------------------
 
 
 def cluster_size_decision(
-    cluster_sizes: np.ndarray, rule: StoppingRule
+    cluster_sizes: np.ndarray, rule: StoppingRule, *, tfce: bool = False
 ) -> Callable[[MonteCarloNull], Look]:
     """The decision of a global ALE: its observed clusters' sizes against the null.
+
+    With ``tfce`` the max-TFCE threshold must also reach the rule's precision (TFCE values
+    are continuous: no one-voxel floor).
 
     Parameters
     ----------
@@ -368,10 +401,22 @@ def cluster_size_decision(
                                        rule.threshold_confidence)
         estimate, lo, hi = threshold
         precise = rule.threshold_precision is None or (
-            max(hi - estimate, estimate - lo) <= rule.threshold_precision * max(estimate, 1.0)
+            # At least one voxel: under 10 voxels a 10% half-width is below one, and a
+            # quantile between two sizes would then never settle.
+            max(hi - estimate, estimate - lo) <= max(rule.threshold_precision * estimate, 1.0)
         )
+        tfce_threshold, tfce_precise = None, True
+        if tfce:
+            tfce_threshold = threshold_interval(null.max_tfce, rule.alpha,
+                                                rule.threshold_confidence)
+            t_estimate, t_low, t_high = tfce_threshold
+            tfce_precise = rule.threshold_precision is None or (
+                max(t_high - t_estimate, t_estimate - t_low)
+                <= rule.threshold_precision * t_estimate
+            )
         return Look(n=n, n_clusters=int(sizes.size), n_unsettled=unsettled,
-                    threshold=threshold, threshold_settled=bool(precise))
+                    threshold=threshold, threshold_settled=bool(precise),
+                    tfce_threshold=tfce_threshold, tfce_threshold_settled=bool(tfce_precise))
 
     return decide
 

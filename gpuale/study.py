@@ -19,7 +19,7 @@ where = "task_type == knowledge"
 type = "contrast"
 a = "knowledge"          # names of global analyses
 b = "objects"
-mode = "gated"
+mode = "gated"           # "whole-brain" (the default), "gated" or "balanced"
 
 [analyses.common]
 type = "conjunction"
@@ -33,7 +33,16 @@ run.json) is reused, not run again, so running a study again after Ctrl-C resume
 ``OUT/index.html`` list them. Each run.json records the study file, the command, and the
 analysis's selection of experiments (``where``, ``split``); inputs keep the names the
 study file gives them (``example:semantic-children``). A global analysis may take
-``iterations = "auto"``: the stopping rule of :mod:`gpuale.stopping`, at most 10,000.
+``tfce = true`` (TFCE beside the cluster inference, as ``gpuale global --tfce``) and
+``iterations = "auto"``: the stopping rule of :mod:`gpuale.stopping`, at most
+``max_iters`` (default 10,000). A contrast runs a fixed number of iterations (its
+cluster-forming threshold is itself estimated from all of them), so a contrast under a
+[study] with ``iterations = "auto"`` gives its own ``iterations = N``.
+
+A balanced contrast (``mode = "balanced"``, NiMARE's ``BalancedALESubtraction``, see
+:mod:`gpuale.balanced`) also takes ``target_n``, ``null`` (``"label-permutation"`` or
+``"random-foci"``), ``mask_coverage`` (``"gm"`` or ``"brain"``),
+``difference_iterations`` and ``subsamples``; its null has ``iterations`` iterations.
 
 An input given as a table names the columns of a CSV/TSV table (see
 :func:`gpuale.io.read_table`)::
@@ -69,12 +78,19 @@ from gpuale._files import (
     write_json,
 )
 from gpuale.analysis import run_ale
+from gpuale.balanced import BALANCED_NULLS, MASK_COVERAGES, save_balanced_contrast
 from gpuale.conjunction import conjunction
-from gpuale.contrast import MainEffect, run_contrast
+from gpuale.contrast import (
+    BALANCED_MODE,
+    OVERLAP_HINT,
+    MainEffect,
+    check_overlap,
+    run_contrast,
+)
 from gpuale.dataset import Dataset
 from gpuale.examples import example_name, resolve_input
 from gpuale.grid import Grid, load_grid
-from gpuale.io import load_dataset
+from gpuale.io import DuplicateExperimentWarning, load_dataset
 from gpuale.nulls import DaskScheduler, RunInterrupted, Scheduler
 from gpuale.selection import median_split, referenced_columns, select
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
@@ -93,6 +109,7 @@ ANALYSIS_TYPES = ("global", "contrast", "conjunction")
 #: Settings a [study] table (or an analysis) may set, with their defaults.
 SETTINGS = {
     "iterations": 5000,
+    "max_iters": None,  # the most iterations = "auto" runs (None: 10,000)
     "seed": 0,
     "cluster_p": 0.001,
     "alpha": 0.05,
@@ -107,8 +124,9 @@ SETTINGS = {
     "allow_duplicates": False,  # keep an experiment given twice (else an error)
 }
 ANALYSIS_KEYS = {
-    "global": {"type", "input", "inputs", "where", "split"},
-    "contrast": {"type", "a", "b", "mode", "p", "min_z", "overlap", "cluster_fwe"},
+    "global": {"type", "input", "inputs", "where", "split", "tfce"},
+    "contrast": {"type", "a", "b", "mode", "p", "min_z", "overlap", "cluster_fwe",
+                 "target_n", "null", "mask_coverage", "difference_iterations", "subsamples"},
     "conjunction": {"type", "of"},
 }
 
@@ -331,6 +349,11 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
         raise _problem(path, f"analysis {key!r} ({kind}): iterations = {iterations!r}; give "
                              "a whole number" + (" or \"auto\"" if kind == "global" else
                                                  " (\"auto\" is for global analyses)"))
+    max_iters = settings["max_iters"]
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int)
+                                  or max_iters < 1):
+        raise _problem(path, f"analysis {key!r}: max_iters = {max_iters!r} must be a whole "
+                             "number of at least 1")
     if kind == "global":
         names = table.get("inputs", [table["input"]] if "input" in table else [])
         if not names:
@@ -341,6 +364,7 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
                                  f"{sorted(inputs)}")
         table["inputs"] = names
         table.pop("input", None)
+        _check_tfce(path, key, table, settings)
         split = table.get("split")
         if split is not None and (not isinstance(split, dict) or set(split) != {"column",
                                                                                 "half"}
@@ -351,9 +375,63 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
         for side in ("a", "b"):
             if side not in table:
                 raise _problem(path, f"contrast {key!r} needs {side} = \"<global analysis>\"")
+        _check_balanced_keys(path, key, table)
     elif not isinstance(table.get("of"), list) or len(table["of"]) < 2:
         raise _problem(path, f"conjunction {key!r} needs of = [at least two analyses]")
     return Analysis(name=key, type=kind, spec=table, settings=settings)
+
+
+def _check_tfce(path: Path, key: str, table: dict, settings: dict) -> None:
+    """``tfce = true`` of a global analysis (:mod:`gpuale.tfce`, as ``gpuale global
+    --tfce``). ``tfce = false`` is the default and is dropped, so that the fingerprint
+    changes only where TFCE is asked for (studies written before the key keep theirs)."""
+    if "tfce" not in table:
+        return
+    if not isinstance(table["tfce"], bool):
+        raise _problem(path, f"analysis {key!r}: tfce = {table['tfce']!r} must be true or "
+                             "false")
+    if not table["tfce"]:
+        del table["tfce"]
+    elif settings["iterations"] == 0:
+        raise _problem(path, f"analysis {key!r}: tfce = true needs Monte Carlo iterations "
+                             "(its FWE comes from the permutations' largest TFCE), got "
+                             "iterations = 0")
+
+
+def _max_iters_used(settings: dict) -> bool:
+    """Whether ``max_iters`` can change an analysis's numbers: set, and the iterations are
+    ``"auto"``. Otherwise it stays out of the fingerprint, so that studies written before
+    the setting existed, or runs of a fixed number, keep theirs."""
+    return settings.get("max_iters") is not None and settings.get("iterations") == AUTO
+
+
+#: Keys of a contrast that only a balanced contrast takes, and those it has no use for
+#: (it is thresholded by its null extrema at alpha).
+BALANCED_KEYS = {"target_n", "null", "mask_coverage", "difference_iterations", "subsamples"}
+NOT_BALANCED_KEYS = {"p", "min_z", "cluster_fwe"}
+
+
+def _check_balanced_keys(path: Path, key: str, table: dict) -> None:
+    """A balanced contrast's keys, checked when the study file is read (not after the
+    analyses before it have run)."""
+    balanced = table.get("mode") == BALANCED_MODE
+    misplaced = sorted(set(table) & (NOT_BALANCED_KEYS if balanced else BALANCED_KEYS))
+    if misplaced:
+        raise _problem(path, f"contrast {key!r}: {', '.join(misplaced)} "
+                             + ("do(es) not apply to mode = \"balanced\", which is "
+                                "thresholded by its null extrema at alpha" if balanced else
+                                "apply to mode = \"balanced\" only"))
+    choices = {"null": BALANCED_NULLS, "mask_coverage": MASK_COVERAGES}
+    for name, allowed in choices.items():
+        if name in table and table[name] not in allowed:
+            raise _problem(path, f"contrast {key!r}: {name} = {table[name]!r} must be one of "
+                                 f"{list(allowed)}")
+    for name in ("target_n", "difference_iterations", "subsamples"):
+        value = table.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise _problem(path, f"contrast {key!r}: {name} = {value!r} must be a whole "
+                                 "number of at least 1")
 
 
 def _fingerprint(analysis: Analysis, study: Study, upstream: dict[str, str]) -> str:
@@ -363,7 +441,8 @@ def _fingerprint(analysis: Analysis, study: Study, upstream: dict[str, str]) -> 
         "spec": analysis.spec,
         # allow_duplicates changes no number (without it the analysis fails): a folder
         # finished before the setting existed is reused.
-        "settings": {k: v for k, v in analysis.settings.items() if k != "allow_duplicates"},
+        "settings": {k: v for k, v in analysis.settings.items() if k != "allow_duplicates"
+                     and not (k == "max_iters" and not _max_iters_used(analysis.settings))},
         "inputs": {
             name: [file_checksum(p) for p in study.inputs[name]]
             for name in analysis.spec.get("inputs", [])
@@ -499,11 +578,12 @@ def run_study(
     study: Study,
     out_dir: str | Path,
     *,
-    iterations: int | None = None,
+    iterations: int | str | None = None,
     device: str | None = None,
     force: bool = False,
     command: str | None = None,
     progress_factory: Callable | None = None,
+    max_iters: int | None = None,
     log: Callable[[str], None] = print,
     scheduler: Scheduler | None = None,
     report: bool = True,
@@ -521,7 +601,13 @@ def run_study(
     study : Study
     out_dir : str or Path
     iterations, device : optional
-        Override the study's settings for every analysis.
+        Override the study's settings for every analysis; ``iterations="auto"`` (the
+        stopping rule, :mod:`gpuale.stopping`) only the global analyses' (a contrast
+        keeps its fixed number: its cluster-forming threshold is estimated from all of
+        its iterations, so there is no settled decision to stop at).
+    max_iters : int, optional
+        Overrides the study's ``max_iters``: the most iterations an ``"auto"`` analysis
+        runs.
     force : bool
         Recompute every analysis, and write into a folder that holds something else
         (only the analyses' folders, study.json and index.html are replaced).
@@ -564,14 +650,23 @@ def run_study(
     # Held for the whole study: a second run into the same folder fails at once, rather
     # than both writing the same analyses and study.json.
     with claim_output_dir(out_dir):
-        return _run_study_held(study, out_dir, iterations=iterations, device=device,
+        if iterations is not None and iterations != AUTO and (
+                isinstance(iterations, bool) or not isinstance(iterations, int)
+                or iterations < 0):
+            raise ValueError(f"iterations must be a whole number >= 0 or {AUTO!r}, got "
+                             f"{iterations!r}")
+        if max_iters is not None and (isinstance(max_iters, bool)
+                                      or not isinstance(max_iters, int) or max_iters < 1):
+            raise ValueError(f"max_iters must be a whole number >= 1, got {max_iters!r}")
+        overrides = {"iterations": iterations, "max_iters": max_iters}
+        return _run_study_held(study, out_dir, overrides=overrides, device=device,
                                force=force, command=command,
                                progress_factory=progress_factory, log=log,
                                scheduler=scheduler, report=report,
                                concurrent_analyses=concurrent_analyses)
 
 
-def _run_study_held(study: Study, out_dir: Path, *, iterations, device, force, command,
+def _run_study_held(study: Study, out_dir: Path, *, overrides, device, force, command,
                     progress_factory, log, scheduler, report=True,
                     concurrent_analyses=None) -> list[dict]:
     together = _analyses_at_once(scheduler, concurrent_analyses)
@@ -580,9 +675,12 @@ def _run_study_held(study: Study, out_dir: Path, *, iterations, device, force, c
     datasets: dict[str, Dataset] = {}
     # Every input read and every selection evaluated before the first analysis runs: an
     # empty selection or a bad file is an error now, not after hours of earlier analyses.
+    shown: set[str] = set()  # a duplicate warning is logged once, not per analysis
     for analysis in order:
         if analysis.type == "global":
-            datasets[analysis.name] = _global_dataset(analysis, study, log)
+            datasets[analysis.name] = _global_dataset(analysis, study, log, shown)
+        elif analysis.type == "contrast":
+            _check_groups(analysis, study, datasets)
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = load_grid()
     fingerprints: dict[str, str] = {}
@@ -596,7 +694,7 @@ def _run_study_held(study: Study, out_dir: Path, *, iterations, device, force, c
 
             def run(analysis, shared_scheduler, capture):
                 return _run_or_reuse(analysis, study, out_dir, grid, datasets, fingerprints,
-                                     iterations, device, force, command, None, log,
+                                     overrides, device, force, command, None, log,
                                      shared_scheduler, capture)
 
             def finish(entry):
@@ -612,7 +710,7 @@ def _run_study_held(study: Study, out_dir: Path, *, iterations, device, force, c
             for analysis in order:
                 current = analysis.name
                 entries.append(_run_or_reuse(analysis, study, out_dir, grid, datasets,
-                                             fingerprints, iterations, device, force,
+                                             fingerprints, overrides, device, force,
                                              command, progress_factory, log, scheduler))
                 current = None
                 _write_study_json(out_dir, study, command, entries, order, "running")
@@ -633,18 +731,25 @@ def _run_study_held(study: Study, out_dir: Path, *, iterations, device, force, c
 
 def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
                   datasets: dict[str, Dataset], fingerprints: dict[str, str],
-                  iterations: int | None, device: str | None, force: bool,
+                  overrides: dict, device: str | None, force: bool,
                   command: str | None, progress_factory: Callable | None,
                   log: Callable[[str], None], scheduler: Scheduler | None = None,
                   capture: Callable | None = None) -> dict:
     """Run one analysis, or reuse its finished folder; its index entry.
 
+    ``overrides``: ``iterations`` and ``max_iters`` given to :func:`run_study` (None: the
+    study's).
+
     ``capture`` is a context manager factory yielding the list that collects the
     analysis's warnings (default: ``warnings.catch_warnings(record=True)``).
     """
     settings = dict(analysis.settings)
-    if iterations is not None:
-        settings["iterations"] = iterations
+    if overrides["iterations"] is not None and (overrides["iterations"] != AUTO
+                                                or analysis.type == "global"):
+        # "auto" is the stopping rule of a global ALE; a contrast keeps its fixed number.
+        settings["iterations"] = overrides["iterations"]
+    if overrides.get("max_iters") is not None:
+        settings["max_iters"] = overrides["max_iters"]
     if device is not None:
         settings["device"] = device
     analysis = dataclasses.replace(analysis, settings=settings)
@@ -665,7 +770,8 @@ def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
         log(f"{analysis.name}: reused (same inputs and settings)")
     else:
         log(f"{analysis.name}: {analysis.type} ...")
-        total = DEFAULT_MAX_ITERS if settings["iterations"] == AUTO else settings["iterations"]
+        total = (settings["max_iters"] or DEFAULT_MAX_ITERS if settings["iterations"] == AUTO
+                 else settings["iterations"])
         progress = (progress_factory(total, analysis.name)
                     if progress_factory else contextlib.nullcontext())
         with progress as step, (capture or _caught_warnings)() as caught:
@@ -901,15 +1007,21 @@ LOADING_NOTICE_BYTES = 4_000_000
 
 
 def _global_dataset(analysis: Analysis, study: Study,
-                    log: Callable[[str], None] | None = None) -> Dataset:
+                    log: Callable[[str], None] | None = None,
+                    shown: set[str] | None = None) -> Dataset:
+    """The experiments of a global analysis: its inputs read, selected and split.
+
+    Load warnings are silent (each input's layout notes would repeat for every analysis),
+    except that experiments kept twice (``allow_duplicates = true``) are logged, each
+    message once in the messages ``shown`` (a study's set)."""
     from gpuale._files import input_size
 
     s = analysis.settings
     paths = _input_paths(analysis, study)
     large = log is not None and sum(map(input_size, paths)) >= LOADING_NOTICE_BYTES
     progress = (lambda line: log(f"{analysis.name}: {line} ...")) if large else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         # A selection's columns are loaded where an input holds too many to load them all
         # (a Neurosynth release's terms).
         dataset = load_dataset(
@@ -922,6 +1034,13 @@ def _global_dataset(analysis: Analysis, study: Study,
                            for _ in study.inputs[name]],
             need_sample_size=s["fwhm"] is None,  # a fixed kernel FWHM needs no N
         )
+    shown = set() if shown is None else shown
+    for w in caught:
+        message = str(w.message)
+        if (log is not None and issubclass(w.category, DuplicateExperimentWarning)
+                and message not in shown):
+            shown.add(message)
+            log(f"warning: {message}")
     if "where" in analysis.spec:
         dataset = select(dataset, analysis.spec["where"])
     if "split" in analysis.spec:
@@ -934,18 +1053,21 @@ def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str
              study: Study, grid: Grid, progress, extra: dict, command: str | None,
              scheduler: Scheduler | None = None) -> None:
     s = analysis.settings
+    scheduler = _for_device(scheduler, s["device"])
     if analysis.type == "global":
         result = run_ale(
             datasets[analysis.name], grid=grid, fwhm_mm=s["fwhm"], n_iters=s["iterations"],
-            seed=s["seed"], cluster_forming_p=s["cluster_p"], alpha=s["alpha"],
+            max_iters=s.get("max_iters") or DEFAULT_MAX_ITERS, seed=s["seed"],
+            cluster_forming_p=s["cluster_p"], alpha=s["alpha"],
             connectivity=s["connectivity"], device=s["device"], n_workers=s["workers"],
-            progress=progress, scheduler=scheduler,
+            progress=progress, scheduler=scheduler, tfce=analysis.spec.get("tfce", False),
         )
         output.save_ale(result, folder, inputs=_named_inputs(analysis, study), force=True,
                         command=command, extra=extra)
     elif analysis.type == "contrast":
         a, b = analysis.spec["a"], analysis.spec["b"]
-        mode = analysis.spec.get("mode", "whole-brain")
+        spec = analysis.spec
+        mode = spec.get("mode", "whole-brain")
         mains = [MainEffect.from_run_dir(out_dir / side, grid) for side in (a, b)] \
             if mode == "gated" else [None, None]
         result = run_contrast(
@@ -956,15 +1078,41 @@ def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str
             overlap=analysis.spec.get("overlap", "error"), fwhm_mm=s["fwhm"],
             device=s["device"], n_workers=s["workers"], progress=progress,
             scheduler=scheduler, cluster_fwe=bool(analysis.spec.get("cluster_fwe", False)),
-            alpha=s["alpha"],
+            alpha=s["alpha"], target_n=spec.get("target_n"), balanced_null=spec.get("null"),
+            difference_iterations=spec.get("difference_iterations"),
+            n_subsamples=spec.get("subsamples"), mask_coverage=spec.get("mask_coverage", "gm"),
         )
         inputs_a, inputs_b = (_named_inputs(study.analyses[side], study) for side in (a, b))
-        output.save_contrast(result, folder, inputs_a=inputs_a, inputs_b=inputs_b,
-                             command=command, force=True, extra=extra)
+        save = save_balanced_contrast if mode == BALANCED_MODE else output.save_contrast
+        save(result, folder, inputs_a=inputs_a, inputs_b=inputs_b, command=command,
+             force=True, extra=extra)
     else:
         result = conjunction([out_dir / name for name in analysis.spec["of"]],
                              min_volume_mm3=s["min_volume"], connectivity=s["connectivity"])
         output.save_conjunction(result, folder, command=command, force=True, extra=extra)
+
+
+def _check_groups(analysis: Analysis, study: Study, datasets: dict[str, Dataset]) -> None:
+    """A contrast's groups that share experiments (under its ``overlap`` setting) are an
+    error before the first analysis runs, in the study file's words."""
+    a, b = analysis.spec["a"], analysis.spec["b"]
+    try:
+        check_overlap(datasets[a], datasets[b], analysis.spec.get("overlap", "error"))
+    except ValueError as exc:
+        message = str(exc).replace(
+            OVERLAP_HINT, 'set overlap = "keep" (in both groups) or overlap = "drop" (from '
+            "both) in the analysis")
+        raise _problem(study.path, f"analysis {analysis.name!r}: {message}") from None
+
+
+def _for_device(scheduler: Scheduler | None, device: str) -> Scheduler | None:
+    """A Dask cluster for an analysis's device: with ``auto`` each worker chooses its own
+    engine (its GPU if it has one), else every worker runs the one this machine made."""
+    if isinstance(scheduler, DaskScheduler):
+        return scheduler.for_device(device)
+    if isinstance(scheduler, _TakingTurns):
+        return _TakingTurns(scheduler.cluster.for_device(device), scheduler.turn)
+    return scheduler
 
 
 def _summarise(folder: Path) -> dict:
@@ -973,6 +1121,9 @@ def _summarise(folder: Path) -> dict:
     if run.kind == "ale":
         text = (f"{record['n_experiments']} experiments, {record['n_foci']} foci; "
                 f"{n} significant cluster(s)")
+        stopping = record.get(runfolder.STOPPING_KEY)
+        if stopping:  # iterations = "auto": where the rule stopped, and why
+            text += f"; auto: {stopping['reason']} at {stopping['stopped_at']:,} iterations"
     elif run.kind == "contrast":
         groups = record["groups"]
         text = (f"{groups['A']['n_experiments']} vs {groups['B']['n_experiments']} "

@@ -4,6 +4,8 @@ rules, the subset schedule, and the run folder."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import math
 from itertools import combinations
@@ -13,6 +15,7 @@ import pytest
 from conftest import dense_ma_maps, make_small_grid, random_dataset
 
 from gpuale.balanced import (
+    BALANCED_CLUSTER_COLUMNS,
     BalancedNullSpec,
     balanced_null_chunk,
     balanced_p,
@@ -20,12 +23,15 @@ from gpuale.balanced import (
     resolve_target_n,
     run_balanced_contrast,
     save_balanced_contrast,
+    smallest_p,
     subset_schedule,
 )
+from gpuale.clusters import peak_rows
 from gpuale.dataset import Dataset
 from gpuale.engines.cuda import CudaEngine
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
+from gpuale.output import table_value
 from gpuale.problem import compile_problem
 from gpuale.rng import STREAM_BALANCED_OBSERVED, subsample_members
 from gpuale.stats import p_to_z
@@ -213,6 +219,31 @@ def test_run_and_save(groups, tmp_path):
     nulls = np.load(out / "nulls.npz")
     np.testing.assert_array_equal(nulls["max_difference"], result.null.max_null)
 
+    # clusters.tsv is for people: the in-memory rows, fractions to 6 significant digits.
+    # (6 iterations make nothing significant: the largest |D| are marked so here.)
+    top = np.argsort(np.abs(result.observed))[-40:]
+    z = np.zeros_like(result.z)
+    z[top] = 3.0 * np.sign(result.observed[top])
+    marked = dataclasses.replace(result, z=z)
+    rows = peak_rows(marked.clusters())
+    assert rows
+    out = save_balanced_contrast(marked, tmp_path / "marked")
+    with open(out / "clusters.tsv", newline="", encoding="utf-8") as handle:
+        written = list(csv.DictReader(handle, delimiter="\t"))
+    assert written == [{k: str(table_value(row.get(k, ""))) for k in BALANCED_CLUSTER_COLUMNS}
+                       for row in rows]
+    assert any(cell["peak_diff"] != repr(row["peak_diff"]) for cell, row in zip(written, rows))
+    for cell, row in zip(written, rows):
+        assert float(cell["peak_diff"]) == pytest.approx(row["peak_diff"], rel=5e-6)
+
+
+def test_smallest_p_is_what_balanced_p_gives_beyond_every_null_maximum():
+    rng = np.random.default_rng(3)
+    for n in (1, 4, 40, 1000):
+        max_null = rng.uniform(0.01, 0.02, n)
+        p, _, _, _ = balanced_p(np.array([0.5]), -max_null, max_null, 0.05)
+        assert smallest_p(n) == p[0] == 1.0 / n
+
 
 def test_cli_balanced(tmp_path):
     """`gpuale contrast --mode balanced`: NiMARE's maps, run.json and the report."""
@@ -250,6 +281,8 @@ def test_cli_balanced(tmp_path):
     if report_available():
         html = (out / "report.html").read_text()
         assert "balanced ALE contrast" in html and "subsamples of 2 experiments" in html
+        # NiMARE's p = max(1/n_iters, ...): 1/4 at best, not "-".
+        assert "0.25 (1/n with n = 4 null iterations)" in html
     bad = CliRunner().invoke(cli.app, ["contrast", str(paths[0]), str(paths[1]), "--out",
                                        str(tmp_path / "bad"), "--target-n", "2", "--quiet"])
     assert bad.exit_code != 0 and "--mode balanced" in bad.output

@@ -275,3 +275,129 @@ def test_library_warnings_are_explained_and_gpuale_warnings_are_not(capsys):
                                f"{nibabel} line 9)")
     assert own == "warning: only 3 experiments"
     assert plain == "warning: use gpuale's [own] words"
+
+
+#: typer's labels of Python types, which say nothing to a user of the command line.
+PYTHON_TYPES = ("<str>", "<float>", "<int>", "<bool>", "<int range>", "<float range>",
+                "<path>")
+
+
+def test_no_help_shows_a_python_type():
+    commands = [name for name in (c.name or c.callback.__name__
+                                  for c in cli.app.registered_commands)]
+    assert {"global", "contrast", "run", "demo", "compare"} <= set(commands)
+    for command in ("", *commands):
+        text = _help(*([command] if command else []))
+        shown = [label for label in PYTHON_TYPES if label in text]
+        assert not shown, f"gpuale {command} --help shows {shown}"
+    text = " ".join(_help("global").split())
+    for option, name in (("--cluster-p", "P"), ("--workers", "N"), ("--fwhm", "MM"),
+                         ("--where", "EXPRESSION"), ("--device", "DEVICE"),
+                         ("--space", "<MNI|TAL>"), ("--scheduler", "ADDRESS")):
+        assert f"{option} {name} " in text, option
+    assert "--min-volume MM3 " in " ".join(_help("contrast").split())
+    assert "--concurrent-analyses N " in " ".join(_help("run").split())
+
+
+def test_demo_takes_no_report(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(cli, "_run_study", lambda *args, **kwargs: ran.append(kwargs))
+    for flag, report in (("--no-report", False), ("--report", True), (None, True)):
+        result = runner.invoke(cli.app, ["demo", "--out", str(tmp_path / "demo"),
+                                         "--iters", "5", "--device", "cpu", "--quiet",
+                                         *([flag] if flag else [])])
+        assert result.exit_code == 0, result.output
+        assert ran.pop()["report"] is report
+    assert "--no-report" in _help("demo")
+
+
+DUPLICATED = """// Reference=MNI
+// Study A
+// Subjects=20
+-40\t20\t10
+-42\t24\t12
+
+// Study A again
+// Subjects=20
+-40\t20\t10
+-42\t24\t12
+
+// Study B
+// Subjects=12
+-38\t18\t12
+-44\t22\t10
+"""
+
+
+def test_a_study_logs_the_duplicates_it_keeps_once(tmp_path):
+    (tmp_path / "foci.txt").write_text(DUPLICATED)
+    study = tmp_path / "study.toml"
+    study.write_text(textwrap.dedent("""
+        [study]
+        iterations = 2
+        workers = 1
+        device = "cpu"
+        allow_duplicates = true
+
+        [inputs]
+        data = "foci.txt"
+
+        [analyses.all]
+        type = "global"
+        input = "data"
+
+        [analyses.again]
+        type = "global"
+        input = "data"
+        """))
+    result = runner.invoke(cli.app, ["run", str(study), "--out", str(tmp_path / "out"),
+                                     "--no-report"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    text = " ".join(_plain(result.output).split())
+    message = ("are the same experiment: N = 20 and the same 2 foci; both are kept and "
+               "count twice (duplicates allowed)")
+    assert text.count(message) == 1, text
+    assert "warning: experiments 'Study A'" in text and "foci.txt" in text
+    # Not allowed: the same input is an error naming both, before any analysis runs.
+    study.write_text(study.read_text().replace("allow_duplicates = true", ""))
+    result = runner.invoke(cli.app, ["run", str(study), "--out", str(tmp_path / "no")])
+    assert result.exit_code == 2 and "allow_duplicates" in result.output
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--fwhm", "1e6", "--fwhm = 1e+06 is wider than"),
+    ("--cluster-p", "0", "--cluster-p must lie strictly between 0 and 1"),
+])
+def test_errors_name_the_option_that_was_typed(tmp_path, option, value, expected):
+    """Issue 15/16: messages said fwhm_mm and cluster_forming_p, the library's names."""
+    path = tmp_path / "foci.txt"
+    path.write_text(SLEUTH)
+    result = runner.invoke(cli.app, ["global", str(path), "--out", str(tmp_path / "o"),
+                                     "--iters", "0", "--device", "cpu", option, value],
+                           env=WIDE)
+    assert result.exit_code == 2
+    assert expected in _plain(result.output)
+    assert "fwhm_mm" not in result.output and "cluster_forming_p" not in result.output
+
+
+def test_study_errors_name_the_study_keys():
+    assert cli._in_cli_words(ValueError("fwhm_mm = 1e+06 is wider"), cli.STUDY_NAMES) == \
+        "fwhm = 1e+06 is wider"
+    assert cli._in_cli_words(ValueError("name it with sample_size_column"),
+                             cli.STUDY_NAMES) == "name it with sample_size_column"
+    assert cli._in_cli_words(ValueError("name it with sample_size_column")) == \
+        "name it with --sample-size-column"
+
+
+def test_a_run_without_permutations_shows_a_spinner_on_a_terminal(monkeypatch):
+    """Issue 16 item 12: an ALE of 94,014 experiments printed nothing for minutes."""
+    import contextlib
+    import io
+
+    from rich.console import Console
+    from rich.status import Status
+
+    monkeypatch.setattr(cli, "err", Console(file=io.StringIO(), force_terminal=True))
+    assert isinstance(cli._observed_status(0, quiet=False), Status)
+    assert isinstance(cli._observed_status(100, quiet=False), contextlib.nullcontext)
+    assert isinstance(cli._observed_status(0, quiet=True), contextlib.nullcontext)

@@ -167,3 +167,75 @@ def test_devices_cpu_and_gpu_give_the_same_nulls(tmp_path):
     assert record["devices"] == {"cpu": "cpu", "gpu": "gpu:0"}
     assert record["nulls"]["permutations_compared"] == 64 and record["nulls"]["passed"]
     assert record["nulls"]["max_ale_max_rel_diff"] <= cmp.MAX_ALE_RTOL
+
+
+def _table(path, with_n: bool):
+    """The four studies as a lab's spreadsheet: experiments named by two columns, and two
+    candidate N columns (``n`` one more than the studies' N), or none at all."""
+    header = "paper,contrast,x,y,z" + (",n,subjects" if with_n else "")
+    rows = [header]
+    for name, (n, foci) in STUDIES.items():
+        for focus in foci:
+            x, y, z = focus.split("\t")
+            rows.append(f"{name.replace(' ', '')},c1,{x},{y},{z}"
+                        + (f",{n + 1},{n}" if with_n else ""))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_compare_loads_as_global_does(tmp_path):
+    """--experiment-column, --sample-size-column, and --fwhm without sample sizes: the
+    same experiments as `gpuale global` loads with those options."""
+    from gpuale.io import load_dataset
+
+    table = _table(tmp_path / "lab.csv", with_n=True)
+    out = tmp_path / "cmp"
+    result = runner.invoke(cli.app, [
+        "compare", str(table), "--devices", "numpy,numba", "--iters", "0", "--space", "MNI",
+        "--experiment-column", "paper,contrast", "--sample-size-column", "subjects",
+        "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / cmp.COMPARE_JSON).read_text())
+    assert record["passed"]
+    assert record["settings"]["experiment_column"] == "paper,contrast"
+    assert record["settings"]["sample_size_column"] == "subjects"
+    settings = cmp.AnalysisSettings.from_json(record["settings"])
+    dataset = cmp._load(settings)
+    assert [e.id for e in dataset] == ["StudyA-c1", "StudyB-c1", "StudyC-c1", "StudyD-c1"]
+    assert [e.n_subjects for e in dataset] == [20, 12, 30, 16]
+    # Without the options the two N columns are an error naming both, as in `global`.
+    result = runner.invoke(cli.app, ["compare", str(table), "--devices", "numpy,numba",
+                                     "--iters", "0", "--space", "MNI",
+                                     "--experiment-column", "paper,contrast"])
+    assert result.exit_code == 2 and "subjects" in result.output, result.output
+
+    bare = _table(tmp_path / "bare.csv", with_n=False)
+    result = runner.invoke(cli.app, ["compare", str(bare), "--devices", "numpy,numba",
+                                     "--iters", "0", "--space", "MNI"])
+    assert result.exit_code == 2, result.output  # no N and no FWHM: a clear error
+    settings = cmp.AnalysisSettings(inputs=(str(bare),), space="MNI", fwhm=10.0)
+    assert [e.n_subjects for e in cmp._load(settings)] == [None] * 4
+    assert len(load_dataset(bare, space="MNI", need_sample_size=False)) == 4
+    result = runner.invoke(cli.app, ["compare", str(bare), "--devices", "numpy,numba",
+                                     "--iters", "0", "--space", "MNI", "--fwhm", "10"])
+    assert result.exit_code == 0, result.output
+    if importlib.util.find_spec("nimare") is not None:  # NiMARE's side takes no N either
+        studies = cmp.nimare_dataset(cmp._load(settings))
+        assert len(studies.ids) == 4
+        assert "sample_sizes" not in studies.metadata.columns
+
+
+@pytest.mark.reference
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("nimare") is None, reason="needs the bench extra")
+def test_nimare_agrees_on_a_table_without_sample_sizes_at_a_fixed_fwhm(tmp_path):
+    bare = _table(tmp_path / "bare.csv", with_n=False)
+    out = tmp_path / "cmp"
+    result = runner.invoke(cli.app, ["compare", str(bare), "--against", "nimare",
+                                     "--iters", "0", "--space", "MNI", "--fwhm", "10",
+                                     "--experiment-column", "paper,contrast",
+                                     "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / cmp.COMPARE_JSON).read_text())
+    assert record["passed"] and record["settings"]["fwhm"] == 10
+    assert record["uncorrected"]["max_abs_diff_ale"] <= 1e-6

@@ -136,6 +136,19 @@ def test_experiment_in_both_groups_is_an_error_by_default(small_grid):
     assert len(a) == 4 and len(b) == 4
 
 
+def test_a_shared_label_with_other_foci_is_not_an_overlap(small_grid):
+    """Overlap is the same experiment (N and foci, in any order), not the same label."""
+    rng = np.random.default_rng(3)
+    group = random_dataset(small_grid, 3, rng)
+    relabelled = dataclasses.replace(group[1], id="another name", foci=group[1].foci[::-1])
+    namesake = dataclasses.replace(random_dataset(small_grid, 1, rng)[0], id=group[0].id)
+    other = Dataset((namesake, relabelled))
+    with pytest.raises(ValueError, match="'exp001'.*both groups.*'another name'.*1 shared"):
+        check_overlap(group, other, "error")
+    a, b = check_overlap(group, other, "drop")
+    assert list(a.ids) == [group[0].id, group[2].id] and list(b.ids) == [group[0].id]
+
+
 def test_empty_group_is_an_error(small_grid):
     group = random_dataset(small_grid, 3, np.random.default_rng(0))
     with pytest.raises(ValueError, match="group"):

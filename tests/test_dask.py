@@ -301,25 +301,33 @@ def test_a_worker_without_the_gpu_it_is_sent_for_fails_clearly(monkeypatch):
 
 
 @pytest.mark.skipif(not _hostshim.compiler_available(), reason="needs g++ for the host shim")
-def test_cuda_chunks_on_a_cluster_run_on_the_workers_cuda_engine(a_gpu_here, problem):
+def test_cuda_chunks_on_a_cluster_run_on_the_workers_cuda_engine(a_gpu_here, problem,
+                                                                 monkeypatch):
     """The whole path of a GPU cluster but the GPU: the client's CudaEngine is sent as
     its device, each worker's chunks run on the worker's CUDA engine (here the one a
     worker made, its kernels moved to the host shim), and the null equals the same engine
     run here."""
     from distributed import Client, LocalCluster
 
+    import gpuale.engines.cuda as cuda
     from gpuale import nulls
     from gpuale.engines.cuda import CudaEngine, kernel_dir
-    from gpuale.nulls import SerialScheduler, _EngineOnWorker
+    from gpuale.nulls import SerialScheduler
 
     compiled, threshold = problem
     spec = GlobalNullSpec(compiled, threshold, 6)
     launch = _hostshim.load(kernel_dir() / "ale_null.cu").launch
-    on_worker = nulls._worker_engine(_EngineOnWorker("cuda", "gpu:0"))
-    on_worker._host_launch = launch  # the worker's own engine, without a GPU
-    ran = []
-    chunk = on_worker.null_chunk
-    on_worker.null_chunk = lambda *args: ran.append(args[2:]) or chunk(*args)
+    ran, made = [], []
+
+    def on_worker(device_id=0):  # what get_engine makes on the worker
+        engine = CudaEngine(device_id=device_id)
+        engine._host_launch = launch  # the worker's own engine, without a GPU
+        chunk = engine.null_chunk
+        engine.null_chunk = lambda *args: ran.append(args[2:]) or chunk(*args)
+        made.append(nulls._this_worker())
+        return engine
+
+    monkeypatch.setattr(cuda, "CudaEngine", on_worker)
     here = run_null(spec, CudaEngine.on_host(launch), seed=4, n_iters=6,
                     scheduler=SerialScheduler())
     with warnings.catch_warnings():
@@ -329,5 +337,112 @@ def test_cuda_chunks_on_a_cluster_run_on_the_workers_cuda_engine(a_gpu_here, pro
     with cluster, Client(cluster, set_as_default=False) as in_process:
         there = run_null(spec, CudaEngine(device_id=0), seed=4, n_iters=6,
                          scheduler=DaskScheduler(in_process))
+        in_process_workers = list(in_process.nthreads())
     assert_same_global(here, there)
     assert ran == [(0, 6)]  # the chunk ran on the worker's engine
+    # made once on the worker (and once here, by the check that it can be made there)
+    assert made == ["", *in_process_workers]
+
+
+# --- --device auto: each worker chooses its own engine ---------------------------------------
+
+
+def test_rechunked_keeps_every_permutation_once():
+    from gpuale.nulls import _rechunked
+
+    chunks = [(0, 8), (8, 8), (16, 5), (40, 8)]
+    assert _rechunked(chunks, 16) == [(0, 16), (16, 5), (40, 8)]
+    assert _rechunked(chunks, 3) == [(0, 3), (3, 3), (6, 2), (8, 3), (11, 3), (14, 2),
+                                     (16, 3), (19, 2), (40, 3), (43, 3), (46, 2)]
+    for size in (1, 5, 1024):
+        seen = [p for first, count in _rechunked(chunks, size)
+                for p in range(first, first + count)]
+        assert seen == [p for first, count in chunks for p in range(first, first + count)]
+
+
+@pytest.mark.skipif(not _hostshim.compiler_available(), reason="needs g++ for the host shim")
+def test_device_auto_lets_each_worker_choose_its_engine(problem, monkeypatch):
+    """A CPU-only client (as a SLURM login node) and two workers, one seeing a GPU (its
+    CUDA engine on the host shim) and one not (numba): each worker's chunks run on the
+    engine it chose, and each chunk equals that engine's run on one machine bit for bit
+    (the draws are the same on every engine: cluster sizes are identical throughout; ALE
+    and mass are float32 sums, equal across engines to 1e-5). An explicit device is
+    honoured."""
+    from distributed import Client, LocalCluster, get_worker
+
+    import gpuale.engines as engines
+    import gpuale.engines.cuda as cuda
+    from gpuale import nulls
+    from gpuale.engines.cuda import CudaEngine, kernel_dir
+    from gpuale.engines.numba_ import NumbaEngine
+    from gpuale.nulls import SerialScheduler
+
+    compiled, threshold = problem
+    spec = GlobalNullSpec(compiled, threshold, 6)
+    launch = _hostshim.load(kernel_dir() / "ale_null.cu").launch
+    here = {"numba": run_null(spec, NumbaEngine(), seed=21, n_iters=50),
+            "cuda": run_null(spec, CudaEngine.on_host(launch), seed=21, n_iters=50,
+                             scheduler=SerialScheduler())}
+
+    def worker_name():
+        try:
+            return get_worker().name
+        except ValueError:
+            return None  # the client: no GPU
+
+    gpu_workers = {0}
+    monkeypatch.setattr(engines, "gpu_available", lambda: worker_name() in gpu_workers)
+    monkeypatch.setattr(cuda, "CudaEngine",
+                        lambda device_id=0: CudaEngine.on_host(launch, max_batch=4))
+    monkeypatch.setattr(nulls, "_WORKER_ENGINES", {})
+    ran = []
+    for kind in (CudaEngine, NumbaEngine):
+        def spy(self, spec, seed, first, count, _chunk=kind.null_chunk):
+            ran.append((worker_name(), self.name, first, count))
+            return _chunk(self, spec, seed, first, count)
+
+        monkeypatch.setattr(kind, "null_chunk", spy)
+    ran.clear()
+    client_engine = get_engine("auto")
+    assert client_engine.name == "numba"  # what the client would have sent everywhere
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                               dashboard_address=None)
+    with cluster, Client(cluster, set_as_default=False) as in_process:
+        workers = {info["name"]: w for w, info
+                   in in_process.scheduler_info()["workers"].items()}
+        auto = DaskScheduler(in_process, device="auto", in_flight=2)
+        assert auto.workers_choose
+        assert auto.worker_engines() == {
+            workers[0]: "the CUDA kernels run on the CPU through the host shim",
+            workers[1]: "the CPU"}
+        assert "1 on the CPU, 1 on the CUDA kernels" in auto.describe()
+        there = run_null(spec, client_engine, seed=21, n_iters=50, scheduler=auto)
+        by_worker = {(name, engine) for name, engine, _, _ in ran}
+        assert by_worker == {(0, "cuda"), (1, "numba")}  # both served, each its own engine
+        assert sorted((f, c) for *_, f, c in ran) == [(f, min(8, 50 - f))
+                                                      for f in range(0, 50, 8)]
+        np.testing.assert_array_equal(there.max_cluster_size, here["numba"].max_cluster_size)
+        for _, engine, first, count in ran:  # each chunk: exactly its engine's values
+            for name in ("max_ale", "max_cluster_size", "max_cluster_mass"):
+                np.testing.assert_array_equal(
+                    getattr(there, name)[first:first + count],
+                    getattr(here[engine], name)[first:first + count])
+
+        # Every worker with a GPU: the chunks take the CUDA engine's size.
+        gpu_workers.add(1)
+        monkeypatch.setattr(nulls, "_WORKER_ENGINES", {})
+        ran.clear()
+        there = run_null(spec, client_engine, seed=21, n_iters=50,
+                         scheduler=DaskScheduler(in_process).for_device("auto"))
+        assert_same_global(here["cuda"], there)
+        assert [(engine, f, c) for _, engine, f, c in ran] == [("cuda", 0, 50)]
+
+        # An explicit device is honoured: every worker runs the client's numba engine.
+        ran.clear()
+        explicit = DaskScheduler(in_process, device="auto").for_device("cpu")
+        assert not explicit.workers_choose
+        there = run_null(spec, client_engine, seed=21, n_iters=50, scheduler=explicit)
+        assert_same_global(here["numba"], there)
+        assert {engine for _, engine, _, _ in ran} == {"numba"}

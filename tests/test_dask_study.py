@@ -280,3 +280,48 @@ def test_gpuale_run_with_a_scheduler_address(study_file, one_machine, client, tm
     assert "permutations on a Dask cluster" in done.output
     assert "left: ran;" in done.output and "5 analyses (5 run, 0 reused)" in done.output
     assert_same_outputs(out, one_machine)
+
+
+def test_device_auto_is_chosen_on_each_worker(study_file, one_machine, client, tmp_path,
+                                              monkeypatch):
+    """``--device auto`` (a study's device, or run's override) leaves the engine to each
+    worker, analysis by analysis; an explicit device is every worker's engine. These
+    workers see no GPU, so they choose numba, and the outputs equal one machine's."""
+    from typer.testing import CliRunner
+
+    from gpuale import cli
+
+    chosen = []
+    run = DaskScheduler.run
+
+    def recording_run(self, *args, **kwargs):
+        chosen.append(self.workers_choose)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(DaskScheduler, "run", recording_run)
+    study = load_study(study_file)  # device = "cpu"
+    run_study(study, tmp_path / "cpu", log=lambda m: None, report=False,
+              scheduler=DaskScheduler(client), iterations=8)
+    assert chosen and not any(chosen)
+    chosen.clear()
+    run_study(study, tmp_path / "auto", log=lambda m: None, report=False, device="auto",
+              scheduler=DaskScheduler(client), iterations=8, concurrent_analyses=1)
+    assert chosen and all(chosen)
+
+    chosen.clear()
+    from gpuale import study as study_module
+
+    limits = []
+    together = study_module._run_together
+    monkeypatch.setattr(study_module, "_run_together",
+                        lambda *args: limits.append(args[4]) or together(*args))
+    out = tmp_path / "cli"
+    done = CliRunner().invoke(cli.app, ["run", str(study_file), "--out", str(out),
+                                        "--no-report", "--device", "auto",
+                                        "--concurrent-analyses", "2", "--scheduler",
+                                        client.scheduler.address])
+    assert done.exit_code == 0, done.output
+    assert "each worker's own engine: 2 on the CPU" in " ".join(done.output.split())
+    assert chosen and all(chosen)
+    assert limits == [2]  # --concurrent-analyses
+    assert_same_outputs(out, one_machine)

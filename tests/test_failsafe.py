@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_small_grid, random_dataset
-from test_jackknife import ITERS, SEED, planted_run
+from test_jackknife import ITERS, SEED, local_dask_cluster, on_the_cluster, planted_run
 from typer.testing import CliRunner
 
 from gpuale.cli import app
@@ -22,8 +22,10 @@ from gpuale.failsafe import (
     _monotonicity_warnings,
     failsafe_n,
     null_studies,
+    run_failsafe,
 )
 from gpuale.jackknife import cluster_survival, load_recorded_analysis
+from gpuale.output import table_value
 from gpuale.runfolder import FAILSAFE_JSON, FAILSAFE_TSV
 
 #: The planted cluster's fail-safe N lies well inside this (3 at 40 iterations, seed 1).
@@ -76,6 +78,11 @@ def test_failsafe_equals_linear_scan(run_dir):
         assert int(row["not_significant_with"]) == lost
         assert float(row["fsn_per_experiment"]) == pytest.approx(lost / 10)
     record = json.loads((run_dir / FAILSAFE_JSON).read_text())
+    # failsafe.json keeps full precision; the table for people 6 significant digits.
+    assert [{k: str(table_value(v)) for k, v in row.items()}
+            for row in record["clusters"]] == rows
+    assert [row["fsn_per_experiment"] for row in record["clusters"]] == \
+        [int(row["fsn"]) / 10 for row in rows]
     assert record["minimum"] == 1 and record["maximum"] == SCAN_MAX
     assert record["null_seed"] == SEED and record["settings"]["iterations"] == ITERS
     # Every evaluation it made agrees with the scan, and bisection made few of them.
@@ -176,6 +183,7 @@ def test_report_shows_jackknife_and_failsafe(tmp_path):
     assert "Acar F, Seurinck R, Eickhoff SB, Moerkerke B (2018)" in page
     assert "fail-safe N (Acar et al., 2018)" in page
     assert "Fail-safe N per cluster: cluster 1: 3." in page
+    assert "without a verdict on robustness" in page
 
 
 class _ScriptedSettings:
@@ -241,3 +249,25 @@ def test_bisection_above_the_maximum_and_non_monotone(monkeypatch):
     assert row["fsn"] == 5 and row["significant_with"] == 4
     assert any("not monotone" in w for w in result.warnings) == any(
         n not in lost and n > 5 for n in ran)
+
+
+def test_failsafe_on_a_dask_cluster_equals_one_machine(tmp_path, monkeypatch):
+    run = planted_run(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        here = run_failsafe(run, minimum=2, maximum=5, device="cpu")
+    table = (run / FAILSAFE_TSV).read_text()
+    with local_dask_cluster() as address:
+        runs = on_the_cluster(monkeypatch)
+        done = CliRunner().invoke(app, ["failsafe", str(run), "--min", "2", "--max", "5",
+                                        "--device", "cpu", "--force", "--no-report",
+                                        "--scheduler", address])
+    assert done.exit_code == 0, done.output
+    assert "Dask" in done.output
+    record = json.loads((run / FAILSAFE_JSON).read_text())
+    assert len(runs) == len(record["evaluations"]) - 1 > 0  # every re-run (n = 0 is the run)
+    assert (run / FAILSAFE_TSV).read_text() == table
+    for evaluation, expected in zip(record["evaluations"], here.evaluations, strict=True):
+        assert evaluation["n_null_studies"] == expected["n_null_studies"]
+        assert evaluation["clusters"] == expected["clusters"]
+    assert record["null_studies"] == here.null_studies

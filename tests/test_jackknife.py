@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -26,6 +27,7 @@ from gpuale.jackknife import (
     load_recorded_analysis,
     run_jackknife,
 )
+from gpuale.output import table_value
 from gpuale.runfolder import CLUSTER_LABELS, JACKKNIFE_JSON, JACKKNIFE_TSV, RunFolder, open_run
 
 #: The planted data set: 10 random experiments, 6 of them with one more focus near one
@@ -113,24 +115,36 @@ def brute_force(run: Path) -> dict[tuple[int, str], dict]:
     return out
 
 
+def as_written(rows: list[dict]) -> list[dict]:
+    """Rows as a TSV table holds them: every cell text, fractions to 6 significant digits."""
+    return [{k: str(table_value(row[k])) for k in JACKKNIFE_COLUMNS} for row in rows]
+
+
 def test_jackknife_equals_brute_force(run_dir):
     before = {p.name: file_checksum(p) for p in run_dir.iterdir() if p.is_file()}
-    result = CliRunner().invoke(app, ["jackknife", str(run_dir), "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    rows = read_tsv(run_dir / JACKKNIFE_TSV)
-    assert tuple(rows[0]) == JACKKNIFE_COLUMNS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_jackknife(run_dir, device="cpu")
+    rows = result.rows
     expected = brute_force(run_dir)
     assert len(rows) == len(expected)
     for row in rows:
         want = expected[int(row["cluster"]), row["experiment"]]
         assert (row["survives_without"] == "yes") == want["survives"], row
-        assert int(row["overlap_voxels_without"]) == want["overlap"]
+        assert row["overlap_voxels_without"] == want["overlap"]
         if want["p"] is None:
             assert row["p_fwe_size_without"] == ""
         else:
-            assert float(row["p_fwe_size_without"]) == pytest.approx(want["p"], rel=1e-5)
+            assert row["p_fwe_size_without"] == want["p"]  # the same re-run: exactly
         # The contribution without refitting equals the refitted one up to float32 ALE.
-        assert float(row["jackknife"]) == pytest.approx(want["jackknife"], abs=2e-5)
+        assert row["jackknife"] == pytest.approx(want["jackknife"], abs=2e-5)
+    # The table is for people: the same rows, fractions to 6 significant digits.
+    written = read_tsv(run_dir / JACKKNIFE_TSV)
+    assert tuple(written[0]) == JACKKNIFE_COLUMNS
+    assert written == as_written(rows)
+    for cell, row in zip(written, rows):
+        assert float(cell["jackknife"]) == pytest.approx(row["jackknife"], rel=5e-6)
+    assert any(cell["jackknife"] != repr(row["jackknife"]) for cell, row in zip(written, rows))
     # The planted cluster is held up by some experiments and not by others.
     verdicts = {row["survives_without"] for row in rows}
     assert verdicts == {"yes", "no"}
@@ -275,3 +289,55 @@ def test_inputs_that_no_longer_give_the_runs_map_are_refused(tmp_path):
     (run / "run.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="do not give its ALE map"):
         load_recorded_analysis(run)
+
+
+@contextmanager
+def local_dask_cluster():
+    """The address of an in-process Dask cluster (one worker thread) while it runs."""
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                               dashboard_address=None)
+    with cluster, Client(cluster, set_as_default=False) as client:
+        yield client.scheduler.address
+
+
+@pytest.fixture(scope="module")
+def dask_address():
+    with local_dask_cluster() as address:
+        yield address
+
+
+def on_the_cluster(monkeypatch) -> list[int]:
+    """Counts the permutation runs handed to a Dask scheduler (one per re-run)."""
+    from gpuale.nulls import DaskScheduler
+
+    runs, run = [], DaskScheduler.run
+
+    def counting(self, *args, **kwargs):
+        runs.append(1)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(DaskScheduler, "run", counting)
+    return runs
+
+
+def test_jackknife_on_a_dask_cluster_equals_one_machine(tmp_path, dask_address, monkeypatch):
+    run = planted_run(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        here = run_jackknife(run, device="cpu")
+    table = (run / JACKKNIFE_TSV).read_text()
+    runs = on_the_cluster(monkeypatch)
+    done = CliRunner().invoke(app, ["jackknife", str(run), "--device", "cpu", "--force",
+                                    "--no-report", "--scheduler", dask_address])
+    assert done.exit_code == 0, done.output
+    assert "Dask" in done.output
+    assert len(runs) == 10  # every re-run's permutations ran on the cluster
+    assert (run / JACKKNIFE_TSV).read_text() == table
+    record = json.loads((run / JACKKNIFE_JSON).read_text())
+    assert record["clusters"] == here.clusters
+    assert record["warnings"] == here.warnings

@@ -461,3 +461,12 @@ def test_cli_fwhm_without_sample_sizes(tmp_path):
 
     paragraph, _ = methods_global(record)
     assert "2 experiments with an unstated number of subjects" in paragraph
+
+
+def test_a_quoted_decimal_comma_in_a_comma_table_says_what_to_do(tmp_path):
+    """Issue 15: `column x is '12,0', not a number` said nothing about what to do."""
+    path = tmp_path / "q.csv"
+    path.write_text('experiment,n,x,y,z\na,10,"12,0",2,3\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"q\.csv.*line 2.*'12,0', not a number \(a decimal "
+                       r"comma\?\): save the table with decimal points, or semicolon"):
+        load_dataset([path])

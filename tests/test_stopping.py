@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import textwrap
@@ -15,16 +16,19 @@ from typer.testing import CliRunner
 
 from gpuale import cli
 from gpuale.analysis import run_ale
+from gpuale.contrast import run_contrast
 from gpuale.dataset import Dataset, Experiment
 from gpuale.engines import get_engine
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
+from gpuale.inference import threshold_interval
 from gpuale.nulls import GlobalNullSpec, run_null
 from gpuale.output import save_ale
 from gpuale.problem import compile_problem
 from gpuale.report.methods import methods_global
 from gpuale.stats import fwe_p_values
 from gpuale.stopping import (
+    AUTO,
     Look,
     StoppingRule,
     UnsettledWarning,
@@ -34,7 +38,7 @@ from gpuale.stopping import (
     run_null_until_settled,
     zero_exceedance_bound,
 )
-from gpuale.study import load_study
+from gpuale.study import load_study, run_study
 
 # --- Statistics -----------------------------------------------------------------------------
 
@@ -143,6 +147,56 @@ def test_decision_against_a_direct_count():
     assert rule.threshold_confidence == pytest.approx(1 - 0.05 / rule.n_looks)
     assert look.threshold_settled == (max(high - estimate, estimate - low) <= 0.2 * estimate)
 
+
+
+def test_a_small_threshold_settles_within_one_voxel():
+    """Under 10 voxels a 10% half-width is below one voxel: a 95% quantile that lies
+    between two sizes (here 5 of 1 + Poisson) must still settle, within one voxel."""
+    rng = np.random.default_rng(1)
+    null_sizes = 1 + rng.poisson(1.97, size=10_000)
+    rule = StoppingRule()
+    decide = cluster_size_decision(np.array([200]), rule)
+    looks = []
+    for n in rule.checkpoints:
+        class Null:
+            max_cluster_size = null_sizes[:n]
+            n_iters = n
+        looks.append(decide(Null))
+    settled = [look for look in looks if look.threshold_settled]
+    assert settled, [look.threshold for look in looks]
+    estimate, low, high = settled[0].threshold
+    assert estimate < 10 and 0 < max(high - estimate, estimate - low) <= 1
+    assert settled[0].n < rule.max_iters
+
+
+def test_with_tfce_the_max_tfce_threshold_must_be_precise_too():
+    """The TFCE p come from the same permutations: auto also waits for the max-TFCE
+    threshold (its order-statistic interval within the rule's precision)."""
+    rng = np.random.default_rng(2)
+    sizes = rng.poisson(40, size=4000).astype(np.int64)
+    heavy = rng.pareto(1.5, size=4000) * 100  # a heavy tail: a wide interval
+    tight = 1000 + rng.random(4000)  # almost constant: a narrow one
+    rule = StoppingRule(max_iters=4000)
+
+    def look(max_tfce, tfce):
+        class Null:
+            max_cluster_size = sizes
+            max_tfce = None
+            n_iters = sizes.size
+        Null.max_tfce = max_tfce
+        return cluster_size_decision(np.array([500]), rule, tfce=tfce)(Null)
+
+    plain = look(None, False)
+    assert plain.settled and plain.tfce_threshold is None
+    wide, narrow = look(heavy, True), look(tight, True)
+    for found, values in ((wide, heavy), (narrow, tight)):
+        estimate, low, high = found.tfce_threshold
+        assert (estimate, low, high) == threshold_interval(values, 0.05,
+                                                           rule.threshold_confidence)
+        assert found.tfce_threshold_settled == (max(high - estimate, estimate - low)
+                                                <= 0.1 * estimate)
+    assert not wide.settled and narrow.settled
+    assert "max_tfce_threshold" in wide.record()
 
 # --- Running --------------------------------------------------------------------------------
 
@@ -370,3 +424,173 @@ def test_progress_bar_moves_its_target_to_each_checkpoint():
     shown = bar.tasks[0]
     assert (shown.total, shown.completed) == (187, 100)
     assert shown.description == "Monte Carlo (auto, checkpoint 187)"
+
+
+# --- Whole studies (`gpuale run --iters auto`, max_iters) and contrasts ---------------------
+
+TWO_GROUPS = """// Reference=MNI
+// A
+// Subjects=20
+-40\t20\t10
+38\t22\t8
+
+// B
+// Subjects=12
+-38\t18\t12
+
+// C
+// Subjects=30
+-40\t22\t8
+0\t-60\t30
+
+// D
+// Subjects=25
+40\t-60\t30
+"""
+
+#: Two global analyses and a whole-brain contrast with cluster-level FWE between them.
+CONTRAST_STUDY = """
+[study]
+iterations = 5
+workers = 1
+device = "cpu"
+
+[inputs]
+data = "foci.txt"
+
+[analyses.left]
+type = "global"
+input = "data"
+where = "id in [A, B]"
+
+[analyses.right]
+type = "global"
+input = "data"
+where = "id in [C, D]"
+
+[analyses.left_vs_right]
+type = "contrast"
+a = "left"
+b = "right"
+cluster_fwe = true
+"""
+
+
+def _study_file(tmp_path, text):
+    (tmp_path / "foci.txt").write_text(TWO_GROUPS)
+    path = tmp_path / "study.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_study_max_iters_is_checked_and_enters_the_fingerprint_only_where_it_counts(tmp_path):
+    from gpuale.study import _fingerprint
+
+    auto = STUDY.replace('device = "cpu"', 'device = "cpu"\nmax_iters = 40')
+    study = load_study(_study_file(tmp_path, auto))
+    assert study.analyses["all"].settings["max_iters"] == 40
+
+    def fingerprint(text, drop_max_iters=False):
+        loaded = load_study(_study_file(tmp_path, text))
+        analysis = loaded.analyses["all"]
+        if drop_max_iters:  # as a study loaded before the setting existed
+            settings = {k: v for k, v in analysis.settings.items() if k != "max_iters"}
+            analysis = dataclasses.replace(analysis, settings=settings)
+        return _fingerprint(analysis, loaded, {})
+
+    # Unset: the fingerprint of a study from before max_iters existed (reused, not re-run).
+    assert fingerprint(STUDY) == fingerprint(STUDY, drop_max_iters=True)
+    fixed = STUDY.replace('iterations = "auto"', "iterations = 7")
+    assert fingerprint(fixed) == fingerprint(fixed, drop_max_iters=True)
+    # Set with a fixed number it changes no number, and no fingerprint.
+    assert fingerprint(fixed.replace('device = "cpu"', 'device = "cpu"\nmax_iters = 40')) \
+        == fingerprint(fixed)
+    # Set with "auto" it decides where the rule must stop: another fingerprint.
+    assert fingerprint(auto) != fingerprint(STUDY)
+    assert fingerprint(auto) != fingerprint(auto.replace("max_iters = 40", "max_iters = 41"))
+
+    for bad in ("0", "2.5", "true", '"many"'):
+        with pytest.raises(ValueError, match="max_iters = .* must be a whole number"):
+            load_study(_study_file(tmp_path, STUDY.replace(
+                'device = "cpu"', f'device = "cpu"\nmax_iters = {bad}')))
+
+
+def test_study_file_max_iters_bounds_an_auto_global_analysis(tmp_path, monkeypatch):
+    import gpuale.study
+
+    monkeypatch.setattr(gpuale.study, "_report", lambda folder, log: None)
+    monkeypatch.setattr(gpuale.study, "_index", lambda out, entries, log: None)
+    text = STUDY.replace('device = "cpu"', 'device = "cpu"\nmax_iters = 20\nworkers = 1')
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_study(load_study(_study_file(tmp_path, text)), tmp_path / "out", log=lambda m: None)
+    record = json.loads((tmp_path / "out" / "all" / "run.json").read_text())
+    assert record["stopping"]["max_iters"] == 20 == record["stopping"]["checkpoints"][-1]
+    assert record["settings"]["iterations"] == record["stopping"]["stopped_at"] <= 20
+    # The same call again: the same fingerprint, reused.
+    entries = run_study(load_study(_study_file(tmp_path, text)), tmp_path / "out",
+                        log=lambda m: None)
+    assert [e["status"] for e in entries] == ["reused"]
+
+
+def test_cli_run_auto_runs_global_analyses_until_settled_and_contrasts_fixed(tmp_path):
+    path = _study_file(tmp_path, CONTRAST_STUDY)
+    out = tmp_path / "out"
+    result = runner.invoke(cli.app, ["run", str(path), "--out", str(out), "--iters", "auto",
+                                     "--max-iters", "12", "--no-report", "--quiet"])
+    assert result.exit_code == 0, result.output
+    for side in ("left", "right"):
+        record = json.loads((out / side / "run.json").read_text())
+        # 12 is below the fewest permutations that can settle anything: one look, at 12.
+        assert record["stopping"]["max_iters"] == 12
+        assert record["stopping"]["checkpoints"] == [12]
+        assert record["settings"]["iterations"] == 12 == record["stopping"]["stopped_at"]
+        assert np.load(out / side / "nulls.npz")["max_cluster_size"].shape == (12,)
+    contrast = json.loads((out / "left_vs_right" / "run.json").read_text())
+    assert contrast["settings"]["iterations"] == 5  # the study's fixed number
+    assert contrast.get("stopping") is None
+    assert np.load(out / "left_vs_right" / "nulls.npz")["max_cluster_size"].shape == (5,)
+
+    # The same overrides again: every analysis reused.
+    again = runner.invoke(cli.app, ["run", str(path), "--out", str(out), "--iters", "auto",
+                                    "--max-iters", "12", "--no-report"])
+    assert again.exit_code == 0, again.output
+    assert "contrast(s) left_vs_right keep the study's fixed iterations" in _plain(again)
+    status = {e["name"]: e["status"]
+              for e in json.loads((out / "study.json").read_text())["analyses"]}
+    assert set(status.values()) == {"reused"}
+    summaries = {e["name"]: e["summary"]
+                 for e in json.loads((out / "study.json").read_text())["analyses"]}
+    assert summaries["left"].endswith("; auto: max_iters reached at 12 iterations")
+    assert "auto" not in summaries["left_vs_right"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--iters", "0"], "0 is below 1"),
+    (["--iters", "lots"], "'lots' is not a whole number or 'auto'"),
+    (["--max-iters", "0"], "--max-iters"),
+])
+def test_cli_run_refuses_bad_iterations(tmp_path, args, message):
+    path = _study_file(tmp_path, CONTRAST_STUDY)
+    result = runner.invoke(cli.app, ["run", str(path), "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2 and message in _plain(result)
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_study_refuses_bad_overrides(tmp_path):
+    study = load_study(_study_file(tmp_path, CONTRAST_STUDY))
+    with pytest.raises(ValueError, match="iterations must be"):
+        run_study(study, tmp_path / "o", iterations="lots")
+    with pytest.raises(ValueError, match="max_iters must be"):
+        run_study(study, tmp_path / "o", iterations=AUTO, max_iters=0)
+
+
+def test_run_contrast_refuses_auto_before_any_work():
+    grid = make_small_grid()
+    rng = np.random.default_rng(2)
+    group_a, group_b = (random_dataset(grid, 3, rng) for _ in range(2))
+    group_b = Dataset(tuple(dataclasses.replace(e, id=f"b{e.id}") for e in group_b))
+    for mode, options in (("whole-brain", {"cluster_fwe": True}), ("whole-brain", {}),
+                          ("gated", {}), ("balanced", {})):
+        with pytest.raises(ValueError, match="a contrast runs a fixed number of permutations"):
+            run_contrast(group_a, group_b, grid=grid, n_iters=AUTO, mode=mode, **options)

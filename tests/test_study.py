@@ -288,3 +288,128 @@ def test_a_contrast_can_ask_for_cluster_level_fwe(tmp_path, no_reports):
     assert record["settings"]["cluster_fwe"] is True
     nulls = np.load(tmp_path / "out" / "left_vs_right" / "nulls.npz")
     assert nulls["max_cluster_size"].size == 5
+
+
+BALANCED = ('a = "left"\nb = "right"\nmode = "balanced"\ntarget_n = 1\nnull = "random-foci"\n'
+            'mask_coverage = "brain"\ndifference_iterations = 3\nsubsamples = 2')
+
+
+def test_a_study_runs_a_balanced_contrast_as_gpuale_contrast_does(tmp_path, no_reports):
+    import warnings
+
+    from gpuale.balanced import run_balanced_contrast
+    from gpuale.grid import load_grid
+    from gpuale.study import _global_dataset
+
+    out = tmp_path / "out"
+    run_study(load_study(_write(tmp_path)), out, log=lambda _: None)
+    study = load_study(_write(tmp_path, STUDY.replace('a = "left"\nb = "right"', BALANCED)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 5 iterations: nothing can be significant
+        entries = run_study(study, out, log=lambda _: None)
+    # The new keys change the contrast's fingerprint, and nothing else's.
+    assert {e["name"]: e["status"] for e in entries} == {
+        "left": "reused", "right": "reused", "left_vs_right": "ran", "common": "reused"}
+    record = json.loads((out / "left_vs_right" / "run.json").read_text())
+    assert record["mode"] == "balanced"
+    settings = record["settings"]
+    assert (settings["target_n"], settings["null"], settings["mask_coverage"],
+            settings["difference_iterations"], settings["n_subsamples"],
+            settings["iterations"]) == (1, "random-foci", "brain", 3, 2, 5)
+    # The numbers of `gpuale contrast --mode balanced` with the same settings.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct = run_balanced_contrast(
+            *(_global_dataset(study.analyses[name], study) for name in ("left", "right")),
+            grid=load_grid(), target_n=1, null="random-foci", n_iters=5,
+            difference_iterations=3, n_subsamples=2, mask_coverage="brain", seed=0,
+            min_volume_mm3=0.0, device="cpu", n_workers=1)
+    nulls = np.load(out / "left_vs_right" / "nulls.npz")
+    assert np.all(direct.null.max_null > 0) and np.all(direct.null.min_null < 0)
+    np.testing.assert_array_equal(nulls["min_difference"], direct.null.min_null)
+    np.testing.assert_array_equal(nulls["max_difference"], direct.null.max_null)
+    np.testing.assert_array_equal(nulls["max_cluster_size_A"],
+                                  direct.prob_a.null_max_cluster_size)
+    again = run_study(load_study(tmp_path / "study.toml"), out, log=lambda _: None)
+    assert {e["status"] for e in again} == {"reused"}
+
+
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        ('a = "left"\nb = "right"\ntarget_n = 2', "apply to mode = \"balanced\" only"),
+        ('a = "left"\nb = "right"\nmode = "balanced"\np = 0.01', "do(es) not apply"),
+        ('a = "left"\nb = "right"\nmode = "balanced"\nnull = "shuffle"', "must be one of"),
+        ('a = "left"\nb = "right"\nmode = "balanced"\nmask_coverage = "wm"', "must be one of"),
+        ('a = "left"\nb = "right"\nmode = "balanced"\ntarget_n = 0', "at least 1"),
+    ],
+)
+def test_bad_balanced_contrast_keys_are_clear_errors(tmp_path, keys, message):
+    path = _write(tmp_path, STUDY.replace('a = "left"\nb = "right"', keys))
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_study(path)
+
+
+def test_a_global_analysis_can_ask_for_tfce(tmp_path, no_reports):
+    import warnings
+
+    from gpuale.grid import load_grid
+    from gpuale.study import _global_dataset
+
+    out = tmp_path / "out"
+    run_study(load_study(_write(tmp_path)), out, log=lambda _: None)
+    assert json.loads((out / "right" / "run.json").read_text()).get("tfce") is None
+    # tfce = false is the default: the fingerprints stay those of a study without the key.
+    off = STUDY.replace('where = "id in [C, D]"', 'where = "id in [C, D]"\ntfce = false')
+    entries = run_study(load_study(_write(tmp_path, off)), out, log=lambda _: None)
+    assert {e["status"] for e in entries} == {"reused"}
+    on = STUDY.replace('where = "id in [C, D]"', 'where = "id in [C, D]"\ntfce = true')
+    study = load_study(_write(tmp_path, on))
+    entries = run_study(study, out, log=lambda _: None)
+    assert {e["name"]: e["status"] for e in entries} == {
+        "left": "reused", "right": "ran", "left_vs_right": "ran", "common": "ran"}
+    record = json.loads((out / "right" / "run.json").read_text())
+    assert record["tfce"]["E"] == 0.5 and record["tfce"]["connectivity"] == 6
+    assert (out / "right" / "tfce.nii.gz").exists()
+    assert not (out / "left" / "tfce.nii.gz").exists()
+    # The numbers of `gpuale global --tfce` with the same settings.
+    from gpuale.analysis import run_ale
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct = run_ale(_global_dataset(study.analyses["right"], study), grid=load_grid(),
+                         n_iters=5, seed=0, device="cpu", n_workers=1, tfce=True)
+    nulls = np.load(out / "right" / "nulls.npz")
+    assert np.all(direct.montecarlo.max_tfce > 0)
+    np.testing.assert_array_equal(nulls["max_tfce"], direct.montecarlo.max_tfce)
+    again = run_study(load_study(tmp_path / "study.toml"), out, log=lambda _: None)
+    assert {e["status"] for e in again} == {"reused"}
+
+
+@pytest.mark.parametrize(
+    "value, iterations, message",
+    [('"yes"', 5, "must be true or false"), ("true", 0, "needs Monte Carlo iterations")],
+)
+def test_bad_tfce_keys_are_clear_errors(tmp_path, value, iterations, message):
+    study = STUDY.replace("iterations = 5", f"iterations = {iterations}").replace(
+        'where = "id in [C, D]"', f'where = "id in [C, D]"\ntfce = {value}')
+    with pytest.raises(ValueError, match=message) as info:
+        load_study(_write(tmp_path, study))
+    assert "study.toml" in str(info.value)
+
+
+def test_a_contrast_of_overlapping_groups_is_an_error_before_any_analysis_runs(tmp_path):
+    """Issue 16 item 10: found only after its groups had run, and the advice named a
+    command-line flag that `gpuale run` does not have."""
+    path = _write(tmp_path, STUDY.replace('where = "id in [C, D]"', 'where = "id in [B, C]"'))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"study\.toml: analysis 'left_vs_right': experiment "
+                       r"'B' .* both groups.*overlap = \"keep\"") as info:
+        run_study(load_study(path), out)
+    assert "--overlap" not in str(info.value)
+    assert not out.exists()
+    # Allowed in the study file, it runs.
+    allowed = STUDY.replace('where = "id in [C, D]"', 'where = "id in [B, C]"').replace(
+        'b = "right"', 'b = "right"\noverlap = "keep"')
+    run_study(load_study(_write(tmp_path, allowed)), out)
+    assert (out / "left_vs_right" / "run.json").exists()

@@ -278,11 +278,21 @@ def parse_metadata_value(text: str) -> float | str | None:
     return float(text) if _NUMBER.fullmatch(text.strip()) else text
 
 
+#: A number written with a decimal comma (``12,0``, ``-3,25``).
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")
+
+
 def _parse_float(table: _Table, row: _Row, column: str) -> float:
     text = row.cells[column]
     value = table.number(text)
     if not math.isfinite(value):
         problem = "is empty" if not text else f"is {text!r}, not a number"
+        if text and _DECIMAL_COMMA.fullmatch(text.strip()):
+            # A quoted decimal comma in a comma-delimited file: which commas are decimal
+            # cannot be known for the unquoted cells, so it is not guessed.
+            problem += (" (a decimal comma?): save the table with decimal points, or "
+                        "semicolon-delimited (Excel's 'CSV (semicolon)' in European "
+                        "locales), which gpuale reads with decimal commas")
         raise CoordinateFileError(table.path, row.line, f"column {column} {problem}")
     return value
 

@@ -753,6 +753,10 @@ def _smallest_p_text(record: dict) -> str:
 
     settings = record.get("settings", {})
     n, mode = int(settings.get("iterations", 0)), record.get("mode")
+    if n >= 1 and mode == "balanced":
+        from gpuale.balanced import smallest_p as balanced_smallest_p
+
+        return f"{balanced_smallest_p(n):.3g} (1/n with n = {n:,} null iterations)"
     if n < 1 or mode not in MODES:
         return "-"
     return f"{smallest_p(mode, n):.3g} (1/n with n = {n:,} random splits)"

@@ -447,7 +447,9 @@ FAILSAFE_SENTENCE = Template(
     "the included experiments and whose foci were placed at random within the mask, were "
     "added until a cluster was no longer significant (each step a full ALE with "
     "cluster-level FWE correction, seed $seed), searching by bisection between $minimum and "
-    "$maximum null studies. Fail-safe N per cluster: $values."
+    "$maximum null studies. Fail-safe N per cluster: $values. The values are reported "
+    "without a verdict on robustness: no minimum fail-safe N that a cluster should withstand "
+    "was set."
 )
 
 
