@@ -40,6 +40,7 @@ from gpuale.tfce import (
     TFCE_P_FLOOR,
     TfceWork,
     correct_tfce,
+    largest_tfce,
     positive_z,
     tfce_definition,
     tfce_map,
@@ -148,6 +149,10 @@ def test_observed_tfce_on_real_data_is_jales(children):
     got = tfce_map(z, children.grid)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12 * want.max())
     assert want.max() > 100
+    # A permutation's path, from the ALE: the largest of the same map, bit for bit.
+    work = TfceWork(children.grid.mask)
+    every = np.arange(children.grid.n_voxels)
+    assert largest_tfce(every, children.ale, table, work) == got.max()
 
 
 # --- The z of an ALE value ----------------------------------------------------------------------
@@ -172,6 +177,47 @@ def test_z_table_is_the_floored_analytic_z(children):
     high = analytic_null(children.observed.ma_values, children.grid.n_voxels, max_ale=0.08)
     assert high.cut < full.bin_centers.size - 1
     np.testing.assert_array_equal(z_table(high)(ale), brute_z(full, ale))
+
+
+def test_largest_tfce_from_ale_is_the_z_paths_bit_for_bit(problem, full_null):
+    """largest_tfce looks levels up per ALE bin and leaves out voxels of level 0 and 1:
+    the same largest TFCE as positive_z + tfce_values, bit for bit, and as JALE's."""
+    table = z_table(full_null)
+    grid = problem.grid
+    rng = np.random.default_rng(3)
+    work = TfceWork(grid.mask)
+    top = (table.z.size - 1) / table.inv_step
+    checked = 0
+    for case in range(8):
+        smooth = np.zeros(grid.shape)
+        smooth[grid.mask] = rng.random(grid.n_voxels)
+        smooth = ndimage.gaussian_filter(smooth, 1.0 + case % 3)[grid.mask]
+        smooth = (smooth - smooth.min()) / np.ptp(smooth)
+        ale = (smooth ** (1 + case) * top * (0.3 + 0.7 * rng.random())).astype(np.float32)
+        if case % 2:  # exact halves between bins, zeros and values past the last bin
+            halves = rng.choice(grid.n_voxels, 50, replace=False)
+            ale[halves] = ((rng.integers(0, table.z.size, 50) + 0.5)
+                           / table.inv_step).astype(np.float32)
+            ale[rng.choice(grid.n_voxels, 50, replace=False)] = 0
+            ale[rng.choice(grid.n_voxels, 3, replace=False)] = np.float32(2 * top)
+        # Any ascending candidates: every voxel, or a subset that holds every z > 0.
+        positive = table(ale) > 0
+        subset = np.flatnonzero(positive | (rng.random(grid.n_voxels) < 0.3))
+        keep, z = positive_z(ale, table)
+        want = tfce_values(keep, z, work, every_voxel=False)[1]
+        got_all = largest_tfce(np.arange(grid.n_voxels), ale, table, work)
+        got_subset = largest_tfce(subset, ale[subset], table, work)
+        assert got_all == want and got_subset == want
+        volume = np.zeros(grid.shape)
+        volume[grid.mask] = brute_z(full_null, ale)
+        levels = np.ceil(z / (z.max() / 100)) if z.size else z
+        if (levels > 1).sum() > 10:
+            checked += 1
+            assert got_all == pytest.approx(jale_tfce(volume).max(), rel=1e-10)
+    assert checked >= 4
+    assert largest_tfce(np.arange(0), np.zeros(0, np.float32), table, work) == 0.0
+    zero = np.zeros(grid.n_voxels, dtype=np.float32)
+    assert largest_tfce(np.arange(grid.n_voxels), zero, table, work) == 0.0
 
 
 # --- The null --------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from gpuale.nulls import (
 )
 from gpuale.problem import Problem
 from gpuale.stats import ObservedALE
-from gpuale.tfce import TfceWork, positive_z, tfce_log_cut, tfce_values
+from gpuale.tfce import TfceWork, largest_tfce, tfce_log_cut
 
 __all__ = ["CudaEngine", "device_count", "gpu_available", "kernel_dir", "supra_threshold_cut"]
 
@@ -826,9 +826,7 @@ class CudaEngine:
             candidates = np.flatnonzero(neg_log_sum > cut)
             ale = (1.0 - np.exp(-neg_log_sum[candidates].astype(np.float64)
                                 * 2.0**-LOG_SUM_FRAC_BITS)).astype(np.float32)
-            keep, z = positive_z(ale, spec.tfce_z)
-            return tfce_values(candidates[keep], z, spare[index % workers],
-                               every_voxel=False)[1]
+            return largest_tfce(candidates, ale, spec.tfce_z, spare[index % workers])
 
         def strided(maps: np.ndarray, t: int) -> list[float]:
             # Thread t takes maps t, t + workers, ... with scratch t: none is shared.
