@@ -2,9 +2,10 @@
 
 Goal (issue 14): a permutation that also gathers the largest TFCE costs at most twice a
 plain one (largest ALE, cluster size and mass). Both run the same permutations on the same
-cores (BENCH_CORES, default 2). JALE is not installed here; its cost is quoted from
+cores (BENCH_CORES, default 2). JALE's cost per permutation is quoted from
 /work/shared/METHODS-BEYOND.md as *reported* (pain data, one core): one TFCE 0.7-0.9 s, a
-permutation 0.55 s more with TFCE than without.
+permutation 0.55 s more with TFCE than without. One TFCE map is also timed beside JALE's
+own ``compute_tfce`` where JALE is importable (``test_one_tfce_map_beside_jale``).
 
 Run with ``python -m pytest bench/test_bench_tfce.py --benchmark-only``.
 """
@@ -15,6 +16,7 @@ import os
 import time
 import warnings
 
+import numpy as np
 import pytest
 from conftest import load_example
 
@@ -22,7 +24,7 @@ from gpuale.analysis import run_ale
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.nulls import GlobalNullSpec, SerialScheduler, run_null
 from gpuale.stats import analytic_null
-from gpuale.tfce import z_table
+from gpuale.tfce import tfce_definition, tfce_volume, z_table
 
 CORES = int(os.environ.get("BENCH_CORES", "2"))
 ITERS = {
@@ -86,3 +88,42 @@ def test_permutations_one_thread_cpu_time(benchmark, specs, kind):
         ms_per_iteration=1000 * benchmark.stats.stats.mean / iters,
         cpu_ms_per_iteration=1000 * cpu[0] / iters,
     )
+
+
+@pytest.fixture(scope="module")
+def children_z():
+    """The children data's observed z volume, as TFCE sees it (the analytic null's z)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_ale(load_example("semantic-children"), n_iters=0)
+    table = z_table(analytic_null(result.observed.ma_values, result.grid.n_voxels))
+    return result.grid, table(result.observed.ale)
+
+
+@pytest.mark.parametrize("tool", ["gpuale", "jale"])
+def test_one_tfce_map_beside_jale(benchmark, children_z, tool):
+    """One TFCE map of the same z volume: JALE 0.2.10's own ``compute_tfce`` (100
+    labellings) beside gpuale's union-find, and the two maps compared.
+
+    JALE pins numpy 1.26 and other old packages, so it is not an extra; its TFCE module
+    imports beside gpuale's stack when installed without them:
+    ``pip install --no-deps jale==0.2.10``.
+    """
+    grid, z = children_z
+    volume = grid.to_volume(z)
+    if tool == "jale":
+        compute = pytest.importorskip(
+            "jale.core.utils.compute",
+            reason="JALE not installed (pip install --no-deps jale==0.2.10)").compute_tfce
+
+        def run():
+            return compute(volume)
+    else:
+        def run():
+            return tfce_volume(volume)
+
+    tfce = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    reference = tfce_definition(volume)  # the definition, 100 scipy labellings
+    np.testing.assert_allclose(tfce, reference, rtol=1e-9, atol=1e-9)
+    benchmark.extra_info.update(tool=tool, max_z=float(volume.max()),
+                                ms_per_map=1000 * benchmark.stats.stats.mean)
