@@ -74,6 +74,29 @@ SLEUTH_GROUP_B = """// Reference=MNI
 -40\t22\t8
 """
 
+#: Four experiments (A-D, MNI) that study tests split into two groups by id.
+SLEUTH_FOUR = """// Reference=MNI
+// A
+// Subjects=20
+-40\t20\t10
+38\t22\t8
+
+// B
+// Subjects=12
+-38\t18\t12
+
+// C
+// Subjects=30
+-40\t22\t8
+0\t-60\t30
+
+// D
+// Subjects=25
+40\t-60\t30
+"""
+#: Its first two experiments (A, B).
+SLEUTH_TWO = SLEUTH_FOUR[: SLEUTH_FOUR.index("\n\n// C") + 1]
+
 
 @pytest.fixture
 def small_grid() -> Grid:
@@ -139,20 +162,26 @@ def dense_ma_maps(problem) -> np.ndarray:
     return maps.reshape((problem.n_experiments, *grid.shape))
 
 
+def permuted_problem(problem, seed: int, i: int) -> Problem:
+    """Permutation ``i``: every focus moved to its in-mask voxel drawn by ``gpuale.rng``."""
+    grid = problem.grid
+    choice = relocation_draws(seed, i, 1, problem.n_foci, grid.n_voxels)[0]
+    ijk = np.stack(np.unravel_index(grid.in_mask_flat[choice], grid.shape), 1)
+    return Problem(
+        grid=grid, focus_ijk=ijk.astype(np.int32),
+        experiment_offsets=problem.experiment_offsets, kernel_index=problem.kernel_index,
+        kernels=problem.kernels, fwhm_mm=problem.fwhm_mm,
+        experiment_ids=problem.experiment_ids,
+    )
+
+
 def brute_force_global_null(problem, seed, n_iters, threshold, connectivity):
     """Dense MA maps, a full-volume ALE and scipy labelling for each permutation."""
     grid = problem.grid
     structure = ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
     out = []
     for i in range(n_iters):
-        choice = relocation_draws(seed, i, 1, problem.n_foci, grid.n_voxels)[0]
-        ijk = np.stack(np.unravel_index(grid.in_mask_flat[choice], grid.shape), 1)
-        moved = Problem(
-            grid=grid, focus_ijk=ijk.astype(np.int32),
-            experiment_offsets=problem.experiment_offsets, kernel_index=problem.kernel_index,
-            kernels=problem.kernels, fwhm_mm=problem.fwhm_mm,
-            experiment_ids=problem.experiment_ids,
-        )
+        moved = permuted_problem(problem, seed, i)
         ma = dense_ma_maps(moved).astype(np.float64)
         ale = (1.0 - np.prod(1.0 - ma, axis=0)).astype(np.float32)
         ale[~grid.mask] = 0

@@ -16,7 +16,7 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SLEUTH, make_small_grid, random_dataset
+from conftest import SLEUTH, SLEUTH_TWO, make_small_grid, random_dataset
 from typer.testing import CliRunner
 
 from gpuale import cli
@@ -42,16 +42,7 @@ from gpuale.study import load_study, run_study
 
 runner = CliRunner()
 
-FOCI = """// Reference=MNI
-// A
-// Subjects=20
--40\t20\t10
-38\t22\t8
-
-// B
-// Subjects=12
--38\t18\t12
-"""
+FOCI = SLEUTH_TWO
 #: Experiment A of FOCI again, under another name and with its foci in another order.
 RENAMED_A = """// Reference=MNI
 // C

@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import pytest
+from conftest import SLEUTH_TWO
 from typer.testing import CliRunner
 
 from gpuale import cli
@@ -18,16 +19,7 @@ from gpuale.study import load_study, run_study
 
 runner = CliRunner()
 
-FOCI = """// Reference=MNI
-// A
-// Subjects=20
--40\t20\t10
-38\t22\t8
-
-// B
-// Subjects=12
--38\t18\t12
-"""
+FOCI = SLEUTH_TWO
 
 
 @pytest.fixture

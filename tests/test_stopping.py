@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import SLEUTH, make_small_grid, random_dataset
+from conftest import SLEUTH, SLEUTH_FOUR, make_small_grid, random_dataset
 from scipy import stats as sp_stats
 from typer.testing import CliRunner
 
@@ -428,26 +428,6 @@ def test_progress_bar_moves_its_target_to_each_checkpoint():
 
 # --- Whole studies (`gpuale run --iters auto`, max_iters) and contrasts ---------------------
 
-TWO_GROUPS = """// Reference=MNI
-// A
-// Subjects=20
--40\t20\t10
-38\t22\t8
-
-// B
-// Subjects=12
--38\t18\t12
-
-// C
-// Subjects=30
--40\t22\t8
-0\t-60\t30
-
-// D
-// Subjects=25
-40\t-60\t30
-"""
-
 #: Two global analyses and a whole-brain contrast with cluster-level FWE between them.
 CONTRAST_STUDY = """
 [study]
@@ -477,7 +457,7 @@ cluster_fwe = true
 
 
 def _study_file(tmp_path, text):
-    (tmp_path / "foci.txt").write_text(TWO_GROUPS)
+    (tmp_path / "foci.txt").write_text(SLEUTH_FOUR)
     path = tmp_path / "study.toml"
     path.write_text(textwrap.dedent(text))
     return path

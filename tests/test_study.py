@@ -7,28 +7,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import SLEUTH_FOUR
 
 from gpuale.study import load_study, run_study
 
-FOCI = """// Reference=MNI
-// A
-// Subjects=20
--40\t20\t10
-38\t22\t8
-
-// B
-// Subjects=12
--38\t18\t12
-
-// C
-// Subjects=30
--40\t22\t8
-0\t-60\t30
-
-// D
-// Subjects=25
-40\t-60\t30
-"""
+FOCI = SLEUTH_FOUR
 
 STUDY = """
 [study]

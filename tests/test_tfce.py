@@ -14,7 +14,7 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SLEUTH, make_small_grid, random_dataset
+from conftest import SLEUTH, make_small_grid, permuted_problem, random_dataset
 from scipy import ndimage
 from typer.testing import CliRunner
 
@@ -31,9 +31,8 @@ from gpuale.nulls import (
     ThreadScheduler,
     run_null,
 )
-from gpuale.problem import Problem, compile_problem
+from gpuale.problem import compile_problem
 from gpuale.report.methods import methods_global
-from gpuale.rng import relocation_draws
 from gpuale.runfolder import TFCE_LOGP_FWE, TFCE_MAP, TFCE_THRESHOLDED, TFCE_Z_FWE, map_file
 from gpuale.stats import analytic_null, fwe_p_values, p_to_z
 from gpuale.tfce import (
@@ -257,14 +256,7 @@ def brute_force_max_tfce(problem, full_null, seed, n_iters):
     grid = problem.grid
     out = []
     for i in range(n_iters):
-        choice = relocation_draws(seed, i, 1, problem.n_foci, grid.n_voxels)[0]
-        ijk = np.stack(np.unravel_index(grid.in_mask_flat[choice], grid.shape), 1)
-        moved = Problem(
-            grid=grid, focus_ijk=ijk.astype(np.int32),
-            experiment_offsets=problem.experiment_offsets, kernel_index=problem.kernel_index,
-            kernels=problem.kernels, fwhm_mm=problem.fwhm_mm,
-            experiment_ids=problem.experiment_ids,
-        )
+        moved = permuted_problem(problem, seed, i)
         volume = np.zeros(grid.shape)
         volume[grid.mask] = brute_z(full_null, NumpyEngine().observed_ale(moved).ale)
         out.append(jale_tfce(volume).max())
