@@ -64,7 +64,7 @@ from gpuale.clusters import (
 )
 from gpuale.dataset import Dataset
 from gpuale.grid import Grid, gm_prior_path, load_grid, read_volume, same_space
-from gpuale.problem import Problem, compile_problem
+from gpuale.problem import Problem
 from gpuale.rng import (
     STREAM_BALANCED_NULL,
     STREAM_BALANCED_OBSERVED,
@@ -692,7 +692,7 @@ def run_balanced_contrast(
     min_volume_mm3, connectivity :
         Clusters of the reported map.
     """
-    from gpuale.contrast import _kept
+    from gpuale.contrast import pooled_log_maps
     from gpuale.engines import get_engine, resolve_device
     from gpuale.nulls import _merged_partial
 
@@ -722,13 +722,8 @@ def run_balanced_contrast(
 
     start = time.perf_counter()
     prior = prior_voxels(grid, mask_coverage)
-    pooled = Dataset(
-        tuple(dataclasses.replace(e, id=f"A:{e.id}") for e in group_a)
-        + tuple(dataclasses.replace(e, id=f"B:{e.id}") for e in group_b)
-    )
-    with _kept(notes):
-        problem = compile_problem(pooled, grid, fwhm_mm=fwhm_mm)
-    support, log_maps = engine.experiment_log_maps(problem)
+    problem, support, log_maps = pooled_log_maps(group_a, group_b, grid, fwhm_mm, engine,
+                                                 notes)
     keep = prior[support]
     columns, log_maps = support[keep], log_maps[:, keep]
     members_a, members_b = _draws(seed, n_a, n_b, target_n, 0, STREAM_BALANCED_OBSERVED,

@@ -37,7 +37,7 @@ from gpuale.nulls import (
     contrast_cluster_null,
     run_null,
 )
-from gpuale.problem import compile_problem
+from gpuale.problem import Problem, compile_problem
 from gpuale.stats import clip_permutation_p, fwe_p_values, p_to_z
 
 __all__ = [
@@ -634,13 +634,8 @@ def run_contrast(
     engine = get_engine(resolved)
     timings = {}
     start = time.perf_counter()
-    pooled = Dataset(
-        tuple(dataclasses.replace(e, id=f"A:{e.id}") for e in group_a)
-        + tuple(dataclasses.replace(e, id=f"B:{e.id}") for e in group_b)
-    )
-    with _kept(notes):
-        problem = compile_problem(pooled, grid, fwhm_mm=fwhm_mm)
-    support, log_maps = engine.experiment_log_maps(problem)
+    problem, support, log_maps = pooled_log_maps(group_a, group_b, grid, fwhm_mm, engine,
+                                                 notes)
     sums = log_maps.astype(np.float64)
     ale_a = np.zeros(grid.n_voxels, np.float32)
     ale_b = np.zeros(grid.n_voxels, np.float32)
@@ -688,6 +683,29 @@ def run_contrast(
         main_b=main_b, min_z=min_z, device=resolved, timings=timings,
         warnings=list(dict.fromkeys(notes)), cluster_fwe=cluster_fwe, alpha=alpha,
     )
+
+
+def pooled_log_maps(group_a: Dataset, group_b: Dataset, grid: Grid, fwhm_mm: float | None,
+                    engine, notes: list[str]) -> tuple[Problem, np.ndarray, np.ndarray]:
+    """Both groups as one problem (ids prefixed ``A:``/``B:``, so that a label in both
+    stays two experiments) and every experiment's log map on the voxels any reaches.
+
+    Returns
+    -------
+    problem : Problem
+    support : ndarray
+        In-mask voxels some experiment's kernel reaches.
+    log_maps : ndarray
+        ``log(1 - MA)`` of each experiment (rows: A's, then B's) on ``support``.
+    """
+    pooled = Dataset(
+        tuple(dataclasses.replace(e, id=f"A:{e.id}") for e in group_a)
+        + tuple(dataclasses.replace(e, id=f"B:{e.id}") for e in group_b)
+    )
+    with _kept(notes):
+        problem = compile_problem(pooled, grid, fwhm_mm=fwhm_mm)
+    support, log_maps = engine.experiment_log_maps(problem)
+    return problem, support, log_maps
 
 
 @contextlib.contextmanager
