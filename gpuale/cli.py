@@ -512,7 +512,8 @@ def _in_cli_words(exc: BaseException, names: dict[str, str] = CLI_NAMES) -> str:
     if flags:
         message = message.replace(exc.hint, flags)
     for name, word in names.items():
-        message = re.sub(rf"(?<![\w-]){name}(?![\w-])", word, message)
+        # Whole words only, never part of a path or file name a message quotes.
+        message = re.sub(rf"(?<![\w/\\.-]){name}(?![\w/\\-]|\.\w)", word, message)
     return message
 
 

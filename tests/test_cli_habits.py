@@ -401,3 +401,11 @@ def test_a_run_without_permutations_shows_a_spinner_on_a_terminal(monkeypatch):
     assert isinstance(cli._observed_status(0, quiet=False), Status)
     assert isinstance(cli._observed_status(100, quiet=False), contextlib.nullcontext)
     assert isinstance(cli._observed_status(0, quiet=True), contextlib.nullcontext)
+
+
+def test_option_names_are_not_replaced_inside_paths():
+    message = ("'/data/fwhm_mm/foci.txt' line 3: fwhm_mm = 0.1 is narrower; see "
+               "fwhm_mm.txt or name it with sample_size_column.")
+    assert cli._in_cli_words(ValueError(message)) == (
+        "'/data/fwhm_mm/foci.txt' line 3: --fwhm = 0.1 is narrower; see "
+        "fwhm_mm.txt or name it with --sample-size-column.")
