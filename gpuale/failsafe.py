@@ -110,7 +110,8 @@ def null_studies(dataset: Dataset, grid: Grid, count: int, seed: int) -> list[Ex
     counter[..., 2] = STREAM_FAILSAFE_NULL_STUDIES
     donors = uniform_below(philox4x32(counter, seed), len(dataset))
     focus_counts = np.array([exp.n_foci for exp in dataset], dtype=np.int64)[donors[:, 0]]
-    sample_sizes = dataset.sample_sizes[donors[:, 1]]
+    # A donor's N, None where the run had none (a fixed FWHM needs none).
+    sample_sizes = [dataset[int(d)].n_subjects for d in donors[:, 1]]
     # One counter per focus of every study: (study, 2 + focus, stream, 0).
     owner = np.repeat(studies, focus_counts)
     slot = 2 + (np.arange(owner.size) - np.repeat(np.cumsum(focus_counts) - focus_counts,
@@ -125,7 +126,7 @@ def null_studies(dataset: Dataset, grid: Grid, count: int, seed: int) -> list[Ex
     bounds = np.concatenate([[0], np.cumsum(focus_counts)])
     return [
         Experiment(id=f"{NULL_ID_PREFIX}{j + 1:04d}", label=f"fail-safe N null study {j + 1}",
-                   n_subjects=int(sample_sizes[j]), foci=mm[bounds[j]:bounds[j + 1]],
+                   n_subjects=sample_sizes[j], foci=mm[bounds[j]:bounds[j + 1]],
                    space="MNI", source=f"fail-safe N null study {j + 1} (seed {seed})")
         for j in range(count)
     ]

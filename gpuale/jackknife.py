@@ -227,7 +227,7 @@ def load_recorded_analysis(run_dir: str | Path, *, grid: Grid | None = None) -> 
         raise ValueError(f"the mask {grid.source!r} differs from the one {run.run_json} "
                          "records (checksum); the run cannot be repeated on it")
     labels = np.rint(run.read_map(CLUSTER_LABELS, grid)).astype(np.int32)
-    dataset = _recorded_dataset(run)
+    dataset = _recorded_dataset(run, need_sample_size=settings.fwhm_mm is None)
     _check_reproduced(run, dataset, grid, settings)
     return RecordedAnalysis(run, dataset, grid, settings, labels, clusters)
 
@@ -301,7 +301,24 @@ def _loading_options(run: RunFolder) -> dict:
     return {k: v for k, v in vars(known).items() if v is not None and k in accepted}
 
 
-def _recorded_dataset(run: RunFolder) -> Dataset:
+def _check_unchanged(run: RunFolder, paths: list[Path]) -> None:
+    """Each input as recorded (its sha256 in run.json): a re-run on edited inputs would
+    answer for other data, and the experiments check below cannot see a moved focus."""
+    entries = run.record.get("inputs") or []
+    if len(entries) != len(paths):
+        raise ValueError(f"{run.run_json} records {len(entries)} input(s), the run's "
+                         f"definition now gives {len(paths)}; the run cannot be repeated")
+    for entry, path in zip(entries, paths):
+        if not path.exists():
+            raise ValueError(f"input {str(path)!r} of {run.run_json} no longer exists; "
+                             "the run cannot be repeated without it")
+        if entry.get("sha256") and file_checksum(path) != entry["sha256"]:
+            raise ValueError(f"input {str(path)!r} changed since {run.run_json} was "
+                             "written (checksum); the run cannot be repeated on it")
+
+
+def _recorded_dataset(run: RunFolder, *, need_sample_size: bool = True) -> Dataset:
+    """The run's experiments, read again (with a fixed FWHM a missing N is no error)."""
     record = run.record
     if record.get(STUDY_FILE_KEY) and record.get(STUDY_ANALYSIS_KEY):
         dataset = _study_dataset(run)
@@ -309,33 +326,26 @@ def _recorded_dataset(run: RunFolder) -> Dataset:
         entries = record.get("inputs") or []
         if not entries:
             raise ValueError(f"{run.run_json} records no inputs; the run cannot be repeated")
-        paths = []
-        for entry in entries:
-            path = Path(entry["path"])
-            if not path.exists():
-                raise ValueError(f"input {str(path)!r} of {run.run_json} no longer exists; "
-                                 "the run cannot be repeated without it")
-            if entry.get("sha256") and file_checksum(path) != entry["sha256"]:
-                raise ValueError(f"input {str(path)!r} changed since {run.run_json} was "
-                                 "written (checksum); the run cannot be repeated on it")
-            paths.append(path)
+        paths = [Path(entry["path"]) for entry in entries]
+        _check_unchanged(run, paths)
         kwargs = _loading_options(run)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the run warned about its inputs already
-            dataset = load_dataset(paths, **kwargs)
+            dataset = load_dataset(paths, need_sample_size=need_sample_size, **kwargs)
     return _check_experiments(run, dataset)
 
 
 def _study_dataset(run: RunFolder) -> Dataset:
     """The experiments of a study's global analysis, selected as the study selects them."""
     from gpuale.examples import resolve_input
-    from gpuale.study import _global_dataset, load_study
+    from gpuale.study import _global_dataset, _input_paths, load_study
 
     study = load_study(resolve_input(run.record[STUDY_FILE_KEY]))
     name = run.record[STUDY_ANALYSIS_KEY]
     if name not in study.analyses:
         raise ValueError(f"{run.run_json} was written by analysis {name!r} of "
                          f"{run.record[STUDY_FILE_KEY]}, which no longer has it")
+    _check_unchanged(run, _input_paths(study.analyses[name], study))
     return _global_dataset(study.analyses[name], study)
 
 

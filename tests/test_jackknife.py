@@ -341,3 +341,48 @@ def test_jackknife_on_a_dask_cluster_equals_one_machine(tmp_path, dask_address, 
     record = json.loads((run / JACKKNIFE_JSON).read_text())
     assert record["clusters"] == here.clusters
     assert record["warnings"] == here.warnings
+
+
+
+def test_a_study_analysis_on_edited_inputs_is_refused(tmp_path):
+    """A moved focus changes neither the experiments' N and focus counts nor, away from
+    the peak, the map's maximum: the recorded checksums catch it, for study runs too."""
+    import shutil
+
+    from gpuale.examples import resolve_input
+    from gpuale.study import load_study, run_study
+
+    data = tmp_path / "children"
+    shutil.copytree(resolve_input("example:semantic-children"), data)
+    study_file = tmp_path / "study.toml"
+    study_file.write_text(
+        '[study]\niterations = 40\ndevice = "cpu"\n\n[inputs]\nchildren = "children"\n\n'
+        f'[analyses.knowledge]\ntype = "global"\ninput = "children"\nwhere = "{WHERE}"\n',
+        encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_study(load_study(study_file), tmp_path / "out")
+    folder = tmp_path / "out" / "knowledge"
+    first = load_recorded_analysis(folder).dataset.ids[0]
+    foci = data / "foci" / f"{first}.csv"
+    rows = foci.read_text(encoding="utf-8").splitlines()
+    x, rest = rows[-1].split(",", 1)
+    foci.write_text("\n".join(rows[:-1] + [f"{float(x) + 2:g},{rest}"]) + "\n",
+                    encoding="utf-8")
+    with pytest.raises(ValueError, match="changed since .* was written"):
+        load_recorded_analysis(folder)
+
+
+def test_a_fixed_fwhm_run_without_sample_sizes_is_read_back(tmp_path):
+    """--fwhm needs no N: the re-runs (and fail-safe N's null studies) do without it."""
+    from gpuale.failsafe import null_studies
+
+    foci, mask = write_planted_inputs(tmp_path)
+    lines = foci.read_text(encoding="utf-8").splitlines()
+    foci.write_text("\n".join(x for x in lines if not x.startswith("// Subjects")),
+                    encoding="utf-8")
+    run = global_run(tmp_path, foci, mask, "--fwhm", "10")
+    analysis = load_recorded_analysis(run)
+    assert all(exp.n_subjects is None for exp in analysis.dataset)
+    nulls = null_studies(analysis.dataset, analysis.grid, 3, seed=0)
+    assert [exp.n_subjects for exp in nulls] == [None, None, None]
