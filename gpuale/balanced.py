@@ -343,6 +343,9 @@ class BalancedNullSpec:
     sample_space: np.ndarray | None = None
 
     kind = "balanced"
+    #: Iterations per chunk whichever engine runs it (each is ``difference_iterations``
+    #: subsample pairs): a scheduler keeps this size rather than the engine's.
+    chunk_iterations = CHUNK
 
     def __post_init__(self) -> None:
         if self.null not in BALANCED_NULLS:
@@ -711,8 +714,10 @@ def run_balanced_contrast(
     notes: list[str] = []
     if 1.0 / n_iters > alpha / 2.0:
         message = (f"with {n_iters} null iterations the smallest p is 1/{n_iters}, above "
-                   f"alpha/2 = {alpha / 2}: nothing can be significant; use at least "
-                   f"{math.ceil(2.0 / alpha)} iterations")
+                   f"alpha/2 = {alpha / 2}, and the significance cut (the {1 - alpha / 2:g} "
+                   "percentile of the null extremes) is interpolated beyond what they "
+                   "resolve: voxels called significant are a Monte Carlo guess; use at "
+                   f"least {math.ceil(2.0 / alpha)} iterations")
         warnings.warn(message, UserWarning, stacklevel=2)
         notes.append(message)
     grid = grid or load_grid()

@@ -932,7 +932,15 @@ class DaskScheduler:
         # worker's engine is made, and kept, as its chunks will find it.
         futures = [client.submit(_chosen_engine_info, spec, workers=[w], pure=False,
                                  allow_other_workers=False) for w in workers]
-        return dict(zip(workers, client.gather(futures)))
+        chosen = {}
+        for worker, future in zip(workers, futures):
+            try:
+                chosen[worker] = future.result(timeout=self.timeout)
+            except TimeoutError:
+                # A worker that left (an adaptive or batch cluster shrinking) would hold
+                # its pinned task, and the run, forever; without it the others decide.
+                future.cancel()
+        return chosen
 
     def check_workers(self) -> None:
         """Every worker imports the same gpuale as this process (else nulls could differ)."""
@@ -974,7 +982,8 @@ class DaskScheduler:
         engine_f = client.scatter(_CHOSEN_ON_WORKER if self.workers_choose
                                   else _portable(engine), broadcast=True, hash=False)
         spec_f = client.scatter(spec, broadcast=True, hash=False)
-        if self.workers_choose:  # chunks of the size the workers' engines ask for
+        # Chunks of the size the workers' engines ask for, unless the spec fixes its own.
+        if self.workers_choose and getattr(spec, "chunk_iterations", None) is None:
             sizes = [info[2] for info in self._chosen_engines(spec_f).values()]
             if sizes:  # else no worker now: the chunks wait as they are for one to join
                 chunks = _rechunked(list(chunks), min(sizes))

@@ -658,6 +658,12 @@ def run_study(
         if max_iters is not None and (isinstance(max_iters, bool)
                                       or not isinstance(max_iters, int) or max_iters < 1):
             raise ValueError(f"max_iters must be a whole number >= 1, got {max_iters!r}")
+        tfce = [a.name for a in study.analyses.values() if a.spec.get("tfce")]
+        if iterations == 0 and tfce:
+            # Found now, not when the first TFCE analysis is reached hours later.
+            raise ValueError(f"iterations = 0 leaves no Monte Carlo for the TFCE of "
+                             f"{', '.join(map(repr, tfce))} ({study.path}): its FWE p come "
+                             "from each permutation's largest TFCE")
         overrides = {"iterations": iterations, "max_iters": max_iters}
         return _run_study_held(study, out_dir, overrides=overrides, device=device,
                                force=force, command=command,

@@ -446,3 +446,38 @@ def test_device_auto_lets_each_worker_choose_its_engine(problem, monkeypatch):
         there = run_null(spec, client_engine, seed=21, n_iters=50, scheduler=explicit)
         assert_same_global(here["numba"], there)
         assert {engine for _, engine, _, _ in ran} == {"numba"}
+
+
+def test_a_balanced_null_keeps_its_small_chunks_when_workers_choose(small_grid):
+    """Each balanced iteration is ``difference_iterations`` subsample pairs: the chunks
+    stay at its own size (live bar, every worker busy) when workers choose the engine."""
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    from gpuale.balanced import CHUNK
+    from gpuale.contrast import run_contrast
+
+    rng = np.random.default_rng(5)
+    group_a = random_dataset(small_grid, 6, rng, foci_range=(3, 7))
+    group_b = random_dataset(small_grid, 4, rng, foci_range=(3, 7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                               dashboard_address=None)
+    with cluster, Client(cluster, set_as_default=False) as in_process:
+        steps = []
+        results = {}
+        for device in ("cpu", "auto"):
+            steps.clear()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                results[device] = run_contrast(
+                    group_a, group_b, mode="balanced", grid=small_grid, n_iters=24,
+                    target_n=2, balanced_null="label-permutation", difference_iterations=3,
+                    n_subsamples=2, mask_coverage="brain", seed=1, device="cpu",
+                    overlap="keep", progress=steps.append,
+                    scheduler=DaskScheduler(in_process).for_device(device))
+            assert steps and max(steps) == CHUNK and sum(steps) == 24, (device, steps)
+    for name in ("min_null", "max_null"):
+        np.testing.assert_array_equal(getattr(results["cpu"].null, name),
+                                      getattr(results["auto"].null, name))

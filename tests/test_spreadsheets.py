@@ -470,3 +470,26 @@ def test_a_quoted_decimal_comma_in_a_comma_table_says_what_to_do(tmp_path):
     with pytest.raises(ValueError, match=r"q\.csv.*line 2.*'12,0', not a number \(a decimal "
                        r"comma\?\): save the table with decimal points, or semicolon"):
         load_dataset([path])
+
+
+def test_decimal_commas_outside_whole_millimetre_coordinates_are_read(tmp_path):
+    """Coordinates in whole millimetres say nothing about the locale: a semicolon table's
+    other numbers (a per-focus t, a sample-wide age) decide, where they agree."""
+    path = tmp_path / "e.csv"
+    path.write_text("experiment;n;age;x;y;z;t\na;10;11,5;10;-20;30;3,5\na;10;11,5;12;-22;30;"
+                    "4,25\nb;12;9,75;-40;20;10;2\n", encoding="utf-8")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = load_dataset([path], space="MNI")
+    assert any("decimal commas" in str(w.message) for w in caught)
+    a, b = dataset
+    assert a.focus_attributes["t"] == (3.5, 4.25)
+    assert a.metadata["age"] == 11.5 and b.metadata["age"] == 9.75
+    # Mixed writing: nothing is guessed, the commas stay text.
+    mixed = tmp_path / "m.csv"
+    mixed.write_text("experiment;n;x;y;z;t\na;10;10;-20;30;3,5\nb;12;-40;20;10;2.5\n",
+                     encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first, _ = load_dataset([mixed], space="MNI")
+    assert first.metadata["t"] == "3,5"

@@ -288,7 +288,7 @@ def test_a_study_runs_a_balanced_contrast_as_gpuale_contrast_does(tmp_path, no_r
     run_study(load_study(_write(tmp_path)), out, log=lambda _: None)
     study = load_study(_write(tmp_path, STUDY.replace('a = "left"\nb = "right"', BALANCED)))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # 5 iterations: nothing can be significant
+        warnings.simplefilter("ignore")  # 5 iterations: far too few to resolve p
         entries = run_study(study, out, log=lambda _: None)
     # The new keys change the contrast's fingerprint, and nothing else's.
     assert {e["name"]: e["status"] for e in entries} == {
@@ -396,3 +396,12 @@ def test_a_contrast_of_overlapping_groups_is_an_error_before_any_analysis_runs(t
         'b = "right"', 'b = "right"\noverlap = "keep"')
     run_study(load_study(_write(tmp_path, allowed)), out)
     assert (out / "left_vs_right" / "run.json").exists()
+
+
+def test_iterations_0_with_a_tfce_analysis_is_an_error_before_any_analysis_runs(tmp_path):
+    on = STUDY.replace('where = "id in [C, D]"', 'where = "id in [C, D]"\ntfce = true')
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"iterations = 0 leaves no Monte Carlo for the TFCE "
+                       r"of 'right'"):
+        run_study(load_study(_write(tmp_path, on)), out, iterations=0)
+    assert not out.exists()

@@ -95,6 +95,8 @@ _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 # A number written with a decimal comma (-39,5); only read so where the delimiter is not
 # a comma, so the comma cannot be a cell boundary.
 _DECIMAL_COMMA_NUMBER = re.compile(r"[+-]?(?:\d+,\d*|,\d+)(?:[eE][+-]?\d+)?")
+# A number with a fraction after a decimal point (12.5): its file uses decimal points.
+_DECIMAL_POINT_NUMBER = re.compile(r"[+-]?(?:\d+\.\d+|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def column_names(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -225,14 +227,24 @@ def _delimiters(path: PathLike) -> list[str]:
 
 def _uses_decimal_commas(names: list[str], rows: list[_Row], delimiter: str) -> bool:
     """Whether numbers are written with decimal commas: only where the delimiter is not a
-    comma, judged by the coordinates (or, without them, by any cell)."""
+    comma. The coordinates decide where one of them has a fraction; coordinates in whole
+    millimetres (common) say nothing, and then the other cells decide where they agree: a
+    ``3,5`` with no ``3.5`` anywhere (else ``3,5`` stays text, as it is written)."""
     if delimiter == ",":
         return False
+
+    def written(pattern: re.Pattern, columns: list[str]) -> bool:
+        return any(pattern.fullmatch(row.cells[name].strip())
+                   for row in rows for name in columns)
+
     xyz = [name for name in names if name.lower() in COORDINATE_COLUMNS]
-    witnesses = xyz or [name for name in names if name]
-    return any(
-        _DECIMAL_COMMA_NUMBER.fullmatch(row.cells[name]) for row in rows for name in witnesses
-    )
+    if written(_DECIMAL_COMMA_NUMBER, xyz):
+        return True
+    if written(_DECIMAL_POINT_NUMBER, xyz):
+        return False
+    others = [name for name in names if name]
+    return written(_DECIMAL_COMMA_NUMBER, others) and not written(_DECIMAL_POINT_NUMBER,
+                                                                  others)
 
 
 def _read_table(
