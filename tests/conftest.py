@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from gpuale import _hostshim
 from gpuale.dataset import Dataset, Experiment
+from gpuale.engines.cuda import gpu_available
+from gpuale.engines.numba_ import NumbaEngine
+from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.grid import Grid
 from gpuale.nulls import GlobalNullSpec
 from gpuale.problem import Problem
@@ -96,6 +100,33 @@ SLEUTH_FOUR = """// Reference=MNI
 """
 #: Its first two experiments (A, B).
 SLEUTH_TWO = SLEUTH_FOUR[: SLEUTH_FOUR.index("\n\n// C") + 1]
+
+
+def cuda_host_engine():
+    """The CUDA engine with its kernels run on the CPU through the host shim. Small blocks,
+    grids and batches make every grid-stride and batch loop take turns."""
+    from gpuale.engines.cuda import CudaEngine, kernel_dir
+
+    module = _hostshim.load(kernel_dir() / "ale_null.cu")
+    return CudaEngine.on_host(module.launch, max_batch=3, block_size=32, max_grid=(7, 5))
+
+
+def _cuda_gpu_engine():
+    from gpuale.engines.cuda import CudaEngine
+
+    return CudaEngine(device_id=0)
+
+
+#: Every engine, as factories: the numpy definition, numba, CUDA through the host shim,
+#: and CUDA on a GPU (skipped without one).
+ENGINES = [
+    pytest.param(NumpyEngine, id="numpy"),
+    pytest.param(NumbaEngine, id="numba"),
+    pytest.param(cuda_host_engine, id="cuda-host-shim", marks=pytest.mark.skipif(
+        not _hostshim.compiler_available(), reason="g++ is needed to run kernels on the host")),
+    pytest.param(_cuda_gpu_engine, id="cuda-gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not gpu_available(), reason="needs CuPy and a CUDA device")]),
+]
 
 
 @pytest.fixture

@@ -13,12 +13,10 @@ import math
 
 import numpy as np
 import pytest
-from conftest import make_small_grid, random_dataset
+from conftest import ENGINES, make_small_grid, random_dataset
 from scipy import ndimage
 
-from gpuale import _hostshim
 from gpuale.contrast import run_contrast
-from gpuale.engines.cuda import CudaEngine, gpu_available, kernel_dir
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.nulls import (
@@ -34,23 +32,6 @@ from gpuale.nulls import (
 from gpuale.problem import compile_problem
 from gpuale.rng import random_splits
 from gpuale.stats import LOG_SCALE
-
-
-def _cuda_host():
-    module = _hostshim.load(kernel_dir() / "ale_null.cu")
-    return CudaEngine.on_host(module.launch, max_batch=3, block_size=32, max_grid=(7, 5))
-
-
-ENGINES = [
-    pytest.param(NumpyEngine, id="numpy"),
-    pytest.param(NumbaEngine, id="numba"),
-    pytest.param(_cuda_host, id="cuda-host-shim", marks=pytest.mark.skipif(
-        not _hostshim.compiler_available(), reason="g++ is needed to run kernels on the host")),
-    pytest.param(lambda: CudaEngine(device_id=0), id="cuda-gpu", marks=[
-        pytest.mark.gpu,
-        pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")]),
-]
-
 
 # --- The quantile from two histograms -------------------------------------------------------
 

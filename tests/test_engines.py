@@ -18,11 +18,16 @@ import math
 
 import numpy as np
 import pytest
-from conftest import brute_force_global_null, dense_ma_maps, make_small_grid, random_dataset
+from conftest import (
+    ENGINES,
+    brute_force_global_null,
+    dense_ma_maps,
+    make_small_grid,
+    random_dataset,
+)
 
-from gpuale import _hostshim
 from gpuale.engines import Engine, get_engine
-from gpuale.engines.cuda import CudaEngine, gpu_available, kernel_dir
+from gpuale.engines.cuda import gpu_available
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.nulls import (
@@ -40,34 +45,6 @@ from gpuale.stats import LOG_SCALE, ale_from_log_sum
 ALE_RTOL = 1e-5
 NEAR_THRESHOLD = 1e-6
 THRESHOLD = 0.02
-
-
-def _numpy() -> Engine:
-    return NumpyEngine()
-
-
-def _numba() -> Engine:
-    return NumbaEngine()
-
-
-def _cuda_host() -> Engine:
-    module = _hostshim.load(kernel_dir() / "ale_null.cu")
-    # Small blocks, grids and batches make every grid-stride and batch loop take turns.
-    return CudaEngine.on_host(module.launch, max_batch=3, block_size=32, max_grid=(7, 5))
-
-
-def _cuda_gpu() -> Engine:
-    return CudaEngine(device_id=0)
-
-
-ENGINES = [
-    pytest.param(_numpy, id="numpy"),
-    pytest.param(_numba, id="numba"),
-    pytest.param(_cuda_host, id="cuda-host-shim", marks=pytest.mark.skipif(
-        not _hostshim.compiler_available(), reason="g++ is needed to run kernels on the host")),
-    pytest.param(_cuda_gpu, id="cuda-gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(
-        not gpu_available(), reason="needs CuPy and a CUDA device")]),
-]
 
 
 @pytest.fixture(params=ENGINES, scope="module")

@@ -14,13 +14,13 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SLEUTH, make_small_grid, permuted_problem, random_dataset
+from conftest import ENGINES, SLEUTH, make_small_grid, permuted_problem, random_dataset
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from gpuale import _hostshim, cli
+from gpuale import cli
 from gpuale.analysis import run_ale
-from gpuale.engines.cuda import CudaEngine, gpu_available, kernel_dir
+from gpuale.engines.cuda import CudaEngine
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.nulls import (
@@ -220,21 +220,6 @@ def test_largest_tfce_from_ale_is_the_z_paths_bit_for_bit(problem, full_null):
 
 
 # --- The null --------------------------------------------------------------------------------
-
-
-def _cuda_host():
-    module = _hostshim.load(kernel_dir() / "ale_null.cu")
-    return CudaEngine.on_host(module.launch, max_batch=3, block_size=32, max_grid=(7, 5))
-
-
-ENGINES = [
-    pytest.param(NumpyEngine, id="numpy"),
-    pytest.param(NumbaEngine, id="numba"),
-    pytest.param(_cuda_host, id="cuda-host-shim", marks=pytest.mark.skipif(
-        not _hostshim.compiler_available(), reason="g++ is needed to run kernels on the host")),
-    pytest.param(CudaEngine, id="cuda-gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(
-        not gpu_available(), reason="needs CuPy and a CUDA device")]),
-]
 
 
 @pytest.fixture(scope="module")
