@@ -160,18 +160,8 @@ def contrast_cluster_inference(diff: np.ndarray, grid: Grid, null: ContrastNull,
         labels[members] = number
     sizes = np.array([0] + [f[0] for f in found], dtype=np.int64)
     masses = np.array([0.0] + [f[1] for f in found], dtype=np.float64)
-    p_size = fwe_p_values(sizes, null.max_cluster_size)
-    p_mass = fwe_p_values(masses, null.max_cluster_mass)
-    return ClusterInference(
-        p_voxel=fwe_p_values(np.abs(np.asarray(diff, dtype=np.float64)), null.max_abs),
-        p_cluster_size=p_size[labels],
-        p_cluster_mass=p_mass[labels],
-        labels=labels,
-        cluster_size=sizes,
-        cluster_mass=masses,
-        p_size=p_size,
-        p_mass=p_mass,
-    )
+    return ClusterInference.from_null(np.abs(np.asarray(diff, dtype=np.float64)),
+                                      null.max_abs, labels, sizes, masses, null)
 
 
 # --- The analysis -------------------------------------------------------------------------

@@ -147,6 +147,25 @@ class ClusterInference:
     p_size: np.ndarray
     p_mass: np.ndarray
 
+    @classmethod
+    def from_null(cls, voxel_values: np.ndarray, voxel_maxima: np.ndarray,
+                  labels: np.ndarray, sizes: np.ndarray, masses: np.ndarray,
+                  null) -> ClusterInference:
+        """The FWE p of each voxel against ``voxel_maxima`` and of each cluster against
+        the null's ``max_cluster_size`` and ``max_cluster_mass``."""
+        p_size = fwe_p_values(sizes, null.max_cluster_size)
+        p_mass = fwe_p_values(masses, null.max_cluster_mass)
+        return cls(
+            p_voxel=fwe_p_values(voxel_values, voxel_maxima),
+            p_cluster_size=p_size[labels],
+            p_cluster_mass=p_mass[labels],
+            labels=labels,
+            cluster_size=sizes,
+            cluster_mass=masses,
+            p_size=p_size,
+            p_mass=p_mass,
+        )
+
     @staticmethod
     def logp(p: np.ndarray) -> np.ndarray:
         return (-np.log10(p)).astype(np.float32)
@@ -163,18 +182,7 @@ def correct_fwe(ale: np.ndarray, grid: Grid, null: MonteCarloNull) -> ClusterInf
     to [1/n, 1 - 1/n] (as NiMARE); voxels outside every cluster get the p of size 0.
     """
     labels, sizes, masses = label_clusters(ale, grid, null.threshold, null.connectivity)
-    p_size = fwe_p_values(sizes, null.max_cluster_size)
-    p_mass = fwe_p_values(masses, null.max_cluster_mass)
-    return ClusterInference(
-        p_voxel=fwe_p_values(ale, null.max_ale),
-        p_cluster_size=p_size[labels],
-        p_cluster_mass=p_mass[labels],
-        labels=labels,
-        cluster_size=sizes,
-        cluster_mass=masses,
-        p_size=p_size,
-        p_mass=p_mass,
-    )
+    return ClusterInference.from_null(ale, null.max_ale, labels, sizes, masses, null)
 
 
 def fdr_threshold(p: np.ndarray, q: float) -> float:
