@@ -802,25 +802,19 @@ def save_balanced_contrast(result: BalancedContrastResult, out_dir: str | Path, 
     """Write a balanced contrast: NiMARE's maps, the thresholded z, clusters.tsv,
     nulls.npz (the extrema) and run.json (target n, draws, null)."""
     from gpuale._files import atomic_output_dir, environment, write_json
-    from gpuale.output import _input_paths, write_table
+    from gpuale.output import _input_paths, groups_record, write_contrast_maps, write_table
     from gpuale.runfolder import (
         CLUSTERS_TSV,
         N_CLUSTERS_KEY,
         NULLS_NPZ,
         OUTPUTS_KEY,
         RUN_JSON,
-        input_record,
-        map_file,
         record_header,
     )
 
     with atomic_output_dir(out_dir, force=force,
                            inputs=_input_paths([*inputs_a, *inputs_b])) as tmp:
-        written = []
-        for name, values in result.maps().items():
-            result.grid.to_image(values, description=f"gpuale:{name}").to_filename(
-                str(tmp / map_file(name)))
-            written.append(map_file(name))
+        written = write_contrast_maps(result, tmp)
         clusters = result.clusters()
         # For people: 6 significant digits (the maps and run.json keep full precision).
         write_table(tmp / CLUSTERS_TSV, peak_rows(clusters), BALANCED_CLUSTER_COLUMNS)
@@ -837,17 +831,8 @@ def save_balanced_contrast(result: BalancedContrastResult, out_dir: str | Path, 
             "command": command,
             "environment": environment(),
             "mode": "balanced",
-            "groups": {
-                name: {
-                    "n_experiments": len(group),
-                    "n_foci": group.n_foci,
-                    "experiments": group.ids,
-                    "inputs": [input_record(p) for p in paths],
-                    "main_effect": None,
-                }
-                for name, group, paths in (("A", result.group_a, inputs_a),
-                                           ("B", result.group_b, inputs_b))
-            },
+            "groups": groups_record((("A", result.group_a, inputs_a, None),
+                                     ("B", result.group_b, inputs_b, None))),
             "settings": {
                 "method": "balanced ALE subtraction (NiMARE BalancedALESubtraction)",
                 "target_n": result.target_n,

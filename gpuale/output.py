@@ -16,6 +16,7 @@ from gpuale._files import atomic_output_dir, environment, file_checksum, write_j
 from gpuale.analysis import ALEResult
 from gpuale.clusters import CONTRIBUTION_FIELDS, peak_rows
 from gpuale.contrast import smallest_p
+from gpuale.dataset import Dataset
 from gpuale.runfolder import (
     CLUSTER_LABELS,
     CLUSTERS_TSV,
@@ -119,6 +120,32 @@ def save_ale(
 def _input_paths(inputs: Sequence[InputItem]) -> list[Path]:
     """The files behind a run's inputs, which its output folder must not hold."""
     return [Path(item[1] if isinstance(item, tuple) else item) for item in inputs]
+
+
+def write_contrast_maps(result, folder: Path) -> list[str]:
+    """A contrast's maps (``result.maps()``, in-mask vectors) as NIfTI files in
+    ``folder``; the file names written."""
+    written = []
+    for name, values in result.maps().items():
+        result.grid.to_image(values, description=f"gpuale:{name}").to_filename(
+            str(folder / map_file(name)))
+        written.append(map_file(name))
+    return written
+
+
+def groups_record(groups: Sequence[tuple[str, Dataset, Sequence, object]]) -> dict:
+    """run.json's ``groups`` of a contrast: per ``(name, group, inputs, main effect)``,
+    its experiments, inputs (with checksums) and main-effect run folder, if any."""
+    return {
+        name: {
+            "n_experiments": len(group),
+            "n_foci": group.n_foci,
+            "experiments": group.ids,
+            "inputs": [input_record(p) for p in paths],
+            "main_effect": getattr(main, "source", None),
+        }
+        for name, group, paths, main in groups
+    }
 
 
 def _save_nulls(result: ALEResult, path: Path) -> None:
@@ -275,12 +302,7 @@ def save_contrast(
     """Write a contrast: group ALE maps, difference, p, signed z, thresholded z, clusters."""
     with atomic_output_dir(out_dir, force=force,
                            inputs=_input_paths([*inputs_a, *inputs_b])) as tmp:
-        written = []
-        for name, values in result.maps().items():
-            result.grid.to_image(values, description=f"gpuale:{name}").to_filename(
-                str(tmp / map_file(name))
-            )
-            written.append(map_file(name))
+        written = write_contrast_maps(result, tmp)
         clusters = result.clusters()
         cluster_fwe = getattr(result, "cluster_fwe", False)
         write_table(tmp / CLUSTERS_TSV, peak_rows(clusters), CONTRAST_CLUSTER_COLUMNS
@@ -303,19 +325,8 @@ def save_contrast(
             "command": command,
             "environment": environment(),
             "mode": result.mode,
-            "groups": {
-                name: {
-                    "n_experiments": len(group),
-                    "n_foci": group.n_foci,
-                    "experiments": group.ids,
-                    "inputs": [input_record(p) for p in paths],
-                    "main_effect": getattr(main, "source", None),
-                }
-                for name, group, paths, main in (
-                    ("A", result.group_a, inputs_a, result.main_a),
-                    ("B", result.group_b, inputs_b, result.main_b),
-                )
-            },
+            "groups": groups_record((("A", result.group_a, inputs_a, result.main_a),
+                                     ("B", result.group_b, inputs_b, result.main_b))),
             "settings": {
                 "iterations": result.null.n_iters,
                 "seed": result.null.seed,
