@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 from conftest import load_example
 
-from gpuale.balanced import BalancedNullSpec, prior_voxels
+from gpuale.balanced import prior_voxels
 from gpuale.dataset import Dataset
 from gpuale.engines import get_engine
 from gpuale.grid import load_grid
+from gpuale.nullspecs import BalancedNullSpec
 from gpuale.problem import compile_problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -14,13 +14,12 @@ The public API:
 
 from gpuale._version import __version__
 from gpuale.analysis import ALEResult, run_ale
-from gpuale.conjunction import conjunction
 from gpuale.contrast import run_contrast
 from gpuale.dataset import Dataset, Experiment
 from gpuale.grid import Grid, load_grid
 from gpuale.io import CoordinateFileError, load_dataset
 from gpuale.output import save_ale, save_conjunction, save_contrast
-from gpuale.runfolder import open_run
+from gpuale.runfolder import conjunction, open_run
 from gpuale.selection import median_split, select
 from gpuale.study import load_study, run_study
 

@@ -23,9 +23,10 @@ from gpuale.inference import (
     threshold_interval,
     unreachable_threshold_message,
 )
-from gpuale.nulls import GlobalNullSpec, MonteCarloNull, Scheduler, run_null
+from gpuale.maps import TFCE_LOGP_FWE, TFCE_MAP, TFCE_THRESHOLDED, TFCE_Z_FWE
+from gpuale.nulls import Scheduler, run_null
+from gpuale.nullspecs import GlobalNullSpec, MonteCarloNull
 from gpuale.problem import Problem, compile_problem
-from gpuale.runfolder import TFCE_LOGP_FWE, TFCE_MAP, TFCE_THRESHOLDED, TFCE_Z_FWE
 from gpuale.stats import AnalyticNull, ObservedALE, analytic_null, p_to_z
 from gpuale.stopping import (
     AUTO,

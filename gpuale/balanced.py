@@ -14,7 +14,7 @@ data without a group difference, made in one of two ways:
 
 ``label-permutation`` (gpuale's default)
     the pooled experiments are split at random into groups of the observed sizes (the
-    random split of :class:`gpuale.nulls.ContrastNullSpec`), then subsampled as above.
+    random split of :class:`gpuale.nullspecs.ContrastNullSpec`), then subsampled as above.
 ``random-foci`` (NiMARE's default)
     every experiment's foci are placed at random in the prior, keeping its sample size
     and number of foci, then subsampled as above.
@@ -49,9 +49,8 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 
@@ -60,24 +59,17 @@ from gpuale.clusters import (
     clusters_above,
     connectivity_structure,
     map_cluster_table,
-    peak_rows,
 )
 from gpuale.dataset import Dataset
-from gpuale.grid import Grid, gm_prior_path, load_grid, read_volume, same_space
-from gpuale.problem import Problem
-from gpuale.rng import (
-    STREAM_BALANCED_NULL,
-    STREAM_BALANCED_OBSERVED,
-    STREAM_BALANCED_RELOCATE,
-    STREAM_PROBABILISTIC_RELOCATE,
-    STREAM_PROBABILISTIC_SCHEDULE,
-    STREAM_PROBABILISTIC_SUBSET,
-    keyed_words,
-    random_splits,
-    subsample_members,
-    uniform_below,
+from gpuale.engines._balanced_chunk import (
+    MeanOf,
+    _draws,
+    _relocated,
+    mean_balanced_difference,
+    mean_no_activation,
 )
-from gpuale.runfolder import (
+from gpuale.grid import Grid, gm_prior_path, load_grid, read_volume, same_space
+from gpuale.maps import (
     BALANCED_CONJUNCTION,
     BALANCED_LOGP,
     BALANCED_P,
@@ -87,29 +79,28 @@ from gpuale.runfolder import (
     CLUSTER_LABELS,
     Z_THRESHOLDED,
 )
+from gpuale.nullspecs import BALANCED_NULLS, CHUNK, BalancedNull, BalancedNullSpec
+from gpuale.problem import Problem
+from gpuale.rng import (
+    STREAM_BALANCED_OBSERVED,
+    STREAM_PROBABILISTIC_RELOCATE,
+    STREAM_PROBABILISTIC_SCHEDULE,
+    STREAM_PROBABILISTIC_SUBSET,
+    subsample_members,
+)
 from gpuale.stats import analytic_null, p_to_z
 
 __all__ = [
-    "BALANCED_NULLS",
     "DEFAULT_BALANCED_NULL",
     "BalancedContrastResult",
-    "BalancedNull",
-    "BalancedNullPartial",
-    "BalancedNullSpec",
-    "balanced_null_chunk",
     "balanced_p",
-    "mean_balanced_difference",
-    "mean_no_activation",
     "probabilistic_map",
     "resolve_target_n",
     "run_balanced_contrast",
-    "save_balanced_contrast",
     "smallest_p",
     "subset_schedule",
 ]
 
-#: The nulls of a balanced contrast (see the module docstring).
-BALANCED_NULLS = ("label-permutation", "random-foci")
 #: gpuale's default null: label permutation (NiMARE's is random-foci; see the module
 #: docstring for why).
 DEFAULT_BALANCED_NULL = "label-permutation"
@@ -122,15 +113,8 @@ DEFAULT_VOXEL_THRESH = 0.001
 DEFAULT_ALPHA = 0.05
 #: Grey-matter probability above which a voxel is in the "gm" prior (NiMARE's 0.1).
 GM_THRESHOLD = 0.1
-#: Subsample draws per matrix product: bounds memory at DRAW_BLOCK x voxels.
-DRAW_BLOCK = 64
 #: NiMARE enumerates every subset when there are at most this many.
 EXHAUSTIVE_LIMIT = 10000
-#: Null iterations per chunk: each is ``difference_iterations`` subsample pairs.
-CHUNK = 4
-
-LogMapsOf = Callable[[Problem], tuple[np.ndarray, np.ndarray]]
-
 
 def resolve_target_n(n_a: int, n_b: int, target_n: int | None) -> int:
     """The subsample size: ``target_n``, by default the smaller group's size (NiMARE)."""
@@ -190,74 +174,6 @@ def _shipped_gm_prior(grid: Grid) -> np.ndarray | None:
     return np.asarray(prior).reshape(-1)[grid.in_mask_flat] != 0
 
 
-# --- The statistic -------------------------------------------------------------------------
-
-
-def mean_no_activation(xp, log_maps, members: np.ndarray):
-    """Mean over draws of ``prod_{e in draw} (1 - MA_e)`` per column, in blocks of draws.
-
-    A subsample's log-sum is a 0/1 row times the log maps, so a block of
-    :data:`DRAW_BLOCK` draws is one matrix product (BLAS; cuBLAS on a GPU).
-
-    Parameters
-    ----------
-    xp : module
-        numpy or cupy: where the products run.
-    log_maps : array of float64, shape (n_experiments, n_columns)
-        ``log1p(-MA)`` of a group's experiments, on ``xp``'s device.
-    members : ndarray of bool, shape (n_draws, n_experiments)
-        Each draw's subsample.
-    """
-    n_draws = members.shape[0]
-    total = xp.zeros(log_maps.shape[1], dtype=xp.float64)
-    for start in range(0, n_draws, DRAW_BLOCK):
-        block = xp.asarray(members[start:start + DRAW_BLOCK], dtype=xp.float64)
-        total += xp.exp(block @ log_maps).sum(axis=0)
-    return total / n_draws
-
-
-MeanOf = Callable[..., np.ndarray]
-
-
-def mean_balanced_difference(xp, log_a, log_b, members_a: np.ndarray,
-                             members_b: np.ndarray, mean_of: MeanOf = mean_no_activation):
-    """Mean over draws of ALE(subsample of A) - ALE(subsample of B), per column.
-
-    ``ALE_A - ALE_B = prod_B (1 - MA) - prod_A (1 - MA)``, so the difference of the
-    groups' mean products (``mean_of``: :func:`mean_no_activation`, or an engine's
-    compiled equal). A group whose every draw is the whole group (target n = its size)
-    needs one product.
-
-    Parameters
-    ----------
-    xp : module
-        numpy or cupy: where the products run.
-    log_a, log_b : arrays of float64, shape (n_a, n_columns), (n_b, n_columns)
-        ``log1p(-MA)`` of each group's experiments, on ``xp``'s device.
-    members_a, members_b : ndarray of bool, shape (n_draws, n_a), (n_draws, n_b)
-        Draw ``d``'s subsamples.
-
-    Returns
-    -------
-    array of float64, shape (n_columns,)
-        On ``xp``'s device.
-    """
-    def group_mean(log_maps, members):
-        if members.all():
-            return xp.exp(log_maps.sum(axis=0))
-        return mean_of(xp, log_maps, members)
-
-    return group_mean(log_b, members_b) - group_mean(log_a, members_a)
-
-
-def _draws(seed: int, n_a: int, n_b: int, target_n: int, iteration: int, stream: int,
-           n_draws: int) -> tuple[np.ndarray, np.ndarray]:
-    """Subsamples of ``target_n`` from each group (experiments numbered A first)."""
-    draws = np.arange(n_draws)
-    return (subsample_members(seed, n_a, target_n, iteration, stream, draws),
-            subsample_members(seed, n_b, target_n, iteration, stream, draws, offset=n_a))
-
-
 def balanced_p(observed: np.ndarray, min_null: np.ndarray, max_null: np.ndarray,
                alpha: float) -> tuple[np.ndarray, np.ndarray, float, float]:
     """One-tailed p and signed z of the mean balanced difference, as NiMARE.
@@ -301,153 +217,6 @@ def smallest_p(n_iters: int, alpha: float = DEFAULT_ALPHA) -> float:
         raise ValueError(f"n_iters must be at least 1, got {n_iters}")
     p, _, _, _ = balanced_p(np.ones(1), np.zeros(n_iters), np.zeros(n_iters), alpha)
     return float(p[0])
-
-
-# --- The null ------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class BalancedNullSpec:
-    """Null extrema of the mean balanced difference (picklable; engines dispatch on
-    ``kind``).
-
-    Parameters
-    ----------
-    null : {"label-permutation", "random-foci"}
-    n_a, n_b : int
-        Group sizes (pooled experiments are numbered A first).
-    target_n, difference_iterations : int
-    n_prior : int
-        Voxels of the prior: extrema count the 0 of every prior voxel no experiment
-        reaches.
-    log_maps : ndarray of float32, shape (n_a + n_b, n_columns), optional
-        Label permutation: ``log1p(-MA)`` of the pooled experiments at the prior voxels
-        some experiment reaches.
-    problem : Problem, optional
-        Random foci: the pooled experiments (their kernels and numbers of foci).
-    prior : ndarray of bool, optional
-        Random foci: in-mask vector of the prior.
-    sample_space : ndarray of int64, optional
-        Random foci: flat volume indices where a focus may be placed (the prior).
-    """
-
-    null: str
-    n_a: int
-    n_b: int
-    target_n: int
-    difference_iterations: int
-    n_prior: int
-    log_maps: np.ndarray | None = None
-    problem: Problem | None = None
-    prior: np.ndarray | None = None
-    sample_space: np.ndarray | None = None
-
-    kind = "balanced"
-    #: Iterations per chunk whichever engine runs it (each is ``difference_iterations``
-    #: subsample pairs): a scheduler keeps this size rather than the engine's.
-    chunk_iterations = CHUNK
-
-    def __post_init__(self) -> None:
-        if self.null not in BALANCED_NULLS:
-            raise ValueError(f"null must be one of {BALANCED_NULLS}, got {self.null!r}")
-        if not 0 < self.target_n <= min(self.n_a, self.n_b):
-            raise ValueError(f"target_n must lie in 1 .. {min(self.n_a, self.n_b)}")
-        if self.difference_iterations < 1:
-            raise ValueError("difference_iterations must be at least 1")
-        if self.null == "label-permutation" and (
-                self.log_maps is None or self.log_maps.shape[0] != self.n_a + self.n_b):
-            raise ValueError("a label-permutation null needs the pooled log maps")
-        if self.null == "random-foci" and (self.problem is None or self.prior is None
-                                           or self.sample_space is None
-                                           or self.sample_space.size == 0):
-            raise ValueError("a random-foci null needs the problem, prior and sample space")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class BalancedNull:
-    """Per null iteration, the smallest and largest mean balanced difference."""
-
-    min_null: np.ndarray
-    max_null: np.ndarray
-    seed: int
-
-    @property
-    def n_iters(self) -> int:
-        return int(self.max_null.size)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class BalancedNullPartial:
-    """Extrema of some iterations: ``chunks[first] = (min_null, max_null)``."""
-
-    chunks: dict[int, tuple[np.ndarray, np.ndarray]]
-
-    @property
-    def n_permutations(self) -> int:
-        return sum(part[0].size for part in self.chunks.values())
-
-    def merge(self, other: BalancedNullPartial) -> BalancedNullPartial:
-        overlap = self.chunks.keys() & other.chunks.keys()
-        if overlap:
-            raise ValueError(f"chunks starting at {sorted(overlap)} were merged twice")
-        return BalancedNullPartial({**self.chunks, **other.chunks})
-
-    def finish(self, spec: BalancedNullSpec, seed: int, n_iters: int) -> BalancedNull:
-        from gpuale.nulls import _join_chunks
-
-        min_null, max_null = _join_chunks(self.chunks, n_iters)
-        return BalancedNull(min_null, max_null, int(seed))
-
-
-def _relocated(problem: Problem, sample_space: np.ndarray, seed: int, iteration: int,
-               stream: int, last: int) -> Problem:
-    """The problem with every focus moved to a random voxel of the sample space."""
-    words = keyed_words(seed, problem.n_foci, iteration, stream, np.array([last]))[0]
-    flat = sample_space[uniform_below(words, sample_space.size)]
-    ijk = np.stack(np.unravel_index(flat, problem.grid.shape), axis=1).astype(np.int32)
-    return dataclasses.replace(problem, focus_ijk=ijk)
-
-
-def balanced_null_chunk(xp, spec: BalancedNullSpec, seed: int, first: int, count: int,
-                        log_maps_of: LogMapsOf,
-                        mean_of: MeanOf = mean_no_activation) -> BalancedNullPartial:
-    """Iterations ``first .. first + count - 1`` of a balanced null.
-
-    Parameters
-    ----------
-    xp : module
-        numpy or cupy: where the subsample products run.
-    log_maps_of : callable
-        The engine's ``experiment_log_maps`` (random foci: the relocated experiments'
-        maps).
-    mean_of : callable
-        A group's mean product over draws (:func:`mean_no_activation` or an engine's
-        compiled equal).
-    """
-    n_a, n_b = spec.n_a, spec.n_b
-    out = (np.empty(count), np.empty(count))
-    for b in range(count):
-        i = first + b
-        if spec.null == "label-permutation":
-            in_a = random_splits(seed, i, 1, n_a + n_b, n_a)[0]
-            order = np.concatenate([np.flatnonzero(in_a), np.flatnonzero(~in_a)])
-            log = spec.log_maps[order]
-        else:
-            moved = _relocated(spec.problem, spec.sample_space, seed, i,
-                               STREAM_BALANCED_RELOCATE, 0)
-            support, log = log_maps_of(moved)
-            log = log[:, spec.prior[support]]
-        log = xp.asarray(log, dtype=xp.float64)
-        members_a, members_b = _draws(seed, n_a, n_b, spec.target_n, i,
-                                      STREAM_BALANCED_NULL, spec.difference_iterations)
-        diff = mean_balanced_difference(xp, log[:n_a], log[n_a:], members_a, members_b,
-                                        mean_of)
-        low = float(diff.min()) if diff.size else 0.0
-        high = float(diff.max()) if diff.size else 0.0
-        if diff.size < spec.n_prior:  # prior voxels no experiment reaches: D = 0
-            low, high = min(low, 0.0), max(high, 0.0)
-        out[0][b], out[1][b] = low, high
-    return BalancedNullPartial({int(first): out})
 
 
 class _Chunked:
@@ -543,7 +312,7 @@ def probabilistic_map(engine, problem: Problem, prior: np.ndarray, target_n: int
 
     from scipy.stats import norm
 
-    from gpuale.nulls import default_workers
+    from gpuale._cores import default_workers
 
     grid = problem.grid
     n = problem.n_experiments
@@ -695,9 +464,9 @@ def run_balanced_contrast(
     min_volume_mm3, connectivity :
         Clusters of the reported map.
     """
-    from gpuale.contrast import pooled_log_maps
     from gpuale.engines import get_engine, resolve_device
     from gpuale.nulls import _merged_partial
+    from gpuale.pooling import pooled_log_maps
 
     if null not in BALANCED_NULLS:
         raise ValueError(f"null must be one of {BALANCED_NULLS}, got {null!r}")
@@ -788,78 +557,3 @@ def _host_mean_of(engine) -> MeanOf:
 # --- Output ---------------------------------------------------------------------------------
 
 
-#: clusters.tsv of a balanced contrast.
-BALANCED_CLUSTER_COLUMNS = (
-    "cluster", "peak", "direction", "size_voxels", "volume_mm3", "peak_x", "peak_y",
-    "peak_z", "peak_value", "peak_diff", "com_x", "com_y", "com_z",
-)
-
-
-def save_balanced_contrast(result: BalancedContrastResult, out_dir: str | Path, *,
-                           inputs_a: Sequence = (), inputs_b: Sequence = (),
-                           command: str | None = None, force: bool = False,
-                           extra: dict | None = None) -> Path:
-    """Write a balanced contrast: NiMARE's maps, the thresholded z, clusters.tsv,
-    nulls.npz (the extrema) and run.json (target n, draws, null)."""
-    from gpuale._files import atomic_output_dir, environment, write_json
-    from gpuale.output import _input_paths, groups_record, write_contrast_maps, write_table
-    from gpuale.runfolder import (
-        CLUSTERS_TSV,
-        N_CLUSTERS_KEY,
-        NULLS_NPZ,
-        OUTPUTS_KEY,
-        RUN_JSON,
-        record_header,
-    )
-
-    with atomic_output_dir(out_dir, force=force,
-                           inputs=_input_paths([*inputs_a, *inputs_b])) as tmp:
-        written = write_contrast_maps(result, tmp)
-        clusters = result.clusters()
-        # For people: 6 significant digits (the maps and run.json keep full precision).
-        write_table(tmp / CLUSTERS_TSV, peak_rows(clusters), BALANCED_CLUSTER_COLUMNS)
-        nulls = {"min_difference": result.null.min_null,
-                 "max_difference": result.null.max_null,
-                 "seed": np.array(result.null.seed, dtype=np.uint64)}
-        for name, prob in (("A", result.prob_a), ("B", result.prob_b)):
-            if prob is not None:
-                nulls[f"max_cluster_size_{name}"] = prob.null_max_cluster_size
-        np.savez_compressed(tmp / NULLS_NPZ, **nulls)
-        written += [CLUSTERS_TSV, NULLS_NPZ]
-        record = {
-            **record_header("contrast"),
-            "command": command,
-            "environment": environment(),
-            "mode": "balanced",
-            "groups": groups_record((("A", result.group_a, inputs_a, None),
-                                     ("B", result.group_b, inputs_b, None))),
-            "settings": {
-                "method": "balanced ALE subtraction (NiMARE BalancedALESubtraction)",
-                "target_n": result.target_n,
-                "difference_iterations": result.difference_iterations,
-                "iterations": result.null.n_iters,
-                "null": result.null_kind,
-                "n_subsamples": result.n_subsamples,
-                "mask_coverage": result.mask_coverage,
-                "voxel_thresh": result.voxel_thresh,
-                "alpha": result.alpha,
-                "low_threshold": result.low_threshold,
-                "high_threshold": result.high_threshold,
-                "cluster_threshold_A": None if result.prob_a is None
-                else result.prob_a.cluster_threshold,
-                "cluster_threshold_B": None if result.prob_b is None
-                else result.prob_b.cluster_threshold,
-                "seed": result.null.seed,
-                "smallest_p": 1.0 / result.null.n_iters,
-                "min_volume_mm3": result.min_volume_mm3,
-                "connectivity": result.connectivity,
-                "device": result.device,
-            },
-            N_CLUSTERS_KEY: len(clusters),
-            "timings_s": result.timings,
-            "warnings": result.warnings,
-            OUTPUTS_KEY: written + [RUN_JSON],
-            **(extra or {}),
-        }
-        write_json(tmp / RUN_JSON, record)
-    return Path(out_dir)

@@ -31,8 +31,9 @@ from rich.progress import (
 from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from gpuale import __version__
+from gpuale._cores import default_workers
 from gpuale._files import check_output_dir, claim_output_dir
+from gpuale._version import __version__
 from gpuale.analysis import (
     DEFAULT_ALPHA,
     DEFAULT_CLUSTER_FORMING_P,
@@ -40,11 +41,9 @@ from gpuale.analysis import (
     DEFAULT_SEED,
     run_ale,
 )
-from gpuale.conjunction import conjunction
 from gpuale.contrast import (
     DEFAULT_MIN_VOLUME_MM3,
     DEFAULT_P_THRESHOLD,
-    MainEffect,
     run_contrast,
     smallest_p,
 )
@@ -53,9 +52,9 @@ from gpuale.examples import EXAMPLES, example_path, resolve_input
 from gpuale.grid import load_grid
 from gpuale.inference import iterations_to_reach
 from gpuale.io import InputLayoutNote, load_dataset
-from gpuale.nulls import DaskScheduler, RunInterrupted, default_workers
+from gpuale.nulls import DaskScheduler, RunInterrupted
 from gpuale.output import save_ale, save_conjunction, save_contrast
-from gpuale.runfolder import INDEX_HTML, REPORT_HTML
+from gpuale.runfolder import INDEX_HTML, REPORT_HTML, conjunction, main_effect
 from gpuale.space import DEFAULT_TAL_TRANSFORM
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
 from gpuale.study import (
@@ -415,7 +414,7 @@ LOADING_NOTICE_BYTES = 4_000_000
 def _loading(paths: list[Path], quiet: bool):
     """A spinner with the elapsed time on stderr while large inputs load (a 50 MB Sleuth
     file takes seconds), or nothing (small inputs, -q, not a terminal)."""
-    from gpuale._files import input_size
+    from gpuale.io.files import input_size
 
     if quiet or sum(input_size(p) for p in paths) < LOADING_NOTICE_BYTES:
         yield None
@@ -926,7 +925,7 @@ def contrast(
         paths_b, dataset_b = _load([group_b], space, tal_transform, sample_size,
                                    allow_duplicates=allow_duplicates, quiet=quiet, **columns)
         grid = load_grid(mask)
-        effects = [MainEffect.from_run_dir(p, grid) if p else None for p in (main_a, main_b)]
+        effects = [main_effect(p, grid) if p else None for p in (main_a, main_b)]
         chosen = resolve_device(device)
         with _scheduler(scheduler, device) as cluster:
             if not quiet:
@@ -949,7 +948,7 @@ def contrast(
                 )
         save = save_contrast
         if mode is Mode.balanced:
-            from gpuale.balanced import save_balanced_contrast as save
+            from gpuale.output import save_balanced_contrast as save
         save(result, out, inputs_a=list(zip([group_a], paths_a)),
              inputs_b=list(zip([group_b], paths_b)), command=_command(), force=force)
         _write_report(out, report, quiet)
@@ -1140,7 +1139,8 @@ def jackknife_(
     experiment: survives or not, the smallest overlapping FWE p, NiMARE's jackknife
     contribution) and jackknife.json into RUN_DIR.
     """
-    from gpuale.jackknife import check_not_written, load_recorded_analysis, run_jackknife
+    from gpuale.output import check_not_written
+    from gpuale.rerun import load_recorded_analysis, run_jackknife
     from gpuale.runfolder import JACKKNIFE_JSON, JACKKNIFE_TSV
 
     with _user_errors(), claim_output_dir(run_dir):
@@ -1206,9 +1206,9 @@ def failsafe_(
         DEFAULT_MAXIMUM_PER_EXPERIMENT,
         DEFAULT_MINIMUM_PER_EXPERIMENT,
         max_evaluations,
-        run_failsafe,
     )
-    from gpuale.jackknife import check_not_written, load_recorded_analysis
+    from gpuale.output import check_not_written
+    from gpuale.rerun import load_recorded_analysis, run_failsafe
     from gpuale.runfolder import FAILSAFE_JSON, FAILSAFE_TSV
 
     with _user_errors(), claim_output_dir(run_dir):

@@ -833,7 +833,7 @@ def summary_lines(record: dict) -> list[str]:
 def _report_html(record: dict) -> str:
     """A report page of the comparison, built from the run reports' own page parts (no
     matplotlib needed: the page has tables and text only)."""
-    from gpuale import __version__
+    from gpuale._version import __version__
     from gpuale.report.html import (
         Page,
         Section,

@@ -6,7 +6,7 @@ z: positive where A > B, negative where B > A) give both directions: the minimum
 every input is positive, and apart from it the negative value nearest zero where every
 input is negative.
 
-What a conjunction takes (:func:`load_conjunction_input`):
+What a conjunction takes (:func:`gpuale.runfolder.load_conjunction_input`):
 
 - a gpuale run folder: its thresholded map (a global ALE's or a contrast's
   ``z_thresholded``, a conjunction's own map);
@@ -43,15 +43,13 @@ import nibabel as nib
 import numpy as np
 
 from gpuale.clusters import clusters_above, map_cluster_table
-from gpuale.grid import Grid, load_grid, read_volume, same_space
-from gpuale.runfolder import Z_THRESHOLDED, conjunction_map_path, map_file
+from gpuale.grid import Grid, load_grid, same_space
 
 __all__ = [
     "ConjunctionInput",
     "ConjunctionResult",
     "UnthresholdedMapError",
-    "conjunction",
-    "load_conjunction_input",
+    "combine",
     "unthresholded_reason",
 ]
 
@@ -93,51 +91,12 @@ class ConjunctionInput:
     thresholded: str = "as given"
 
 
-def _description(img: nib.Nifti1Image) -> str:
-    description = img.header.get("descrip", b"")
-    description = description.item() if hasattr(description, "item") else description
-    if isinstance(description, bytes):
-        description = description.decode("latin-1")
-    return description.strip("\x00 ")
-
-
 def _brain_share(data: np.ndarray, affine: np.ndarray) -> tuple[float, str, float]:
     """Share of the brain where a map is non-zero: (share, of what, the most allowed)."""
     grid = load_grid()
     if grid.holds(data.shape, affine):
         return float(np.mean(data[grid.mask] != 0)), "the MNI152 brain mask", MAX_BRAIN_SHARE
     return float(np.mean(data != 0)), "the field of view", MAX_FIELD_OF_VIEW_SHARE
-
-
-def _refuse_labels_and_p(file: Path, data: np.ndarray, affine: np.ndarray,
-                         statistic: str) -> None:
-    nonzero = data[data != 0]
-    distinct = np.unique(nonzero)
-    # gpuale's own maps are known by their description; others by their values: cluster
-    # numbers 1, 2, ..., k (k >= 2; a single cluster's map is a mask, and harmless).
-    unknown = statistic == "unknown"
-    numbered = distinct.size >= 2 and np.array_equal(distinct, np.arange(1, distinct.size + 1))
-    if statistic == "cluster_labels" or (unknown and numbered):
-        numbers = f" (clusters numbered {distinct[0]:g} to {distinct[-1]:g})" if numbered else ""
-        raise ValueError(
-            f"{str(file)!r} is a cluster label map{numbers}, not a statistic; give the "
-            f"thresholded statistic map ({map_file(Z_THRESHOLDED)}) or its run folder"
-        )
-    # Continuous values in [0, 1], mostly above 0.5, over much of the brain: a p map (a
-    # thresholded ALE map is valued in [0, 1] too, but small and in few voxels).
-    looks_like_p = (
-        unknown and distinct.size > 2 and distinct[0] >= 0 and distinct[-1] <= 1
-        and float(np.median(nonzero)) > 0.5
-    )
-    if looks_like_p:
-        share, _, most = _brain_share(data, affine)
-        looks_like_p = share > most
-    if statistic.startswith("p") or looks_like_p:
-        raise ValueError(
-            f"{str(file)!r} is a p map: its small values are the significant ones, so a "
-            "minimum would keep the least significant voxels; give the thresholded z map "
-            f"({map_file(Z_THRESHOLDED)}) or its run folder"
-        )
 
 
 def unthresholded_reason(data: np.ndarray, affine: np.ndarray, statistic: str) -> str | None:
@@ -169,60 +128,6 @@ def unthresholded_reason(data: np.ndarray, affine: np.ndarray, statistic: str) -
     return None
 
 
-def load_conjunction_input(path: str | Path, threshold: float | None = None) -> ConjunctionInput:
-    """A thresholded map, or the one a run folder contributes, checked for a conjunction.
-
-    That is a global ALE's or a contrast's thresholded z (``z_thresholded.nii.gz``), or a
-    conjunction's own map; or a map file that is thresholded (see the module docstring for
-    the rule). NaN values are read as 0.
-
-    Parameters
-    ----------
-    path : str or Path
-        A NIfTI map or a gpuale run folder.
-    threshold : float, optional
-        Keep only ``|value| >= threshold``; needed for an unthresholded map.
-
-    Raises
-    ------
-    ValueError
-        The path is neither a map nor a run folder; the map is a p map or a cluster label
-        map.
-    UnthresholdedMapError
-        The map is unthresholded and no threshold was given.
-    """
-    path = Path(path)
-    file = conjunction_map_path(path) if path.is_dir() else path
-    if not file.is_file():
-        wanted = file.name if path.is_dir() else map_file(Z_THRESHOLDED)
-        raise ValueError(
-            f"{str(path)!r} is neither a NIfTI map nor a gpuale run folder with {wanted}"
-        )
-    img, data = read_volume(file, "map")
-    data = np.nan_to_num(data.astype(np.float64), nan=0.0)
-    affine = np.asarray(img.affine)
-    description = _description(img)
-    statistic = (
-        description[len(DESCRIPTION_PREFIX) :] if description.startswith(DESCRIPTION_PREFIX)
-        else "unknown"
-    )
-    _refuse_labels_and_p(file, data, affine, statistic)
-    how = "as given"
-    if threshold is not None:
-        data = np.where(np.abs(data) >= threshold, data, 0.0)
-        how = f"|value| >= {threshold:g}"
-    else:
-        reason = unthresholded_reason(data, affine, statistic)
-        if reason:
-            raise UnthresholdedMapError(
-                f"{str(file)!r} looks unthresholded: {reason}. A conjunction takes maps "
-                "that are zero outside their clusters: give the analysis's run folder (its "
-                f"thresholded map), or {UnthresholdedMapError.hint}"
-            )
-    return ConjunctionInput(path=file, data=data, affine=affine, statistic=statistic,
-                            thresholded=how)
-
-
 def _base_statistic(statistic: str) -> str:
     """The statistic a map holds, whatever its thresholding (``z_thresholded`` -> ``z``)."""
     return statistic.split("_")[0]
@@ -248,43 +153,21 @@ class ConjunctionResult:
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-def conjunction(
-    paths: Sequence[str | Path],
+def combine(
+    inputs: Sequence[ConjunctionInput],
     *,
     min_volume_mm3: float = 0.0,
     connectivity: int = 6,
     threshold: float | None = None,
 ) -> ConjunctionResult:
-    """Minimum statistic over two or more thresholded maps on the same grid.
-
-    Where every input is positive the conjunction is their minimum; where every input is
-    negative (the B > A part of contrasts), their maximum, the negative value nearest
-    zero; elsewhere 0. The two directions are separate clusters.
-
-    Parameters
-    ----------
-    paths : sequence of str or Path
-        Thresholded maps or gpuale run folders (see :func:`load_conjunction_input`).
-    min_volume_mm3 : float
-        Smallest reported cluster.
-    connectivity : {6, 18, 26}
-    threshold : float, optional
-        Cut every input at ``|value| >= threshold`` first; needed for unthresholded maps.
+    """The minimum statistic of loaded inputs (:func:`gpuale.runfolder.conjunction` loads
+    them from maps or run folders and checks them; see it for the rules).
 
     Raises
     ------
     ValueError
-        Fewer than two inputs, inputs on different grids (never resampled), maps of
-        different statistics (as recorded in gpuale's NIfTI descriptions), a p map or a
-        label map, a threshold that is not positive.
-    UnthresholdedMapError
-        An unthresholded map without a threshold.
+        Inputs on different grids (never resampled) or of different statistics.
     """
-    if len(paths) < 2:
-        raise ValueError("a conjunction needs at least two maps or run folders")
-    if threshold is not None and not threshold > 0:
-        raise ValueError(f"threshold must be positive, got {threshold}")
-    inputs = [load_conjunction_input(p, threshold) for p in paths]
     first = inputs[0]
     for other in inputs[1:]:
         if not same_space(other.data.shape, other.affine, first.data.shape, first.affine):

@@ -2,7 +2,7 @@
 
 The observed statistic is ``ALE_A - ALE_B``. Its null comes from pooling the experiments
 and splitting them at random into groups of the original sizes
-(:class:`gpuale.nulls.ContrastNullSpec`, computed by an engine); this module turns the
+(:class:`gpuale.nullspecs.ContrastNullSpec`, computed by an engine); this module turns the
 null's exceedance counts into p and z (whole-brain as NiMARE's ``ALESubtraction``, or
 gated by the groups' significant main effects as GingerALE), thresholds them into
 clusters and holds the result.
@@ -10,7 +10,6 @@ clusters and holds the result.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import time
@@ -30,14 +29,9 @@ from gpuale.inference import (
     unreachable_threshold_message,
 )
 from gpuale.io.duplicates import experiment_key
-from gpuale.nulls import (
-    ContrastNull,
-    ContrastNullSpec,
-    Scheduler,
-    contrast_cluster_null,
-    run_null,
-)
-from gpuale.problem import Problem, compile_problem
+from gpuale.nulls import Scheduler, contrast_cluster_null, run_null
+from gpuale.nullspecs import ContrastNull, ContrastNullSpec
+from gpuale.pooling import _kept, pooled_log_maps
 from gpuale.stats import clip_permutation_p, fwe_p_values, p_to_z
 
 __all__ = [
@@ -198,24 +192,6 @@ class MainEffect:
     def from_result(cls, result) -> MainEffect:
         thresholded = result.maps()["z_thresholded"]
         return cls(z=result.z, significant=thresholded > 0, source="computed")
-
-    @classmethod
-    def from_run_dir(cls, path, grid: Grid) -> MainEffect:
-        """The z map, significant voxels and experiments of a finished ``gpuale global`` run.
-
-        Raises
-        ------
-        ValueError
-            ``path`` is not a finished global ALE run with Monte Carlo, or its maps are on
-            another grid.
-        """
-        from gpuale.runfolder import read_main_effect, read_run_experiments
-
-        # The run's kind first: a contrast folder would otherwise fail on a missing map.
-        experiments = read_run_experiments(path)
-        z, significant = read_main_effect(path, grid)
-        return cls(z=z, significant=significant, source=str(path),
-                   experiments=tuple(experiments))
 
 
 #: The end of a :class:`MainEffectMismatch` message, in Python words.
@@ -675,35 +651,3 @@ def run_contrast(
     )
 
 
-def pooled_log_maps(group_a: Dataset, group_b: Dataset, grid: Grid, fwhm_mm: float | None,
-                    engine, notes: list[str]) -> tuple[Problem, np.ndarray, np.ndarray]:
-    """Both groups as one problem (ids prefixed ``A:``/``B:``, so that a label in both
-    stays two experiments) and every experiment's log map on the voxels any reaches.
-
-    Returns
-    -------
-    problem : Problem
-    support : ndarray
-        In-mask voxels some experiment's kernel reaches.
-    log_maps : ndarray
-        ``log(1 - MA)`` of each experiment (rows: A's, then B's) on ``support``.
-    """
-    pooled = Dataset(
-        tuple(dataclasses.replace(e, id=f"A:{e.id}") for e in group_a)
-        + tuple(dataclasses.replace(e, id=f"B:{e.id}") for e in group_b)
-    )
-    with _kept(notes):
-        problem = compile_problem(pooled, grid, fwhm_mm=fwhm_mm)
-    support, log_maps = engine.experiment_log_maps(problem)
-    return problem, support, log_maps
-
-
-@contextlib.contextmanager
-def _kept(notes: list[str]):
-    """Pass on the warnings raised inside, and keep their messages in ``notes``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        warnings.warn(w.message, w.category, stacklevel=3)
-        notes.append(str(w.message))

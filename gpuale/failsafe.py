@@ -32,7 +32,6 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -41,17 +40,11 @@ from gpuale.engines import resolve_device
 from gpuale.grid import Grid
 from gpuale.jackknife import (
     ALESettings,
-    RecordedAnalysis,
     RerunWarnings,
-    check_not_written,
     cluster_survival,
-    derived_record,
-    load_recorded_analysis,
-    write_derived,
 )
 from gpuale.nulls import Scheduler
 from gpuale.rng import STREAM_FAILSAFE_NULL_STUDIES, philox4x32, uniform_below
-from gpuale.runfolder import FAILSAFE_JSON, FAILSAFE_TSV
 
 __all__ = [
     "DEFAULT_MAXIMUM_PER_EXPERIMENT",
@@ -62,7 +55,6 @@ __all__ = [
     "failsafe_n",
     "max_evaluations",
     "null_studies",
-    "run_failsafe",
 ]
 
 #: Default probes, per experiment of the meta-analysis: the minimum (k null studies, as
@@ -288,51 +280,3 @@ def _monotonicity_warnings(cluster: int, cache: dict[int, dict[int, dict]]) -> l
             "the lowest crossing found, and more iterations make it steadier"]
 
 
-def run_failsafe(
-    run_dir: str | Path,
-    *,
-    minimum: int | None = None,
-    maximum: int | None = None,
-    seed: int | None = None,
-    device: str = "cpu",
-    n_workers: int | None = None,
-    force: bool = False,
-    progress: Callable[[int], None] | None = None,
-    scheduler: Scheduler | None = None,
-    command: str | None = None,
-    grid: Grid | None = None,
-    analysis: RecordedAnalysis | None = None,
-) -> FailsafeResult:
-    """Fail-safe N of a finished ``gpuale global`` run, written into its folder.
-
-    Writes ``failsafe.tsv`` (see :func:`failsafe_n`) and ``failsafe.json`` (the method,
-    settings, the minimum, maximum and seed, every evaluated number of null studies, the
-    null studies used, timings and warnings); the run's own files are left as they are.
-    ``analysis``: the folder already read, so that its inputs are not read twice.
-
-    Raises
-    ------
-    ValueError
-        The folder already holds a fail-safe N and ``force`` is not set (checked before
-        any work), or :func:`gpuale.jackknife.load_recorded_analysis` refuses the folder.
-    """
-    check_not_written(run_dir, (FAILSAFE_TSV, FAILSAFE_JSON), force=force)
-    analysis = analysis or load_recorded_analysis(run_dir, grid=grid)
-    k = len(analysis.dataset)
-    minimum = DEFAULT_MINIMUM_PER_EXPERIMENT * k if minimum is None else minimum
-    maximum = DEFAULT_MAXIMUM_PER_EXPERIMENT * k if maximum is None else maximum
-    seed = analysis.settings.seed if seed is None else seed
-    device = resolve_device(device)
-    result = failsafe_n(analysis.dataset, analysis.grid, analysis.labels, analysis.settings,
-                        minimum=minimum, maximum=maximum, seed=seed, device=device,
-                        n_workers=n_workers, progress=progress, scheduler=scheduler)
-    record = derived_record(analysis, FAILSAFE_METHOD, device, command, {
-        "minimum": minimum, "maximum": maximum, "null_seed": seed,
-        "assumption": "significance lost for good once lost (monotone in the number of "
-                      "null studies); see warnings where the evaluations contradict it",
-        "clusters": result.rows, "evaluations": result.evaluations,
-        "null_studies": result.null_studies, "timings_s": result.timings,
-        "warnings": result.warnings})
-    write_derived(run_dir, {FAILSAFE_TSV: (result.rows, FAILSAFE_COLUMNS)}, FAILSAFE_JSON,
-                  record)
-    return result

@@ -2,7 +2,7 @@
 
 The nulls themselves (each permutation relocates every focus to a random in-mask voxel,
 Eickhoff et al. 2012, and keeps the largest ALE, the largest cluster above the
-cluster-forming threshold and the largest cluster mass) come from :mod:`gpuale.nulls`.
+cluster-forming threshold and the largest cluster mass) come from :mod:`gpuale.nullspecs`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 
 from gpuale.clusters import label_clusters
 from gpuale.grid import Grid
-from gpuale.nulls import MonteCarloNull
+from gpuale.nullspecs import MonteCarloNull
 from gpuale.stats import fwe_p_values, p_to_z
 
 __all__ = [

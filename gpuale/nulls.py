@@ -1,25 +1,11 @@
-"""Permutation nulls: what to collect (specs), partial results, and who runs the chunks.
+"""Running permutation nulls: chunking, schedulers, and the multi-pass contrast null.
 
-A null is described by a picklable *spec*: the data an engine needs and the statistics to
-collect. An engine turns ``(spec, seed, first, count)`` into a *partial* result for
-permutations ``first .. first + count - 1``; partials ``merge()`` in any order and
-grouping, and ``finish()`` into the null. A permutation's random draws depend only on
-(seed, permutation, focus or experiment), so every engine, chunk size and worker split
-gives the same null, and a *scheduler* may hand the chunks out however it likes: one
-after the other, to threads, to processes, or to a Dask cluster (:class:`DaskScheduler`).
-
-Two nulls exist:
-
-``GlobalNullSpec``
-    foci relocated at random in the mask (Eickhoff et al. 2012); per permutation the
-    largest ALE, the largest cluster above the cluster-forming threshold and the largest
-    cluster mass, and on request the largest TFCE (:mod:`gpuale.tfce`).
-``ContrastNullSpec``
-    pooled experiments split at random into groups of the observed sizes (Eickhoff et
-    al. 2011); per voxel how often the permuted ALE_A - ALE_B reaches the observed one
-    (both ways), and per permutation the largest |ALE_A - ALE_B|; on request a histogram
-    of every permuted |ALE_A - ALE_B| and the largest cluster size and mass above a
-    cluster-forming |ALE_A - ALE_B|.
+The specs and partials an engine computes are :mod:`gpuale.nullspecs`. A permutation's
+random draws depend only on (seed, permutation, focus or experiment), so every engine,
+chunk size and worker split gives the same null, and a *scheduler* may hand the chunks
+out however it likes: one after the other, to threads, to processes, or to a Dask
+cluster (:class:`DaskScheduler`). :func:`run_null` chunks a range of permutations, hands
+the chunks to a scheduler and merges the partials.
 
 NiMARE's cluster-level FWE of a contrast (``ALESubtraction(vfwe_only=False)``) forms
 clusters at a quantile of all permuted |differences| pooled over voxels and permutations,
@@ -37,7 +23,6 @@ import contextlib
 import copy
 import dataclasses
 import itertools
-import math
 import multiprocessing
 import os
 import signal
@@ -48,25 +33,30 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from gpuale.clusters import CONNECTIVITY_RANK
+from gpuale._cores import default_workers
+from gpuale.nullspecs import (
+    ABS_DIFFERENCE_HISTOGRAM,
+    CONTRAST_CLUSTER_STATISTICS,
+    CONTRAST_STATISTICS,
+    ContrastNull,
+    ContrastNullPartial,
+    ContrastNullSpec,
+    GlobalNullSpec,
+    MonteCarloNull,
+    NullSpec,
+    Partial,
+    _float32_of_bits,
+    _join_chunks,
+    pooled_quantile,
+    quantile_bin,
+)
 from gpuale.problem import Problem
 
 if TYPE_CHECKING:
     from gpuale.engines import Engine
 
 __all__ = [
-    "ABS_DIFFERENCE_HISTOGRAM",
-    "CONTRAST_CLUSTER_STATISTICS",
-    "CONTRAST_STATISTICS",
-    "GLOBAL_STATISTICS",
-    "TFCE_STATISTIC",
-    "ContrastNull",
-    "ContrastNullPartial",
-    "ContrastNullSpec",
     "DaskScheduler",
-    "GlobalNullPartial",
-    "GlobalNullSpec",
-    "MonteCarloNull",
     "ProcessScheduler",
     "RunInterrupted",
     "SchedulerUnavailable",
@@ -75,40 +65,15 @@ __all__ = [
     "contrast_cluster_null",
     "contrast_null",
     "default_scheduler",
-    "default_workers",
     "monte_carlo_null",
-    "pooled_quantile",
     "run_null",
 ]
 
-#: Per-permutation maxima a global null collects.
-GLOBAL_STATISTICS = ("max_ale", "max_cluster_size", "max_cluster_mass")
-#: On request (``GlobalNullSpec.tfce_z``), also each permutation's largest TFCE
-#: (:mod:`gpuale.tfce`, Frahm et al. 2022), gathered in the same pass.
-TFCE_STATISTIC = "max_tfce"
-#: What a contrast null collects: per-voxel exceedance counts and the per-permutation
-#: largest |ALE_A - ALE_B|.
-CONTRAST_STATISTICS = ("exceedance", "max_abs_difference")
-#: A histogram of every permuted float32 |ALE_A - ALE_B| (see ``ContrastNullSpec``).
-ABS_DIFFERENCE_HISTOGRAM = "abs_difference_histogram"
-#: Per permutation, the largest cluster size and mass above the cluster-forming
-#: |ALE_A - ALE_B| (NiMARE's cluster-level FWE of ``ALESubtraction``).
-CONTRAST_CLUSTER_STATISTICS = ("max_cluster_size", "max_cluster_mass")
-#: Everything a contrast null can collect; ``max_abs_difference`` is always among them.
-CONTRAST_ALL_STATISTICS = (
-    CONTRAST_STATISTICS + (ABS_DIFFERENCE_HISTOGRAM,) + CONTRAST_CLUSTER_STATISTICS
-)
-#: Bins of an |ALE_A - ALE_B| histogram: half of a float32's 32 bits. A non-negative
-#: float32's bit pattern rises with its value, so its high half (sign, exponent and 7
-#: mantissa bits) bins it coarsely and, within one coarse bin, its low half exactly.
-HISTOGRAM_BINS = 1 << 16
 #: Permutations of the pilot that places the first histogram pass's floor
 #: (:func:`contrast_cluster_null`).
 PILOT_PERMUTATIONS = 16
 #: The floor lies this many times below the pilot's estimate of the quantile.
 FLOOR_FACTOR = 2.0
-#: Split schemes of a contrast null: uniformly random splits into the observed group sizes.
-SPLIT_SCHEMES = ("random",)
 
 ProgressCallback = Callable[[int], None]
 
@@ -117,391 +82,9 @@ class RunInterrupted(RuntimeError):
     """The user stopped the permutations (Ctrl-C); nothing was written."""
 
 
-def default_workers() -> int:
-    """Every core this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-# --- Specs ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class GlobalNullSpec:
-    """Monte Carlo null of a global ALE: foci relocated uniformly in the mask.
-
-    Parameters
-    ----------
-    problem : Problem
-    threshold : float
-        Cluster-forming ALE threshold (ALE > threshold forms clusters).
-    connectivity : {6, 18, 26}
-    statistics : tuple of str
-        What to collect: ``GLOBAL_STATISTICS``, and ``TFCE_STATISTIC`` with ``tfce_z``.
-    tfce_z : gpuale.tfce.ZTable, optional
-        The z of each ALE value (the observed data's analytic null, the same for every
-        permutation) that TFCE is computed on; given, each permutation's largest TFCE is
-        collected too (6-connectivity whatever ``connectivity`` is, as JALE).
-    """
-
-    problem: Problem
-    threshold: float
-    connectivity: int = 6
-    statistics: tuple[str, ...] = GLOBAL_STATISTICS
-    tfce_z: object | None = None
-
-    kind = "global"
-
-    def __post_init__(self) -> None:
-        if self.connectivity not in CONNECTIVITY_RANK:
-            raise ValueError(
-                f"connectivity must be one of 6, 18, 26; got {self.connectivity!r}"
-            )
-        if not np.isfinite(self.threshold):
-            raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
-        if self.tfce_z is not None and TFCE_STATISTIC not in self.statistics:
-            object.__setattr__(self, "statistics", tuple(self.statistics) + (TFCE_STATISTIC,))
-        unknown = set(self.statistics) - set(GLOBAL_STATISTICS + (TFCE_STATISTIC,))
-        if unknown:
-            raise ValueError(
-                f"unknown statistic(s) {sorted(unknown)}; a global null collects "
-                f"{GLOBAL_STATISTICS} and, with tfce_z, {TFCE_STATISTIC!r}"
-            )
-        if TFCE_STATISTIC in self.statistics and self.tfce_z is None:
-            raise ValueError(f"{TFCE_STATISTIC!r} needs tfce_z, the z of each ALE value")
-
-    @property
-    def tfce(self) -> bool:
-        """Whether each permutation's largest TFCE is collected."""
-        return self.tfce_z is not None
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ContrastNullSpec:
-    """Permutation null of ALE_A - ALE_B: pooled experiments split at random.
-
-    Parameters
-    ----------
-    log_maps : ndarray of float32, shape (n_experiments, n_voxels)
-        ``log1p(-MA)`` of every pooled experiment, group A's rows first.
-    n_a : int
-        Size of group A.
-    split : str
-        Split scheme (see ``SPLIT_SCHEMES``).
-    statistics : tuple of str
-        What to collect, among ``CONTRAST_ALL_STATISTICS``; always
-        ``max_abs_difference`` (every chunk holds it, so a pass's permutations can be
-        checked against another's). ``exceedance``: per voxel, the permutations whose
-        difference is >= / <= the observed one. ``abs_difference_histogram``: counts of
-        every permuted float32 |ALE_A - ALE_B| of the columns by the high half of its bits
-        (``histogram_bin`` None; those whose high half is below ``histogram_floor`` all
-        in bin 0), or by the low half among those whose high half is ``histogram_bin``,
-        with the smallest value above that bin. ``max_cluster_size``
-        and ``max_cluster_mass`` (together): per permutation the largest cluster of
-        voxels with |ALE_A - ALE_B| > ``cluster_forming_abs_difference``, positive and
-        negative differences labelled apart (NiMARE's ``_calculate_cluster_measures``,
-        ``tail="two"``); mass sums |ALE_A - ALE_B| - threshold over a cluster.
-    voxel_flat : ndarray of int64, optional
-        Flat index in the volume ``shape`` of each column, ascending (the columns'
-        places, for labelling clusters).
-    shape : tuple of int, optional
-        The volume (needed with ``voxel_flat``).
-    connectivity : {6, 18, 26}
-        Neighbourhood of the clusters (NiMARE: 6, faces).
-    histogram_bin : int, optional
-        See ``statistics``.
-    histogram_floor : int
-        See ``statistics``: the coarse bins below it are lumped into bin 0, so that an
-        engine may skip the voxels whose differences can only fall there.
-    cluster_forming_abs_difference : float, optional
-        See ``statistics``; a float32 value, as the permuted differences are.
-    """
-
-    log_maps: np.ndarray
-    n_a: int
-    split: str = "random"
-    statistics: tuple[str, ...] = CONTRAST_STATISTICS
-    voxel_flat: np.ndarray | None = None
-    shape: tuple[int, int, int] | None = None
-    connectivity: int = 6
-    histogram_bin: int | None = None
-    histogram_floor: int = 0
-    cluster_forming_abs_difference: float | None = None
-
-    kind = "contrast"
-
-    def __post_init__(self) -> None:
-        n_total = self.log_maps.shape[0]
-        if not 0 < self.n_a < n_total:
-            raise ValueError(
-                f"both groups need experiments: group A has {self.n_a} of {n_total}"
-            )
-        if self.split not in SPLIT_SCHEMES:
-            raise ValueError(f"split must be one of {SPLIT_SCHEMES}, got {self.split!r}")
-        statistics = tuple(self.statistics)
-        unknown = set(statistics) - set(CONTRAST_ALL_STATISTICS)
-        if unknown or len(set(statistics)) != len(statistics):
-            raise ValueError(
-                f"unknown or repeated statistic(s) in {statistics}; a contrast null collects "
-                f"some of {CONTRAST_ALL_STATISTICS}"
-            )
-        if "max_abs_difference" not in statistics:
-            raise ValueError("a contrast null always collects max_abs_difference")
-        if self.connectivity not in CONNECTIVITY_RANK:
-            raise ValueError(
-                f"connectivity must be one of 6, 18, 26; got {self.connectivity!r}"
-            )
-        if self.histogram_bin is not None and not (
-            ABS_DIFFERENCE_HISTOGRAM in statistics and 0 <= self.histogram_bin < HISTOGRAM_BINS
-        ):
-            raise ValueError(
-                f"histogram_bin ({self.histogram_bin!r}) needs {ABS_DIFFERENCE_HISTOGRAM!r} "
-                f"and lies in 0 .. {HISTOGRAM_BINS - 1}"
-            )
-        if self.histogram_floor and not (
-            ABS_DIFFERENCE_HISTOGRAM in statistics and self.histogram_bin is None
-            and 0 < self.histogram_floor < HISTOGRAM_BINS
-        ):
-            raise ValueError(
-                f"histogram_floor ({self.histogram_floor!r}) is for a coarse "
-                f"{ABS_DIFFERENCE_HISTOGRAM!r} (no histogram_bin) and lies in 0 .. "
-                f"{HISTOGRAM_BINS - 1}"
-            )
-        clusters = [s for s in CONTRAST_CLUSTER_STATISTICS if s in statistics]
-        if clusters and len(clusters) != len(CONTRAST_CLUSTER_STATISTICS):
-            raise ValueError(f"{CONTRAST_CLUSTER_STATISTICS} are collected together")
-        if clusters:
-            threshold = self.cluster_forming_abs_difference
-            if threshold is None or not (np.isfinite(threshold) and threshold >= 0):
-                raise ValueError(
-                    "cluster statistics need a finite cluster_forming_abs_difference >= 0, "
-                    f"got {threshold!r}"
-                )
-            # As Python floats: numpy would compare a Python float with float32 in float32.
-            if float(np.float32(threshold)) != float(threshold):
-                raise ValueError(f"the cluster-forming |difference| {threshold!r} is not a "
-                                 "float32 value, as the permuted differences are")
-            if self.voxel_flat is None or self.shape is None:
-                raise ValueError("cluster statistics need the voxels' places (voxel_flat, "
-                                 "shape)")
-            if self.voxel_flat.shape != (self.n_voxels,):
-                raise ValueError(f"voxel_flat has shape {self.voxel_flat.shape}, expected "
-                                 f"({self.n_voxels},)")
-            if self.n_voxels and (np.any(np.diff(self.voxel_flat) <= 0)
-                                  or self.voxel_flat[0] < 0
-                                  or self.voxel_flat[-1] >= int(np.prod(self.shape))):
-                raise ValueError("voxel_flat must rise strictly and lie in the volume")
-
-    @property
-    def n_total(self) -> int:
-        return int(self.log_maps.shape[0])
-
-    @property
-    def n_voxels(self) -> int:
-        return int(self.log_maps.shape[1])
-
-    @property
-    def per_permutation(self) -> tuple[str, ...]:
-        """The per-permutation statistics of a chunk, in the order its arrays come."""
-        return ("max_abs_difference",) + tuple(
-            s for s in CONTRAST_CLUSTER_STATISTICS if s in self.statistics
-        )
-
-    def same_data(self, other: ContrastNullSpec) -> bool:
-        """Whether ``other`` holds the same log maps and groups (engines keep their
-        prepared tables across the passes of :func:`contrast_cluster_null`)."""
-        return other.log_maps is self.log_maps and other.n_a == self.n_a
-
-
-NullSpec = GlobalNullSpec | ContrastNullSpec
-
-
-# --- Partial results ------------------------------------------------------------------------
-
-
-def _join_chunks(chunks: dict[int, tuple[np.ndarray, ...]], n_iters: int) -> list[np.ndarray]:
-    """Per-permutation arrays of chunks keyed by their first permutation, in order."""
-    firsts = sorted(chunks)
-    parts = [chunks[first] for first in firsts]
-    covered = 0
-    for first, part in zip(firsts, parts):
-        if first != covered:
-            raise ValueError(f"permutations {covered}..{first - 1} are missing from the null")
-        covered += part[0].size
-    if covered != n_iters:
-        raise ValueError(f"the null holds {covered} permutations, expected {n_iters}")
-    return [np.concatenate(column) for column in zip(*parts)]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class GlobalNullPartial:
-    """Maxima of some permutations: ``chunks[first] = (max_ale, max_size, max_mass)``,
-    and ``max_tfce`` after them where the spec collects it."""
-
-    chunks: dict[int, tuple[np.ndarray, ...]]
-
-    @classmethod
-    def of(cls, first: int, max_ale, max_size, max_mass,
-           max_tfce=None) -> GlobalNullPartial:
-        columns = (np.asarray(max_ale, dtype=np.float64), np.asarray(max_size, dtype=np.int64),
-                   np.asarray(max_mass, dtype=np.float64))
-        if max_tfce is not None:
-            columns += (np.asarray(max_tfce, dtype=np.float64),)
-        return cls({int(first): columns})
-
-    @property
-    def n_permutations(self) -> int:
-        return sum(part[0].size for part in self.chunks.values())
-
-    def merge(self, other: GlobalNullPartial) -> GlobalNullPartial:
-        overlap = self.chunks.keys() & other.chunks.keys()
-        if overlap:
-            raise ValueError(f"chunks starting at {sorted(overlap)} were merged twice")
-        return GlobalNullPartial({**self.chunks, **other.chunks})
-
-    def finish(self, spec: GlobalNullSpec, seed: int, n_iters: int) -> MonteCarloNull:
-        n_columns = len(GLOBAL_STATISTICS) + bool(spec.tfce)
-        if any(len(part) != n_columns for part in self.chunks.values()):
-            raise ValueError(f"every chunk of this null holds {n_columns} statistics")
-        max_ale, max_size, max_mass, *tfce = _join_chunks(self.chunks, n_iters)
-        return MonteCarloNull(max_ale, max_size, max_mass, int(seed), float(spec.threshold),
-                              int(spec.connectivity), max_tfce=tfce[0] if tfce else None)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ContrastNullPartial:
-    """What a contrast null collects over some permutations.
-
-    ``upper``, ``lower``: exceedance counts per voxel (None unless collected);
-    ``chunks[first]``: the per-permutation arrays of ``spec.per_permutation`` (largest
-    |difference|, then the largest cluster size and mass when collected); ``histogram``
-    (int64, ``HISTOGRAM_BINS``) and ``above`` (the smallest |difference| above
-    ``spec.histogram_bin``, inf if none) of ``abs_difference_histogram``.
-    """
-
-    upper: np.ndarray | None
-    lower: np.ndarray | None
-    chunks: dict[int, tuple[np.ndarray, ...]]
-    histogram: np.ndarray | None = None
-    above: float = float("inf")
-
-    @property
-    def n_permutations(self) -> int:
-        return sum(part[0].size for part in self.chunks.values())
-
-    def merge(self, other: ContrastNullPartial) -> ContrastNullPartial:
-        overlap = self.chunks.keys() & other.chunks.keys()
-        if overlap:
-            raise ValueError(f"chunks starting at {sorted(overlap)} were merged twice")
-
-        def add(a, b):
-            return None if a is None else a + b
-
-        return ContrastNullPartial(add(self.upper, other.upper), add(self.lower, other.lower),
-                                   {**self.chunks, **other.chunks},
-                                   add(self.histogram, other.histogram),
-                                   min(self.above, other.above))
-
-    def finish(self, spec: ContrastNullSpec, seed: int, n_iters: int,
-               diff: np.ndarray) -> ContrastNull:
-        columns = dict(zip(spec.per_permutation, _join_chunks(self.chunks, n_iters),
-                           strict=True))
-        clusters = {}
-        if "max_cluster_size" in columns:
-            clusters = {
-                "max_cluster_size": columns["max_cluster_size"],
-                "max_cluster_mass": columns["max_cluster_mass"],
-                "cluster_forming_abs_difference": float(spec.cluster_forming_abs_difference),
-                "connectivity": int(spec.connectivity),
-            }
-        return ContrastNull(diff=diff, upper=self.upper, lower=self.lower,
-                            max_abs=columns["max_abs_difference"], seed=int(seed), **clusters)
-
-
-def contrast_partial(first: int, results: dict) -> ContrastNullPartial:
-    """A chunk's partial from an engine's results: a dict of ``upper``, ``lower``,
-    ``max_abs``, ``histogram``, ``above``, ``max_size`` and ``max_mass`` (None where not
-    collected), as :func:`gpuale.engines._contrast_blocks.statistics_chunk` returns it."""
-    columns = [np.asarray(results["max_abs"], dtype=np.float64)]
-    if results.get("max_size") is not None:
-        columns += [np.asarray(results["max_size"], dtype=np.int64),
-                    np.asarray(results["max_mass"], dtype=np.float64)]
-    return ContrastNullPartial(results.get("upper"), results.get("lower"),
-                               {int(first): tuple(columns)}, results.get("histogram"),
-                               float(results.get("above", float("inf"))))
-
-
-# --- Finished nulls -------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class MonteCarloNull:
-    """Per-permutation maxima of a Monte Carlo run (``max_tfce``: None unless collected)."""
-
-    max_ale: np.ndarray
-    max_cluster_size: np.ndarray
-    max_cluster_mass: np.ndarray
-    seed: int
-    threshold: float
-    connectivity: int
-    max_tfce: np.ndarray | None = None
-
-    @property
-    def n_iters(self) -> int:
-        return int(self.max_ale.size)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ContrastNull:
-    """Exceedance counts of the permutation null of ALE_A - ALE_B.
-
-    Attributes
-    ----------
-    diff : ndarray (support voxels)
-        Observed ALE_A - ALE_B.
-    upper, lower : ndarray of int64 (support voxels)
-        Permutations with a difference >= / <= the observed one.
-    max_abs : ndarray of float64, shape (n_iters,)
-        Largest |difference| of each permutation (voxel-level FWE).
-    max_cluster_size, max_cluster_mass : ndarray, shape (n_iters,), optional
-        Largest cluster size (int64) and mass (float64) of each permutation above
-        ``cluster_forming_abs_difference`` (cluster-level FWE; None when not collected).
-    cluster_forming_abs_difference : float, optional
-        The (1 - ``voxel_thresh``) quantile of every permuted |difference| pooled over the
-        mask's voxels and the permutations (NiMARE's ``ss_thresh``).
-    voxel_thresh : float, optional
-        The quantile's tail, NiMARE's ``voxel_thresh``.
-    connectivity : int, optional
-        Neighbourhood of the clusters.
-    """
-
-    diff: np.ndarray
-    upper: np.ndarray
-    lower: np.ndarray
-    max_abs: np.ndarray
-    seed: int
-    max_cluster_size: np.ndarray | None = None
-    max_cluster_mass: np.ndarray | None = None
-    cluster_forming_abs_difference: float | None = None
-    voxel_thresh: float | None = None
-    connectivity: int | None = None
-
-    @property
-    def n_iters(self) -> int:
-        return int(self.max_abs.size)
-
-    @property
-    def has_clusters(self) -> bool:
-        """Whether the cluster-level FWE nulls were collected."""
-        return self.max_cluster_size is not None
-
-
 # --- Schedulers -----------------------------------------------------------------------------
 
 Chunk = tuple[int, int]
-Partial = GlobalNullPartial | ContrastNullPartial
 
 
 class Scheduler(Protocol):
@@ -771,7 +354,7 @@ def _dask_chunk(engine: Engine | _EngineOnWorker, spec: NullSpec, seed: int, fir
 
 def _gpuale_version() -> str:
     """The gpuale a worker imports (run there by :meth:`DaskScheduler.check_workers`)."""
-    from gpuale import __version__
+    from gpuale._version import __version__
 
     return __version__
 
@@ -944,7 +527,7 @@ class DaskScheduler:
 
     def check_workers(self) -> None:
         """Every worker imports the same gpuale as this process (else nulls could differ)."""
-        from gpuale import __version__
+        from gpuale._version import __version__
 
         client = self.client()
         if not client.nthreads():
@@ -1120,119 +703,6 @@ def _merged_partial(spec: NullSpec, engine: Engine, seed: int, n_iters: int,
 
 
 # --- Cluster-level FWE of a contrast --------------------------------------------------------
-
-
-def quantile_order_statistics(n_values: int, q: float) -> tuple[int, int, float]:
-    """numpy's default ("linear") ``quantile`` of n values as two order statistics.
-
-    Returns ``(previous, next, gamma)``: the quantile lies between the ``previous``-th and
-    the ``next``-th smallest value (0-based), a share ``gamma`` of the way; the same
-    index arithmetic as ``np.quantile(values, q)`` (NiMARE's ``np.quantile(np.abs(
-    iter_diff_values), 1 - voxel_thresh)``).
-    """
-    if n_values < 1:
-        raise ValueError("a quantile of no values")
-    # numpy: virtual index (n - 1) * q in float64, its floor and the fractional part;
-    # at or beyond the last value both neighbours are the last value.
-    virtual = float(n_values - 1) * float(q)
-    if virtual >= n_values - 1:
-        return n_values - 1, n_values - 1, virtual - math.floor(virtual)
-    if virtual < 0:
-        return 0, 0, virtual - math.floor(virtual)
-    previous = math.floor(virtual)
-    return previous, previous + 1, virtual - previous
-
-
-def interpolate_quantile(previous: float, next_: float, gamma: float) -> float:
-    """numpy's linear interpolation between two float32 order statistics, in float32.
-
-    As numpy's ``_lerp`` does it for a float32 array and a Python-float quantile (the
-    weight promoted weakly, so every step rounds to float32), from whichever end is
-    nearer.
-    """
-    a, b = np.float32(previous), np.float32(next_)
-    step = b - a
-    if gamma >= 0.5:
-        return float(b - step * (1 - gamma))
-    return float(a + step * gamma)
-
-
-def _bin_of_rank(histogram: np.ndarray, rank: int) -> tuple[int, int]:
-    """The bin holding the ``rank``-th smallest value (0-based), and its rank within."""
-    cumulative = np.cumsum(histogram)
-    b = int(np.searchsorted(cumulative, rank, side="right"))
-    if b >= histogram.size:
-        raise ValueError(f"the histogram holds {int(cumulative[-1])} values, not {rank + 1}")
-    return b, rank - (int(cumulative[b - 1]) if b else 0)
-
-
-def _float32_of_bits(bits: int) -> float:
-    return float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
-
-
-def pooled_quantile(coarse: np.ndarray, fine: np.ndarray, above: float, fine_bin: int,
-                    n_values: int, q: float) -> float:
-    """The quantile q of non-negative float32 values from their two histograms (exact).
-
-    Parameters
-    ----------
-    coarse : ndarray of int64, shape (HISTOGRAM_BINS,)
-        Counts by the high 16 bits of the values' bit patterns.
-    fine : ndarray of int64, shape (HISTOGRAM_BINS,)
-        Counts by the low 16 bits of the values in coarse bin ``fine_bin``.
-    above : float
-        The smallest value above coarse bin ``fine_bin``.
-    fine_bin : int
-        The coarse bin of the quantile's lower order statistic
-        (:func:`quantile_bin`).
-    n_values, q : int, float
-        As ``np.quantile(values, q)`` with ``values.size == n_values``.
-    """
-    previous, next_, gamma = quantile_order_statistics(n_values, q)
-    b, within = _bin_of_rank(coarse, previous)
-    if b != fine_bin:
-        raise ValueError(f"the fine histogram is of bin {fine_bin}, the quantile in bin {b}")
-    if int(fine.sum()) != int(coarse[b]):
-        raise ValueError(f"the two passes disagree: bin {b} holds {int(coarse[b])} values "
-                         f"in the first and {int(fine.sum())} in the second")
-    low, _ = _bin_of_rank(fine, within)
-    value_previous = _float32_of_bits((b << 16) | low)
-    if next_ == previous:
-        value_next = value_previous
-    elif within + 1 < int(coarse[b]):
-        value_next = _float32_of_bits((b << 16) | _bin_of_rank(fine, within + 1)[0])
-    else:  # the next value is the smallest of a higher coarse bin
-        value_next = float(above)
-    return interpolate_quantile(value_previous, value_next, gamma)
-
-
-def quantile_bin(coarse: np.ndarray, n_values: int, q: float) -> int:
-    """The coarse bin holding the quantile's lower order statistic."""
-    return _bin_of_rank(coarse, quantile_order_statistics(n_values, q)[0])[0]
-
-
-def abs_difference_histogram(xp, abs_diff, histogram_bin: int | None, floor: int = 0):
-    """One batch of an ``abs_difference_histogram``: ``(counts, smallest above)``.
-
-    ``abs_diff`` holds non-negative float32 values (any shape, an array of ``xp``);
-    ``counts`` (int64, ``HISTOGRAM_BINS``) bins them by the high half of their bits
-    (coarse bins below ``floor`` counted in bin 0), or, with ``histogram_bin``, those of
-    that coarse bin by the low half. Integer counts, so every engine and order gives the
-    same histogram.
-    """
-    bits = abs_diff.reshape(-1).view(xp.uint32)
-    high = bits >> 16
-    if histogram_bin is None:
-        high = high.astype(xp.int64)
-        if floor:
-            high[high < floor] = 0
-        counts = xp.bincount(high, minlength=HISTOGRAM_BINS)
-        return counts.astype(xp.int64), float("inf")
-    inside = high == histogram_bin
-    counts = xp.bincount((bits[inside] & 0xFFFF).astype(xp.int64), minlength=HISTOGRAM_BINS)
-    higher = abs_diff.reshape(-1)[high > histogram_bin]
-    above = float(higher.min()) if higher.size else float("inf")
-    return counts.astype(xp.int64), above
 
 
 def contrast_cluster_null(

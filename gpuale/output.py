@@ -7,16 +7,20 @@ reads these folders back.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gpuale._files import atomic_output_dir, environment, file_checksum, write_json, write_tsv
+from gpuale._files import atomic_output_dir, environment, write_json, write_tsv
 from gpuale.analysis import ALEResult
+from gpuale.balanced import BalancedContrastResult
 from gpuale.clusters import CONTRIBUTION_FIELDS, peak_rows
 from gpuale.contrast import smallest_p
 from gpuale.dataset import Dataset
+from gpuale.io.files import file_checksum
 from gpuale.runfolder import (
     CLUSTER_LABELS,
     CLUSTERS_TSV,
@@ -35,11 +39,20 @@ from gpuale.runfolder import (
     record_header,
 )
 
+if TYPE_CHECKING:
+    from gpuale.rerun import RecordedAnalysis
+
 __all__ = [
     "CLUSTER_COLUMNS",
     "CONTRIBUTION_COLUMNS",
+    "DerivedResultExists",
+    "check_not_written",
+    "derived_record",
+    "write_derived",
+    "BALANCED_CLUSTER_COLUMNS",
     "TABLE_DIGITS",
     "save_ale",
+    "save_balanced_contrast",
     "save_conjunction",
     "save_contrast",
     "table_value",
@@ -384,3 +397,129 @@ def save_conjunction(
             **(extra or {}),
         })
     return Path(out_dir)
+
+
+#: clusters.tsv of a balanced contrast.
+BALANCED_CLUSTER_COLUMNS = (
+    "cluster", "peak", "direction", "size_voxels", "volume_mm3", "peak_x", "peak_y",
+    "peak_z", "peak_value", "peak_diff", "com_x", "com_y", "com_z",
+)
+
+
+def save_balanced_contrast(result: BalancedContrastResult, out_dir: str | Path, *,
+                           inputs_a: Sequence = (), inputs_b: Sequence = (),
+                           command: str | None = None, force: bool = False,
+                           extra: dict | None = None) -> Path:
+    """Write a balanced contrast: NiMARE's maps, the thresholded z, clusters.tsv,
+    nulls.npz (the extrema) and run.json (target n, draws, null)."""
+    with atomic_output_dir(out_dir, force=force,
+                           inputs=_input_paths([*inputs_a, *inputs_b])) as tmp:
+        written = write_contrast_maps(result, tmp)
+        clusters = result.clusters()
+        # For people: 6 significant digits (the maps and run.json keep full precision).
+        write_table(tmp / CLUSTERS_TSV, peak_rows(clusters), BALANCED_CLUSTER_COLUMNS)
+        nulls = {"min_difference": result.null.min_null,
+                 "max_difference": result.null.max_null,
+                 "seed": np.array(result.null.seed, dtype=np.uint64)}
+        for name, prob in (("A", result.prob_a), ("B", result.prob_b)):
+            if prob is not None:
+                nulls[f"max_cluster_size_{name}"] = prob.null_max_cluster_size
+        np.savez_compressed(tmp / NULLS_NPZ, **nulls)
+        written += [CLUSTERS_TSV, NULLS_NPZ]
+        record = {
+            **record_header("contrast"),
+            "command": command,
+            "environment": environment(),
+            "mode": "balanced",
+            "groups": groups_record((("A", result.group_a, inputs_a, None),
+                                     ("B", result.group_b, inputs_b, None))),
+            "settings": {
+                "method": "balanced ALE subtraction (NiMARE BalancedALESubtraction)",
+                "target_n": result.target_n,
+                "difference_iterations": result.difference_iterations,
+                "iterations": result.null.n_iters,
+                "null": result.null_kind,
+                "n_subsamples": result.n_subsamples,
+                "mask_coverage": result.mask_coverage,
+                "voxel_thresh": result.voxel_thresh,
+                "alpha": result.alpha,
+                "low_threshold": result.low_threshold,
+                "high_threshold": result.high_threshold,
+                "cluster_threshold_A": None if result.prob_a is None
+                else result.prob_a.cluster_threshold,
+                "cluster_threshold_B": None if result.prob_b is None
+                else result.prob_b.cluster_threshold,
+                "seed": result.null.seed,
+                "smallest_p": 1.0 / result.null.n_iters,
+                "min_volume_mm3": result.min_volume_mm3,
+                "connectivity": result.connectivity,
+                "device": result.device,
+            },
+            N_CLUSTERS_KEY: len(clusters),
+            "timings_s": result.timings,
+            "warnings": result.warnings,
+            OUTPUTS_KEY: written + [RUN_JSON],
+            **(extra or {}),
+        }
+        write_json(tmp / RUN_JSON, record)
+    return Path(out_dir)
+
+
+class DerivedResultExists(ValueError):
+    """A run folder already holds the jackknife (or fail-safe N) about to be written."""
+
+    option = "derived_force"
+    hint = "pass force=True to replace them"
+
+
+def check_not_written(run_dir: str | Path, names: Sequence[str], *, force: bool) -> None:
+    """Refuse, before any work, to replace earlier derived results without ``force``."""
+    there = [name for name in names if (Path(run_dir) / name).exists()]
+    if there and not force:
+        raise DerivedResultExists(f"{Path(run_dir)} already holds {', '.join(there)}; "
+                                  f"{DerivedResultExists.hint}")
+
+
+def write_derived(run_dir: str | Path, tables: dict[str, tuple[list[dict], Sequence[str]]],
+                  json_name: str, record: dict) -> list[Path]:
+    """Write tables and their JSON record into a run folder, each file atomically.
+
+    Every file is first written to a hidden ``.NAME.tmp`` beside it and then renamed over
+    its name, tables first and the JSON record last (so a record means its tables are
+    complete). The run's own files are never touched. The tables are for people
+    (:func:`gpuale.output.write_table`: fractions to 6 significant digits); the JSON record
+    keeps full precision.
+    """
+    run_dir = Path(run_dir)
+    written = []
+    staged = []
+    try:
+        for name, (rows, columns) in tables.items():
+            tmp = run_dir / f".{name}.tmp"
+            write_table(tmp, rows, columns)
+            staged.append((tmp, run_dir / name))
+        tmp = run_dir / f".{json_name}.tmp"
+        write_json(tmp, record)
+        staged.append((tmp, run_dir / json_name))
+        for tmp, final in staged:
+            os.replace(tmp, final)
+            written.append(final)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return written
+
+
+def derived_record(analysis: RecordedAnalysis, method: str, device: str,
+                   command: str | None, extra: dict) -> dict:
+    """The common keys of jackknife.json and failsafe.json."""
+    return {
+        "method": method,
+        "run": str(analysis.run.path),
+        "command": command,
+        "environment": environment(),
+        "device": device,
+        "n_experiments": len(analysis.dataset),
+        "settings": analysis.settings.to_json(),
+        **extra,
+    }

@@ -29,12 +29,42 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
-from gpuale._files import file_checksum
+from gpuale.conjunction import (
+    DESCRIPTION_PREFIX,
+    ConjunctionInput,
+    ConjunctionResult,
+    UnthresholdedMapError,
+    _brain_share,
+    combine,
+    unthresholded_reason,
+)
+from gpuale.contrast import MainEffect
 from gpuale.grid import Grid, read_volume
+from gpuale.io.files import file_checksum
+
+# The map names readers ask for (gpuale.maps names them; this module makes them files).
+from gpuale.maps import (
+    BALANCED_CONJUNCTION,
+    BALANCED_LOGP,
+    BALANCED_P,
+    BALANCED_PROB,
+    BALANCED_STAT,
+    BALANCED_Z,
+    CLUSTER_LABELS,
+    CONJUNCTION_MAP,
+    TFCE_LOGP_FWE,
+    TFCE_MAP,
+    TFCE_THRESHOLDED,
+    TFCE_Z_FWE,
+    Z_THRESHOLDED,
+    Z,
+)
 
 __all__ = [
     "BALANCED_CONJUNCTION",
@@ -73,12 +103,15 @@ __all__ = [
     "NotARunFolder",
     "RunFolder",
     "cluster_count",
+    "conjunction",
     "conjunction_map_path",
     "finished_with",
     "input_name",
     "input_record",
     "is_cluster_row",
     "is_study_folder",
+    "load_conjunction_input",
+    "main_effect",
     "map_file",
     "open_run",
     "read_main_effect",
@@ -107,27 +140,6 @@ JACKKNIFE_JSON = "jackknife.json"
 FAILSAFE_TSV = "failsafe.tsv"
 FAILSAFE_JSON = "failsafe.json"
 DERIVED_FILES = frozenset({JACKKNIFE_TSV, JACKKNIFE_JSON, FAILSAFE_TSV, FAILSAFE_JSON})
-
-#: Map names (``map_file`` gives their files) that readers ask for by name.
-Z = "z"
-Z_THRESHOLDED = "z_thresholded"
-CLUSTER_LABELS = "cluster_labels"
-#: TFCE of a global ALE (``--tfce``): the TFCE map, its voxel-level FWE as -log10 p and z
-#: (NiMARE's naming), and the map where that p < alpha.
-TFCE_MAP = "tfce"
-TFCE_LOGP_FWE = "logp_desc-tfce_level-voxel"
-TFCE_Z_FWE = "z_desc-tfce_level-voxel"
-TFCE_THRESHOLDED = "tfce_thresholded"
-CONJUNCTION_MAP = "conjunction"
-#: A balanced contrast (``--mode balanced``), as NiMARE's BalancedALESubtraction names its
-#: maps: the mean balanced difference, its p, z and -log10 p, each group's probabilistic
-#: map and their minimum.
-BALANCED_STAT = "stat_desc-balancedGroup1MinusGroup2"
-BALANCED_P = "p_desc-balancedGroup1MinusGroup2"
-BALANCED_Z = "z_desc-balancedGroup1MinusGroup2"
-BALANCED_LOGP = "logp_desc-balancedGroup1MinusGroup2"
-BALANCED_PROB = ("prob_desc-group1", "prob_desc-group2")
-BALANCED_CONJUNCTION = "stat_desc-conjunction"
 
 
 def map_file(name: str) -> str:
@@ -482,3 +494,153 @@ def read_run_experiments(path: str | Path) -> list[dict]:
         raise ValueError(f"{run.run_json} records no experiments, so it cannot be checked "
                          "against a contrast's group")
     return experiments
+
+
+def _description(img: nib.Nifti1Image) -> str:
+    description = img.header.get("descrip", b"")
+    description = description.item() if hasattr(description, "item") else description
+    if isinstance(description, bytes):
+        description = description.decode("latin-1")
+    return description.strip("\x00 ")
+
+
+def _refuse_labels_and_p(file: Path, data: np.ndarray, affine: np.ndarray,
+                         statistic: str) -> None:
+    nonzero = data[data != 0]
+    distinct = np.unique(nonzero)
+    # gpuale's own maps are known by their description; others by their values: cluster
+    # numbers 1, 2, ..., k (k >= 2; a single cluster's map is a mask, and harmless).
+    unknown = statistic == "unknown"
+    numbered = distinct.size >= 2 and np.array_equal(distinct, np.arange(1, distinct.size + 1))
+    if statistic == "cluster_labels" or (unknown and numbered):
+        numbers = f" (clusters numbered {distinct[0]:g} to {distinct[-1]:g})" if numbered else ""
+        raise ValueError(
+            f"{str(file)!r} is a cluster label map{numbers}, not a statistic; give the "
+            f"thresholded statistic map ({map_file(Z_THRESHOLDED)}) or its run folder"
+        )
+    # Continuous values in [0, 1], mostly above 0.5, over much of the brain: a p map (a
+    # thresholded ALE map is valued in [0, 1] too, but small and in few voxels).
+    looks_like_p = (
+        unknown and distinct.size > 2 and distinct[0] >= 0 and distinct[-1] <= 1
+        and float(np.median(nonzero)) > 0.5
+    )
+    if looks_like_p:
+        share, _, most = _brain_share(data, affine)
+        looks_like_p = share > most
+    if statistic.startswith("p") or looks_like_p:
+        raise ValueError(
+            f"{str(file)!r} is a p map: its small values are the significant ones, so a "
+            "minimum would keep the least significant voxels; give the thresholded z map "
+            f"({map_file(Z_THRESHOLDED)}) or its run folder"
+        )
+
+
+def load_conjunction_input(path: str | Path, threshold: float | None = None) -> ConjunctionInput:
+    """A thresholded map, or the one a run folder contributes, checked for a conjunction.
+
+    That is a global ALE's or a contrast's thresholded z (``z_thresholded.nii.gz``), or a
+    conjunction's own map; or a map file that is thresholded (see the module docstring for
+    the rule). NaN values are read as 0.
+
+    Parameters
+    ----------
+    path : str or Path
+        A NIfTI map or a gpuale run folder.
+    threshold : float, optional
+        Keep only ``|value| >= threshold``; needed for an unthresholded map.
+
+    Raises
+    ------
+    ValueError
+        The path is neither a map nor a run folder; the map is a p map or a cluster label
+        map.
+    UnthresholdedMapError
+        The map is unthresholded and no threshold was given.
+    """
+    path = Path(path)
+    file = conjunction_map_path(path) if path.is_dir() else path
+    if not file.is_file():
+        wanted = file.name if path.is_dir() else map_file(Z_THRESHOLDED)
+        raise ValueError(
+            f"{str(path)!r} is neither a NIfTI map nor a gpuale run folder with {wanted}"
+        )
+    img, data = read_volume(file, "map")
+    data = np.nan_to_num(data.astype(np.float64), nan=0.0)
+    affine = np.asarray(img.affine)
+    description = _description(img)
+    statistic = (
+        description[len(DESCRIPTION_PREFIX) :] if description.startswith(DESCRIPTION_PREFIX)
+        else "unknown"
+    )
+    _refuse_labels_and_p(file, data, affine, statistic)
+    how = "as given"
+    if threshold is not None:
+        data = np.where(np.abs(data) >= threshold, data, 0.0)
+        how = f"|value| >= {threshold:g}"
+    else:
+        reason = unthresholded_reason(data, affine, statistic)
+        if reason:
+            raise UnthresholdedMapError(
+                f"{str(file)!r} looks unthresholded: {reason}. A conjunction takes maps "
+                "that are zero outside their clusters: give the analysis's run folder (its "
+                f"thresholded map), or {UnthresholdedMapError.hint}"
+            )
+    return ConjunctionInput(path=file, data=data, affine=affine, statistic=statistic,
+                            thresholded=how)
+
+
+def conjunction(
+    paths: Sequence[str | Path],
+    *,
+    min_volume_mm3: float = 0.0,
+    connectivity: int = 6,
+    threshold: float | None = None,
+) -> ConjunctionResult:
+    """Minimum statistic over two or more thresholded maps on the same grid.
+
+    Where every input is positive the conjunction is their minimum; where every input is
+    negative (the B > A part of contrasts), their maximum, the negative value nearest
+    zero; elsewhere 0. The two directions are separate clusters.
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+        Thresholded maps or gpuale run folders (see :func:`load_conjunction_input`).
+    min_volume_mm3 : float
+        Smallest reported cluster.
+    connectivity : {6, 18, 26}
+    threshold : float, optional
+        Cut every input at ``|value| >= threshold`` first; needed for unthresholded maps.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two inputs, inputs on different grids (never resampled), maps of
+        different statistics (as recorded in gpuale's NIfTI descriptions), a p map or a
+        label map, a threshold that is not positive.
+    UnthresholdedMapError
+        An unthresholded map without a threshold.
+    """
+    if len(paths) < 2:
+        raise ValueError("a conjunction needs at least two maps or run folders")
+    if threshold is not None and not threshold > 0:
+        raise ValueError(f"threshold must be positive, got {threshold}")
+    inputs = [load_conjunction_input(p, threshold) for p in paths]
+    return combine(inputs, min_volume_mm3=min_volume_mm3, connectivity=connectivity,
+                   threshold=threshold)
+
+
+def main_effect(path, grid: Grid) -> MainEffect:
+    """The z map, significant voxels and experiments of a finished ``gpuale global`` run.
+
+    Raises
+    ------
+    ValueError
+        ``path`` is not a finished global ALE run with Monte Carlo, or its maps are on
+        another grid.
+    """
+    # The run's kind first: a contrast folder would otherwise fail on a missing map.
+    experiments = read_run_experiments(path)
+    z, significant = read_main_effect(path, grid)
+    return MainEffect(z=z, significant=significant, source=str(path),
+                      experiments=tuple(experiments))

@@ -53,13 +53,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gpuale.inference import threshold_interval
-from gpuale.nulls import (
-    GlobalNullSpec,
-    MonteCarloNull,
-    ProgressCallback,
-    Scheduler,
-    _merged_partial,
-)
+from gpuale.nulls import ProgressCallback, Scheduler, _merged_partial
+from gpuale.nullspecs import GlobalNullSpec, MonteCarloNull
 
 if TYPE_CHECKING:
     from gpuale.engines import Engine

@@ -67,23 +67,21 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from gpuale import __version__, output, runfolder
+from gpuale import output, runfolder
 from gpuale._files import (
     OutputFolderNotEmpty,
     check_name,
     check_output_dir,
     claim_output_dir,
-    file_checksum,
     folder_key,
     write_json,
 )
+from gpuale._version import __version__
 from gpuale.analysis import run_ale
-from gpuale.balanced import BALANCED_NULLS, MASK_COVERAGES, save_balanced_contrast
-from gpuale.conjunction import conjunction
+from gpuale.balanced import MASK_COVERAGES
 from gpuale.contrast import (
     BALANCED_MODE,
     OVERLAP_HINT,
-    MainEffect,
     check_overlap,
     run_contrast,
 )
@@ -91,7 +89,9 @@ from gpuale.dataset import Dataset
 from gpuale.examples import example_name, resolve_input
 from gpuale.grid import Grid, load_grid
 from gpuale.io import DuplicateExperimentWarning, load_dataset
+from gpuale.io.files import file_checksum
 from gpuale.nulls import DaskScheduler, RunInterrupted, Scheduler
+from gpuale.nullspecs import BALANCED_NULLS
 from gpuale.selection import median_split, referenced_columns, select
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
 
@@ -1020,7 +1020,7 @@ def _global_dataset(analysis: Analysis, study: Study,
     Load warnings are silent (each input's layout notes would repeat for every analysis),
     except that experiments kept twice (``allow_duplicates = true``) are logged, each
     message once in the messages ``shown`` (a study's set)."""
-    from gpuale._files import input_size
+    from gpuale.io.files import input_size
 
     s = analysis.settings
     paths = _input_paths(analysis, study)
@@ -1074,7 +1074,7 @@ def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str
         a, b = analysis.spec["a"], analysis.spec["b"]
         spec = analysis.spec
         mode = spec.get("mode", "whole-brain")
-        mains = [MainEffect.from_run_dir(out_dir / side, grid) for side in (a, b)] \
+        mains = [runfolder.main_effect(out_dir / side, grid) for side in (a, b)] \
             if mode == "gated" else [None, None]
         result = run_contrast(
             datasets[a], datasets[b], mode=mode, grid=grid, n_iters=max(s["iterations"], 1),
@@ -1089,12 +1089,13 @@ def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str
             n_subsamples=spec.get("subsamples"), mask_coverage=spec.get("mask_coverage", "gm"),
         )
         inputs_a, inputs_b = (_named_inputs(study.analyses[side], study) for side in (a, b))
-        save = save_balanced_contrast if mode == BALANCED_MODE else output.save_contrast
+        save = output.save_balanced_contrast if mode == BALANCED_MODE else output.save_contrast
         save(result, folder, inputs_a=inputs_a, inputs_b=inputs_b, command=command,
              force=True, extra=extra)
     else:
-        result = conjunction([out_dir / name for name in analysis.spec["of"]],
-                             min_volume_mm3=s["min_volume"], connectivity=s["connectivity"])
+        result = runfolder.conjunction([out_dir / name for name in analysis.spec["of"]],
+                                       min_volume_mm3=s["min_volume"],
+                                       connectivity=s["connectivity"])
         output.save_conjunction(result, folder, command=command, force=True, extra=extra)
 
 

@@ -14,7 +14,7 @@ from gpuale.engines.cuda import gpu_available
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.grid import Grid
-from gpuale.nulls import GlobalNullSpec
+from gpuale.nullspecs import GlobalNullSpec
 from gpuale.problem import Problem
 from gpuale.rng import relocation_draws
 

@@ -15,23 +15,21 @@ import pytest
 from conftest import dense_ma_maps, make_small_grid, random_dataset
 
 from gpuale.balanced import (
-    BALANCED_CLUSTER_COLUMNS,
-    BalancedNullSpec,
-    balanced_null_chunk,
     balanced_p,
     prior_voxels,
     resolve_target_n,
     run_balanced_contrast,
-    save_balanced_contrast,
     smallest_p,
     subset_schedule,
 )
 from gpuale.clusters import peak_rows
 from gpuale.dataset import Dataset
+from gpuale.engines._balanced_chunk import balanced_null_chunk
 from gpuale.engines.cuda import CudaEngine
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.output import table_value
+from gpuale.nullspecs import BalancedNullSpec
+from gpuale.output import BALANCED_CLUSTER_COLUMNS, save_balanced_contrast, table_value
 from gpuale.problem import compile_problem
 from gpuale.rng import STREAM_BALANCED_OBSERVED, subsample_members
 from gpuale.stats import p_to_z

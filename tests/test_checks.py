@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import gpuale.contrast
 from gpuale import cli
 from gpuale.analysis import run_ale
-from gpuale.conjunction import UnthresholdedMapError, conjunction, unthresholded_reason
+from gpuale.conjunction import UnthresholdedMapError, unthresholded_reason
 from gpuale.contrast import (
     MODES,
     MainEffect,
@@ -36,8 +36,9 @@ from gpuale.inference import (
     smallest_fwe_p,
     unreachable_threshold_message,
 )
-from gpuale.nulls import ContrastNull
+from gpuale.nullspecs import ContrastNull
 from gpuale.output import save_conjunction
+from gpuale.runfolder import conjunction, main_effect
 from gpuale.stats import fwe_p_values
 
 runner = CliRunner()
@@ -208,7 +209,7 @@ def test_a_foreign_main_effect_folder_is_an_error(folders):
 
 def test_main_effect_check_compares_ids_sizes_and_foci(folders):
     grid = load_grid()
-    main = MainEffect.from_run_dir(folders / "run_a", grid)
+    main = main_effect(folders / "run_a", grid)
     assert [e["id"] for e in main.experiments] == ["A1", "A2", "A3"]
     from gpuale.io import load_dataset
 

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from conftest import random_dataset
 
-from gpuale.conjunction import conjunction
 from gpuale.contrast import check_overlap, gated_p, run_contrast, whole_brain_p
 from gpuale.dataset import Dataset, Experiment
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.nulls import ContrastNull, contrast_null
+from gpuale.nulls import contrast_null
+from gpuale.nullspecs import ContrastNull
 from gpuale.problem import compile_problem
 from gpuale.rng import random_splits
+from gpuale.runfolder import conjunction
 from gpuale.stats import p_to_z
 
 

@@ -19,13 +19,11 @@ from scipy import ndimage
 from gpuale.contrast import run_contrast
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.nulls import (
+from gpuale.nulls import SerialScheduler, ThreadScheduler, contrast_cluster_null
+from gpuale.nullspecs import (
     HISTOGRAM_BINS,
     ContrastNullSpec,
-    SerialScheduler,
-    ThreadScheduler,
     abs_difference_histogram,
-    contrast_cluster_null,
     pooled_quantile,
     quantile_bin,
 )

@@ -26,14 +26,13 @@ from gpuale.analysis import run_ale
 from gpuale.engines import get_engine
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.nulls import (
-    ContrastNullSpec,
     DaskScheduler,
-    GlobalNullSpec,
     RunInterrupted,
     SchedulerUnavailable,
     ThreadScheduler,
     run_null,
 )
+from gpuale.nullspecs import ContrastNullSpec, GlobalNullSpec
 from gpuale.problem import compile_problem
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra")
@@ -454,8 +453,8 @@ def test_a_balanced_null_keeps_its_small_chunks_when_workers_choose(small_grid):
     pytest.importorskip("distributed")
     from distributed import Client, LocalCluster
 
-    from gpuale.balanced import CHUNK
     from gpuale.contrast import run_contrast
+    from gpuale.nullspecs import CHUNK
 
     rng = np.random.default_rng(5)
     group_a = random_dataset(small_grid, 6, rng, foci_range=(3, 7))

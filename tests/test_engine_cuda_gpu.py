@@ -16,7 +16,7 @@ from gpuale import _hostshim
 from gpuale.engines import cuda
 from gpuale.grid import Grid
 from gpuale.kernel import ale_kernel
-from gpuale.nulls import ContrastNullSpec, GlobalNullSpec
+from gpuale.nullspecs import ContrastNullSpec, GlobalNullSpec
 from gpuale.problem import Problem
 
 pytestmark = [

@@ -30,14 +30,8 @@ from gpuale.engines import Engine, get_engine
 from gpuale.engines.cuda import gpu_available
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.nulls import (
-    ContrastNullSpec,
-    GlobalNullSpec,
-    ProcessScheduler,
-    SerialScheduler,
-    ThreadScheduler,
-    run_null,
-)
+from gpuale.nulls import ProcessScheduler, SerialScheduler, ThreadScheduler, run_null
+from gpuale.nullspecs import ContrastNullSpec, GlobalNullSpec
 from gpuale.problem import Problem, compile_problem
 from gpuale.rng import random_splits, relocation_draws
 from gpuale.stats import LOG_SCALE, ale_from_log_sum

@@ -22,10 +22,10 @@ from gpuale.failsafe import (
     _monotonicity_warnings,
     failsafe_n,
     null_studies,
-    run_failsafe,
 )
-from gpuale.jackknife import cluster_survival, load_recorded_analysis
+from gpuale.jackknife import cluster_survival
 from gpuale.output import table_value
+from gpuale.rerun import load_recorded_analysis, run_failsafe
 from gpuale.runfolder import FAILSAFE_JSON, FAILSAFE_TSV
 
 #: The planted cluster's fail-safe N lies well inside this (3 at 40 iterations, seed 1).
@@ -170,8 +170,8 @@ def test_monotonicity_warning():
 @pytest.mark.slow
 def test_report_shows_jackknife_and_failsafe(tmp_path):
     pytest.importorskip("matplotlib")
-    from gpuale.jackknife import run_jackknife
     from gpuale.report import write_report
+    from gpuale.rerun import run_jackknife
 
     run = planted_run(tmp_path)
     with warnings.catch_warnings():

@@ -466,7 +466,7 @@ def test_load_dataset_reports_each_input_it_reads(tmp_path):
     load_dataset([a, b], progress=lines.append)
     assert lines == [f"reading a.txt ({a.stat().st_size} bytes)",
                      f"reading b.txt ({b.stat().st_size} bytes)"]
-    from gpuale._files import describe_input
+    from gpuale.io.files import describe_input
 
     big = tmp_path / "big.txt"
     with open(big, "wb") as handle:

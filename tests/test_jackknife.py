@@ -14,20 +14,15 @@ import pytest
 from conftest import make_small_grid, random_dataset
 from typer.testing import CliRunner
 
-from gpuale._files import file_checksum
 from gpuale.analysis import run_ale
 from gpuale.cli import app
 from gpuale.dataset import Dataset
 from gpuale.grid import load_grid
 from gpuale.io import load_dataset
-from gpuale.jackknife import (
-    JACKKNIFE_COLUMNS,
-    RerunWarnings,
-    _loading_options,
-    load_recorded_analysis,
-    run_jackknife,
-)
+from gpuale.io.files import file_checksum
+from gpuale.jackknife import JACKKNIFE_COLUMNS, RerunWarnings
 from gpuale.output import table_value
+from gpuale.rerun import _loading_options, load_recorded_analysis, run_jackknife
 from gpuale.runfolder import CLUSTER_LABELS, JACKKNIFE_JSON, JACKKNIFE_TSV, RunFolder, open_run
 
 #: The planted data set: 10 random experiments, 6 of them with one more focus near one

@@ -8,7 +8,8 @@ from conftest import null_maxima, random_dataset
 from gpuale.clusters import label_clusters
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.inference import correct_fwe, threshold_interval
-from gpuale.nulls import MonteCarloNull, monte_carlo_null
+from gpuale.nulls import monte_carlo_null
+from gpuale.nullspecs import MonteCarloNull
 from gpuale.problem import compile_problem
 
 

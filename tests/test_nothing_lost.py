@@ -444,7 +444,7 @@ def test_two_sample_size_columns_are_an_error_naming_both(tmp_path):
 
 
 def test_workers_are_capped_at_the_cores_available(foci, tmp_path):
-    from gpuale.nulls import default_workers
+    from gpuale._cores import default_workers
 
     many = default_workers() + 38
     result = runner.invoke(cli.app, ["global", str(foci), "--out", str(tmp_path / "out"),

@@ -9,13 +9,12 @@ import pytest
 from conftest import random_dataset
 
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.nulls import (
+from gpuale.nulls import SerialScheduler, run_null
+from gpuale.nullspecs import (
     ContrastNullPartial,
     ContrastNullSpec,
     GlobalNullPartial,
     GlobalNullSpec,
-    SerialScheduler,
-    run_null,
 )
 from gpuale.problem import compile_problem
 

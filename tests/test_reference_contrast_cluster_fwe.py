@@ -35,7 +35,8 @@ from gpuale.engines import get_engine
 from gpuale.examples import example_path
 from gpuale.grid import load_grid
 from gpuale.io import load_dataset
-from gpuale.nulls import ContrastNullSpec, contrast_cluster_null
+from gpuale.nulls import contrast_cluster_null
+from gpuale.nullspecs import ContrastNullSpec
 from gpuale.problem import compile_problem
 
 pytest.importorskip("nimare", reason="the reference tests need the bench extra")

@@ -14,10 +14,9 @@ from conftest import SLEUTH_GROUP_A, SLEUTH_GROUP_B
 from typer.testing import CliRunner
 
 from gpuale import cli, runfolder
-from gpuale.conjunction import conjunction
 from gpuale.grid import Grid, load_grid
 from gpuale.report.methods import methods_global
-from gpuale.runfolder import NotARunFolder, finished_with, open_run, read_main_effect
+from gpuale.runfolder import NotARunFolder, conjunction, finished_with, open_run, read_main_effect
 
 runner = CliRunner()
 PACKAGE = Path(runfolder.__file__).parent

@@ -22,7 +22,8 @@ from gpuale.engines import get_engine
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.inference import threshold_interval
-from gpuale.nulls import GlobalNullSpec, run_null
+from gpuale.nulls import run_null
+from gpuale.nullspecs import GlobalNullSpec
 from gpuale.output import save_ale
 from gpuale.problem import compile_problem
 from gpuale.report.methods import methods_global

@@ -6,7 +6,7 @@ the same computation compiled, on threads, and the CPU engine in use; ``cuda`` l
 the CUDA kernels in ``kernels/`` through CuPy, always under ``cupy.cuda.Device(id)`` of
 the device it was made for. :func:`get_engine` is the one place that decides a device.
 
-The nulls an engine computes are described by the specs of :mod:`gpuale.nulls`; an
+The nulls an engine computes are described by the specs of :mod:`gpuale.nullspecs`; an
 engine turns ``(spec, seed, first, count)`` into a partial result, and the schedulers of
 :mod:`gpuale.nulls` decide how chunks are spread (``concurrency``).
 """
@@ -17,7 +17,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from gpuale.nulls import ContrastNullPartial, GlobalNullPartial, NullSpec
+from gpuale.nullspecs import ContrastNullPartial, GlobalNullPartial, NullSpec
 from gpuale.problem import Problem
 from gpuale.stats import ObservedALE
 

@@ -97,7 +97,7 @@ def contrast_chunk(xp, blocks: list[VoxelBlock], n_voxels: int, seed: int, first
 
 def statistics_chunk(xp, blocks: list[VoxelBlock], spec, seed: int, first: int,
                      count: int) -> dict:
-    """Every statistic of a :class:`~gpuale.nulls.ContrastNullSpec` for permutations
+    """Every statistic of a :class:`~gpuale.nullspecs.ContrastNullSpec` for permutations
     ``first .. first + count - 1``, from every voxel's float32 difference (the definition
     of the histogram and cluster statistics; no voxel is skipped).
 
@@ -108,7 +108,7 @@ def statistics_chunk(xp, blocks: list[VoxelBlock], spec, seed: int, first: int,
         ``histogram`` and ``above`` (None and inf without a histogram), ``max_size`` and
         ``max_mass`` (None without cluster statistics); host (numpy) arrays.
     """
-    from gpuale.nulls import ABS_DIFFERENCE_HISTOGRAM, abs_difference_histogram
+    from gpuale.nullspecs import ABS_DIFFERENCE_HISTOGRAM, abs_difference_histogram
 
     statistics = spec.statistics
     splits = xp.asarray(random_splits(seed, first, count, spec.n_total, spec.n_a),

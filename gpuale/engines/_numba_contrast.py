@@ -329,7 +329,7 @@ def _group_sums(rows, indptr, experiments, values, masks, sums):
 
 def statistics_chunk(tables: ContrastTables, spec, seed: int, first: int,
                      count: int) -> dict:
-    """Every statistic of a :class:`~gpuale.nulls.ContrastNullSpec`, as the block code's
+    """Every statistic of a :class:`~gpuale.nullspecs.ContrastNullSpec`, as the block code's
     :func:`~gpuale.engines._contrast_blocks.statistics_chunk` gives them, bit for bit.
 
     Exceedance counts and the largest |difference| come from :func:`contrast_chunk`'s
@@ -347,7 +347,7 @@ def statistics_chunk(tables: ContrastTables, spec, seed: int, first: int,
         labelling (``picked``: permutation, column and float32 difference arrays) instead
         of ``max_size`` and ``max_mass``.
     """
-    from gpuale.nulls import ABS_DIFFERENCE_HISTOGRAM, HISTOGRAM_BINS, abs_difference_histogram
+    from gpuale.nullspecs import ABS_DIFFERENCE_HISTOGRAM, HISTOGRAM_BINS, abs_difference_histogram
 
     statistics = spec.statistics
     masks = _split_masks(tables, seed, first, count)

@@ -38,7 +38,7 @@ import numpy as np
 from gpuale.clusters import CONNECTIVITY_RANK
 from gpuale.engines import _contrast_blocks
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.nulls import (
+from gpuale.nullspecs import (
     CONTRAST_STATISTICS,
     ContrastNullPartial,
     ContrastNullSpec,
@@ -729,7 +729,7 @@ class CudaEngine:
             if getattr(spec, "kind", None) == "balanced":
                 # Subsample products on the device; relocated foci's maps on the host,
                 # compiled (the numpy engine's maps bit for bit, about 10x faster).
-                from gpuale.balanced import balanced_null_chunk
+                from gpuale.engines._balanced_chunk import balanced_null_chunk
                 from gpuale.engines.numba_ import NumbaEngine, numba_available
 
                 host = NumbaEngine() if numba_available() else NumpyEngine()
@@ -809,7 +809,7 @@ class CudaEngine:
         device kernel for it is future work."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from gpuale.nulls import default_workers
+        from gpuale._cores import default_workers
 
         if self._tfce is None or self._tfce[0] is not spec:
             # Voxels whose -S is at most this fixed point have z = 0.

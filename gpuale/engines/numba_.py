@@ -32,7 +32,7 @@ import numpy as np
 
 from gpuale.clusters import CONNECTIVITY_RANK
 from gpuale.engines.numpy_ import NumpyEngine, _KernelRanks
-from gpuale.nulls import (
+from gpuale.nullspecs import (
     CONTRAST_STATISTICS,
     ContrastNullPartial,
     ContrastNullSpec,
@@ -555,7 +555,7 @@ class NumbaEngine:
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
         if getattr(spec, "kind", None) == "balanced":
-            from gpuale.balanced import balanced_null_chunk
+            from gpuale.engines._balanced_chunk import balanced_null_chunk
             from gpuale.engines._numba_balanced import mean_no_activation
 
             return balanced_null_chunk(np, spec, seed, first, count, self.experiment_log_maps,

@@ -20,7 +20,7 @@ import numpy as np
 from gpuale.clusters import cluster_measures, connectivity_structure
 from gpuale.engines import _contrast_blocks
 from gpuale.engines._boxes import clipped_boxes
-from gpuale.nulls import (
+from gpuale.nullspecs import (
     CONTRAST_STATISTICS,
     ContrastNullPartial,
     ContrastNullSpec,
@@ -152,7 +152,7 @@ class NumpyEngine:
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
         if getattr(spec, "kind", None) == "balanced":
-            from gpuale.balanced import balanced_null_chunk
+            from gpuale.engines._balanced_chunk import balanced_null_chunk
 
             return balanced_null_chunk(np, spec, seed, first, count, self.experiment_log_maps)
         if isinstance(spec, GlobalNullSpec):

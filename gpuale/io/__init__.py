@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
-from gpuale._files import describe_input
 from gpuale.dataset import NO_SAMPLE_SIZE, Dataset, Experiment
 from gpuale.io.duplicates import (
     DuplicateExperimentError,
@@ -33,6 +32,7 @@ from gpuale.io.errors import (
     read_text,
     split_lines,
 )
+from gpuale.io.files import describe_input
 from gpuale.io.neurosynth import find_release, is_neurosynth_header, read_neurosynth
 from gpuale.io.nimare_json import read_nimare_json
 from gpuale.io.sleuth import COMMENT, read_sleuth

@@ -884,7 +884,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _footer(source: str) -> str:
-    from gpuale import __version__
+    from gpuale._version import __version__
 
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (f"Written by gpuale {_esc(__version__)} on {now} from {_esc(source)}. "
@@ -918,7 +918,7 @@ def write_report(run_dir: str | Path) -> Path:
     ValueError
         run.json names an analysis kind without a report.
     """
-    from gpuale import __version__
+    from gpuale._version import __version__
 
     run = open_run(run_dir)
     builder = PAGE_BUILDERS.get(run.kind)
@@ -951,7 +951,7 @@ def write_study_index(study_dir: str | Path, entries: list[dict]) -> Path:
     Path
         The index written.
     """
-    from gpuale import __version__
+    from gpuale._version import __version__
 
     study = Path(study_dir)
     rows = []

@@ -1,0 +1,360 @@
+"""Re-running a finished global ALE run: jackknife and fail-safe N of its folder.
+
+A finished ``gpuale global`` run folder (or a study's global analysis) is read back into
+the experiments and settings it was run with (:func:`load_recorded_analysis`: inputs
+read again and checked against run.json), re-run through :mod:`gpuale.jackknife` or
+:mod:`gpuale.failsafe`, and their tables written into the folder beside the run's own
+files by :func:`gpuale.output.write_derived`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import shlex
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from gpuale.dataset import Dataset
+from gpuale.engines import resolve_device
+from gpuale.failsafe import (
+    DEFAULT_MAXIMUM_PER_EXPERIMENT,
+    DEFAULT_MINIMUM_PER_EXPERIMENT,
+    FAILSAFE_COLUMNS,
+    FAILSAFE_METHOD,
+    FailsafeResult,
+    failsafe_n,
+)
+from gpuale.grid import Grid, load_grid
+from gpuale.io import load_dataset
+from gpuale.io.files import file_checksum
+from gpuale.jackknife import (
+    JACKKNIFE_COLUMNS,
+    JACKKNIFE_METHOD,
+    ALESettings,
+    JackknifeResult,
+    jackknife,
+)
+from gpuale.nulls import Scheduler
+from gpuale.output import check_not_written, derived_record, write_derived
+from gpuale.runfolder import (
+    CLUSTER_LABELS,
+    FAILSAFE_JSON,
+    FAILSAFE_TSV,
+    JACKKNIFE_JSON,
+    JACKKNIFE_TSV,
+    STUDY_ANALYSIS_KEY,
+    STUDY_FILE_KEY,
+    RunFolder,
+    open_run,
+)
+
+__all__ = ["RecordedAnalysis", "load_recorded_analysis", "run_failsafe", "run_jackknife"]
+
+
+@dataclasses.dataclass(eq=False)
+class RecordedAnalysis:
+    """A finished global ALE run read back: its experiments, grid, settings and clusters.
+
+    Attributes
+    ----------
+    run : RunFolder
+    dataset : Dataset
+        The experiments the run analysed, in its order (inputs re-read and checked against
+        run.json: the same ids, sample sizes and focus counts).
+    grid : Grid
+    settings : ALESettings
+    labels : ndarray of int
+        In-mask vector: the run's significant clusters, numbered as clusters.tsv
+        (cluster_labels.nii.gz); 0 elsewhere.
+    clusters : list of dict
+        clusters.tsv's cluster rows (one per significant cluster).
+    """
+
+    run: RunFolder
+    dataset: Dataset
+    grid: Grid
+    settings: ALESettings
+    labels: np.ndarray
+    clusters: list[dict]
+
+    def members(self, cluster: int) -> np.ndarray:
+        """In-mask indices of the voxels of cluster number ``cluster``."""
+        return np.flatnonzero(self.labels == cluster)
+
+
+def load_recorded_analysis(run_dir: str | Path, *, grid: Grid | None = None) -> RecordedAnalysis:
+    """Read a finished ``gpuale global`` run folder back into what re-running it needs.
+
+    The inputs are read again from the paths run.json records (their checksums must be
+    unchanged), with the loading options of the recorded command (``--space``,
+    ``--tal-transform``, ``--sample-size``, ``--where``) or of the study analysis that
+    wrote it; the experiments must then be those run.json lists, and their ALE map must
+    have the run's maximum and cluster-forming threshold.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+    grid : Grid, optional
+        The analysis grid; by default the mask run.json records (its checksum must match).
+
+    Raises
+    ------
+    NotARunFolder
+        ``run_dir`` holds no finished run.
+    ValueError
+        Not a global ALE with Monte Carlo, no significant cluster, an input changed or
+        missing, or the experiments read differ from the recorded ones (or their ALE map
+        from the run's).
+    """
+    run = open_run(run_dir)
+    if run.kind != "ale":
+        raise ValueError(f"{run.path} is a {run.kind} run; jackknife and fail-safe N take a "
+                         "`gpuale global` run folder")
+    settings = ALESettings.from_record(run.record)
+    if settings.iterations <= 0:
+        raise ValueError(f"{run.path} was run without Monte Carlo iterations (--iters 0): "
+                         "it has no cluster-level FWE clusters to test")
+    clusters = run.clusters()
+    if not clusters or not run.has_map(CLUSTER_LABELS):
+        raise ValueError(f"{run.path} has no significant cluster: there is nothing to test")
+    grid = grid or _recorded_grid(run)
+    expected = (run.record.get("mask") or {}).get("checksum")
+    if expected and grid.checksum() != expected:
+        raise ValueError(f"the mask {grid.source!r} differs from the one {run.run_json} "
+                         "records (checksum); the run cannot be repeated on it")
+    labels = np.rint(run.read_map(CLUSTER_LABELS, grid)).astype(np.int32)
+    dataset = _recorded_dataset(run, need_sample_size=settings.fwhm_mm is None)
+    _check_reproduced(run, dataset, grid, settings)
+    return RecordedAnalysis(run, dataset, grid, settings, labels, clusters)
+
+
+#: Largest relative difference of the maximum ALE between a run and its repetition: the
+#: engines agree to float32 rounding (a GPU's exp may differ in the last bit).
+MAX_ALE_RTOL = 1e-6
+
+
+def _check_reproduced(run: RunFolder, dataset: Dataset, grid: Grid,
+                      settings: ALESettings) -> None:
+    """The experiments read back give the run's ALE map (its maximum and the
+    cluster-forming threshold): a loading option that moved foci (another Talairach
+    transform, say) is caught here rather than in every re-run's result."""
+    recorded = run.record.get("max_ale")
+    threshold = (run.record.get("settings") or {}).get("cluster_forming_ale")
+    if recorded is None:
+        return
+    observed = dataclasses.replace(settings, iterations=0).run(dataset, grid)
+    maximum = float(observed.ale.max())
+    same = abs(maximum - float(recorded)) <= MAX_ALE_RTOL * abs(float(recorded))
+    if threshold is not None:
+        same &= abs(observed.threshold - float(threshold)) <= MAX_ALE_RTOL * float(threshold)
+    if not same:
+        raise ValueError(
+            f"the inputs of {run.run_json}, read again, do not give its ALE map (maximum ALE "
+            f"{maximum:.6g}, recorded {float(recorded):.6g}): the run was loaded with options "
+            "its record does not hold (--space, --tal-transform, ...), so it cannot be "
+            "repeated")
+
+
+def _recorded_grid(run: RunFolder) -> Grid:
+    mask = run.record.get("mask") or {}
+    source = mask.get("source")
+    if not source or not Path(source).is_file():
+        # The bundled mask of another installation (another path, the same mask).
+        default = load_grid()
+        if mask.get("checksum") == default.checksum():
+            return default
+        raise ValueError(f"the mask {source!r} that {run.run_json} records is not a file "
+                         "here; the run cannot be repeated without it")
+    return load_grid(source)
+
+
+def _loading_options(run: RunFolder) -> dict:
+    """``space``, ``tal_transform``, ``sample_size`` and ``where`` the run loaded with,
+    from its recorded ``gpuale global`` command (defaults where it does not say)."""
+    command = run.record.get("command")
+    if not command:
+        return {}
+    words = shlex.split(command)
+    if "global" not in words:
+        return {}
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("--space")
+    parser.add_argument("--tal-transform", dest="tal_transform")
+    parser.add_argument("--sample-size", dest="sample_size", type=int)
+    parser.add_argument("--where")
+    parser.add_argument("--experiment-column", dest="experiment_column")
+    parser.add_argument("--sample-size-column", dest="sample_size_column")
+    parser.add_argument("--allow-duplicates", dest="allow_duplicates", action="store_true",
+                        default=None)
+    try:
+        known, _ = parser.parse_known_args(words[words.index("global") + 1:])
+    except argparse.ArgumentError as exc:
+        raise ValueError(f"the command {run.run_json} records cannot be read back: {exc}; "
+                         "the run cannot be repeated") from None
+    # Only what this gpuale's reader takes (a newer run's options are refused below, by
+    # the experiments check, rather than passed to a reader that does not know them).
+    accepted = inspect.signature(load_dataset).parameters
+    return {k: v for k, v in vars(known).items() if v is not None and k in accepted}
+
+
+def _check_unchanged(run: RunFolder, paths: list[Path]) -> None:
+    """Each input as recorded (its sha256 in run.json): a re-run on edited inputs would
+    answer for other data, and the experiments check below cannot see a moved focus."""
+    entries = run.record.get("inputs") or []
+    if len(entries) != len(paths):
+        raise ValueError(f"{run.run_json} records {len(entries)} input(s), the run's "
+                         f"definition now gives {len(paths)}; the run cannot be repeated")
+    for entry, path in zip(entries, paths):
+        if not path.exists():
+            raise ValueError(f"input {str(path)!r} of {run.run_json} no longer exists; "
+                             "the run cannot be repeated without it")
+        if entry.get("sha256") and file_checksum(path) != entry["sha256"]:
+            raise ValueError(f"input {str(path)!r} changed since {run.run_json} was "
+                             "written (checksum); the run cannot be repeated on it")
+
+
+def _recorded_dataset(run: RunFolder, *, need_sample_size: bool = True) -> Dataset:
+    """The run's experiments, read again (with a fixed FWHM a missing N is no error)."""
+    record = run.record
+    if record.get(STUDY_FILE_KEY) and record.get(STUDY_ANALYSIS_KEY):
+        dataset = _study_dataset(run)
+    else:
+        entries = record.get("inputs") or []
+        if not entries:
+            raise ValueError(f"{run.run_json} records no inputs; the run cannot be repeated")
+        paths = [Path(entry["path"]) for entry in entries]
+        _check_unchanged(run, paths)
+        kwargs = _loading_options(run)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the run warned about its inputs already
+            dataset = load_dataset(paths, need_sample_size=need_sample_size, **kwargs)
+    return _check_experiments(run, dataset)
+
+
+def _study_dataset(run: RunFolder) -> Dataset:
+    """The experiments of a study's global analysis, selected as the study selects them."""
+    from gpuale.examples import resolve_input
+    from gpuale.study import _global_dataset, _input_paths, load_study
+
+    study = load_study(resolve_input(run.record[STUDY_FILE_KEY]))
+    name = run.record[STUDY_ANALYSIS_KEY]
+    if name not in study.analyses:
+        raise ValueError(f"{run.run_json} was written by analysis {name!r} of "
+                         f"{run.record[STUDY_FILE_KEY]}, which no longer has it")
+    _check_unchanged(run, _input_paths(study.analyses[name], study))
+    return _global_dataset(study.analyses[name], study)
+
+
+def _check_experiments(run: RunFolder, dataset: Dataset) -> Dataset:
+    """The run's experiments out of ``dataset``, checked against run.json's list."""
+    recorded = run.record.get("experiments") or []
+    ids = [str(e.get("id")) for e in recorded]
+    if ids and ids != dataset.ids and set(ids) <= set(dataset.ids):
+        # A selection (``where``) the record does not spell out: the recorded ids are it.
+        dataset = dataset.subset(ids)
+    if ids != dataset.ids:
+        missing = [i for i in ids if i not in set(dataset.ids)]
+        raise ValueError(
+            f"the inputs of {run.run_json} no longer give the experiments it records "
+            f"({len(dataset)} read, {len(ids)} recorded"
+            + (f"; missing: {', '.join(missing[:5])}" if missing else "") + ")")
+    for exp, entry in zip(dataset, recorded):
+        for field, value in (("n_subjects", exp.n_subjects), ("n_foci", exp.n_foci)):
+            if entry.get(field) is not None and int(entry[field]) != value:
+                raise ValueError(f"experiment {exp.id!r} has {field} {value} in its input "
+                                 f"but {entry[field]} in {run.run_json}")
+    return dataset
+
+
+def run_jackknife(
+    run_dir: str | Path,
+    *,
+    device: str = "cpu",
+    n_workers: int | None = None,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+    scheduler: Scheduler | None = None,
+    command: str | None = None,
+    grid: Grid | None = None,
+    analysis: RecordedAnalysis | None = None,
+) -> JackknifeResult:
+    """The jackknife of a finished ``gpuale global`` run, written into its folder.
+
+    Writes ``jackknife.tsv`` (see :func:`jackknife`) and ``jackknife.json`` (the method,
+    settings, per-cluster summary, timings and warnings) beside the run's own files, which
+    are left as they are. ``analysis``: the folder already read
+    (:func:`load_recorded_analysis`), so that its inputs are not read twice.
+
+    Raises
+    ------
+    ValueError
+        The folder already holds a jackknife and ``force`` is not set (checked before any
+        work), or :func:`load_recorded_analysis` refuses the folder.
+    """
+    check_not_written(run_dir, (JACKKNIFE_TSV, JACKKNIFE_JSON), force=force)
+    analysis = analysis or load_recorded_analysis(run_dir, grid=grid)
+    device = resolve_device(device)
+    result = jackknife(analysis.dataset, analysis.grid, analysis.labels, analysis.settings,
+                       device=device, n_workers=n_workers, progress=progress,
+                       scheduler=scheduler)
+    record = derived_record(analysis, JACKKNIFE_METHOD, device, command, {
+        "clusters": result.clusters, "timings_s": result.timings,
+        "warnings": result.warnings})
+    write_derived(run_dir, {JACKKNIFE_TSV: (result.rows, JACKKNIFE_COLUMNS)}, JACKKNIFE_JSON,
+                  record)
+    return result
+
+
+def run_failsafe(
+    run_dir: str | Path,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    seed: int | None = None,
+    device: str = "cpu",
+    n_workers: int | None = None,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+    scheduler: Scheduler | None = None,
+    command: str | None = None,
+    grid: Grid | None = None,
+    analysis: RecordedAnalysis | None = None,
+) -> FailsafeResult:
+    """Fail-safe N of a finished ``gpuale global`` run, written into its folder.
+
+    Writes ``failsafe.tsv`` (see :func:`failsafe_n`) and ``failsafe.json`` (the method,
+    settings, the minimum, maximum and seed, every evaluated number of null studies, the
+    null studies used, timings and warnings); the run's own files are left as they are.
+    ``analysis``: the folder already read, so that its inputs are not read twice.
+
+    Raises
+    ------
+    ValueError
+        The folder already holds a fail-safe N and ``force`` is not set (checked before
+        any work), or :func:`gpuale.jackknife.load_recorded_analysis` refuses the folder.
+    """
+    check_not_written(run_dir, (FAILSAFE_TSV, FAILSAFE_JSON), force=force)
+    analysis = analysis or load_recorded_analysis(run_dir, grid=grid)
+    k = len(analysis.dataset)
+    minimum = DEFAULT_MINIMUM_PER_EXPERIMENT * k if minimum is None else minimum
+    maximum = DEFAULT_MAXIMUM_PER_EXPERIMENT * k if maximum is None else maximum
+    seed = analysis.settings.seed if seed is None else seed
+    device = resolve_device(device)
+    result = failsafe_n(analysis.dataset, analysis.grid, analysis.labels, analysis.settings,
+                        minimum=minimum, maximum=maximum, seed=seed, device=device,
+                        n_workers=n_workers, progress=progress, scheduler=scheduler)
+    record = derived_record(analysis, FAILSAFE_METHOD, device, command, {
+        "minimum": minimum, "maximum": maximum, "null_seed": seed,
+        "assumption": "significance lost for good once lost (monotone in the number of "
+                      "null studies); see warnings where the evaluations contradict it",
+        "clusters": result.rows, "evaluations": result.evaluations,
+        "null_studies": result.null_studies, "timings_s": result.timings,
+        "warnings": result.warnings})
+    write_derived(run_dir, {FAILSAFE_TSV: (result.rows, FAILSAFE_COLUMNS)}, FAILSAFE_JSON,
+                  record)
+    return result
