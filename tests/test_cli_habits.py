@@ -300,6 +300,8 @@ def test_no_help_shows_a_python_type():
 
 
 def test_demo_takes_no_report(tmp_path, monkeypatch):
+    from gpuale.cli import study_cmd as cli
+
     ran = []
     monkeypatch.setattr(cli, "_run_study", lambda *args, **kwargs: ran.append(kwargs))
     for flag, report in (("--no-report", False), ("--report", True), (None, True)):
@@ -396,6 +398,8 @@ def test_a_run_without_permutations_shows_a_spinner_on_a_terminal(monkeypatch):
 
     from rich.console import Console
     from rich.status import Status
+
+    from gpuale.cli import _shared as cli
 
     monkeypatch.setattr(cli, "err", Console(file=io.StringIO(), force_terminal=True))
     assert isinstance(cli._observed_status(0, quiet=False), Status)

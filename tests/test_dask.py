@@ -161,6 +161,8 @@ def test_the_problem_is_sent_once_and_chunks_name_it(client, problem, monkeypatc
 
 
 def test_cli_reports_an_unreachable_scheduler(tmp_path, monkeypatch):
+    from gpuale.cli import _shared as cli
+
     # dask retries a refused connection until its timeout; a short one keeps this quick
     monkeypatch.setattr(cli, "DaskScheduler", functools.partial(DaskScheduler, timeout=1))
     sleuth = tmp_path / "foci.txt"
