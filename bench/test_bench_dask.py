@@ -154,7 +154,8 @@ def test_study_on_a_cluster(benchmark, cluster_client, tmp_path, together):
     """Three global analyses whose permutations go to the cluster: one after another,
     or at the same time (each computes its observed map here while another's chunks
     run). Reports are left out; every round recomputes (``force``)."""
-    from gpuale.study import load_study, run_study
+    from gpuale.study import run_study
+    from gpuale.studyfile import load_study
 
     workers, client = cluster_client
     path = tmp_path / "study.toml"

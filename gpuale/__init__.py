@@ -21,7 +21,8 @@ from gpuale.io import CoordinateFileError, load_dataset
 from gpuale.output import save_ale, save_conjunction, save_contrast
 from gpuale.runfolder import conjunction, open_run
 from gpuale.selection import median_split, select
-from gpuale.study import load_study, run_study
+from gpuale.study import run_study
+from gpuale.studyfile import load_study
 
 __all__ = [
     "ALEResult",

@@ -239,7 +239,7 @@ def _recorded_dataset(run: RunFolder, *, need_sample_size: bool = True) -> Datas
 def _study_dataset(run: RunFolder) -> Dataset:
     """The experiments of a study's global analysis, selected as the study selects them."""
     from gpuale.examples import resolve_input
-    from gpuale.study import _global_dataset, _input_paths, load_study
+    from gpuale.studyfile import _global_dataset, _input_paths, load_study
 
     study = load_study(resolve_input(run.record[STUDY_FILE_KEY]))
     name = run.record[STUDY_ANALYSIS_KEY]

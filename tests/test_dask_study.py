@@ -23,7 +23,8 @@ import pytest
 
 from gpuale import nulls, runfolder
 from gpuale.nulls import DaskScheduler, _dask_chunk
-from gpuale.study import StudyInterrupted, load_study, run_study
+from gpuale.study import StudyInterrupted, run_study
+from gpuale.studyfile import load_study
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

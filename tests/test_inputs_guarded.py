@@ -38,7 +38,8 @@ from gpuale.problem import (
     NoFocusInMaskError,
     compile_problem,
 )
-from gpuale.study import load_study, run_study
+from gpuale.study import run_study
+from gpuale.studyfile import load_study
 
 runner = CliRunner()
 

@@ -259,7 +259,8 @@ def test_selection_of_a_global_command_is_read_back(tmp_path):
 
 
 def test_selection_of_a_study_analysis_is_read_back(tmp_path):
-    from gpuale.study import load_study, run_study
+    from gpuale.study import run_study
+    from gpuale.studyfile import load_study
 
     study_file = tmp_path / "study.toml"
     study_file.write_text(
@@ -345,7 +346,8 @@ def test_a_study_analysis_on_edited_inputs_is_refused(tmp_path):
     import shutil
 
     from gpuale.examples import resolve_input
-    from gpuale.study import load_study, run_study
+    from gpuale.study import run_study
+    from gpuale.studyfile import load_study
 
     data = tmp_path / "children"
     shutil.copytree(resolve_input("example:semantic-children"), data)

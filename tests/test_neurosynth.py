@@ -245,7 +245,8 @@ def test_cli_runs_a_term_subset_of_a_release(release, tmp_path):
 
 
 def test_a_study_selects_a_term_subset_of_a_release(release, tmp_path):
-    from gpuale.study import load_study, run_study
+    from gpuale.study import run_study
+    from gpuale.studyfile import load_study
 
     study_file = tmp_path / "study.toml"
     study_file.write_text(

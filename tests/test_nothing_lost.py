@@ -15,7 +15,8 @@ from conftest import SLEUTH_TWO
 from typer.testing import CliRunner
 
 from gpuale import cli
-from gpuale.study import load_study, run_study
+from gpuale.study import run_study
+from gpuale.studyfile import load_study
 
 runner = CliRunner()
 

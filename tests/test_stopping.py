@@ -39,7 +39,8 @@ from gpuale.stopping import (
     run_null_until_settled,
     zero_exceedance_bound,
 )
-from gpuale.study import load_study, run_study
+from gpuale.study import run_study
+from gpuale.studyfile import load_study
 
 # --- Statistics -----------------------------------------------------------------------------
 
@@ -465,7 +466,7 @@ def _study_file(tmp_path, text):
 
 
 def test_study_max_iters_is_checked_and_enters_the_fingerprint_only_where_it_counts(tmp_path):
-    from gpuale.study import _fingerprint
+    from gpuale.studyfile import _fingerprint
 
     auto = STUDY.replace('device = "cpu"', 'device = "cpu"\nmax_iters = 40')
     study = load_study(_study_file(tmp_path, auto))

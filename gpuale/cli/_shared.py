@@ -41,9 +41,7 @@ from gpuale.io import InputLayoutNote, load_dataset
 from gpuale.nulls import DaskScheduler, RunInterrupted
 from gpuale.space import DEFAULT_TAL_TRANSFORM
 from gpuale.stopping import AUTO
-from gpuale.study import (
-    StudyInterrupted,
-)
+from gpuale.study import StudyInterrupted
 
 app = _Typer(
     help=(

@@ -33,12 +33,8 @@ from gpuale.inference import iterations_to_reach
 from gpuale.nulls import DaskScheduler
 from gpuale.runfolder import INDEX_HTML
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
-from gpuale.study import (
-    CONCURRENT_ANALYSES,
-    allowing_duplicates,
-    load_study,
-    run_study,
-)
+from gpuale.study import CONCURRENT_ANALYSES, run_study
+from gpuale.studyfile import allowing_duplicates, load_study
 
 #: Monte Carlo iterations of the demo on a CPU, so it finishes within a few minutes.
 DEMO_CPU_ITERS = 1000

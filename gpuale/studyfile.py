@@ -1,0 +1,512 @@
+"""A study file (TOML): its analyses, checked whole, and the experiments each one takes.
+
+```toml
+[study]
+iterations = 5000        # shared settings; any analysis may override them
+seed = 0
+cluster_p = 0.001
+alpha = 0.05
+
+[inputs]
+children = "example:semantic-children"   # paths are relative to the study file
+
+[analyses.knowledge]
+type = "global"
+input = "children"
+where = "task_type == knowledge"
+
+[analyses.knowledge_vs_objects]
+type = "contrast"
+a = "knowledge"          # names of global analyses
+b = "objects"
+mode = "gated"           # "whole-brain" (the default), "gated" or "balanced"
+
+[analyses.common]
+type = "conjunction"
+of = ["knowledge", "objects"]
+```
+
+A global analysis may take ``tfce = true`` and ``iterations = "auto"`` (at most
+``max_iters``). A balanced contrast (``mode = "balanced"``) also takes ``target_n``,
+``null`` (``"label-permutation"`` or ``"random-foci"``), ``mask_coverage`` (``"gm"`` or
+``"brain"``), ``difference_iterations`` and ``subsamples``.
+
+An input given as a table names the columns of a CSV/TSV table (see
+:func:`gpuale.io.read_table`)::
+
+    [inputs.mine]
+    path = "coordinates.csv"                  # or paths = [...]
+    experiment_column = "publication,contrast"
+    sample_size_column = "subjects"
+
+:func:`load_study` reads and checks it (names, inputs, selections) before anything
+runs; :func:`_global_dataset` reads a global analysis's experiments, and
+:func:`_fingerprint` says whether a finished folder holds the same analysis. Running a
+study is :mod:`gpuale.study`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from gpuale import runfolder
+from gpuale._files import (
+    check_name,
+    folder_key,
+)
+from gpuale._version import __version__
+from gpuale.balanced import MASK_COVERAGES
+from gpuale.contrast import (
+    BALANCED_MODE,
+)
+from gpuale.dataset import Dataset
+from gpuale.examples import example_name, resolve_input
+from gpuale.io import DuplicateExperimentWarning, load_dataset
+from gpuale.io.files import file_checksum
+from gpuale.nullspecs import BALANCED_NULLS
+from gpuale.selection import median_split, referenced_columns, select
+from gpuale.stopping import AUTO
+
+__all__ = ["Analysis", "Study", "allowing_duplicates", "load_study"]
+
+
+ANALYSIS_TYPES = ("global", "contrast", "conjunction")
+
+
+#: Settings a [study] table (or an analysis) may set, with their defaults.
+SETTINGS = {
+    "iterations": 5000,
+    "max_iters": None,  # the most iterations = "auto" runs (None: 10,000)
+    "seed": 0,
+    "cluster_p": 0.001,
+    "alpha": 0.05,
+    "connectivity": 6,
+    "device": "auto",
+    "space": None,
+    "tal_transform": "lancaster_other",
+    "fwhm": None,
+    "min_volume": 200.0,
+    "workers": None,
+    "sample_size": None,  # N of experiments whose input has none (Neurosynth releases)
+    "allow_duplicates": False,  # keep an experiment given twice (else an error)
+}
+
+
+ANALYSIS_KEYS = {
+    "global": {"type", "input", "inputs", "where", "split", "tfce"},
+    "contrast": {"type", "a", "b", "mode", "p", "min_z", "overlap", "cluster_fwe",
+                 "target_n", "null", "mask_coverage", "difference_iterations", "subsamples"},
+    "conjunction": {"type", "of"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    name: str
+    type: str
+    spec: dict
+    settings: dict
+
+    @property
+    def depends_on(self) -> list[str]:
+        if self.type == "contrast":
+            return [self.spec["a"], self.spec["b"]]
+        if self.type == "conjunction":
+            return list(self.spec["of"])
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    path: Path
+    name: str
+    inputs: dict[str, list[Path]]
+    analyses: dict[str, Analysis]
+    #: Each input as the study file names it (``example:NAME``, a relative path), for
+    #: run.json and the reports; ``inputs`` holds the paths read.
+    input_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: Each input's table options (``experiment_column``, ``sample_size_column``), where
+    #: the study file gives them.
+    input_options: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+    @property
+    def display_path(self) -> str:
+        """The study file as a user would name it (``example:NAME`` for a bundled one)."""
+        return example_name(self.path) or str(self.path)
+
+    def order(self) -> list[Analysis]:
+        """Analyses in dependency order (a cycle is an error that names it)."""
+        done: list[str] = []
+        state: dict[str, str] = {}
+        # Depth first with an explicit stack, not recursion: a long chain of dependencies
+        # (thousands of analyses) must not hit Python's recursion limit.
+        for root in self.analyses:
+            if state.get(root) == "done":
+                continue
+            trail: list[str] = [root]
+            state[root] = "visiting"
+            pending = [iter(self.analyses[root].depends_on)]
+            while pending:
+                dep = next(pending[-1], None)
+                if dep is None:
+                    name = trail.pop()
+                    pending.pop()
+                    state[name] = "done"
+                    done.append(name)
+                elif state.get(dep) == "visiting":
+                    cycle = trail[trail.index(dep):] + [dep]
+                    raise ValueError(f"{self.path}: analyses depend on each other in a cycle: "
+                                     f"{' -> '.join(cycle)}")
+                elif state.get(dep) != "done":
+                    state[dep] = "visiting"
+                    trail.append(dep)
+                    pending.append(iter(self.analyses[dep].depends_on))
+        return [self.analyses[name] for name in done]
+
+
+def _problem(path: Path, message: str) -> ValueError:
+    return ValueError(f"{path}: {message}")
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and check a study file; every mistake is an error naming the file and entry."""
+    from gpuale.io.errors import read_text
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"study file {str(path)!r} does not exist")
+    try:
+        # Bounded and read once, as every input (a pipe works, /dev/zero is an error).
+        raw = tomllib.loads(read_text(path))
+    except tomllib.TOMLDecodeError as exc:
+        raise _problem(path, f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per level of [[[...]]] or {a = {b = ...}}
+        raise _problem(path, "TOML nested too deeply to read") from None
+    unknown = set(raw) - {"study", "inputs", "analyses"}
+    if unknown:
+        raise _problem(path, f"unknown table(s) {sorted(unknown)}; use [study], [inputs], "
+                             "[analyses.NAME]")
+    shared = dict(SETTINGS)
+    study_table = dict(raw.get("study", {}))
+    name = study_table.pop("name", path.stem)
+    try:
+        # The default output folder is named after the study: it must stay one folder.
+        check_name(name, "[study] name")
+    except ValueError as exc:
+        raise _problem(path, str(exc)) from None
+    bad = set(study_table) - set(SETTINGS)
+    if bad:
+        raise _problem(path, f"[study] has unknown setting(s) {sorted(bad)}; known: "
+                             f"{sorted(SETTINGS)}")
+    shared.update(study_table)
+
+    inputs = {}
+    input_names = {}
+    input_options = {}
+    for key, value in raw.get("inputs", {}).items():
+        if isinstance(value, dict):
+            value, input_options[key] = _input_table(path, key, value)
+        values = value if isinstance(value, list) else [value]
+        input_names[key] = [str(item) for item in values]
+        resolved = []
+        for item in values:
+            candidate = resolve_input(item)
+            if not str(item).startswith("example:") and not candidate.is_absolute():
+                candidate = path.parent / candidate
+            if not candidate.exists():
+                raise _problem(path, f"input {key!r}: {str(candidate)!r} does not exist")
+            resolved.append(candidate)
+        inputs[key] = resolved
+
+    analyses = {}
+    tables = raw.get("analyses", {})
+    if not tables:
+        raise _problem(path, "no [analyses.NAME] tables: nothing to run")
+    _check_analysis_names(path, list(tables))
+    for key, table in tables.items():
+        if not isinstance(table, dict):
+            raise _problem(path, f"analyses.{key} must be a table [analyses.{key}]")
+        analyses[key] = _analysis(path, key, dict(table), shared, inputs)
+    for analysis in analyses.values():
+        for dep in analysis.depends_on:
+            if dep not in analyses:
+                raise _problem(path, f"analysis {analysis.name!r} refers to unknown analysis "
+                                     f"{dep!r}; analyses are {sorted(analyses)}")
+            if analysis.type == "contrast" and analyses[dep].type != "global":
+                raise _problem(path, f"contrast {analysis.name!r}: {dep!r} must be a global "
+                                     "analysis (its experiments form the group)")
+            uses_map = analysis.type == "conjunction" or analysis.spec.get("mode") == "gated"
+            if uses_map and analyses[dep].type == "global" \
+                    and not analyses[dep].settings["iterations"]:
+                # Found here, not after the analyses before it have run for hours.
+                raise _problem(path, f"{analysis.type} {analysis.name!r} needs the "
+                                     f"thresholded map of {dep!r}, which iterations = 0 "
+                                     "does not give; give it iterations")
+    study = Study(path=path, name=name, inputs=inputs, analyses=analyses,
+                  input_names=input_names, input_options=input_options)
+    study.order()
+    return study
+
+
+#: Keys of an input given as a table ([inputs.NAME]): its file(s) and table options.
+INPUT_KEYS = {"path", "paths", "experiment_column", "sample_size_column"}
+
+
+def _input_table(path: Path, key: str, table: dict) -> tuple[object, dict]:
+    """An [inputs.NAME] table: its path(s), and its table options."""
+    unknown = set(table) - INPUT_KEYS
+    if unknown:
+        raise _problem(path, f"input {key!r} has unknown key(s) {sorted(unknown)}; known: "
+                             f"{sorted(INPUT_KEYS)}")
+    if ("path" in table) == ("paths" in table):
+        raise _problem(path, f"input {key!r} needs path = \"...\" or paths = [...]")
+    options = {name: table[name] for name in ("experiment_column", "sample_size_column")
+               if name in table}
+    for name, option in options.items():
+        if not isinstance(option, str) and not (name == "experiment_column" and isinstance(
+                option, list) and all(isinstance(item, str) for item in option)):
+            raise _problem(path, f"input {key!r}: {name} = {option!r} must be a column name")
+    return table.get("path", table.get("paths")), options
+
+
+#: Files of a study folder that an analysis's folder must not be named as.
+RESERVED_NAMES = (runfolder.STUDY_JSON, runfolder.INDEX_HTML)
+
+
+def _check_analysis_names(path: Path, names: list[str]) -> None:
+    """Each analysis name is one plain folder of its own (OUT/NAME): no empty name (OUT
+    itself), no ``..`` or separators (outside OUT), no two names sharing a folder on a
+    case-insensitive file system, none named as the study's own files."""
+    seen: dict[str, str] = {}
+    reserved = {folder_key(name) for name in RESERVED_NAMES}
+    for name in names:
+        try:
+            check_name(name, "analysis name")
+        except ValueError as exc:
+            raise _problem(path, str(exc)) from None
+        key = folder_key(name)
+        if key in reserved:
+            raise _problem(path, f"analysis name {name!r} is taken by the study's own file")
+        if key in seen:
+            raise _problem(path, f"analyses {seen[key]!r} and {name!r} would share one folder "
+                                 "(names differing only in case or accents); rename one")
+        seen[key] = name
+
+
+def _analysis(path, key, table, shared, inputs) -> Analysis:
+    kind = table.get("type")
+    if kind not in ANALYSIS_TYPES:
+        raise _problem(path, f"analysis {key!r}: type must be one of {ANALYSIS_TYPES}, got "
+                             f"{kind!r}")
+    settings = dict(shared)
+    for setting in set(table) & set(SETTINGS):
+        settings[setting] = table.pop(setting)
+    unknown = set(table) - ANALYSIS_KEYS[kind]
+    if unknown:
+        raise _problem(path, f"analysis {key!r} ({kind}) has unknown key(s) {sorted(unknown)}")
+    if not isinstance(settings["allow_duplicates"], bool):
+        raise _problem(path, f"analysis {key!r}: allow_duplicates = "
+                             f"{settings['allow_duplicates']!r} must be true or false")
+    for setting, value in {**settings, **table}.items():
+        # TOML has nan and inf: compared with them every test is False, silently.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _problem(path, f"analysis {key!r}: {setting} = {value} is not a finite "
+                                 "number")
+    iterations = settings["iterations"]
+    if isinstance(iterations, str) and (iterations != AUTO or kind == "contrast"):
+        # "auto" is the stopping rule of a global ALE; a contrast runs a fixed number.
+        raise _problem(path, f"analysis {key!r} ({kind}): iterations = {iterations!r}; give "
+                             "a whole number" + (" or \"auto\"" if kind == "global" else
+                                                 " (\"auto\" is for global analyses)"))
+    max_iters = settings["max_iters"]
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int)
+                                  or max_iters < 1):
+        raise _problem(path, f"analysis {key!r}: max_iters = {max_iters!r} must be a whole "
+                             "number of at least 1")
+    if kind == "global":
+        names = table.get("inputs", [table["input"]] if "input" in table else [])
+        if not names:
+            raise _problem(path, f"analysis {key!r}: name its data with input = \"...\"")
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise _problem(path, f"analysis {key!r}: unknown input(s) {missing}; [inputs] has "
+                                 f"{sorted(inputs)}")
+        table["inputs"] = names
+        table.pop("input", None)
+        _check_tfce(path, key, table, settings)
+        split = table.get("split")
+        if split is not None and (not isinstance(split, dict) or set(split) != {"column",
+                                                                                "half"}
+                                  or split["half"] not in ("low", "high")):
+            raise _problem(path, f"analysis {key!r}: split = {{column = \"...\", half = "
+                                 "\"low\" | \"high\"}} (median split)")
+    elif kind == "contrast":
+        for side in ("a", "b"):
+            if side not in table:
+                raise _problem(path, f"contrast {key!r} needs {side} = \"<global analysis>\"")
+        _check_balanced_keys(path, key, table)
+    elif not isinstance(table.get("of"), list) or len(table["of"]) < 2:
+        raise _problem(path, f"conjunction {key!r} needs of = [at least two analyses]")
+    return Analysis(name=key, type=kind, spec=table, settings=settings)
+
+
+def _check_tfce(path: Path, key: str, table: dict, settings: dict) -> None:
+    """``tfce = true`` of a global analysis (:mod:`gpuale.tfce`, as ``gpuale global
+    --tfce``). ``tfce = false`` is the default and is dropped, so that the fingerprint
+    changes only where TFCE is asked for (studies written before the key keep theirs)."""
+    if "tfce" not in table:
+        return
+    if not isinstance(table["tfce"], bool):
+        raise _problem(path, f"analysis {key!r}: tfce = {table['tfce']!r} must be true or "
+                             "false")
+    if not table["tfce"]:
+        del table["tfce"]
+    elif settings["iterations"] == 0:
+        raise _problem(path, f"analysis {key!r}: tfce = true needs Monte Carlo iterations "
+                             "(its FWE comes from the permutations' largest TFCE), got "
+                             "iterations = 0")
+
+
+def _max_iters_used(settings: dict) -> bool:
+    """Whether ``max_iters`` can change an analysis's numbers: set, and the iterations are
+    ``"auto"``. Otherwise it stays out of the fingerprint, so that studies written before
+    the setting existed, or runs of a fixed number, keep theirs."""
+    return settings.get("max_iters") is not None and settings.get("iterations") == AUTO
+
+
+#: Keys of a contrast that only a balanced contrast takes, and those it has no use for
+#: (it is thresholded by its null extrema at alpha).
+BALANCED_KEYS = {"target_n", "null", "mask_coverage", "difference_iterations", "subsamples"}
+
+
+NOT_BALANCED_KEYS = {"p", "min_z", "cluster_fwe"}
+
+
+def _check_balanced_keys(path: Path, key: str, table: dict) -> None:
+    """A balanced contrast's keys, checked when the study file is read (not after the
+    analyses before it have run)."""
+    balanced = table.get("mode") == BALANCED_MODE
+    misplaced = sorted(set(table) & (NOT_BALANCED_KEYS if balanced else BALANCED_KEYS))
+    if misplaced:
+        raise _problem(path, f"contrast {key!r}: {', '.join(misplaced)} "
+                             + ("do(es) not apply to mode = \"balanced\", which is "
+                                "thresholded by its null extrema at alpha" if balanced else
+                                "apply to mode = \"balanced\" only"))
+    choices = {"null": BALANCED_NULLS, "mask_coverage": MASK_COVERAGES}
+    for name, allowed in choices.items():
+        if name in table and table[name] not in allowed:
+            raise _problem(path, f"contrast {key!r}: {name} = {table[name]!r} must be one of "
+                                 f"{list(allowed)}")
+    for name in ("target_n", "difference_iterations", "subsamples"):
+        value = table.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise _problem(path, f"contrast {key!r}: {name} = {value!r} must be a whole "
+                                 "number of at least 1")
+
+
+def _fingerprint(analysis: Analysis, study: Study, upstream: dict[str, str]) -> str:
+    payload = {
+        "gpuale": __version__,
+        "type": analysis.type,
+        "spec": analysis.spec,
+        # allow_duplicates changes no number (without it the analysis fails): a folder
+        # finished before the setting existed is reused.
+        "settings": {k: v for k, v in analysis.settings.items() if k != "allow_duplicates"
+                     and not (k == "max_iters" and not _max_iters_used(analysis.settings))},
+        "inputs": {
+            name: [file_checksum(p) for p in study.inputs[name]]
+            for name in analysis.spec.get("inputs", [])
+        },
+        "upstream": {dep: upstream[dep] for dep in analysis.depends_on},
+    }
+    options = {name: study.input_options[name] for name in analysis.spec.get("inputs", [])
+               if study.input_options.get(name)}
+    if options:  # only where given, so that earlier studies' fingerprints stay the same
+        payload["input_options"] = options
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _selection(analysis: Analysis, study: Study) -> dict | None:
+    """The experiments an analysis takes, for run.json (see runfolder.SELECTION_KEY)."""
+    if analysis.type == "global":
+        return {"inputs": list(analysis.spec["inputs"]),
+                "where": analysis.spec.get("where"), "split": analysis.spec.get("split")}
+    if analysis.type == "contrast":
+        return {side: {"analysis": name, **_selection(study.analyses[name], study)}
+                for side, name in (("A", analysis.spec["a"]), ("B", analysis.spec["b"]))}
+    return None
+
+
+def allowing_duplicates(study: Study) -> Study:
+    """The study with ``allow_duplicates = true`` in every analysis (``gpuale run
+    --allow-duplicates``)."""
+    analyses = {name: dataclasses.replace(analysis, settings={**analysis.settings,
+                                                               "allow_duplicates": True})
+                for name, analysis in study.analyses.items()}
+    return dataclasses.replace(study, analyses=analyses)
+
+
+def _input_paths(analysis: Analysis, study: Study) -> list[Path]:
+    return [p for name in analysis.spec["inputs"] for p in study.inputs[name]]
+
+
+def _named_inputs(analysis: Analysis, study: Study) -> list[tuple[str, Path]]:
+    """A global analysis's inputs as ``(name in the study file, path)``, for run.json."""
+    return [(given, path) for name in analysis.spec["inputs"]
+            for given, path in zip(study.input_names.get(name, study.inputs[name]),
+                                   study.inputs[name])]
+
+
+#: Inputs larger than this (together) are logged as they are read (seconds each).
+LOADING_NOTICE_BYTES = 4_000_000
+
+
+def _global_dataset(analysis: Analysis, study: Study,
+                    log: Callable[[str], None] | None = None,
+                    shown: set[str] | None = None) -> Dataset:
+    """The experiments of a global analysis: its inputs read, selected and split.
+
+    Load warnings are silent (each input's layout notes would repeat for every analysis),
+    except that experiments kept twice (``allow_duplicates = true``) are logged, each
+    message once in the messages ``shown`` (a study's set)."""
+    from gpuale.io.files import input_size
+
+    s = analysis.settings
+    paths = _input_paths(analysis, study)
+    large = log is not None and sum(map(input_size, paths)) >= LOADING_NOTICE_BYTES
+    progress = (lambda line: log(f"{analysis.name}: {line} ...")) if large else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # A selection's columns are loaded where an input holds too many to load them all
+        # (a Neurosynth release's terms).
+        dataset = load_dataset(
+            paths, space=s["space"], tal_transform=s["tal_transform"],
+            sample_size=s["sample_size"], allow_duplicates=s["allow_duplicates"],
+            progress=progress,
+            columns=referenced_columns(analysis.spec["where"]) if "where" in analysis.spec
+            else None,
+            input_options=[study.input_options.get(name) for name in analysis.spec["inputs"]
+                           for _ in study.inputs[name]],
+            need_sample_size=s["fwhm"] is None,  # a fixed kernel FWHM needs no N
+        )
+    shown = set() if shown is None else shown
+    for w in caught:
+        message = str(w.message)
+        if (log is not None and issubclass(w.category, DuplicateExperimentWarning)
+                and message not in shown):
+            shown.add(message)
+            log(f"warning: {message}")
+    if "where" in analysis.spec:
+        dataset = select(dataset, analysis.spec["where"])
+    if "split" in analysis.spec:
+        low, high = median_split(dataset, analysis.spec["split"]["column"])
+        dataset = low if analysis.spec["split"]["half"] == "low" else high
+    return dataset
