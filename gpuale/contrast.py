@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from gpuale.cluster_null import contrast_cluster_null
 from gpuale.clusters import clusters_above, map_cluster_table
 from gpuale.dataset import Dataset
 from gpuale.engines import get_engine, resolve_device
@@ -29,7 +30,7 @@ from gpuale.inference import (
     unreachable_threshold_message,
 )
 from gpuale.io.duplicates import experiment_key
-from gpuale.nulls import Scheduler, contrast_cluster_null, run_null
+from gpuale.nulls import Scheduler, run_null
 from gpuale.nullspecs import ContrastNull, ContrastNullSpec
 from gpuale.pooling import _kept, pooled_log_maps
 from gpuale.stats import clip_permutation_p, fwe_p_values, p_to_z
@@ -121,7 +122,7 @@ def contrast_cluster_inference(diff: np.ndarray, grid: Grid, null: ContrastNull,
         Observed ALE_A - ALE_B, in-mask vector of ``grid``.
     grid : Grid
     null : ContrastNull
-        With the cluster nulls (:func:`gpuale.nulls.contrast_cluster_null`).
+        With the cluster nulls (:func:`gpuale.cluster_null.contrast_cluster_null`).
 
     Returns
     -------
@@ -514,7 +515,7 @@ def run_contrast(
         ``ALESubtraction.correct_fwe_montecarlo(vfwe_only=False)``. Clusters form where
         |ALE_A - ALE_B| exceeds the (1 - ``p_threshold``) quantile of every permuted
         |difference| pooled over the mask and the splits; the null keeps each split's
-        largest cluster size and mass (:func:`gpuale.nulls.contrast_cluster_null`, three
+        largest cluster size and mass (:func:`gpuale.cluster_null.contrast_cluster_null`, three
         passes over the same splits, a little over three times the time). Adds
         cluster-size and cluster-mass FWE p, z and logp maps, and the reported map keeps
         the clusters with cluster-size FWE p < ``alpha`` (no minimum volume).

@@ -23,7 +23,7 @@ Three nulls exist:
 
 The histogram arithmetic of the contrast's cluster-forming quantile
 (:func:`pooled_quantile`, :func:`abs_difference_histogram`) lives here too: engines fill
-the histograms, :func:`gpuale.nulls.contrast_cluster_null` reads them.
+the histograms, :func:`gpuale.cluster_null.contrast_cluster_null` reads them.
 """
 
 from __future__ import annotations

@@ -16,10 +16,11 @@ import pytest
 from conftest import ENGINES, make_small_grid, random_dataset
 from scipy import ndimage
 
+from gpuale.cluster_null import contrast_cluster_null
 from gpuale.contrast import run_contrast
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.nulls import SerialScheduler, ThreadScheduler, contrast_cluster_null
+from gpuale.nulls import SerialScheduler, ThreadScheduler
 from gpuale.nullspecs import (
     HISTOGRAM_BINS,
     ContrastNullSpec,

@@ -29,13 +29,13 @@ import pytest
 from scipy import stats
 from test_reference_nimare import nimare_dataset
 
+from gpuale.cluster_null import contrast_cluster_null
 from gpuale.contrast import run_contrast
 from gpuale.dataset import Dataset
 from gpuale.engines import get_engine
 from gpuale.examples import example_path
 from gpuale.grid import load_grid
 from gpuale.io import load_dataset
-from gpuale.nulls import contrast_cluster_null
 from gpuale.nullspecs import ContrastNullSpec
 from gpuale.problem import compile_problem
 
