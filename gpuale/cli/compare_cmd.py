@@ -92,6 +92,7 @@ def compare_(
     cluster by cluster. Exits 1 when the results differ beyond the tolerances.
     """
     from gpuale import compare as cmp
+    from gpuale import compare_output
 
     with _user_errors():
         if against is not None and devices is not None:
@@ -99,7 +100,7 @@ def compare_(
         if against is not None and against.strip().lower() != "nimare":
             raise ValueError(f"--against {against!r}: the reference gpuale runs is nimare")
         if out is not None:
-            cmp.check_compare_out(out, force=force, inputs=inputs)
+            compare_output.check_compare_out(out, force=force, inputs=inputs)
         tolerances = cmp.Tolerances(ale=ale_tol, z=z_tol)
         log = (lambda message: None) if quiet else (lambda m: err.print(m, highlight=False))
         if against is None and devices is None:
@@ -119,8 +120,8 @@ def compare_(
             else:
                 record = cmp.compare_devices(settings, devices.split(","), tolerances, log=log)
         if out is not None:
-            cmp.write_comparison(record, out, force=force)
-    for line in cmp.summary_lines(record):
+            compare_output.write_comparison(record, out, force=force)
+    for line in compare_output.summary_lines(record):
         typer.echo(line)
     if out is not None:
         typer.echo(f"results in {out}")
