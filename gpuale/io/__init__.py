@@ -329,6 +329,8 @@ def load_dataset(
         wanted |= referenced_columns(where)
     per_input = _input_options(paths, input_options, experiment_column, sample_size_column)
     datasets = []
+    database: set[int] = set()
+    supplied_n: set[int] = set()
     for path, table_options in zip(paths, per_input, strict=True):
         if progress is not None:
             progress(f"reading {describe_input(path)}")
@@ -346,7 +348,67 @@ def load_dataset(
             given = ", ".join(k for k, v in table_options.items() if v is not None)
             raise ValueError(f"{given} applies to CSV/TSV tables and experiment sheets; "
                              f"{os.fspath(path)} is read as {kind}")
-        datasets.append(FORMATS[kind](path, **options))
+        supplying = (kind not in DATABASE_FORMATS and isinstance(sample_size, int)
+                     and not isinstance(sample_size, bool))
+        if supplying:  # read without it, to know whose N is supplied (weak evidence)
+            options["sample_size"] = NO_SAMPLE_SIZE
+        read = _read_once(kind, path, options)
+        if supplying:
+            read, filled = _supply_sample_size(read, sample_size)
+            supplied_n |= filled
+        if kind in DATABASE_FORMATS:
+            database |= {id(exp) for exp in read}
+        datasets.append(read)
     dataset = Dataset.concat(_unique_across(paths, datasets))
-    check_duplicates(dataset, allow=allow_duplicates)
+    # Renamed experiments are new objects: carry their origin over by position.
+    origins = [id(exp) for read in datasets for exp in read]
+    database = {id(e) for e, o in zip(dataset, origins) if o in database}
+    supplied_n = {id(e) for e, o in zip(dataset, origins) if o in supplied_n}
+    check_duplicates(dataset, allow=allow_duplicates, database=database,
+                     supplied_n=supplied_n)
     return dataset if where is None else select(dataset, where)
+
+
+#: Inputs that are databases of studies (see :mod:`gpuale.io.duplicates`): read once per
+#: process (:func:`_read_once`), identical foci under different ids a warning.
+DATABASE_FORMATS = frozenset({NEUROSYNTH, STUDYSET_JSON, STUDYSET_PARQUET})
+
+#: Databases read in this process: (format, path, size, mtime, options) -> (dataset,
+#: warnings its reading gave), so that a study of many analyses over one database reads it
+#: once. A changed file (size or modification time) is read again.
+_DATABASES: dict[tuple, tuple[Dataset, list]] = {}
+#: How many database reads :func:`_read_once` did (tests count them).
+DATABASE_READS = Counter()
+
+
+def _read_once(kind: str, path: PathLike, options: dict) -> Dataset:
+    """``FORMATS[kind](path, **options)``, from memory for a database read before."""
+    if kind not in DATABASE_FORMATS:
+        return FORMATS[kind](path, **options)
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    key = (kind, str(resolved), stat.st_size, stat.st_mtime_ns,
+           tuple(sorted((k, frozenset(v) if isinstance(v, set | frozenset) else repr(v))
+                        for k, v in options.items())))
+    if key not in _DATABASES:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = FORMATS[kind](path, **options)
+        DATABASE_READS[str(resolved)] += 1
+        _DATABASES.clear()  # one database at a time in memory
+        _DATABASES[key] = (dataset, list(caught))
+    dataset, caught = _DATABASES[key]
+    for w in caught:  # each load says what its reading said
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return dataset
+
+
+def _supply_sample_size(dataset: Dataset, sample_size: int) -> tuple[Dataset, set[int]]:
+    """Experiments without N given ``sample_size``; and the ``id()`` of those."""
+    if all(exp.n_subjects is not None for exp in dataset):
+        return dataset, set()
+    experiments = tuple(
+        exp if exp.n_subjects is not None else dataclasses.replace(exp, n_subjects=sample_size)
+        for exp in dataset)
+    filled = {id(new) for new, old in zip(experiments, dataset) if new is not old}
+    return Dataset(experiments), filled

@@ -7,12 +7,18 @@ study under different names, or when a file repeats an experiment. Two experimen
 the same when they have the same sample size and the same foci (in MNI millimetres, in
 any order); a shared label alone is not enough: real files (the adult semantic data set)
 have distinct experiments whose label lines are identical.
+
+The evidence differs by input. In a database (a Neurosynth or NeuroQuery release, a
+Studyset) different ids are different studies, which may report one identical peak, and
+N is the same supplied number for all: identical foci there are a warning naming the
+pairs. In Sleuth files and tables the same experiment twice is an error, except where the
+evidence is weak (a single focus, or N supplied by ``sample_size``): then a warning.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -87,11 +93,29 @@ def duplicate_groups(dataset: Dataset | Sequence[Experiment]) -> list[list[Exper
     return sorted(found, key=lambda group: position[id(group[0])])
 
 
+def _same_place(group: list[Experiment]) -> bool:
+    """Whether experiments of a group come from one place (a file given twice)."""
+    return any(group[0].source and exp.source == group[0].source for exp in group[1:])
+
+
 def _describe(experiment: Experiment) -> str:
     return f"{experiment.id!r} ({experiment.source or 'no source'})"
 
 
-def check_duplicates(dataset: Dataset, *, allow: bool = False) -> Dataset:
+#: Pairs named in a warning about database duplicates (the rest are counted).
+NAMED_PAIRS = 3
+
+
+def _pairs_text(groups: list[list[Experiment]]) -> str:
+    pairs = [(group[0], other) for group in groups for other in group[1:]]
+    named = ", ".join(f"{a.id!r} and {b.id!r}" for a, b in pairs[:NAMED_PAIRS])
+    more = f" and {len(pairs) - NAMED_PAIRS} more" if len(pairs) > NAMED_PAIRS else ""
+    return f"{len(pairs)} pair{'' if len(pairs) == 1 else 's'} ({named}{more})"
+
+
+def check_duplicates(dataset: Dataset, *, allow: bool = False,
+                     database: Collection[int] = frozenset(),
+                     supplied_n: Collection[int] = frozenset()) -> Dataset:
     """Refuse (or, with ``allow``, warn about) experiments that occur twice.
 
     Parameters
@@ -100,6 +124,15 @@ def check_duplicates(dataset: Dataset, *, allow: bool = False) -> Dataset:
         The experiments of one analysis's inputs, combined.
     allow : bool
         Keep duplicates, with a :class:`DuplicateExperimentWarning` that counts them.
+    database : collection of int
+        ``id()`` of the experiments read from a database (a Neurosynth or NeuroQuery
+        release, a Studyset): different studies of a database that report identical foci
+        are a warning naming the pairs, not an error (two papers may report one peak, and
+        a release's N comes from ``sample_size``).
+    supplied_n : collection of int
+        ``id()`` of the experiments whose N the caller supplied (``sample_size``): the
+        same foci with a supplied N, or a single focus, is weak evidence of one
+        experiment given twice, so those are a warning too.
 
     Returns
     -------
@@ -115,8 +148,29 @@ def check_duplicates(dataset: Dataset, *, allow: bool = False) -> Dataset:
     groups = duplicate_groups(dataset)
     if not groups:
         return dataset
-    first, second = groups[0][0], groups[0][1]
-    extra = sum(len(group) - 1 for group in groups) - 1
+    in_database, weak, strong = [], [], []
+    for group in groups:
+        if all(id(exp) in database for exp in group):
+            in_database.append(group)
+        elif (group[0].n_foci == 1 or any(id(exp) in supplied_n for exp in group)) and (
+                not _same_place(group)):  # one file line given twice is no weak evidence
+            weak.append(group)
+        else:
+            strong.append(group)
+    if in_database:
+        warnings.warn(
+            f"{_pairs_text(in_database)} of different database entries have identical foci "
+            "and N; both of each are kept (different studies of a database may report the "
+            "same peaks)", DuplicateExperimentWarning, stacklevel=3)
+    if weak:
+        warnings.warn(
+            f"{_pairs_text(weak)} of experiments have identical foci and N, where that is "
+            "weak evidence of one experiment given twice (a single focus, or N given by "
+            "sample_size); both of each are kept", DuplicateExperimentWarning, stacklevel=3)
+    if not strong:
+        return dataset
+    first, second = strong[0][0], strong[0][1]
+    extra = sum(len(group) - 1 for group in strong) - 1
     more = f"; {extra} more duplicate(s) in all" if extra else ""
     same_place = bool(first.source) and first.source == second.source
     why = " (the same input given twice)" if same_place else ""
