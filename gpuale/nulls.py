@@ -652,7 +652,7 @@ def run_null(
         On Ctrl-C; the workers are stopped first.
     """
     merged = _merged_partial(spec, engine, seed, n_iters, scheduler, n_workers, progress)
-    if isinstance(spec, GlobalNullSpec):
+    if isinstance(spec, GlobalNullSpec) or getattr(spec, "kind", None) == "scale":
         return merged.finish(spec, seed, n_iters)
     return merged.finish(spec, seed, n_iters, engine.observed_difference(spec))
 

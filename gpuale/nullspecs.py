@@ -20,6 +20,10 @@ Three nulls exist:
     cluster-forming |ALE_A - ALE_B|.
 ``BalancedNullSpec``
     the null extrema of a balanced contrast's mean difference (:mod:`gpuale.balanced`).
+``ScaleNullSpec``
+    SCALE (Langner et al. 2014; NiMARE 0.22.1's ``SCALE``): each focus takes the position
+    of a focus drawn uniformly from a database's foci; per voxel how often the permuted
+    ALE reaches the observed one, and per permutation the largest ALE.
 
 The histogram arithmetic of the contrast's cluster-forming quantile
 (:func:`pooled_quantile`, :func:`abs_difference_histogram`) lives here too: engines fill
@@ -53,6 +57,9 @@ __all__ = [
     "GlobalNullSpec",
     "MonteCarloNull",
     "pooled_quantile",
+    "ScaleNull",
+    "ScaleNullPartial",
+    "ScaleNullSpec",
 ]
 
 
@@ -672,3 +679,97 @@ class BalancedNullPartial:
     def finish(self, spec: BalancedNullSpec, seed: int, n_iters: int) -> BalancedNull:
         min_null, max_null = _join_chunks(self.chunks, n_iters)
         return BalancedNull(min_null, max_null, int(seed))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScaleNullSpec:
+    """SCALE's null (Langner et al. 2014) as NiMARE 0.22.1's ``SCALE`` computes it.
+
+    In permutation i, focus j of the analysed experiments (``problem``) takes the voxel
+    ``pool_ijk[pool_draws(seed; i, j)]`` (:func:`gpuale.rng.pool_draws`): the position of
+    a focus drawn uniformly from the whole database. Per in-mask voxel, the permutations
+    whose ALE reaches the observed one are counted; compared as log-sums
+    (``log_sum <= observed_log_sum``, the same order as ALE >= observed ALE), which every
+    engine computes bit for bit alike. Per permutation the largest ALE (voxel-level FWE).
+
+    Parameters
+    ----------
+    problem : Problem
+        The analysed experiments (their kernels and numbers of foci).
+    pool_ijk : ndarray of int32, shape (n_pool, 3)
+        Voxel indices of every database focus on the analysis grid, as NiMARE's
+        ``mm2vox`` gives them (rounded half to even; foci off the grid kept, not clamped:
+        only the parts of their kernels inside the grid count).
+    observed_log_sum : ndarray of float64, shape (n_voxels,)
+        The observed in-mask ``sum_e log1p(-MA_e)`` (``ObservedALE.log_sum``).
+    """
+
+    problem: Problem
+    pool_ijk: np.ndarray
+    observed_log_sum: np.ndarray
+
+    kind = "scale"
+
+    def __post_init__(self) -> None:
+        pool = np.ascontiguousarray(self.pool_ijk, dtype=np.int32)
+        if pool.ndim != 2 or pool.shape[1] != 3 or pool.shape[0] == 0:
+            raise ValueError(f"pool_ijk must have shape (n_pool > 0, 3), got {pool.shape}")
+        if pool.shape[0] >= 2**32:
+            raise ValueError("a SCALE pool holds fewer than 2**32 foci")
+        observed = np.ascontiguousarray(self.observed_log_sum, dtype=np.float64)
+        if observed.shape != (self.problem.grid.n_voxels,):
+            raise ValueError(f"observed_log_sum has shape {observed.shape}, expected "
+                             f"({self.problem.grid.n_voxels},)")
+        object.__setattr__(self, "pool_ijk", pool)
+        object.__setattr__(self, "observed_log_sum", observed)
+
+    @property
+    def n_pool(self) -> int:
+        return int(self.pool_ijk.shape[0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScaleNullPartial:
+    """Exceedance counts over some permutations (int64 per in-mask voxel) and
+    ``chunks[first] = (max_ale,)``."""
+
+    counts: np.ndarray
+    chunks: dict[int, tuple[np.ndarray, ...]]
+
+    @classmethod
+    def of(cls, first: int, counts, max_ale) -> ScaleNullPartial:
+        return cls(np.asarray(counts, dtype=np.int64),
+                   {int(first): (np.asarray(max_ale, dtype=np.float64),)})
+
+    @property
+    def n_permutations(self) -> int:
+        return sum(part[0].size for part in self.chunks.values())
+
+    def merge(self, other: ScaleNullPartial) -> ScaleNullPartial:
+        overlap = self.chunks.keys() & other.chunks.keys()
+        if overlap:
+            raise ValueError(f"chunks starting at {sorted(overlap)} were merged twice")
+        return ScaleNullPartial(self.counts + other.counts, {**self.chunks, **other.chunks})
+
+    def finish(self, spec: ScaleNullSpec, seed: int, n_iters: int) -> ScaleNull:
+        (max_ale,) = _join_chunks(self.chunks, n_iters)
+        return ScaleNull(counts=self.counts, max_ale=max_ale, seed=int(seed))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScaleNull:
+    """SCALE's null: per in-mask voxel the permutations with ALE >= the observed one
+    (``counts``), and each permutation's largest ALE."""
+
+    counts: np.ndarray
+    max_ale: np.ndarray
+    seed: int
+
+    @property
+    def n_iters(self) -> int:
+        return int(self.max_ale.size)
+
+    def p_values(self) -> np.ndarray:
+        """NiMARE's SCALE p: count / n clipped to [1/n, 1 - 1/n]."""
+        n = self.n_iters
+        return np.clip(self.counts / n, 1.0 / n, 1.0 - 1.0 / n)

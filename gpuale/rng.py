@@ -47,6 +47,9 @@ STREAM_BALANCED_RELOCATE = 4
 STREAM_PROBABILISTIC_SCHEDULE = 5
 STREAM_PROBABILISTIC_SUBSET = 6
 STREAM_PROBABILISTIC_RELOCATE = 7
+#: SCALE (:class:`gpuale.nullspecs.ScaleNullSpec`): the database focus whose position
+#: each analysed focus takes in a permutation.
+STREAM_SCALE_POOL = 8
 #: Fail-safe N (:mod:`gpuale.failsafe`): the null studies' focus counts, sample sizes and
 #: foci. Far from the small stream numbers so that new streams can take those.
 STREAM_FAILSAFE_NULL_STUDIES = 0x46534E  # "FSN"
@@ -134,6 +137,30 @@ def relocation_draws(
     counter[..., 2] = STREAM_RELOCATE_FOCI
     counter[..., 3] = 0
     return uniform_below(philox4x32(counter, seed), n_choices)
+
+
+def pool_draws(seed: int, first_permutation: int, n_permutations: int, n_foci: int,
+               n_pool: int) -> np.ndarray:
+    """SCALE's draws: for focus ``j`` in permutation ``first_permutation + b``, the row
+    in ``[0, n_pool)`` of the database focus whose position it takes.
+
+    The counter is ``(j, i, STREAM_SCALE_POOL, 0)``, so a draw depends only on (seed,
+    permutation, focus), as :func:`relocation_draws`.
+
+    Returns
+    -------
+    ndarray of int64, shape (n_permutations, n_foci)
+    """
+    if first_permutation < 0 or first_permutation + n_permutations > 2**32:
+        raise ValueError("permutation indices must lie in [0, 2**32)")
+    perm = np.arange(first_permutation, first_permutation + n_permutations, dtype=np.uint64)
+    focus = np.arange(n_foci, dtype=np.uint64)
+    counter = np.empty((n_permutations, n_foci, 4), dtype=np.uint32)
+    counter[..., 0] = focus[None, :]
+    counter[..., 1] = perm[:, None]
+    counter[..., 2] = STREAM_SCALE_POOL
+    counter[..., 3] = 0
+    return uniform_below(philox4x32(counter, seed), n_pool)
 
 
 def random_splits(seed: int, first: int, count: int, n_total: int, n_a: int) -> np.ndarray:

@@ -650,6 +650,7 @@ class CudaEngine:
         self._pipeline: tuple[GlobalNullSpec, _NullPipeline] | None = None
         self._contrast: tuple[ContrastNullSpec, list] | None = None
         self._tfce: tuple | None = None
+        self._scale_host = None  # SCALE's host engine (no SCALE kernel yet)
         self._lock = threading.Lock()
 
     @classmethod
@@ -696,6 +697,8 @@ class CudaEngine:
             return self.device
 
     def chunk_size(self, spec) -> int:
+        if getattr(spec, "kind", None) == "scale":
+            return 8  # on the host engine (no SCALE kernel yet): its chunk
         return self.GLOBAL_CHUNK if isinstance(spec, GlobalNullSpec) else self.CONTRAST_CHUNK
 
     def concurrency(self, spec) -> str:
@@ -735,6 +738,13 @@ class CudaEngine:
                 host = NumbaEngine() if numba_available() else NumpyEngine()
                 return balanced_null_chunk(self._xp(), spec, seed, first, count,
                                            host.experiment_log_maps)
+            if getattr(spec, "kind", None) == "scale":
+                # No SCALE kernel yet: the compiled host engine's counts (the same bits).
+                from gpuale.engines.numba_ import NumbaEngine, numba_available
+
+                if self._scale_host is None:
+                    self._scale_host = NumbaEngine() if numba_available() else NumpyEngine()
+                return self._scale_host.null_chunk(spec, seed, first, count)
             if isinstance(spec, GlobalNullSpec):
                 return GlobalNullPartial.of(first, *self._global_chunk(spec, seed, first,
                                                                        count))

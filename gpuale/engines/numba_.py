@@ -38,10 +38,12 @@ from gpuale.nullspecs import (
     ContrastNullSpec,
     GlobalNullPartial,
     GlobalNullSpec,
+    ScaleNullPartial,
+    ScaleNullSpec,
     contrast_partial,
 )
 from gpuale.problem import Problem
-from gpuale.rng import relocation_draws
+from gpuale.rng import pool_draws, relocation_draws
 from gpuale.stats import ObservedALE, ale_from_log_sum
 from gpuale.tfce import TfceWork, largest_tfce, tfce_log_cut
 
@@ -214,6 +216,30 @@ def _permuted_log_sum(ijk, offsets, focus_side, focus_start, log_table, nx, ny, 
             candidate_log[n] = value
             n += value < log_cut
     return smallest, n
+
+
+@_njit
+def _scale_counts(ijk, offsets, focus_side, focus_start, log_table, nx, ny, nz,
+                  in_mask_flat, slab_mask_start, slab_planes, observed_log, counts, slab,
+                  scratch, shared, row_lo, row_hi):
+    """One SCALE permutation: its log-sum slab by slab (as :func:`_permuted_log_sum`),
+    ``counts[m] += log_sum[m] <= observed_log[m]`` for every in-mask voxel m; returns the
+    smallest in-mask log-sum."""
+    _touching(ijk, offsets, focus_side, shared)
+    plane = ny * nz
+    smallest = 0.0
+    for s in range(slab_mask_start.size - 1):
+        x_first = s * slab_planes
+        x_stop = min(x_first + slab_planes, nx)
+        _stamp_slab(slab, scratch, x_first, x_stop, ijk, offsets, focus_side, focus_start,
+                    log_table, ny, nz, shared, row_lo, row_hi)
+        base = x_first * plane
+        for m in range(slab_mask_start[s], slab_mask_start[s + 1]):
+            value = slab[in_mask_flat[m] - base]
+            if value < smallest:
+                smallest = value
+            counts[m] += value <= observed_log[m]
+    return smallest
 
 
 @_njit
@@ -484,6 +510,7 @@ class NumbaEngine:
         self._lock = threading.Lock()
         self._tables: tuple[GlobalNullSpec, _GlobalTables] | None = None
         self._contrast: tuple[ContrastNullSpec, object] | None = None
+        self._scale: tuple[ScaleNullSpec, _GlobalTables] | None = None
         self._local = threading.local()
 
     def __getstate__(self) -> dict:
@@ -496,7 +523,9 @@ class NumbaEngine:
         return "the CPU"
 
     def chunk_size(self, spec) -> int:
-        return GLOBAL_CHUNK if isinstance(spec, GlobalNullSpec) else self._numpy.chunk_size(spec)
+        if isinstance(spec, GlobalNullSpec | ScaleNullSpec):
+            return GLOBAL_CHUNK
+        return self._numpy.chunk_size(spec)
 
     def concurrency(self, spec) -> str:
         return "threads"
@@ -560,6 +589,8 @@ class NumbaEngine:
 
             return balanced_null_chunk(np, spec, seed, first, count, self.experiment_log_maps,
                                        mean_no_activation)
+        if isinstance(spec, ScaleNullSpec):
+            return self._scale_chunk(spec, seed, first, count)
         if not isinstance(spec, GlobalNullSpec):
             if tuple(spec.statistics) != CONTRAST_STATISTICS:
                 return self._contrast_statistics(spec, seed, first, count)
@@ -594,6 +625,34 @@ class NumbaEngine:
             if spec.tfce:
                 out[3][b] = self._largest_tfce(spec, tables, scratch, n, ale)
         return GlobalNullPartial.of(first, *out)
+
+    def _scale_chunk(self, spec: ScaleNullSpec, seed: int, first: int,
+                     count: int) -> ScaleNullPartial:
+        """SCALE: each focus at a database focus's voxel, compiled (the numpy engine's
+        counts and maxima, bit for bit)."""
+        with self._lock:
+            if self._scale is None or self._scale[0] is not spec:
+                # Threshold and connectivity are unused: only log-sums are read.
+                self._scale = (spec, _GlobalTables(GlobalNullSpec(spec.problem, 0.5)))
+            tables = self._scale[1]
+        cached = getattr(self._local, "scale_scratch", None)
+        if cached is None or cached[0] is not tables:
+            cached = (tables, _Scratch(tables, spec.problem))
+            self._local.scale_scratch = cached
+        scratch = cached[1]
+        nx, ny, nz = tables.shape
+        counts = np.zeros(tables.in_mask_flat.size, dtype=np.int64)
+        max_ale = np.empty(count, dtype=np.float64)
+        draws = pool_draws(seed, first, count, spec.problem.n_foci, spec.n_pool)
+        for b in range(count):
+            ijk = np.ascontiguousarray(spec.pool_ijk[draws[b]], dtype=np.int64)
+            smallest = _scale_counts(
+                ijk, tables.offsets, tables.focus_side, tables.focus_start, tables.log_table,
+                nx, ny, nz, tables.in_mask_flat, tables.slab_mask_start, tables.slab_planes,
+                spec.observed_log_sum, counts, scratch.slab, scratch.scratch, scratch.shared,
+                tables.row_lo, tables.row_hi)
+            max_ale[b] = ale_from_log_sum(np.array([smallest]))[0]
+        return ScaleNullPartial.of(first, counts, max_ale)
 
     def _largest_tfce(self, spec: GlobalNullSpec, tables: _GlobalTables, scratch: _Scratch,
                       n: int, ale: np.ndarray) -> float:

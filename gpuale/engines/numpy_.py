@@ -26,10 +26,12 @@ from gpuale.nullspecs import (
     ContrastNullSpec,
     GlobalNullPartial,
     GlobalNullSpec,
+    ScaleNullPartial,
+    ScaleNullSpec,
     contrast_partial,
 )
 from gpuale.problem import Problem
-from gpuale.rng import relocation_draws
+from gpuale.rng import pool_draws, relocation_draws
 from gpuale.stats import ObservedALE, ale_from_log_sum
 from gpuale.tfce import tfce_definition
 
@@ -78,10 +80,10 @@ class NumpyEngine:
         return "the CPU"
 
     def chunk_size(self, spec) -> int:
-        return GLOBAL_CHUNK if isinstance(spec, GlobalNullSpec) else CONTRAST_CHUNK
+        return GLOBAL_CHUNK if isinstance(spec, GlobalNullSpec | ScaleNullSpec) else CONTRAST_CHUNK
 
     def concurrency(self, spec) -> str:
-        return "processes" if isinstance(spec, GlobalNullSpec) else "threads"
+        return "processes" if isinstance(spec, GlobalNullSpec | ScaleNullSpec) else "threads"
 
     def observed_ale(self, problem: Problem) -> ObservedALE:
         """ALE map of the observed foci, with each experiment's MA values."""
@@ -157,6 +159,8 @@ class NumpyEngine:
             return balanced_null_chunk(np, spec, seed, first, count, self.experiment_log_maps)
         if isinstance(spec, GlobalNullSpec):
             return self._global_chunk(spec, seed, first, count)
+        if isinstance(spec, ScaleNullSpec):
+            return self._scale_chunk(spec, seed, first, count)
         blocks = self._blocks(spec)
         if tuple(spec.statistics) != CONTRAST_STATISTICS:
             return contrast_partial(
@@ -207,6 +211,24 @@ class NumpyEngine:
                 out[3][b] = tfce_definition(volume.reshape(grid.shape)).max()
         return GlobalNullPartial.of(first, *out)
 
+    def _scale_chunk(self, spec: ScaleNullSpec, seed: int, first: int,
+                     count: int) -> ScaleNullPartial:
+        """SCALE: foci at database foci's voxels; counts of log-sum <= observed."""
+        cached = getattr(self._local, "scale", None)
+        if cached is None or cached[0] is not spec:
+            # The threshold and connectivity are unused: only log-sums are read.
+            cached = (spec, _PermutationScratch(spec.problem, 0.5, 6))
+            self._local.scale = cached
+        scratch = cached[1]
+        counts = np.zeros(spec.problem.grid.n_voxels, dtype=np.int64)
+        max_ale = np.empty(count, dtype=np.float64)
+        draws = pool_draws(seed, first, count, spec.problem.n_foci, spec.n_pool)
+        for b in range(count):
+            log_sum = scratch.log_sum(spec.pool_ijk[draws[b]].astype(np.int64))
+            counts += log_sum <= spec.observed_log_sum
+            max_ale[b] = ale_from_log_sum(np.array([log_sum.min()]))[0]
+        return ScaleNullPartial.of(first, counts, max_ale)
+
 
 class _PermutationScratch:
     """Scratch volumes and tables reused across the permutations of one worker."""
@@ -237,11 +259,13 @@ class _PermutationScratch:
         total.fill(0.0)
         lo, hi, klo, khi = clipped_boxes(ijk, self.sides, self.grid.shape)
         shared = self._shares_box(ijk)
+        # A box wholly off the grid (SCALE's database foci may lie there) adds nothing.
+        outside = np.any(hi <= lo, axis=1).tolist()
         lo, hi, klo, khi = lo.tolist(), hi.tolist(), klo.tolist(), khi.tolist()
         for start, stop in self.experiment_ranges:
-            overlapping = [f for f in range(start, stop) if shared[f]]
+            overlapping = [f for f in range(start, stop) if shared[f] and not outside[f]]
             for f in range(start, stop):
-                if shared[f]:
+                if shared[f] or outside[f]:
                     continue
                 # A box no other focus of the experiment touches: its MA is the kernel.
                 (x0, y0, z0), (x1, y1, z1) = lo[f], hi[f]
