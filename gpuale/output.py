@@ -21,6 +21,7 @@ from gpuale.clusters import CONTRIBUTION_FIELDS, peak_rows
 from gpuale.contrast import smallest_p
 from gpuale.dataset import Dataset
 from gpuale.io.files import file_checksum
+from gpuale.macm import MACMResult
 from gpuale.runfolder import (
     CLUSTER_LABELS,
     CLUSTERS_TSV,
@@ -28,9 +29,11 @@ from gpuale.runfolder import (
     CONTRIBUTIONS_KEY,
     CONTRIBUTIONS_METHOD,
     CONTRIBUTIONS_TSV,
+    MACM_KEY,
     N_CLUSTERS_KEY,
     NULLS_NPZ,
     OUTPUTS_KEY,
+    ROI_MAP,
     RUN_JSON,
     STOPPING_KEY,
     TFCE_KEY,
@@ -54,6 +57,7 @@ __all__ = [
     "save_ale",
     "save_balanced_contrast",
     "save_conjunction",
+    "save_macm",
     "save_contrast",
     "table_value",
     "write_table",
@@ -103,8 +107,10 @@ def save_ale(
     command: str | None = None,
     force: bool = False,
     extra: dict | None = None,
+    extra_images: dict | None = None,
 ) -> Path:
-    """Write a result into ``out_dir`` (all or nothing); ``extra`` goes into run.json.
+    """Write a result into ``out_dir`` (all or nothing); ``extra`` goes into run.json,
+    ``extra_images`` (name -> NIfTI image, e.g. a MACM's ``roi``) beside the maps.
 
     Files: ``ale``, ``p``, ``z`` and, with Monte Carlo, the FWE maps (``*.nii.gz``),
     ``clusters.tsv``, ``contributions.tsv``, ``nulls.npz`` (the analytic null histogram
@@ -114,7 +120,7 @@ def save_ale(
     """
     with atomic_output_dir(out_dir, force=force, inputs=_input_paths(inputs)) as tmp:
         written = []
-        for name, image in result.images().items():
+        for name, image in {**result.images(), **(extra_images or {})}.items():
             image.to_filename(str(tmp / map_file(name)))
             written.append(map_file(name))
         clusters = result.clusters()
@@ -128,6 +134,58 @@ def save_ale(
         record = run_record(result, inputs, command, clusters, written)
         write_json(tmp / RUN_JSON, {**record, **(extra or {})})
     return Path(out_dir)
+
+
+def save_macm(
+    result: MACMResult,
+    out_dir: str | Path,
+    *,
+    inputs: Sequence[InputItem] = (),
+    command: str | None = None,
+    force: bool = False,
+    extra: dict | None = None,
+) -> Path:
+    """Write a MACM into ``out_dir``: with the uniform null a global ALE's folder (every
+    file of :func:`save_ale`) with ``roi.nii.gz`` and run.json's ``macm``; with SCALE,
+    NiMARE's SCALE maps (``stat``, ``logp``, ``z``, ``logp_level-voxel``,
+    ``z_level-voxel``), ``roi.nii.gz``, ``nulls.npz`` (the exceedance counts and each
+    permutation's largest ALE) and run.json (analysis ``scale``)."""
+    roi = _roi_image(result)
+    macm = {MACM_KEY: result.record()}
+    if result.scale is None:
+        return save_ale(result.ale, out_dir, inputs=inputs, command=command, force=force,
+                        extra={**macm, **(extra or {})}, extra_images={ROI_MAP: roi})
+    scale, ale = result.scale, result.ale
+    with atomic_output_dir(out_dir, force=force, inputs=_input_paths(inputs)) as tmp:
+        written = []
+        for name, values in scale.maps().items():
+            ale.grid.to_image(values, description=f"gpuale:{name}").to_filename(
+                str(tmp / map_file(name)))
+            written.append(map_file(name))
+        roi.to_filename(str(tmp / map_file(ROI_MAP)))
+        written.append(map_file(ROI_MAP))
+        np.savez_compressed(tmp / NULLS_NPZ, max_ale=scale.null.max_ale,
+                            exceedance_counts=scale.null.counts,
+                            seed=np.array(scale.null.seed, dtype=np.uint64))
+        written.append(NULLS_NPZ)
+        record = run_record(ale, inputs, command, [], written)
+        record.update(record_header("scale"))
+        record["settings"].update({"iterations": scale.null.n_iters, "seed": scale.null.seed,
+                                   "null_method": "SCALE (Langner et al. 2014)",
+                                   "cluster_level_fwe": None})
+        record["timings_s"] = {**ale.timings, **scale.timings}
+        record["warnings"] = list(dict.fromkeys(ale.warnings + result.warnings))
+        write_json(tmp / RUN_JSON, {**record, **macm, **(extra or {})})
+    return Path(out_dir)
+
+
+def _roi_image(result: MACMResult):
+    import nibabel as nib
+
+    grid = result.ale.grid
+    image = nib.Nifti1Image(result.roi.volume.astype(np.uint8), grid.affine)
+    image.header["descrip"] = b"gpuale:roi"
+    return image
 
 
 def _input_paths(inputs: Sequence[InputItem]) -> list[Path]:

@@ -153,7 +153,11 @@ SCHEMA_VERSION = 3
 SCHEMA_VERSION_KEY = "schema_version"
 #: Which analysis wrote the folder: one of ``KINDS``.
 KIND_KEY = "analysis"
-KINDS = ("ale", "contrast", "conjunction")
+KINDS = ("ale", "contrast", "conjunction", "scale")
+#: run.json's record of a MACM (:mod:`gpuale.macm`): the ROI, database and selection.
+MACM_KEY = "macm"
+#: A MACM's seed region on the analysis grid (1 inside).
+ROI_MAP = "roi"
 N_CLUSTERS_KEY = "n_clusters"
 #: Version 1 counted a global ALE's clusters under this key.
 V1_N_CLUSTERS_KEY = "n_significant_clusters"

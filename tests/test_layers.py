@@ -53,6 +53,7 @@ LAYERS = {
     "gpuale.conjunction": 5,
     "gpuale.jackknife": 5,
     "gpuale.failsafe": 5,
+    "gpuale.macm": 5,
     # 6 run folders: every writer and reader of a run folder
     "gpuale.runfolder": 6,
     "gpuale._files": 6,

@@ -281,6 +281,48 @@ def _global_dataset(run: RunFolder) -> Section:
     return Section("dataset", "Dataset", body)
 
 
+def _macm_section(run: RunFolder) -> Section | None:
+    """A MACM's seed region (on the glass brain), database and selection."""
+    macm = run.record.get("macm")
+    if not macm:
+        return None
+    from gpuale.grid import default_mask_path
+    from gpuale.report import figures
+    from gpuale.report.atlas import template_path
+
+    roi, database, selected = macm["roi"], macm["database"], macm["selected"]
+    if roi.get("kind") == "sphere":
+        c = roi["center_mm"]
+        seed = f"sphere, centre ({c[0]:g}, {c[1]:g}, {c[2]:g}) mm, radius {roi['radius_mm']:g} mm"
+    else:
+        seed = (f"{roi.get('path')} (sha256 {str(roi.get('sha256', ''))[:12]})"
+                + ("; resampled to the analysis grid by nearest neighbour"
+                   if roi.get("resampled") else ""))
+    rows = [
+        ("Seed region", seed),
+        ("Seed voxels", f"{roi.get('n_voxels', 0):,} ({roi.get('n_voxels_in_mask', 0):,} in "
+                        f"the brain mask; {roi.get('volume_mm3', 0):,.0f} mm³)"),
+        ("Database", f"{database['n_experiments']:,} experiments, {database['n_foci']:,} foci"),
+        ("Selected", f"{selected['n_experiments']:,} experiments, {selected['n_foci']:,} foci "
+                     "(at least one focus in the seed; NiMARE's get_studies_by_mask)"),
+        ("Null", macm.get("null")),
+    ]
+    body = _settings_table(rows)
+    out = run.path / FIGURES_DIR
+    out.mkdir(exist_ok=True)
+    try:
+        background = figures.load_background(template_path(), default_mask_path())
+        overlay = figures.load_volume(run.map_path("roi"))
+        figures.glass_brain_figure(background, overlay, [], out / "roi_glass_brain.png",
+                                   colorbar_labels=("ROI", "-"))
+        body += _figure(f"{FIGURES_DIR}/roi_glass_brain.png",
+                        "The seed region (roi.nii.gz) over the outline of the brain.",
+                        "seed region")
+    except figures.FigureError as error:
+        body += f"<p>{_esc(NO_FIGURES_TEXT.format(reason=error))}</p>"
+    return Section("macm", "MACM seed and selection", body)
+
+
 def _experiment_details(experiments: Sequence[dict]) -> str:
     rows = [(e.get("id"), e.get("n_subjects"), e.get("n_foci"), e.get("space"),
              f"{e.get('fwhm_mm', float('nan')):.2f}") for e in experiments]
@@ -470,7 +512,7 @@ def _global_page(run: RunFolder) -> Page:
     settings_section = _global_settings(run)
     settings_section = dataclasses.replace(settings_section,
                                            body=_note(notes) + settings_section.body)
-    sections = [settings_section, _global_dataset(run), *results,
+    sections = [settings_section, _macm_section(run), _global_dataset(run), *results,
                 _contributions(run, labels), _jackknife(run), _failsafe(run), _nulls(run),
                 _methods_section(*_with_robustness(methods_global(record), run))]
     cards = [

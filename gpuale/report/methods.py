@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from string import Template
 
 from gpuale.runfolder import (
@@ -80,6 +81,47 @@ REFERENCES = {
         "implemented in NiMARE's BalancedALESubtraction (Salo T et al., NiMARE 0.22.1)."
     ),
 }
+REFERENCES.update({
+    "robinson2010": (
+        "Robinson JL, Laird AR, Glahn DC, Lovallo WR, Fox PT (2010). Metaanalytic "
+        "connectivity modeling: delineating the functional connectivity of the human "
+        "amygdala. Human Brain Mapping 31:173-184."
+    ),
+    "eickhoff2010": (
+        "Eickhoff SB, Jbabdi S, Caspers S, Laird AR, Fox PT, Zilles K, Behrens TEJ (2010). "
+        "Anatomical and functional connectivity of cytoarchitectonic areas within the human "
+        "parietal operculum. Journal of Neuroscience 30:6409-6421."
+    ),
+    "langner2014": (
+        "Langner R, Rottschy C, Laird AR, Fox PT, Eickhoff SB (2014). Meta-analytic "
+        "connectivity modeling revisited: controlling for activation base rates. "
+        "NeuroImage 99:207-216."
+    ),
+})
+
+
+def macm_sentence(macm: dict) -> str:
+    """How a MACM selected its experiments (run.json's ``macm``)."""
+    roi = macm.get("roi", {})
+    if roi.get("kind") == "sphere":
+        c = roi.get("center_mm", [0, 0, 0])
+        seed = (f"a sphere of {roi.get('radius_mm', 0):g} mm radius around MNI "
+                f"({c[0]:g}, {c[1]:g}, {c[2]:g})")
+    else:
+        seed = (f"the region {Path(str(roi.get('path', ''))).name}"
+                + (" (resampled to the analysis grid by nearest neighbour)"
+                   if roi.get("resampled") else ""))
+    database, selected = macm.get("database", {}), macm.get("selected", {})
+    return (
+        "A meta-analytic connectivity modelling (MACM; Robinson et al. 2010; Eickhoff et al. "
+        f"2010) analysis was performed: of the {database.get('n_experiments', 0):,} "
+        f"experiments ({database.get('n_foci', 0):,} foci) of the database, the "
+        f"{selected.get('n_experiments', 0):,} experiments ({selected.get('n_foci', 0):,} "
+        f"foci) with at least one focus in {seed} ({roi.get('n_voxels', 0):,} voxels) were "
+        "selected (as NiMARE's get_studies_by_mask) and analysed as follows. "
+    )
+
+
 REFERENCES.update({
     "frahm2022": (
         "Frahm L, Cieslik EC, Hoffstaedter F, Satterthwaite TD, Fox PT, Langner R, Eickhoff "
@@ -309,6 +351,9 @@ def methods_global(record: dict) -> tuple[str, list[str]]:
     else:
         text = GLOBAL_NO_MC_TEMPLATE.substitute(common)
     keys = list(_ALE_KEYS) + (["lancaster2007"] if any_tal else [])
+    if record.get("macm"):
+        text = macm_sentence(record["macm"]) + text
+        keys = ["robinson2010", "eickhoff2010"] + keys
     if settings.get("iterations", 0) and threshold and record.get(STOPPING_KEY):
         keys += ["besag1991", "gandy2009"]
     if settings.get("iterations", 0) and threshold and record.get(TFCE_KEY):
