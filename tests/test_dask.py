@@ -482,3 +482,19 @@ def test_a_balanced_null_keeps_its_small_chunks_when_workers_choose(small_grid):
     for name in ("min_null", "max_null"):
         np.testing.assert_array_equal(getattr(results["cpu"].null, name),
                                       getattr(results["auto"].null, name))
+
+
+@pytest.mark.parametrize("engine", [get_engine("cpu"), NumpyEngine()], ids=lambda e: e.name)
+def test_scale_null_on_a_cluster_equals_one_machine(client, problem, engine):
+    from gpuale.nullspecs import ScaleNullSpec
+
+    compiled, _ = problem
+    grid = compiled.grid
+    pool = np.argwhere(grid.mask)[::37].astype(np.int32)
+    observed = engine.observed_ale(compiled)
+    spec = ScaleNullSpec(compiled, pool, observed.log_sum)
+    here = run_null(spec, engine, seed=4, n_iters=21, scheduler=ThreadScheduler(2))
+    there = run_null(spec, engine, seed=4, n_iters=21,
+                     scheduler=DaskScheduler(client, in_flight=3))
+    np.testing.assert_array_equal(here.counts, there.counts)
+    np.testing.assert_array_equal(here.max_ale, there.max_ale)
