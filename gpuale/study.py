@@ -42,6 +42,7 @@ from gpuale.contrast import (
 )
 from gpuale.dataset import Dataset
 from gpuale.grid import Grid, load_grid
+from gpuale.macm import roi_from_image, roi_from_sphere, run_macm
 from gpuale.nulls import DaskScheduler, RunInterrupted, Scheduler
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
 from gpuale.studyfile import (
@@ -288,7 +289,7 @@ def _run_study_held(study: Study, out_dir: Path, *, overrides, device, force, co
     # empty selection or a bad file is an error now, not after hours of earlier analyses.
     shown: set[str] = set()  # a duplicate warning is logged once, not per analysis
     for analysis in order:
-        if analysis.type == "global":
+        if analysis.type in ("global", "macm"):
             datasets[analysis.name] = _global_dataset(analysis, study, log, shown)
         elif analysis.type == "contrast":
             _check_groups(analysis, study, datasets)
@@ -374,7 +375,7 @@ def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
     selection = _selection(analysis, study)
     if selection is not None:
         extra[runfolder.SELECTION_KEY] = selection
-    if analysis.type == "global" and analysis.name not in datasets:
+    if analysis.type in ("global", "macm") and analysis.name not in datasets:
         datasets[analysis.name] = _global_dataset(analysis, study)
     reuse = not force and runfolder.finished_with(folder, fingerprint)
     if reuse:
@@ -597,6 +598,22 @@ def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str
         )
         output.save_ale(result, folder, inputs=_named_inputs(analysis, study), force=True,
                         command=command, extra=extra)
+    elif analysis.type == "macm":
+        spec = analysis.spec
+        if "roi" in spec:
+            roi = roi_from_image(spec["roi"], grid)
+        else:
+            roi = roi_from_sphere(spec["sphere"][:3], spec["sphere"][3], grid)
+        result = run_macm(
+            datasets[analysis.name], roi, grid=grid, null=spec.get("null", "uniform"),
+            fwhm_mm=s["fwhm"], n_iters=s["iterations"],
+            max_iters=s.get("max_iters") or DEFAULT_MAX_ITERS, seed=s["seed"],
+            cluster_forming_p=s["cluster_p"], alpha=s["alpha"],
+            connectivity=s["connectivity"], device=s["device"], n_workers=s["workers"],
+            progress=progress, scheduler=scheduler, tfce=spec.get("tfce", False),
+        )
+        output.save_macm(result, folder, inputs=_named_inputs(analysis, study), force=True,
+                         command=command, extra=extra)
     elif analysis.type == "contrast":
         a, b = analysis.spec["a"], analysis.spec["b"]
         spec = analysis.spec
@@ -658,6 +675,11 @@ def _summarise(folder: Path) -> dict:
         stopping = record.get(runfolder.STOPPING_KEY)
         if stopping:  # iterations = "auto": where the rule stopped, and why
             text += f"; auto: {stopping['reason']} at {stopping['stopped_at']:,} iterations"
+    elif run.kind == "scale":
+        scale = record["macm"]["scale"]
+        text = (f"SCALE of {record['n_experiments']} experiments; "
+                f"{scale['n_voxels_p_fwe_below_alpha']} voxel(s) with voxel-level FWE p < "
+                f"{scale['alpha']}")
     elif run.kind == "contrast":
         groups = record["groups"]
         text = (f"{groups['A']['n_experiments']} vs {groups['B']['n_experiments']} "

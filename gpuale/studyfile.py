@@ -77,7 +77,7 @@ from gpuale.stopping import AUTO
 __all__ = ["Analysis", "Study", "allowing_duplicates", "load_study"]
 
 
-ANALYSIS_TYPES = ("global", "contrast", "conjunction")
+ANALYSIS_TYPES = ("global", "contrast", "conjunction", "macm")
 
 
 #: Settings a [study] table (or an analysis) may set, with their defaults.
@@ -104,6 +104,8 @@ ANALYSIS_KEYS = {
     "contrast": {"type", "a", "b", "mode", "p", "min_z", "overlap", "cluster_fwe",
                  "target_n", "null", "mask_coverage", "difference_iterations", "subsamples"},
     "conjunction": {"type", "of"},
+    # A MACM (gpuale.macm): a database (input) and a seed region (roi or sphere).
+    "macm": {"type", "input", "inputs", "where", "roi", "sphere", "null", "tfce"},
 }
 
 
@@ -330,7 +332,7 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
                                   or max_iters < 1):
         raise _problem(path, f"analysis {key!r}: max_iters = {max_iters!r} must be a whole "
                              "number of at least 1")
-    if kind == "global":
+    if kind in ("global", "macm"):
         names = table.get("inputs", [table["input"]] if "input" in table else [])
         if not names:
             raise _problem(path, f"analysis {key!r}: name its data with input = \"...\"")
@@ -341,6 +343,8 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
         table["inputs"] = names
         table.pop("input", None)
         _check_tfce(path, key, table, settings)
+        if kind == "macm":
+            _check_macm(path, key, table, settings)
         split = table.get("split")
         if split is not None and (not isinstance(split, dict) or set(split) != {"column",
                                                                                 "half"}
@@ -355,6 +359,36 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
     elif not isinstance(table.get("of"), list) or len(table["of"]) < 2:
         raise _problem(path, f"conjunction {key!r} needs of = [at least two analyses]")
     return Analysis(name=key, type=kind, spec=table, settings=settings)
+
+
+def _check_macm(path: Path, key: str, table: dict, settings: dict) -> None:
+    """A MACM's seed (``roi = "file.nii.gz"``, relative to the study file, or ``sphere =
+    [x, y, z, r]`` in mm) and ``null`` (``"uniform"``, the default, or ``"scale"``)."""
+    from gpuale.macm import MACM_NULLS
+
+    if ("roi" in table) == ("sphere" in table):
+        raise _problem(path, f"macm {key!r} needs exactly one of roi = \"ROI.nii.gz\" and "
+                             "sphere = [x, y, z, radius]")
+    if "roi" in table:
+        roi = Path(str(table["roi"]))
+        roi = roi if roi.is_absolute() else path.parent / roi
+        if not roi.is_file():
+            raise _problem(path, f"macm {key!r}: roi {str(roi)!r} does not exist")
+        table["roi"] = str(roi)
+    else:
+        sphere = table["sphere"]
+        if (not isinstance(sphere, list) or len(sphere) != 4 or any(
+                isinstance(v, bool) or not isinstance(v, int | float) for v in sphere)):
+            raise _problem(path, f"macm {key!r}: sphere = {sphere!r} must be [x, y, z, "
+                                 "radius] in mm")
+    null = table.setdefault("null", "uniform")
+    if null not in MACM_NULLS:
+        raise _problem(path, f"macm {key!r}: null = {null!r} must be one of {MACM_NULLS}")
+    if null == "scale" and (settings["iterations"] == AUTO or table.get("tfce")):
+        raise _problem(path, f"macm {key!r}: null = \"scale\" takes a number of iterations "
+                             "(voxel-level FWE only: no \"auto\", no tfce)")
+    if null == "uniform":
+        del table["null"]  # the default, left out of the fingerprint
 
 
 def _check_tfce(path: Path, key: str, table: dict, settings: dict) -> None:
@@ -427,6 +461,8 @@ def _fingerprint(analysis: Analysis, study: Study, upstream: dict[str, str]) -> 
         },
         "upstream": {dep: upstream[dep] for dep in analysis.depends_on},
     }
+    if analysis.spec.get("roi"):  # a MACM's seed image: its contents, not its name
+        payload["roi"] = file_checksum(analysis.spec["roi"])
     options = {name: study.input_options[name] for name in analysis.spec.get("inputs", [])
                if study.input_options.get(name)}
     if options:  # only where given, so that earlier studies' fingerprints stay the same
@@ -436,7 +472,7 @@ def _fingerprint(analysis: Analysis, study: Study, upstream: dict[str, str]) -> 
 
 def _selection(analysis: Analysis, study: Study) -> dict | None:
     """The experiments an analysis takes, for run.json (see runfolder.SELECTION_KEY)."""
-    if analysis.type == "global":
+    if analysis.type in ("global", "macm"):
         return {"inputs": list(analysis.spec["inputs"]),
                 "where": analysis.spec.get("where"), "split": analysis.spec.get("split")}
     if analysis.type == "contrast":

@@ -159,3 +159,64 @@ def test_cli_scale_writes_nimare_map_names_and_the_same_counts_on_both_cpu_engin
     np.testing.assert_array_equal(a["max_ale"], b["max_ale"])
     record = json.loads((folders["cpu-numpy"] / "run.json").read_text())
     assert record["analysis"] == "scale" and record["macm"]["scale"]["iterations"] == 12
+
+
+def test_a_study_of_macms_loads_the_database_once(release, tmp_path):
+    import gpuale.io as gio
+
+    study = tmp_path / "study.toml"
+    study.write_text(f"""
+[study]
+iterations = 25
+sample_size = 20
+device = "cpu"
+workers = 1
+
+[inputs]
+db = "{release}"
+
+[analyses.seed_a]
+type = "macm"
+input = "db"
+sphere = [0, -20, 10, 30]
+
+[analyses.seed_b]
+type = "macm"
+input = "db"
+sphere = [0, 10, 10, 30]
+
+[analyses.seed_a_scale]
+type = "macm"
+input = "db"
+sphere = [0, -20, 10, 30]
+null = "scale"
+iterations = 10
+""")
+    key = str(release.resolve())
+    gio._DATABASES.clear()
+    before = gio.DATABASE_READS[key]
+    result = runner.invoke(cli.app, ["run", str(study), "--out", str(tmp_path / "out"),
+                                     "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert gio.DATABASE_READS[key] - before == 1
+    a = json.loads((tmp_path / "out" / "seed_a" / "run.json").read_text())
+    s = json.loads((tmp_path / "out" / "seed_a_scale" / "run.json").read_text())
+    assert a["macm"]["roi"]["center_mm"] == [0, -20, 10] and a["analysis"] == "ale"
+    assert s["analysis"] == "scale" and s["n_experiments"] == a["n_experiments"]
+    # Unchanged: reused, nothing read again but the database (from memory).
+    again = runner.invoke(cli.app, ["run", str(study), "--out", str(tmp_path / "out"),
+                                    "--no-report"])
+    assert again.exit_code == 0 and again.output.count("reused (same inputs") == 3, again.output
+
+
+@pytest.mark.parametrize("table, message", [
+    ('type = "macm"\ninput = "db"', "exactly one of roi"),
+    ('type = "macm"\ninput = "db"\nsphere = [0, 0, 0]', "must be [x, y, z, radius]"),
+    ('type = "macm"\ninput = "db"\nsphere = [0, 0, 0, 6]\nnull = "odd"', "must be one of"),
+    ('type = "macm"\ninput = "db"\nroi = "missing.nii.gz"', "does not exist"),
+])
+def test_study_macm_keys_are_checked(release, tmp_path, table, message):
+    study = tmp_path / "study.toml"
+    study.write_text(f'[inputs]\ndb = "{release}"\n\n[analyses.m]\n{table}\n')
+    result = runner.invoke(cli.app, ["run", str(study), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output

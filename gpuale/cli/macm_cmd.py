@@ -177,8 +177,8 @@ def macm(
             err.print(f"selected {len(result.selected)} of {len(database)} experiments "
                       f"({result.selected.n_foci} of {database.n_foci} foci)",
                       highlight=False)
+        _write_report(out, report, quiet)
         if result.scale is None:
-            _write_report(out, report, quiet)
             if not quiet:
                 _summary(result.ale, out)
         elif not quiet:

@@ -90,6 +90,7 @@ MAX_SLICE_CLUSTERS = 10
 TOP_CONTRIBUTORS = 5
 TITLES = {
     "ale": "ALE meta-analysis",
+    "scale": "SCALE (MACM) meta-analysis",
     "contrast": "ALE contrast",
     "conjunction": "Conjunction (minimum statistic)",
 }
@@ -665,7 +666,36 @@ def _conjunction_page(run: RunFolder) -> Page:
 # --------------------------------------------------------------------------- writing
 
 #: run.json "analysis" -> page builder.
+def _scale_page(run: RunFolder) -> Page:
+    """A SCALE run (``gpuale macm --null scale``): its seed, selection, null and methods."""
+    from gpuale.report.methods import methods_scale
+
+    record = run.record
+    scale = record["macm"]["scale"]
+    rows = [
+        ("Permutations", f"{scale['iterations']:,} (seed {scale['seed']})"),
+        ("Null", "each focus at a focus drawn from the database's "
+                 f"{scale['pool_foci']:,} foci (Langner et al. 2014; NiMARE's SCALE)"),
+        ("Voxel-level FWE", f"ALE > {scale['voxel_fwe_ale_threshold']:.5f} "
+                            f"(1 - {scale['alpha']} quantile of the largest ALE per "
+                            f"permutation): {scale['n_voxels_p_fwe_below_alpha']:,} voxels"),
+        ("Cluster-level FWE", "none for SCALE: its voxel-specific nulls give no single null "
+                              "for cluster sizes (NiMARE's SCALE has none either)"),
+        ("Maps", "stat, logp, z, logp_level-voxel, z_level-voxel (NiMARE's names), roi"),
+    ]
+    settings = Section("settings", "SCALE", _note(list(record.get("warnings", [])))
+                       + _settings_table(rows))
+    sections = [settings, _macm_section(run), _global_dataset(run),
+                _methods_section(*methods_scale(record))]
+    cards = [("experiments", record.get("n_experiments")), ("foci", record.get("n_foci")),
+             ("permutations", f"{scale['iterations']:,}"),
+             ("voxels FWE p < alpha", scale["n_voxels_p_fwe_below_alpha"])]
+    return Page(TITLES["scale"], f"{run.path.name}: SCALE, voxel-level FWE", cards,
+                [s for s in sections if s is not None])
+
+
 PAGE_BUILDERS: dict[str, Callable[[RunFolder], Page]] = {
+    "scale": _scale_page,
     "ale": _global_page,
     "contrast": _contrast_page,
     "conjunction": _conjunction_page,

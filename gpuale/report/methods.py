@@ -122,6 +122,26 @@ def macm_sentence(macm: dict) -> str:
     )
 
 
+def methods_scale(record: dict) -> tuple[str, list[str]]:
+    """Methods paragraph of a SCALE run (a MACM with ``null = scale``)."""
+    macm = record.get("macm", {})
+    scale = macm.get("scale") or {}
+    text = macm_sentence(macm) + (
+        f"Activation likelihood estimation (ALE; Eickhoff et al. 2009, 2012; Turkeltaub et "
+        f"al. 2012) was computed with gpuale {_version(record)} over the selected "
+        f"experiments, and specific co-activation likelihood estimation (SCALE; Langner et "
+        f"al. 2014) controlled it for each voxel's base rate of activation in the database: "
+        f"in each of {scale.get('iterations', 0):,} permutations (seed {scale.get('seed')}) "
+        f"every focus took the position of a focus drawn uniformly from the database's "
+        f"{scale.get('pool_foci', 0):,} foci; a voxel's p is the share of permutations whose "
+        f"ALE reached the observed one (clipped to [1/n, 1 - 1/n]), and voxel-level FWE p "
+        f"comes from each permutation's largest ALE (NiMARE 0.22.1's SCALE). "
+        f"{scale.get('n_voxels_p_fwe_below_alpha', 0):,} voxels had voxel-level FWE p < "
+        f"{scale.get('alpha')}. No cluster-level FWE is defined for SCALE (its voxel-specific "
+        "nulls give no single null for cluster sizes).")
+    return text, ["robinson2010", "eickhoff2010", "langner2014", *_ALE_KEYS]
+
+
 REFERENCES.update({
     "frahm2022": (
         "Frahm L, Cieslik EC, Hoffstaedter F, Satterthwaite TD, Fox PT, Langner R, Eickhoff "
