@@ -325,7 +325,7 @@ def run_macm(
     engine = get_engine(resolved)
     xyz = np.concatenate([exp.foci for exp in database])
     pool_ijk = grid.mm_to_voxel(xyz).astype(np.int32)  # NiMARE's mm2vox: not clamped
-    spec = ScaleNullSpec(observed.problem, pool_ijk, observed.observed.log_sum)
+    spec = ScaleNullSpec(observed.problem, pool_ijk)
     start = time.perf_counter()
     scale_null = run_null(spec, engine, seed=seed, n_iters=int(n_iters), scheduler=scheduler,
                           n_workers=n_workers, progress=progress)

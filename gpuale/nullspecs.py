@@ -681,6 +681,28 @@ class BalancedNullPartial:
         return BalancedNull(min_null, max_null, int(seed))
 
 
+#: SCALE compares log-sums in fixed point, as the CUDA kernels carry them: each term
+#: ``-log1p(-K)`` (the float32 log, held as float64) clamped at :data:`SCALE_MAX_LOG_TERM`
+#: and rounded once to units of ``2**-SCALE_LOG_SUM_FRAC_BITS``. Integer sums are exact in
+#: any order, so every engine, batch and device finds the same exceedances, ties included
+#: (a permuted focus often lands where an analysed one is: both are database foci).
+SCALE_LOG_SUM_FRAC_BITS = 50
+SCALE_MAX_LOG_TERM = 64.0
+
+
+def fixed_neg_log_kernel(kernel: np.ndarray) -> np.ndarray:
+    """``-log1p(-kernel)`` in SCALE's fixed point (int64, the kernel's shape)."""
+    neg_log = -np.log1p(-np.asarray(kernel)).astype(np.float64)
+    return np.rint(np.minimum(neg_log, SCALE_MAX_LOG_TERM)
+                   * 2.0**SCALE_LOG_SUM_FRAC_BITS).astype(np.int64)
+
+
+def ale_of_fixed(neg_log_sum) -> np.ndarray:
+    """float32 ALE ``1 - exp(S)`` of fixed-point ``-S`` values, as the kernels round it."""
+    neg = np.asarray(neg_log_sum, dtype=np.float64) * 2.0**-SCALE_LOG_SUM_FRAC_BITS
+    return (1.0 - np.exp(-neg)).astype(np.float32).astype(np.float64)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ScaleNullSpec:
     """SCALE's null (Langner et al. 2014) as NiMARE 0.22.1's ``SCALE`` computes it.
@@ -688,25 +710,23 @@ class ScaleNullSpec:
     In permutation i, focus j of the analysed experiments (``problem``) takes the voxel
     ``pool_ijk[pool_draws(seed; i, j)]`` (:func:`gpuale.rng.pool_draws`): the position of
     a focus drawn uniformly from the whole database. Per in-mask voxel, the permutations
-    whose ALE reaches the observed one are counted; compared as log-sums
-    (``log_sum <= observed_log_sum``, the same order as ALE >= observed ALE), which every
-    engine computes bit for bit alike. Per permutation the largest ALE (voxel-level FWE).
+    whose ALE reaches the observed one are counted: ``-S >= -S_observed`` for the fixed-
+    point log-sums of :func:`fixed_neg_log_kernel` (ALE rises with -S), the observed one
+    computed by the same engine code from the unpermuted foci. Per permutation the
+    largest ALE (voxel-level FWE).
 
     Parameters
     ----------
     problem : Problem
-        The analysed experiments (their kernels and numbers of foci).
+        The analysed experiments (their foci, kernels and numbers of foci).
     pool_ijk : ndarray of int32, shape (n_pool, 3)
         Voxel indices of every database focus on the analysis grid, as NiMARE's
         ``mm2vox`` gives them (rounded half to even; foci off the grid kept, not clamped:
         only the parts of their kernels inside the grid count).
-    observed_log_sum : ndarray of float64, shape (n_voxels,)
-        The observed in-mask ``sum_e log1p(-MA_e)`` (``ObservedALE.log_sum``).
     """
 
     problem: Problem
     pool_ijk: np.ndarray
-    observed_log_sum: np.ndarray
 
     kind = "scale"
 
@@ -716,12 +736,7 @@ class ScaleNullSpec:
             raise ValueError(f"pool_ijk must have shape (n_pool > 0, 3), got {pool.shape}")
         if pool.shape[0] >= 2**32:
             raise ValueError("a SCALE pool holds fewer than 2**32 foci")
-        observed = np.ascontiguousarray(self.observed_log_sum, dtype=np.float64)
-        if observed.shape != (self.problem.grid.n_voxels,):
-            raise ValueError(f"observed_log_sum has shape {observed.shape}, expected "
-                             f"({self.problem.grid.n_voxels},)")
         object.__setattr__(self, "pool_ijk", pool)
-        object.__setattr__(self, "observed_log_sum", observed)
 
     @property
     def n_pool(self) -> int:

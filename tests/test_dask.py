@@ -491,8 +491,7 @@ def test_scale_null_on_a_cluster_equals_one_machine(client, problem, engine):
     compiled, _ = problem
     grid = compiled.grid
     pool = np.argwhere(grid.mask)[::37].astype(np.int32)
-    observed = engine.observed_ale(compiled)
-    spec = ScaleNullSpec(compiled, pool, observed.log_sum)
+    spec = ScaleNullSpec(compiled, pool)
     here = run_null(spec, engine, seed=4, n_iters=21, scheduler=ThreadScheduler(2))
     there = run_null(spec, engine, seed=4, n_iters=21,
                      scheduler=DaskScheduler(client, in_flight=3))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gpuale.nulls import SerialScheduler, ThreadScheduler, run_null
-from gpuale.nullspecs import ScaleNullSpec
+from gpuale.nullspecs import ScaleNullSpec, ale_of_fixed, fixed_neg_log_kernel
 from gpuale.problem import compile_problem
 from gpuale.rng import pool_draws
 from tests.conftest import ENGINES, dense_ma_maps, make_small_grid, random_dataset
@@ -24,23 +24,26 @@ def _spec(seed=3, n_pool=60):
     in_mask = np.argwhere(grid.mask)
     pool = in_mask[rng.integers(0, len(in_mask), n_pool)]
     pool[:4] = [[-3, 5, 5], [30, 10, 10], [5, -9, 2], [0, 0, 0]]
-    from gpuale.engines.numpy_ import NumpyEngine
+    return ScaleNullSpec(problem, pool.astype(np.int32)), None
 
-    observed = NumpyEngine().observed_ale(problem)
-    return ScaleNullSpec(problem, pool.astype(np.int32), observed.log_sum), observed
+
+def _dense_fixed(problem):
+    """Brute force: each experiment's dense MA, its fixed-point -log1p(-MA), summed."""
+    ma = dense_ma_maps(problem)
+    neg = fixed_neg_log_kernel(ma)  # the term of the largest kernel value (0 where none)
+    return neg.sum(axis=0).reshape(-1)[problem.grid.in_mask_flat]
 
 
 def _brute_force(spec, seed, n_iters):
     problem, grid = spec.problem, spec.problem.grid
+    observed = _dense_fixed(problem)
     counts = np.zeros(grid.n_voxels, dtype=np.int64)
     maxima = []
     for i in range(n_iters):
         ijk = spec.pool_ijk[pool_draws(seed, i, 1, problem.n_foci, spec.n_pool)[0]]
-        moved = dataclasses.replace(problem, focus_ijk=ijk)
-        log_ma = np.log1p(-dense_ma_maps(moved)).astype(np.float64)
-        log_sum = log_ma.sum(axis=0).reshape(-1)[grid.in_mask_flat]
-        counts += log_sum <= spec.observed_log_sum
-        maxima.append(-np.expm1(log_sum.min()))
+        neg = _dense_fixed(dataclasses.replace(problem, focus_ijk=ijk))
+        counts += neg >= observed
+        maxima.append(ale_of_fixed(neg.max()))
     return counts, np.array(maxima)
 
 
@@ -71,8 +74,17 @@ def test_scale_counts_do_not_depend_on_chunks_or_threads(make_engine):
 
 
 def test_scale_spec_refuses_bad_pools():
-    spec, observed = _spec()
+    spec, _ = _spec()
     with pytest.raises(ValueError, match="pool_ijk"):
-        ScaleNullSpec(spec.problem, np.zeros((0, 3), dtype=np.int32), observed.log_sum)
-    with pytest.raises(ValueError, match="observed_log_sum"):
-        ScaleNullSpec(spec.problem, spec.pool_ijk, observed.log_sum[:-1])
+        ScaleNullSpec(spec.problem, np.zeros((0, 3), dtype=np.int32))
+    with pytest.raises(ValueError, match="pool_ijk"):
+        ScaleNullSpec(spec.problem, np.zeros((4, 2), dtype=np.int32))
+
+
+def test_fixed_point_matches_the_cuda_engines_tables():
+    from gpuale.engines import cuda
+
+    spec, _ = _spec()
+    table, starts = cuda.neg_log_tables(spec.problem)
+    ours = np.concatenate([fixed_neg_log_kernel(k).ravel() for k in spec.problem.kernels])
+    np.testing.assert_array_equal(table.astype(np.int64), ours)

@@ -40,7 +40,9 @@ from gpuale.nullspecs import (
     GlobalNullSpec,
     ScaleNullPartial,
     ScaleNullSpec,
+    ale_of_fixed,
     contrast_partial,
+    fixed_neg_log_kernel,
 )
 from gpuale.problem import Problem
 from gpuale.rng import pool_draws, relocation_draws
@@ -219,27 +221,47 @@ def _permuted_log_sum(ijk, offsets, focus_side, focus_start, log_table, nx, ny, 
 
 
 @_njit
-def _scale_counts(ijk, offsets, focus_side, focus_start, log_table, nx, ny, nz,
-                  in_mask_flat, slab_mask_start, slab_planes, observed_log, counts, slab,
-                  scratch, shared, row_lo, row_hi):
-    """One SCALE permutation: its log-sum slab by slab (as :func:`_permuted_log_sum`),
-    ``counts[m] += log_sum[m] <= observed_log[m]`` for every in-mask voxel m; returns the
-    smallest in-mask log-sum."""
-    _touching(ijk, offsets, focus_side, shared)
-    plane = ny * nz
-    smallest = 0.0
-    for s in range(slab_mask_start.size - 1):
-        x_first = s * slab_planes
-        x_stop = min(x_first + slab_planes, nx)
-        _stamp_slab(slab, scratch, x_first, x_stop, ijk, offsets, focus_side, focus_start,
-                    log_table, ny, nz, shared, row_lo, row_hi)
-        base = x_first * plane
-        for m in range(slab_mask_start[s], slab_mask_start[s + 1]):
-            value = slab[in_mask_flat[m] - base]
-            if value < smallest:
-                smallest = value
-            counts[m] += value <= observed_log[m]
-    return smallest
+def _scale_neg_log_sum(ijk, offsets, focus_side, focus_start, table, nx, ny, nz, scratch,
+                       total):
+    """SCALE's fixed-point ``-S`` volume (the numpy engine's ``_ScaleScratch``): per
+    experiment the largest kernel term of its foci at each voxel, added once. Integer
+    sums, so the order of the additions cannot change a bit."""
+    total[:] = 0
+    for e in range(offsets.size - 1):
+        for f in range(offsets[e], offsets[e + 1]):
+            side = focus_side[f]
+            r = side // 2
+            x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
+            for i in range(max(x - r, 0), min(x + r + 1, nx)):
+                for j in range(max(y - r, 0), min(y + r + 1, ny)):
+                    row = (i * ny + j) * nz
+                    krow = focus_start[f] + ((i - x + r) * side + j - y + r) * side - z + r
+                    for k in range(max(z - r, 0), min(z + r + 1, nz)):
+                        if table[krow + k] > scratch[row + k]:
+                            scratch[row + k] = table[krow + k]
+        for f in range(offsets[e], offsets[e + 1]):
+            side = focus_side[f]
+            r = side // 2
+            x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
+            for i in range(max(x - r, 0), min(x + r + 1, nx)):
+                for j in range(max(y - r, 0), min(y + r + 1, ny)):
+                    row = (i * ny + j) * nz
+                    for k in range(max(z - r, 0), min(z + r + 1, nz)):
+                        total[row + k] += scratch[row + k]
+                        scratch[row + k] = 0
+
+
+@_njit
+def _scale_exceed(total, in_mask_flat, observed, counts):
+    """``counts[m] += -S[m] >= observed[m]`` at every in-mask voxel; the largest -S."""
+    largest = 0
+    for m in range(in_mask_flat.size):
+        value = total[in_mask_flat[m]]
+        if value > largest:
+            largest = value
+        if value >= observed[m]:
+            counts[m] += 1
+    return largest
 
 
 @_njit
@@ -510,7 +532,7 @@ class NumbaEngine:
         self._lock = threading.Lock()
         self._tables: tuple[GlobalNullSpec, _GlobalTables] | None = None
         self._contrast: tuple[ContrastNullSpec, object] | None = None
-        self._scale: tuple[ScaleNullSpec, _GlobalTables] | None = None
+        self._scale: tuple | None = None
         self._local = threading.local()
 
     def __getstate__(self) -> dict:
@@ -629,30 +651,43 @@ class NumbaEngine:
     def _scale_chunk(self, spec: ScaleNullSpec, seed: int, first: int,
                      count: int) -> ScaleNullPartial:
         """SCALE: each focus at a database focus's voxel, compiled (the numpy engine's
-        counts and maxima, bit for bit)."""
+        fixed-point counts, bit for bit)."""
+        problem = spec.problem
+        grid = problem.grid
+        nx, ny, nz = (int(n) for n in grid.shape)
         with self._lock:
             if self._scale is None or self._scale[0] is not spec:
-                # Threshold and connectivity are unused: only log-sums are read.
-                self._scale = (spec, _GlobalTables(GlobalNullSpec(spec.problem, 0.5)))
-            tables = self._scale[1]
+                tables = [fixed_neg_log_kernel(k).ravel() for k in problem.kernels]
+                starts = np.concatenate([[0], np.cumsum([t.size for t in tables])[:-1]])
+                sides = np.array([k.shape[0] for k in problem.kernels], dtype=np.int64)
+                of_focus = problem.kernel_index[problem.focus_experiment]
+                prepared = (np.concatenate(tables), starts[of_focus].astype(np.int64),
+                            sides[of_focus],
+                            np.ascontiguousarray(problem.experiment_offsets, dtype=np.int64),
+                            np.ascontiguousarray(grid.in_mask_flat, dtype=np.int64))
+                table, focus_start, focus_side, offsets, in_mask = prepared
+                volume = np.zeros(nx * ny * nz, dtype=np.int64)
+                _scale_neg_log_sum(np.ascontiguousarray(problem.focus_ijk, dtype=np.int64),
+                                   offsets, focus_side, focus_start, table, nx, ny, nz,
+                                   np.zeros_like(volume), volume)
+                self._scale = (spec, prepared, volume[in_mask])
+            _, prepared, observed = self._scale
+        table, focus_start, focus_side, offsets, in_mask = prepared
         cached = getattr(self._local, "scale_scratch", None)
-        if cached is None or cached[0] is not tables:
-            cached = (tables, _Scratch(tables, spec.problem))
+        if cached is None or cached[0] is not prepared:
+            cached = (prepared, np.zeros(nx * ny * nz, dtype=np.int64),
+                      np.zeros(nx * ny * nz, dtype=np.int64))
             self._local.scale_scratch = cached
-        scratch = cached[1]
-        nx, ny, nz = tables.shape
-        counts = np.zeros(tables.in_mask_flat.size, dtype=np.int64)
-        max_ale = np.empty(count, dtype=np.float64)
-        draws = pool_draws(seed, first, count, spec.problem.n_foci, spec.n_pool)
+        _, scratch, volume = cached
+        counts = np.zeros(in_mask.size, dtype=np.int64)
+        largest = np.empty(count, dtype=np.int64)
+        draws = pool_draws(seed, first, count, problem.n_foci, spec.n_pool)
         for b in range(count):
             ijk = np.ascontiguousarray(spec.pool_ijk[draws[b]], dtype=np.int64)
-            smallest = _scale_counts(
-                ijk, tables.offsets, tables.focus_side, tables.focus_start, tables.log_table,
-                nx, ny, nz, tables.in_mask_flat, tables.slab_mask_start, tables.slab_planes,
-                spec.observed_log_sum, counts, scratch.slab, scratch.scratch, scratch.shared,
-                tables.row_lo, tables.row_hi)
-            max_ale[b] = ale_from_log_sum(np.array([smallest]))[0]
-        return ScaleNullPartial.of(first, counts, max_ale)
+            _scale_neg_log_sum(ijk, offsets, focus_side, focus_start, table, nx, ny, nz,
+                               scratch, volume)
+            largest[b] = _scale_exceed(volume, in_mask, observed, counts)
+        return ScaleNullPartial.of(first, counts, ale_of_fixed(largest))
 
     def _largest_tfce(self, spec: GlobalNullSpec, tables: _GlobalTables, scratch: _Scratch,
                       n: int, ale: np.ndarray) -> float:

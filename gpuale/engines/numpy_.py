@@ -28,7 +28,9 @@ from gpuale.nullspecs import (
     GlobalNullSpec,
     ScaleNullPartial,
     ScaleNullSpec,
+    ale_of_fixed,
     contrast_partial,
+    fixed_neg_log_kernel,
 )
 from gpuale.problem import Problem
 from gpuale.rng import pool_draws, relocation_draws
@@ -213,21 +215,60 @@ class NumpyEngine:
 
     def _scale_chunk(self, spec: ScaleNullSpec, seed: int, first: int,
                      count: int) -> ScaleNullPartial:
-        """SCALE: foci at database foci's voxels; counts of log-sum <= observed."""
+        """SCALE: foci at database foci's voxels; counts of fixed-point -S >= observed."""
         cached = getattr(self._local, "scale", None)
         if cached is None or cached[0] is not spec:
-            # The threshold and connectivity are unused: only log-sums are read.
-            cached = (spec, _PermutationScratch(spec.problem, 0.5, 6))
+            scratch = _ScaleScratch(spec.problem)
+            cached = (spec, scratch, scratch.neg_log_sum(spec.problem.focus_ijk))
             self._local.scale = cached
-        scratch = cached[1]
+        _, scratch, observed = cached
         counts = np.zeros(spec.problem.grid.n_voxels, dtype=np.int64)
-        max_ale = np.empty(count, dtype=np.float64)
+        largest = np.empty(count, dtype=np.int64)
         draws = pool_draws(seed, first, count, spec.problem.n_foci, spec.n_pool)
         for b in range(count):
-            log_sum = scratch.log_sum(spec.pool_ijk[draws[b]].astype(np.int64))
-            counts += log_sum <= spec.observed_log_sum
-            max_ale[b] = ale_from_log_sum(np.array([log_sum.min()]))[0]
-        return ScaleNullPartial.of(first, counts, max_ale)
+            neg = scratch.neg_log_sum(spec.pool_ijk[draws[b]])
+            counts += neg >= observed
+            largest[b] = neg.max()
+        return ScaleNullPartial.of(first, counts, ale_of_fixed(largest))
+
+
+class _ScaleScratch:
+    """SCALE's fixed-point ``-S`` of one configuration of the foci (the definition)."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.grid = problem.grid
+        tables = [fixed_neg_log_kernel(k) for k in problem.kernels]
+        exp_of_focus = problem.focus_experiment
+        self.focus_table = [tables[k] for k in problem.kernel_index[exp_of_focus]]
+        self.sides = _focus_kernel_sides(problem, exp_of_focus)
+        offsets = problem.experiment_offsets.tolist()
+        self.ranges = list(zip(offsets[:-1], offsets[1:]))
+        self.scratch = np.zeros(self.grid.shape, dtype=np.int64)
+        self.total = np.zeros(self.grid.shape, dtype=np.int64)
+
+    def neg_log_sum(self, ijk: np.ndarray) -> np.ndarray:
+        """In-mask ``-sum_e log1p(-MA_e)`` (fixed point) for foci at ``ijk``: per
+        experiment the largest kernel term of its foci, added once (integers: any order
+        gives the same sum)."""
+        scratch, total = self.scratch, self.total
+        total.fill(0)
+        lo, hi, klo, khi = clipped_boxes(ijk, self.sides, self.grid.shape)
+        inside = np.all(hi > lo, axis=1).tolist()  # a box wholly off the grid adds nothing
+        boxes = [((slice(x0, x1), slice(y0, y1), slice(z0, z1)),
+                  (slice(a0, a1), slice(b0, b1), slice(c0, c1)))
+                 for (x0, y0, z0), (x1, y1, z1), (a0, b0, c0), (a1, b1, c1)
+                 in zip(lo.tolist(), hi.tolist(), klo.tolist(), khi.tolist())]
+        for start, stop in self.ranges:
+            foci = [f for f in range(start, stop) if inside[f]]
+            for f in foci:
+                box, kbox = boxes[f]
+                sub = scratch[box]
+                np.maximum(sub, self.focus_table[f][kbox], out=sub)
+            for f in foci:
+                box = boxes[f][0]
+                total[box] += scratch[box]
+                scratch[box] = 0  # a voxel in several boxes of this experiment counts once
+        return total.reshape(-1)[self.grid.in_mask_flat]
 
 
 class _PermutationScratch:
@@ -259,13 +300,11 @@ class _PermutationScratch:
         total.fill(0.0)
         lo, hi, klo, khi = clipped_boxes(ijk, self.sides, self.grid.shape)
         shared = self._shares_box(ijk)
-        # A box wholly off the grid (SCALE's database foci may lie there) adds nothing.
-        outside = np.any(hi <= lo, axis=1).tolist()
         lo, hi, klo, khi = lo.tolist(), hi.tolist(), klo.tolist(), khi.tolist()
         for start, stop in self.experiment_ranges:
-            overlapping = [f for f in range(start, stop) if shared[f] and not outside[f]]
+            overlapping = [f for f in range(start, stop) if shared[f]]
             for f in range(start, stop):
-                if shared[f] or outside[f]:
+                if shared[f]:
                     continue
                 # A box no other focus of the experiment touches: its MA is the kernel.
                 (x0, y0, z0), (x1, y1, z1) = lo[f], hi[f]
