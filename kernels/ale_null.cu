@@ -15,6 +15,13 @@
 //   gpuale_cluster_maxima        largest size and mass per permutation
 //   gpuale_finish                the three numbers per permutation, as the host wants them
 //
+// SCALE (gpuale.nullspecs.ScaleNullSpec; the numpy definition is NumpyEngine._scale_chunk)
+// runs the same overlap lists and scatter between its own two kernels:
+//
+//   gpuale_scale_draw_foci       every focus takes a database focus's voxel (Philox)
+//   gpuale_scale_exceed          per in-mask voxel, the permutations whose -S reaches the
+//                                observed -S, and max -S per permutation
+//
 // Plain CUDA C++: grid-stride loops with 64-bit counters (any launch shape is correct, and
 // no index wraps however large a batch is), atomics, relaxed atomic loads and stores
 // (relaxed.cuh) where a thread reads a word others update atomically, no shared memory,
@@ -570,5 +577,57 @@ extern "C" __global__ void gpuale_finish(int n_perm, const unsigned long long* m
         max_ale_out[b] = (double)gpuale_ale_from_neg_log_sum(max_neg_log_sum[b]);
         max_size_out[b] = (long long)max_size[b];
         max_mass_out[b] = (double)max_mass[b] * GPUALE_MASS_UNIT;
+    }
+}
+
+// SCALE (a). focus_pos[(b * n_foci + j) * 4 + (0, 1, 2, 3)] = (i, j, k, flat) of database
+// focus pool_ijk[gpuale_pool_draw(seed, first + b, j, n_pool)] (gpuale.rng.pool_draws).
+// Database foci may lie off the grid (NiMARE keeps them, unclamped): their flat word is
+// -1, which nothing reads; the scatter clips every box to the volume.
+extern "C" __global__ void gpuale_scale_draw_foci(unsigned int seed_lo, unsigned int seed_hi,
+                                                  unsigned int first_permutation, int n_perm,
+                                                  int n_foci, unsigned int n_pool,
+                                                  const int* pool_ijk, int nx, int ny, int nz,
+                                                  int* focus_pos) {
+    const long long n_draws = (long long)n_perm * n_foci;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n_draws;
+         t += stride) {
+        const long long b = t / n_foci;
+        const int focus = (int)(t - b * n_foci);
+        const unsigned int choice =
+            gpuale_pool_draw(seed_lo, seed_hi, first_permutation + (unsigned int)b,
+                             (unsigned int)focus, n_pool);
+        const int* at = pool_ijk + (long long)choice * 3;
+        const int i = at[0], j = at[1], k = at[2];
+        int* out = focus_pos + t * GPUALE_POS_WORDS;
+        out[0] = i;
+        out[1] = j;
+        out[2] = k;
+        const bool inside = (unsigned int)i < (unsigned int)nx &&
+                            (unsigned int)j < (unsigned int)ny && (unsigned int)k < (unsigned int)nz;
+        out[3] = inside ? (i * ny + j) * nz + k : -1;
+    }
+}
+
+// SCALE (b). counts[m] += #{b : neg_log_sum[b][m] >= observed[m]} and max_neg_log_sum[b] =
+// max_m neg_log_sum[b][m] (zeroed by the host). Integer comparisons of fixed-point sums:
+// every engine counts the same permutations, ties included.
+extern "C" __global__ void gpuale_scale_exceed(int n_perm, int n_mask,
+                                               const unsigned long long* neg_log_sum,
+                                               const unsigned long long* observed,
+                                               unsigned int* counts,
+                                               unsigned long long* max_neg_log_sum) {
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long b = blockIdx.y; b < n_perm; b += gridDim.y) {
+        const long long base = b * n_mask;
+        for (long long m = (long long)blockIdx.x * blockDim.x + threadIdx.x; m < n_mask;
+             m += stride) {
+            const unsigned long long d = neg_log_sum[base + m];
+            // A relaxed read first, as gpuale_threshold_compact: most voxels are below the
+            // running maximum.
+            if (d > gpuale_ld_relaxed(&max_neg_log_sum[b])) atomicMax(&max_neg_log_sum[b], d);
+            if (d >= observed[m]) atomicAdd(&counts[m], 1u);
+        }
     }
 }

@@ -17,6 +17,8 @@
 
 // Counter stream words (gpuale.rng.STREAM_*).
 #define GPUALE_STREAM_RELOCATE_FOCI 0u
+// gpuale.rng.STREAM_SCALE_POOL: SCALE's draws of database foci.
+#define GPUALE_STREAM_SCALE_POOL 8u
 #define GPUALE_STREAM_CONTRAST_SPLIT 1u
 
 struct gpuale_u32x4 {
@@ -64,6 +66,20 @@ __host__ __device__ __forceinline__ unsigned int gpuale_relocation_draw(
     ctr.w = 0u;
     const gpuale_u32x4 words = gpuale_philox4x32_10(ctr, seed_lo, seed_hi);
     return gpuale_uniform_below(words.x, words.y, n);
+}
+
+// The draw of gpuale.rng.pool_draws: the database focus (in [0, n_pool)) whose position
+// focus j takes in SCALE's permutation i.
+__host__ __device__ __forceinline__ unsigned int gpuale_pool_draw(
+    unsigned int seed_lo, unsigned int seed_hi, unsigned int permutation, unsigned int focus,
+    unsigned int n_pool) {
+    gpuale_u32x4 ctr;
+    ctr.x = focus;
+    ctr.y = permutation;
+    ctr.z = GPUALE_STREAM_SCALE_POOL;
+    ctr.w = 0u;
+    const gpuale_u32x4 words = gpuale_philox4x32_10(ctr, seed_lo, seed_hi);
+    return gpuale_uniform_below(words.x, words.y, n_pool);
 }
 
 #endif  // GPUALE_PHILOX_CUH

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from gpuale import _hostshim
 from gpuale.nulls import SerialScheduler, ThreadScheduler, run_null
 from gpuale.nullspecs import ScaleNullSpec, ale_of_fixed, fixed_neg_log_kernel
 from gpuale.problem import compile_problem
@@ -88,3 +89,50 @@ def test_fixed_point_matches_the_cuda_engines_tables():
     table, starts = cuda.neg_log_tables(spec.problem)
     ours = np.concatenate([fixed_neg_log_kernel(k).ravel() for k in spec.problem.kernels])
     np.testing.assert_array_equal(table.astype(np.int64), ours)
+
+
+# --- The CUDA kernels of SCALE under the host shim -------------------------------------------
+
+
+@pytest.mark.skipif(not _hostshim.compiler_available(), reason="g++ runs the kernels here")
+@pytest.mark.parametrize("mode", ["sequential", "fibers"])
+def test_scale_kernels_under_the_host_shim_equal_the_numpy_definition(mode):
+    """gpuale_scale_draw_foci and gpuale_scale_exceed (with the global null's scatter)
+    give the numpy engine's counts bit for bit, thread after thread and as randomly
+    interleaved fibers that may read older values (the concurrency stress)."""
+    from gpuale.engines.cuda import CudaEngine, kernel_dir
+    from gpuale.engines.numpy_ import NumpyEngine
+
+    spec, _ = _spec(seed=9)
+    module = _hostshim.load(kernel_dir() / "ale_null.cu", mode=mode)
+    want = NumpyEngine().null_chunk(spec, 6, 0, 7)
+    for trial in range(2 if mode == "fibers" else 1):
+        if mode == "fibers":
+            module.configure_fibers(trial, switch_probability=0.5, stale_probability=0.5)
+        engine = CudaEngine.on_host(module.launch, max_batch=3, block_size=32,
+                                    max_grid=(5, 2), scatter_shape=(8, 2, 20),
+                                    list_threads=64)
+        got = engine.null_chunk(spec, 6, 0, 7)
+        np.testing.assert_array_equal(got.counts, want.counts)
+        np.testing.assert_array_equal(got.chunks[0][0], want.chunks[0][0])
+
+
+def test_pool_draws_are_the_kernels_draws():
+    """The numpy twin of gpuale_pool_draw: the draws the host shim's kernel writes."""
+    from gpuale.engines.cuda import _NullPipeline, kernel_dir
+
+    if not _hostshim.compiler_available():
+        pytest.skip("g++ runs the kernels here")
+    spec, _ = _spec(seed=2)
+    module = _hostshim.load(kernel_dir() / "ale_null.cu")
+    pipeline = _NullPipeline(spec.problem, 0.5, 6, xp=np, launch=module.launch,
+                             block_size=32, max_grid=(3, 1))
+    buf = pipeline.buffers(4)
+    nx, ny, nz = pipeline.shape
+    seed = 2**40 + 17
+    module.launch("gpuale_scale_draw_foci", (3,), (32,),
+                  (np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32), np.uint32(5),
+                   np.int32(4), pipeline.n_foci, np.uint32(spec.n_pool), spec.pool_ijk,
+                   nx, ny, nz, buf.focus_pos))
+    draws = pool_draws(seed, 5, 4, spec.problem.n_foci, spec.n_pool)
+    np.testing.assert_array_equal(buf.focus_pos[:, :, :3], spec.pool_ijk[draws])

@@ -44,6 +44,9 @@ from gpuale.nullspecs import (
     ContrastNullSpec,
     GlobalNullPartial,
     GlobalNullSpec,
+    ScaleNullPartial,
+    ScaleNullSpec,
+    ale_of_fixed,
     contrast_partial,
 )
 from gpuale.problem import Problem
@@ -650,7 +653,7 @@ class CudaEngine:
         self._pipeline: tuple[GlobalNullSpec, _NullPipeline] | None = None
         self._contrast: tuple[ContrastNullSpec, list] | None = None
         self._tfce: tuple | None = None
-        self._scale_host = None  # SCALE's host engine (no SCALE kernel yet)
+        self._scale: tuple | None = None  # (spec, pipeline, observed -S, pool) of SCALE
         self._lock = threading.Lock()
 
     @classmethod
@@ -698,7 +701,7 @@ class CudaEngine:
 
     def chunk_size(self, spec) -> int:
         if getattr(spec, "kind", None) == "scale":
-            return 8  # on the host engine (no SCALE kernel yet): its chunk
+            return self.GLOBAL_CHUNK
         return self.GLOBAL_CHUNK if isinstance(spec, GlobalNullSpec) else self.CONTRAST_CHUNK
 
     def concurrency(self, spec) -> str:
@@ -739,12 +742,7 @@ class CudaEngine:
                 return balanced_null_chunk(self._xp(), spec, seed, first, count,
                                            host.experiment_log_maps)
             if getattr(spec, "kind", None) == "scale":
-                # No SCALE kernel yet: the compiled host engine's counts (the same bits).
-                from gpuale.engines.numba_ import NumbaEngine, numba_available
-
-                if self._scale_host is None:
-                    self._scale_host = NumbaEngine() if numba_available() else NumpyEngine()
-                return self._scale_host.null_chunk(spec, seed, first, count)
+                return self._scale_chunk(spec, seed, first, count)
             if isinstance(spec, GlobalNullSpec):
                 return GlobalNullPartial.of(first, *self._global_chunk(spec, seed, first,
                                                                        count))
@@ -809,6 +807,72 @@ class CudaEngine:
         # synchronize: the only device -> host copies of a null chunk (but TFCE's)
         maxima = (_to_host(out_ale), _to_host(out_size), _to_host(out_mass))
         return maxima if out_tfce is None else (*maxima, out_tfce)
+
+    def _scale_chunk(self, spec: ScaleNullSpec, seed: int, first: int,
+                     count: int) -> ScaleNullPartial:
+        """SCALE on the device: draws from the database's foci, the global null's overlap
+        lists and scatter, then per-voxel exceedance counts and maxima (integer compares
+        of fixed-point sums: the numpy engine's counts, bit for bit)."""
+        xp = self._xp()
+        if self._scale is None or self._scale[0] is not spec:
+            self._scale = None
+            launch = _cupy_launcher() if self.on_gpu else self._host_launch
+            # Threshold and connectivity are unused: only the log-sums are run.
+            pipeline = _NullPipeline(spec.problem, 0.5, 6, xp=xp, launch=launch,
+                                     **self._launch_shape)
+            observed_buf = pipeline.buffers(1)
+            grid = spec.problem.grid
+            ijk = spec.problem.focus_ijk.astype(np.int64)
+            inside = np.all((ijk >= 0) & (ijk < np.array(grid.shape)), axis=1)
+            flat = np.where(inside, np.ravel_multi_index(tuple(np.clip(
+                ijk, 0, np.array(grid.shape) - 1).T), grid.shape), -1)
+            observed_buf.focus_pos[0] = xp.asarray(
+                np.column_stack([ijk, flat]).astype(np.int32))
+            pipeline.log_sum(observed_buf, 1)
+            observed = observed_buf.neg_log_sum[0].copy()
+            self._scale = (spec, pipeline, observed, xp.asarray(spec.pool_ijk))
+        _, pipeline, observed, pool = self._scale
+        n_mask = int(pipeline.n_mask)
+        counts = xp.zeros(n_mask, dtype=xp.uint32)
+        largest = xp.zeros(count, dtype=xp.uint64)
+        batch = min(self._batch_size(pipeline), count)
+        out_of_memory = _out_of_memory_errors() if self.on_gpu else ()
+        buf = None
+        done = 0
+        seed = int(seed)
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
+        if first < 0 or first + count > 2**32:
+            raise ValueError("permutation indices must lie in [0, 2**32)")
+        nx, ny, nz = pipeline.shape
+        while done < count:
+            n = min(batch, count - done)
+            try:
+                if buf is None or buf.capacity < n:
+                    buf = None
+                    buf = pipeline.buffers(batch)
+                pipeline.launch(
+                    "gpuale_scale_draw_foci", pipeline._grid(n * int(pipeline.n_foci))[:1],
+                    pipeline.block,
+                    (np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32),
+                     np.uint32(first + done), np.int32(n), pipeline.n_foci,
+                     np.uint32(spec.n_pool), pool, nx, ny, nz, buf.focus_pos))
+                pipeline.log_sum(buf, n)
+                pipeline.launch(
+                    "gpuale_scale_exceed", pipeline._grid(n_mask, n), pipeline.block,
+                    (np.int32(n), pipeline.n_mask, buf.neg_log_sum, observed, counts,
+                     largest[done:done + n]))
+            except out_of_memory:
+                if batch == 1:
+                    raise
+                buf = None
+                xp.get_default_memory_pool().free_all_blocks()
+                batch //= 2
+                continue
+            done += n
+        # synchronize: a chunk's counts and maxima come back once
+        return ScaleNullPartial.of(first, _to_host(counts).astype(np.int64),
+                                   ale_of_fixed(_to_host(largest)))
 
     def _host_tfce(self, spec: GlobalNullSpec, buf: _Buffers, count: int) -> np.ndarray:
         """Largest TFCE of each permuted map of a batch: TFCE of GPU permutations is
