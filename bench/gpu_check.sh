@@ -19,7 +19,9 @@
 #   CPU engine beside them, CPU = GPU on the first permutations, 5. an ncu summary of the
 #   scatter kernel, 6. the cost of a permutation at the whole Neurosynth release's size
 #   (14,371 studies, 1,024 permutations) and the projected time of 10,000 on 1, 2, 4 and 8
-#   GPUs over Dask (bench/gpu_bench.py --projection). Everything goes to OUT_DIR;
+#   GPUs over Dask (bench/gpu_bench.py --projection), 7. SCALE at the bench MACM's size
+#   (356 experiments, 27,244 foci, a 507,891-focus pool) with its projected time of 10,000
+#   permutations and CPU = GPU counts (bench/scale_gpu.py). Everything goes to OUT_DIR;
 #   OUT_DIR/gpu-check.md is the summary.
 # Without a GPU it says so and exits 0; `bash bench/gpu_check.sh --dry-run` checks the
 # script itself on the CPU (the kernels through the host shim).
@@ -67,6 +69,7 @@ if [ $DRY -eq 1 ]; then
     step throughput 300 $PY bench/gpu_bench.py --dry-run --json "$OUT_DIR/throughput.json"
     step projection 120 $PY bench/gpu_bench.py --projection --dry-run --studies 200 \
         --json "$OUT_DIR/projection.json"
+    step scale 120 $PY bench/scale_gpu.py --dry-run --json "$OUT_DIR/scale.json"
     echo "(dry run: kernels on the CPU through the host shim; sanitizers and ncu not run)" >>"$SUMMARY"
 elif ! $PY -c "import sys; from gpuale.engines.cuda import gpu_available; sys.exit(not gpu_available())"; then
     echo "no GPU visible to CuPy: nothing measured" | tee -a "$SUMMARY"
@@ -79,11 +82,12 @@ else
         step "sanitizer-$tool" 45 compute-sanitizer --tool "$tool" --error-exitcode 9 \
             $PY bench/gpu_bench.py --small
     done
-    step throughput 180 $PY bench/gpu_bench.py --iters 10000 --json "$OUT_DIR/throughput.json"
+    step throughput 145 $PY bench/gpu_bench.py --iters 10000 --json "$OUT_DIR/throughput.json"
     step ncu 45 ncu --kernel-name regex:gpuale_log_sum --launch-skip 1 --launch-count 1 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis $PY bench/gpu_bench.py --small
     step projection 90 $PY bench/gpu_bench.py --projection --projection-iters 1024 \
         --json "$OUT_DIR/projection.json"
+    step scale 40 $PY bench/scale_gpu.py --iters 64 --json "$OUT_DIR/scale.json"
 fi
 
 {
@@ -99,6 +103,10 @@ fi
     echo "## Projection: 10,000 permutations of the whole Neurosynth release"
     echo
     sed -n '/^projection: /,$p' "$OUT_DIR/projection.log" 2>/dev/null
+    echo
+    echo "## SCALE at the bench MACM's size"
+    echo
+    grep '^scale: ' "$OUT_DIR/scale.log" 2>/dev/null
 } >>"$SUMMARY"
 rm -f "$SUMMARY.steps"
 echo

@@ -48,6 +48,9 @@ def test_dry_run_measures_the_kernels_through_the_host_shim(tmp_path):
     assert "projection: cuda engine (cpu): 200 studies, 7,068 foci" in projection
     for devices in (1, 2, 4, 8):
         assert f"\n| {devices} | " in projection, devices
+    # SCALE through the shim, its counts equal to the numba engine's.
+    assert "| scale | ok |" in summary
+    assert '"counts_equal_numba_first_8": true' in summary.split("## SCALE")[1]
 
 
 def test_the_projection_model_and_the_neurosynth_size_set():
