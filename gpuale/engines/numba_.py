@@ -222,31 +222,50 @@ def _permuted_log_sum(ijk, offsets, focus_side, focus_start, log_table, nx, ny, 
 
 @_njit
 def _scale_neg_log_sum(ijk, offsets, focus_side, focus_start, table, nx, ny, nz, scratch,
-                       total):
+                       total, shared, row_lo, row_hi):
     """SCALE's fixed-point ``-S`` volume (the numpy engine's ``_ScaleScratch``): per
     experiment the largest kernel term of its foci at each voxel, added once. Integer
-    sums, so the order of the additions cannot change a bit."""
+    sums, so the order of the additions cannot change a bit. A box no other box of its
+    experiment touches adds its kernel directly; boxes that touch take their maximum in
+    ``scratch`` first. Only the in-mask stretch of each row is visited (nothing reads the
+    rest)."""
     total[:] = 0
+    _touching(ijk, offsets, focus_side, shared)
     for e in range(offsets.size - 1):
+        any_shared = False
         for f in range(offsets[e], offsets[e + 1]):
             side = focus_side[f]
             r = side // 2
             x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
+            touched = shared[f]
+            any_shared = any_shared or touched
             for i in range(max(x - r, 0), min(x + r + 1, nx)):
                 for j in range(max(y - r, 0), min(y + r + 1, ny)):
                     row = (i * ny + j) * nz
                     krow = focus_start[f] + ((i - x + r) * side + j - y + r) * side - z + r
-                    for k in range(max(z - r, 0), min(z + r + 1, nz)):
-                        if table[krow + k] > scratch[row + k]:
-                            scratch[row + k] = table[krow + k]
+                    lo = max(z - r, row_lo[i * ny + j])
+                    hi = min(z + r + 1, row_hi[i * ny + j])
+                    if touched:
+                        for k in range(lo, hi):
+                            if table[krow + k] > scratch[row + k]:
+                                scratch[row + k] = table[krow + k]
+                    else:
+                        for k in range(lo, hi):
+                            total[row + k] += table[krow + k]
+        if not any_shared:
+            continue
         for f in range(offsets[e], offsets[e + 1]):
+            if not shared[f]:
+                continue
             side = focus_side[f]
             r = side // 2
             x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
             for i in range(max(x - r, 0), min(x + r + 1, nx)):
                 for j in range(max(y - r, 0), min(y + r + 1, ny)):
                     row = (i * ny + j) * nz
-                    for k in range(max(z - r, 0), min(z + r + 1, nz)):
+                    lo = max(z - r, row_lo[i * ny + j])
+                    hi = min(z + r + 1, row_hi[i * ny + j])
+                    for k in range(lo, hi):
                         total[row + k] += scratch[row + k]
                         scratch[row + k] = 0
 
@@ -666,26 +685,33 @@ class NumbaEngine:
                             np.ascontiguousarray(problem.experiment_offsets, dtype=np.int64),
                             np.ascontiguousarray(grid.in_mask_flat, dtype=np.int64))
                 table, focus_start, focus_side, offsets, in_mask = prepared
+                rows = grid.mask.reshape(nx * ny, nz)
+                inside = rows.any(axis=1)
+                row_lo = np.where(inside, rows.argmax(axis=1), 0).astype(np.int64)
+                row_hi = np.where(inside, nz - rows[:, ::-1].argmax(axis=1), 0).astype(np.int64)
+                prepared += (row_lo, row_hi)
                 volume = np.zeros(nx * ny * nz, dtype=np.int64)
                 _scale_neg_log_sum(np.ascontiguousarray(problem.focus_ijk, dtype=np.int64),
                                    offsets, focus_side, focus_start, table, nx, ny, nz,
-                                   np.zeros_like(volume), volume)
+                                   np.zeros_like(volume), volume,
+                                   np.zeros(problem.n_foci, dtype=np.bool_), row_lo, row_hi)
                 self._scale = (spec, prepared, volume[in_mask])
             _, prepared, observed = self._scale
-        table, focus_start, focus_side, offsets, in_mask = prepared
+        table, focus_start, focus_side, offsets, in_mask, row_lo, row_hi = prepared
         cached = getattr(self._local, "scale_scratch", None)
         if cached is None or cached[0] is not prepared:
             cached = (prepared, np.zeros(nx * ny * nz, dtype=np.int64),
-                      np.zeros(nx * ny * nz, dtype=np.int64))
+                      np.zeros(nx * ny * nz, dtype=np.int64),
+                      np.zeros(problem.n_foci, dtype=np.bool_))
             self._local.scale_scratch = cached
-        _, scratch, volume = cached
+        _, scratch, volume, shared = cached
         counts = np.zeros(in_mask.size, dtype=np.int64)
         largest = np.empty(count, dtype=np.int64)
         draws = pool_draws(seed, first, count, problem.n_foci, spec.n_pool)
         for b in range(count):
             ijk = np.ascontiguousarray(spec.pool_ijk[draws[b]], dtype=np.int64)
             _scale_neg_log_sum(ijk, offsets, focus_side, focus_start, table, nx, ny, nz,
-                               scratch, volume)
+                               scratch, volume, shared, row_lo, row_hi)
             largest[b] = _scale_exceed(volume, in_mask, observed, counts)
         return ScaleNullPartial.of(first, counts, ale_of_fixed(largest))
 
