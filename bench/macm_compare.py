@@ -42,8 +42,9 @@ def main(out: Path, scale_iters: int) -> dict:
         ours_z = _vector(scale_dir / "z.nii.gz", grid)
         stat = _vector(scale_dir / "stat.nii.gz", grid)
         reached = (ours_z > 0) | (theirs["z"] > 0)
-        result[f"scale{scale_iters}_max_abs_dstat"] = float(np.max(np.abs(stat - theirs["stat"])))
-        result[f"scale{scale_iters}_z_r_all_voxels"] = float(np.corrcoef(ours_z, theirs["z"])[0, 1])
+        key = f"scale{scale_iters}"
+        result[f"{key}_max_abs_dstat"] = float(np.max(np.abs(stat - theirs["stat"])))
+        result[f"{key}_z_r_all_voxels"] = float(np.corrcoef(ours_z, theirs["z"])[0, 1])
         result[f"scale{scale_iters}_z_r_reached_voxels"] = float(
             np.corrcoef(ours_z[reached], theirs["z"][reached])[0, 1])
     for other in sorted(out.glob("g_scale*")):
