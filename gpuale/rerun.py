@@ -239,7 +239,8 @@ def _recorded_dataset(run: RunFolder, *, need_sample_size: bool = True) -> Datas
 def _study_dataset(run: RunFolder) -> Dataset:
     """The experiments of a study's global analysis, selected as the study selects them."""
     from gpuale.examples import resolve_input
-    from gpuale.studyfile import _global_dataset, _input_paths, load_study
+    from gpuale.study import _global_dataset
+    from gpuale.studyfile import _input_paths, load_study
 
     study = load_study(resolve_input(run.record[STUDY_FILE_KEY]))
     name = run.record[STUDY_ANALYSIS_KEY]
@@ -336,7 +337,7 @@ def run_failsafe(
     ------
     ValueError
         The folder already holds a fail-safe N and ``force`` is not set (checked before
-        any work), or :func:`gpuale.jackknife.load_recorded_analysis` refuses the folder.
+        any work), or :func:`load_recorded_analysis` refuses the folder.
     """
     check_not_written(run_dir, (FAILSAFE_TSV, FAILSAFE_JSON), force=force)
     analysis = analysis or load_recorded_analysis(run_dir, grid=grid)

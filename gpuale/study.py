@@ -42,13 +42,15 @@ from gpuale.contrast import (
 )
 from gpuale.dataset import Dataset
 from gpuale.grid import Grid, load_grid
+from gpuale.io import DuplicateExperimentWarning, load_dataset
 from gpuale.nulls import DaskScheduler, RunInterrupted, Scheduler
+from gpuale.selection import median_split, referenced_columns, select
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
 from gpuale.studyfile import (
     Analysis,
     Study,
     _fingerprint,
-    _global_dataset,
+    _input_paths,
     _named_inputs,
     _problem,
     _selection,
@@ -580,6 +582,53 @@ def _write_study_json(out_dir: Path, study: Study, command: str | None, entries:
                      "pending": [a.name for a in order if a.name not in done]})
     # Replaced whole, so that a second Ctrl-C never leaves half a study.json.
     tmp.replace(out_dir / runfolder.STUDY_JSON)
+
+
+#: Inputs larger than this (together) are logged as they are read (seconds each).
+LOADING_NOTICE_BYTES = 4_000_000
+
+
+def _global_dataset(analysis: Analysis, study: Study,
+                    log: Callable[[str], None] | None = None,
+                    shown: set[str] | None = None) -> Dataset:
+    """The experiments of a global analysis: its inputs read, selected and split.
+
+    Load warnings are silent (each input's layout notes would repeat for every analysis),
+    except that experiments kept twice (``allow_duplicates = true``) are logged, each
+    message once in the messages ``shown`` (a study's set)."""
+    from gpuale.io.files import input_size
+
+    s = analysis.settings
+    paths = _input_paths(analysis, study)
+    large = log is not None and sum(map(input_size, paths)) >= LOADING_NOTICE_BYTES
+    progress = (lambda line: log(f"{analysis.name}: {line} ...")) if large else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # A selection's columns are loaded where an input holds too many to load them all
+        # (a Neurosynth release's terms).
+        dataset = load_dataset(
+            paths, space=s["space"], tal_transform=s["tal_transform"],
+            sample_size=s["sample_size"], allow_duplicates=s["allow_duplicates"],
+            progress=progress,
+            columns=referenced_columns(analysis.spec["where"]) if "where" in analysis.spec
+            else None,
+            input_options=[study.input_options.get(name) for name in analysis.spec["inputs"]
+                           for _ in study.inputs[name]],
+            need_sample_size=s["fwhm"] is None,  # a fixed kernel FWHM needs no N
+        )
+    shown = set() if shown is None else shown
+    for w in caught:
+        message = str(w.message)
+        if (log is not None and issubclass(w.category, DuplicateExperimentWarning)
+                and message not in shown):
+            shown.add(message)
+            log(f"warning: {message}")
+    if "where" in analysis.spec:
+        dataset = select(dataset, analysis.spec["where"])
+    if "split" in analysis.spec:
+        low, high = median_split(dataset, analysis.spec["split"]["column"])
+        dataset = low if analysis.spec["split"]["half"] == "low" else high
+    return dataset
 
 
 def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str, Dataset],

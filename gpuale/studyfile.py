@@ -40,9 +40,8 @@ An input given as a table names the columns of a CSV/TSV table (see
     sample_size_column = "subjects"
 
 :func:`load_study` reads and checks it (names, inputs, selections) before anything
-runs; :func:`_global_dataset` reads a global analysis's experiments, and
-:func:`_fingerprint` says whether a finished folder holds the same analysis. Running a
-study is :mod:`gpuale.study`.
+runs, and :func:`_fingerprint` says whether a finished folder holds the same analysis.
+Running a study (and reading a global analysis's experiments) is :mod:`gpuale.study`.
 """
 
 from __future__ import annotations
@@ -52,8 +51,6 @@ import hashlib
 import json
 import math
 import tomllib
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 from gpuale import runfolder
@@ -66,12 +63,9 @@ from gpuale.balanced import MASK_COVERAGES
 from gpuale.contrast import (
     BALANCED_MODE,
 )
-from gpuale.dataset import Dataset
 from gpuale.examples import example_name, resolve_input
-from gpuale.io import DuplicateExperimentWarning, load_dataset
 from gpuale.io.files import file_checksum
 from gpuale.nullspecs import BALANCED_NULLS
-from gpuale.selection import median_split, referenced_columns, select
 from gpuale.stopping import AUTO
 
 __all__ = ["Analysis", "Study", "allowing_duplicates", "load_study"]
@@ -465,48 +459,3 @@ def _named_inputs(analysis: Analysis, study: Study) -> list[tuple[str, Path]]:
                                    study.inputs[name])]
 
 
-#: Inputs larger than this (together) are logged as they are read (seconds each).
-LOADING_NOTICE_BYTES = 4_000_000
-
-
-def _global_dataset(analysis: Analysis, study: Study,
-                    log: Callable[[str], None] | None = None,
-                    shown: set[str] | None = None) -> Dataset:
-    """The experiments of a global analysis: its inputs read, selected and split.
-
-    Load warnings are silent (each input's layout notes would repeat for every analysis),
-    except that experiments kept twice (``allow_duplicates = true``) are logged, each
-    message once in the messages ``shown`` (a study's set)."""
-    from gpuale.io.files import input_size
-
-    s = analysis.settings
-    paths = _input_paths(analysis, study)
-    large = log is not None and sum(map(input_size, paths)) >= LOADING_NOTICE_BYTES
-    progress = (lambda line: log(f"{analysis.name}: {line} ...")) if large else None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        # A selection's columns are loaded where an input holds too many to load them all
-        # (a Neurosynth release's terms).
-        dataset = load_dataset(
-            paths, space=s["space"], tal_transform=s["tal_transform"],
-            sample_size=s["sample_size"], allow_duplicates=s["allow_duplicates"],
-            progress=progress,
-            columns=referenced_columns(analysis.spec["where"]) if "where" in analysis.spec
-            else None,
-            input_options=[study.input_options.get(name) for name in analysis.spec["inputs"]
-                           for _ in study.inputs[name]],
-            need_sample_size=s["fwhm"] is None,  # a fixed kernel FWHM needs no N
-        )
-    shown = set() if shown is None else shown
-    for w in caught:
-        message = str(w.message)
-        if (log is not None and issubclass(w.category, DuplicateExperimentWarning)
-                and message not in shown):
-            shown.add(message)
-            log(f"warning: {message}")
-    if "where" in analysis.spec:
-        dataset = select(dataset, analysis.spec["where"])
-    if "split" in analysis.spec:
-        low, high = median_split(dataset, analysis.spec["split"]["column"])
-        dataset = low if analysis.spec["split"]["half"] == "low" else high
-    return dataset

@@ -344,7 +344,8 @@ def test_table_options_are_never_ignored(tmp_path):
 
 
 def test_study_input_table_names_columns(tmp_path):
-    from gpuale.studyfile import _global_dataset, load_study
+    from gpuale.study import _global_dataset
+    from gpuale.studyfile import load_study
 
     _write(tmp_path, "t.csv", "publication,contrast,x,y,z,subjects,space\n"
            "P,a,1,2,3,5,MNI\nP,b,4,5,6,7,MNI\nP,b,1,1,1,7,MNI\n")

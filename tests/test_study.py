@@ -283,7 +283,7 @@ def test_a_study_runs_a_balanced_contrast_as_gpuale_contrast_does(tmp_path, no_r
 
     from gpuale.balanced import run_balanced_contrast
     from gpuale.grid import load_grid
-    from gpuale.studyfile import _global_dataset
+    from gpuale.study import _global_dataset
 
     out = tmp_path / "out"
     run_study(load_study(_write(tmp_path)), out, log=lambda _: None)
@@ -338,7 +338,7 @@ def test_a_global_analysis_can_ask_for_tfce(tmp_path, no_reports):
     import warnings
 
     from gpuale.grid import load_grid
-    from gpuale.studyfile import _global_dataset
+    from gpuale.study import _global_dataset
 
     out = tmp_path / "out"
     run_study(load_study(_write(tmp_path)), out, log=lambda _: None)
