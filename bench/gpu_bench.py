@@ -44,8 +44,9 @@ from gpuale.engines.cuda import CudaEngine, gpu_available, kernel_dir  # noqa: E
 from gpuale.examples import example_path  # noqa: E402
 from gpuale.grid import load_grid  # noqa: E402
 from gpuale.io import load_dataset  # noqa: E402
-from gpuale.nulls import SerialScheduler, run_null  # noqa: E402
+from gpuale.nulls import run_null  # noqa: E402
 from gpuale.nullspecs import GlobalNullSpec  # noqa: E402
+from gpuale.schedulers import SerialScheduler  # noqa: E402
 
 #: Largest relative difference of a permutation's max ALE between CPU and GPU: float32
 #: rounding of 1 - exp(log-sum), whose exp may differ in the last bit on the GPU.

@@ -24,9 +24,10 @@ from gpuale.inference import (
     unreachable_threshold_message,
 )
 from gpuale.maps import TFCE_LOGP_FWE, TFCE_MAP, TFCE_THRESHOLDED, TFCE_Z_FWE
-from gpuale.nulls import Scheduler, run_null
+from gpuale.nulls import run_null
 from gpuale.nullspecs import GlobalNullSpec, MonteCarloNull
 from gpuale.problem import Problem, compile_problem
+from gpuale.schedulers import Scheduler
 from gpuale.stats import AnalyticNull, ObservedALE, analytic_null, p_to_z
 from gpuale.stopping import (
     AUTO,

@@ -30,9 +30,10 @@ from gpuale.inference import (
     unreachable_threshold_message,
 )
 from gpuale.io.duplicates import experiment_key
-from gpuale.nulls import Scheduler, run_null
+from gpuale.nulls import run_null
 from gpuale.nullspecs import ContrastNull, ContrastNullSpec
 from gpuale.pooling import _kept, pooled_log_maps
+from gpuale.schedulers import Scheduler
 from gpuale.stats import clip_permutation_p, fwe_p_values, p_to_z
 
 __all__ = [

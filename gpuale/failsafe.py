@@ -43,8 +43,8 @@ from gpuale.jackknife import (
     RerunWarnings,
     cluster_survival,
 )
-from gpuale.nulls import Scheduler
 from gpuale.rng import STREAM_FAILSAFE_NULL_STUDIES, philox4x32, uniform_below
+from gpuale.schedulers import Scheduler
 
 __all__ = [
     "DEFAULT_MAXIMUM_PER_EXPERIMENT",

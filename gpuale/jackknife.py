@@ -29,7 +29,7 @@ from gpuale.clusters import cluster_contributions
 from gpuale.dataset import Dataset
 from gpuale.engines import resolve_device
 from gpuale.grid import Grid
-from gpuale.nulls import Scheduler
+from gpuale.schedulers import Scheduler
 
 __all__ = [
     "JACKKNIFE_COLUMNS",

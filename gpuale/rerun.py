@@ -39,7 +39,6 @@ from gpuale.jackknife import (
     JackknifeResult,
     jackknife,
 )
-from gpuale.nulls import Scheduler
 from gpuale.output import check_not_written, derived_record, write_derived
 from gpuale.runfolder import (
     CLUSTER_LABELS,
@@ -52,6 +51,7 @@ from gpuale.runfolder import (
     RunFolder,
     open_run,
 )
+from gpuale.schedulers import Scheduler
 
 __all__ = ["RecordedAnalysis", "load_recorded_analysis", "run_failsafe", "run_jackknife"]
 

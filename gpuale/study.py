@@ -43,7 +43,8 @@ from gpuale.contrast import (
 from gpuale.dataset import Dataset
 from gpuale.grid import Grid, load_grid
 from gpuale.io import DuplicateExperimentWarning, load_dataset
-from gpuale.nulls import DaskScheduler, RunInterrupted, Scheduler
+from gpuale.nulls import DaskScheduler
+from gpuale.schedulers import RunInterrupted, Scheduler
 from gpuale.selection import median_split, referenced_columns, select
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
 from gpuale.studyfile import (

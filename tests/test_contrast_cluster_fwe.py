@@ -20,7 +20,6 @@ from gpuale.cluster_null import contrast_cluster_null
 from gpuale.contrast import run_contrast
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.nulls import SerialScheduler, ThreadScheduler
 from gpuale.nullspecs import (
     HISTOGRAM_BINS,
     ContrastNullSpec,
@@ -30,6 +29,7 @@ from gpuale.nullspecs import (
 )
 from gpuale.problem import compile_problem
 from gpuale.rng import random_splits
+from gpuale.schedulers import SerialScheduler, ThreadScheduler
 from gpuale.stats import LOG_SCALE
 
 # --- The quantile from two histograms -------------------------------------------------------

@@ -42,6 +42,7 @@ LAYERS = {
     "gpuale.engines": 3,
     "gpuale._hostshim": 3,
     # 4 running nulls: chunks, schedulers, stopping segments
+    "gpuale.schedulers": 4,
     "gpuale.nulls": 4,
     "gpuale.cluster_null": 4,
     "gpuale.stopping": 4,

@@ -38,7 +38,8 @@ from gpuale.cli._help import (
 from gpuale.engines import get_engine
 from gpuale.examples import EXAMPLES, example_path, resolve_input
 from gpuale.io import InputLayoutNote, load_dataset
-from gpuale.nulls import DaskScheduler, RunInterrupted
+from gpuale.nulls import DaskScheduler
+from gpuale.schedulers import RunInterrupted
 from gpuale.space import DEFAULT_TAL_TRANSFORM
 from gpuale.stopping import AUTO
 from gpuale.study import StudyInterrupted
