@@ -20,7 +20,7 @@ from gpuale.balanced import BalancedContrastResult
 from gpuale.clusters import CONTRIBUTION_FIELDS, peak_rows
 from gpuale.contrast import smallest_p
 from gpuale.dataset import Dataset
-from gpuale.io.files import file_checksum
+from gpuale.io.checksum import file_checksum
 from gpuale.runfolder import (
     CLUSTER_LABELS,
     CLUSTERS_TSV,

@@ -31,7 +31,7 @@ from gpuale.failsafe import (
 )
 from gpuale.grid import Grid, load_grid
 from gpuale.io import load_dataset
-from gpuale.io.files import file_checksum
+from gpuale.io.checksum import file_checksum
 from gpuale.jackknife import (
     JACKKNIFE_COLUMNS,
     JACKKNIFE_METHOD,

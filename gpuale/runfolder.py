@@ -46,7 +46,7 @@ from gpuale.conjunction import (
 )
 from gpuale.contrast import MainEffect
 from gpuale.grid import Grid, read_volume
-from gpuale.io.files import file_checksum
+from gpuale.io.checksum import file_checksum
 
 # The map names readers ask for (gpuale.maps names them; this module makes them files).
 from gpuale.maps import (

@@ -64,7 +64,7 @@ from gpuale.contrast import (
     BALANCED_MODE,
 )
 from gpuale.examples import example_name, resolve_input
-from gpuale.io.files import file_checksum
+from gpuale.io.checksum import file_checksum
 from gpuale.nullspecs import BALANCED_NULLS
 from gpuale.stopping import AUTO
 
