@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE))
 from synthetic import synthetic_dataset  # noqa: E402
 
 from gpuale.analysis import run_ale  # noqa: E402
+from gpuale.compare import masses_differ  # noqa: E402
 from gpuale.dataset import Dataset, Experiment  # noqa: E402
 from gpuale.engines import get_engine  # noqa: E402
 from gpuale.engines.cuda import CudaEngine, gpu_available, kernel_dir  # noqa: E402
@@ -120,8 +121,9 @@ def bench_one(name: str, engine, iters: int, cpu_iters: int, compare: int) -> di
     row["max_ale_within_ulp"] = bool(ale_gap.max() <= MAX_ALE_RTOL)
     row["size_differs"] = int(np.sum(gpu_null.max_cluster_size[:n]
                                      != cpu_null.max_cluster_size[:n]))
-    row["mass_differs"] = int(np.sum(~np.isclose(gpu_null.max_cluster_mass[:n],
-                                                 cpu_null.max_cluster_mass[:n], rtol=1e-9)))
+    row["mass_differs"] = int(np.sum(masses_differ(
+        gpu_null.max_cluster_mass[:n], cpu_null.max_cluster_mass[:n],
+        gpu_null.max_cluster_size[:n], cpu_null.max_cluster_size[:n])))
     return row
 
 
