@@ -149,7 +149,7 @@ step() {  # step NAME COMMAND...: run under NAME's limit; log to WORK, then to L
     [ $DRY -eq 1 ] && limit=$DRY_LIMIT
     local start=$SECONDS rc result
     echo "== $name (limit ${limit}s)"
-    timeout -k 5 "$limit" "$@" >"$WORK/$name.log" 2>&1
+    timeout -k 2 "$limit" "$@" >"$WORK/$name.log" 2>&1
     rc=$?
     if [ $rc -eq 0 ]; then
         result=ok
@@ -226,6 +226,8 @@ finish() {  # finish STATUS: the last summary, the file count, the exit
     cat "$SUMMARY"
     exit "$1"
 }
+
+write_summary  # a summary from the start, whatever stops the check later
 
 # -- environment
 if [ $DRY -eq 0 ]; then
@@ -313,8 +315,7 @@ if [ $DRY -eq 1 ]; then
     step projection "$PY" bench/gpu_bench.py --projection --dry-run --studies 200 \
         --seconds 0 --json "$OUT_DIR/projection.json" || FAILED=1
 else
-    step gpu-tests "$PY" -m pytest -q -p no:cacheprovider -m gpu tests --benchmark-disable ||
-        FAILED=1
+    step gpu-tests "$PY" -m pytest -q -p no:cacheprovider -m gpu tests || FAILED=1
     for tool in memcheck initcheck; do
         step "$tool" compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
             "$PY" bench/gpu_bench.py --small --no-pool || FAILED=1

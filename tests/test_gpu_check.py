@@ -93,6 +93,31 @@ def test_without_cupy_or_a_gpu_it_says_which(tmp_path):
     assert len(_files(out)) <= MAX_FILES
 
 
+@needs_bash
+def test_no_gpu_is_said_only_when_cupy_imports_and_sees_no_device(tmp_path):
+    """A CuPy that imports and counts 0 devices (a stand-in on PYTHONPATH): "no GPU",
+    exit 3, and nothing measured."""
+    fake = tmp_path / "fake" / "cupy"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import types\n"
+        "__version__ = '0.0-stand-in'\n"
+        "class CUDARuntimeError(RuntimeError):\n    pass\n"
+        "runtime = types.SimpleNamespace(getDeviceCount=lambda: 0,\n"
+        "                                CUDARuntimeError=CUDARuntimeError)\n"
+        "cuda = types.SimpleNamespace(runtime=runtime)\n"
+        "def is_available():\n    return False\n")
+    out = tmp_path / "out"
+    done = _run(out=out, pythonpath=fake.parent)
+    said = done.stdout + done.stderr
+    assert done.returncode == 3, said
+    summary = (out / "gpu-check.md").read_text()
+    assert "no GPU visible to CuPy: nothing measured" in summary
+    assert "| probe-cupy | 10s | ok |" in summary
+    assert "throughput" not in summary.split("## Problems")[1]
+    assert len(_files(out)) <= MAX_FILES
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     if shutil.which("bash") is None:
