@@ -231,6 +231,14 @@ def test_the_gpu_scatter_shape_fits_the_kernels_launch_bounds():
     assert "gpuale_log_sum_scatter" in module_names(source)
 
 
+def test_a_gpu_scatter_block_beyond_the_launch_bounds_is_refused(problem):
+    # The host shim ignores launch bounds (the tests run wider blocks through it); a GPU
+    # would refuse the launch, so the engine refuses the shape first.
+    with pytest.raises(ValueError, match="launch bounds"):
+        _NullPipeline(problem, THRESHOLD, 6, xp=object(), launch=None,
+                      scatter_shape=(256, 2, 1000))
+
+
 def module_names(source: str) -> tuple[str, ...]:
     """The kernels the host shim exports, as it finds them (launch bounds included)."""
     return tuple(_hostshim._KERNEL_NAME.findall(source))
