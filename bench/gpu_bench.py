@@ -23,10 +23,11 @@ Neurosynth release's size (:data:`NEUROSYNTH_STUDIES` studies, :data:`NEUROSYNTH
 foci, N = 20 as ``--sample-size 20``; random in-mask foci, see
 :func:`neurosynth_scale_dataset`) and prints the time of 10,000 permutations on 1, 2, 4
 and 8 such devices (:func:`project`): the CUDA engine on a GPU, or with ``--cpu`` the
-numba engine on one core of this machine (``--studies`` measures a smaller set). The
-cluster-forming threshold is taken as given (:data:`NEUROSYNTH_THRESHOLD`, or
-``--threshold``), so nothing of the release is fitted on the CPU; permutations are timed
-in batches until ``--seconds`` have passed.
+numba engine on one core of this machine (``--studies`` measures a smaller set). For
+the whole release the cluster-forming threshold is taken as given
+(:data:`NEUROSYNTH_THRESHOLD`, or ``--threshold``), so nothing of it is fitted on the
+CPU; a smaller set's is fitted on the CPU unless ``--threshold`` gives one. Permutations
+are timed in batches until ``--seconds`` have passed.
 """
 
 from __future__ import annotations
@@ -196,12 +197,15 @@ def project(seconds_per_permutation: float, chunk: int, devices: int,
     return run_overhead_s + rounds * (chunk * seconds_per_permutation + chunk_overhead_s)
 
 
-def measure_projection(engine, n_studies: int, threshold: float, seconds: float,
+def measure_projection(engine, n_studies: int, threshold: float | None, seconds: float,
                        batch: int, max_iters: int | None = None) -> dict:
     """One engine's seconds per permutation on a Neurosynth-size set, and the projection.
 
     The set is put on the grid (:func:`gpuale.problem.compile_problem`) without fitting
-    it: ``threshold`` is the cluster-forming threshold. The first permutation (compilation,
+    it when ``threshold``, the cluster-forming threshold, is given; with None it is
+    fitted on the CPU (observed ALE and analytic null: cheap for small sets, minutes for
+    the whole release, so :data:`NEUROSYNTH_THRESHOLD` is given for that). The first
+    permutation (compilation,
     uploads, tables) is timed apart; then batches of ``batch`` permutations, one after
     another, until ``seconds`` have passed (at least one batch, at most ``max_iters``
     permutations). A CPU engine's projection takes this process's CPU time (one thread
@@ -209,9 +213,15 @@ def measure_projection(engine, n_studies: int, threshold: float, seconds: float,
     less than the wall time; both are recorded); the CUDA engine's the wall time.
     """
     build_s, dataset = _timed(lambda: neurosynth_scale_dataset(n_studies))
+    source = "given (not fitted)"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        compile_s, problem = _timed(lambda: compile_problem(dataset, load_grid()))
+        if threshold is None:
+            compile_s, fit = _timed(lambda: run_ale(dataset, n_iters=0, device="cpu"))
+            problem, threshold = fit.problem, float(fit.threshold)
+            source = f"fitted on the CPU in {compile_s:.1f} s"
+        else:
+            compile_s, problem = _timed(lambda: compile_problem(dataset, load_grid()))
     spec = GlobalNullSpec(problem, threshold, 6)
     chunk = engine.chunk_size(spec)
     warmup_s, _ = _timed(lambda: engine.null_chunk(spec, 0, 0, 1))
@@ -229,7 +239,7 @@ def measure_projection(engine, n_studies: int, threshold: float, seconds: float,
     per_permutation = (null_s if isinstance(engine, CudaEngine) else null_cpu_s) / done
     row = {"engine": engine.name, "device": engine.device, "studies": len(dataset),
            "foci": dataset.n_foci, "build_s": build_s, "compile_problem_s": compile_s,
-           "threshold": threshold, "threshold_source": "given (not fitted)",
+           "threshold": threshold, "threshold_source": source,
            "warmup_s": warmup_s, "iterations": done, "batch": batch,
            "null_s": null_s, "null_cpu_s": null_cpu_s,
            "s_per_permutation": per_permutation,
@@ -243,8 +253,9 @@ def measure_projection(engine, n_studies: int, threshold: float, seconds: float,
 
 def print_projection(row: dict, unit: str) -> None:
     print(f"\nprojection: {row['engine']} engine ({row['device']}): {row['studies']:,} studies, "
-          f"{row['foci']:,} foci; threshold {row['threshold']:.6g} given (not fitted); set "
-          f"on the grid {row['compile_problem_s']:.1f} s, first permutation "
+          f"{row['foci']:,} foci; threshold {row['threshold']:.6g} "
+          f"{row['threshold_source']}; set on the grid {row['compile_problem_s']:.1f} s, "
+          f"first permutation "
           f"{row['warmup_s']:.1f} s; {row['iterations']} permutations in batches of "
           f"{row['batch']}: {row['null_s']:.2f} s ({row['null_cpu_s']:.2f} s of CPU time) = "
           f"{row['s_per_permutation']:.4f} s per permutation (projected in chunks of "
@@ -330,9 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies", type=int, default=NEUROSYNTH_STUDIES,
                         help="with --projection: studies of the measured set (foci in "
                         "proportion)")
-    parser.add_argument("--threshold", type=float, default=NEUROSYNTH_THRESHOLD,
+    parser.add_argument("--threshold", type=float, default=None,
                         help="with --projection: the cluster-forming ALE threshold, given "
-                        "(default: the whole release's, NEUROSYNTH_THRESHOLD)")
+                        "(default: NEUROSYNTH_THRESHOLD for the whole release; a smaller "
+                        "set's is fitted on the CPU)")
     parser.add_argument("--seconds", type=float, default=15.0,
                         help="with --projection: time batches of permutations until this "
                         "many seconds have passed (at least one batch)")
@@ -397,12 +409,12 @@ def projection_main(args, env: dict) -> int:
         engine, unit, iters, batch = CudaEngine(device_id=0), "GPU", None, 8
         env["mode"] = "GPU"
     iters = args.projection_iters or iters
-    if not math.isfinite(args.threshold):
-        print("no cluster-forming threshold: give --threshold", file=sys.stderr)
-        return 2
+    threshold = args.threshold
+    if threshold is None and args.studies == NEUROSYNTH_STUDIES:
+        threshold = NEUROSYNTH_THRESHOLD
     print(f"... {args.studies} studies, batches of {batch} for {args.seconds:g} s"
           + (f" (at most {iters} permutations)" if iters else ""), file=sys.stderr, flush=True)
-    row = measure_projection(engine, args.studies, args.threshold, args.seconds, batch,
+    row = measure_projection(engine, args.studies, threshold, args.seconds, batch,
                              max_iters=iters)
     print(f"\n{env}")
     print_projection(row, unit)

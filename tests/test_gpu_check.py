@@ -155,7 +155,7 @@ def test_dry_run_measures_the_kernels_through_the_host_shim(dry_run):
     # with the cluster-forming threshold given, nothing fitted.
     assert "| projection | 600s | ok |" in summary
     projection = summary.split("## Projection")[1]
-    assert "projection: cuda engine (cpu): 200 studies, 7,068 foci; threshold 0.89351 given" \
+    assert "projection: cuda engine (cpu): 200 studies, 7,068 foci; threshold 0.05 given" \
         in projection
     for devices in (1, 2, 4, 8):
         assert f"\n| {devices} | " in projection, devices
@@ -215,6 +215,35 @@ def test_throughput_rows_are_written_as_each_data_set_ends(tmp_path, monkeypatch
     assert record["complete"] is False
     assert record["datasets"] == ["semantic-children", "semantic-adults"]
     assert _files(tmp_path) == ["throughput.json"]  # no temporary file left behind
+
+
+@pytest.mark.skipif(not _hostshim.compiler_available(), reason="needs g++ for the host shim")
+def test_the_projection_fits_a_smaller_set_and_takes_the_whole_releases_threshold(
+        tmp_path, monkeypatch, capsys):
+    saved = list(sys.path)
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import gpu_bench
+    finally:
+        sys.path[:] = saved
+    out = tmp_path / "projection.json"
+    assert gpu_bench.main(["--projection", "--dry-run", "--studies", "60", "--seconds", "0",
+                           "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["projection"]
+    assert row["studies"] == 60 and row["iterations"] == 2
+    assert row["threshold_source"].startswith("fitted on the CPU")
+    assert 0 < row["threshold"] < 1
+    # The whole release is never fitted: its threshold is given.
+    seen = {}
+
+    def measure(engine, n_studies, threshold, *args, **kwargs):
+        seen["threshold"] = threshold
+        raise SystemExit(0)
+
+    monkeypatch.setattr(gpu_bench, "measure_projection", measure)
+    with pytest.raises(SystemExit):
+        gpu_bench.main(["--projection", "--dry-run"])
+    assert seen["threshold"] == gpu_bench.NEUROSYNTH_THRESHOLD == 0.89351
 
 
 def test_the_projection_model_and_the_neurosynth_size_set():
