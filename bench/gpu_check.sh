@@ -74,7 +74,7 @@ STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 # Seconds per step on the GPU machine; their sum is the header's "Step limits add up to".
 declare -A LIMIT=(
     [env]=5 [install]=10 [probe-nibabel]=5 [probe-gpuale]=10 [probe-cupy]=10
-    [probe-device]=20 [gpu-tests]=50 [memcheck]=30 [initcheck]=30 [throughput]=85 [ncu]=35
+    [probe-device]=20 [gpu-tests]=60 [memcheck]=30 [initcheck]=30 [throughput]=80 [ncu]=30
     [projection]=40
 )
 # A dry run is the host shim on a CPU: far slower, and nothing depends on its time.
@@ -124,6 +124,15 @@ write_summary() {  # the summary from what the steps left so far, renamed into p
             echo "## Projection: 10,000 permutations of the whole Neurosynth release"
             echo
             sed -n '/^projection: /,$p' "$WORK/projection.log"
+        fi
+        if [ -s "$WORK/memcheck.log" ] || [ -s "$WORK/initcheck.log" ]; then
+            echo
+            echo "## compute-sanitizer (CuPy's memory pool off)"
+            echo
+            echo '```'
+            grep -H 'ERROR SUMMARY' "$WORK/memcheck.log" "$WORK/initcheck.log" 2>/dev/null |
+                sed "s|^$WORK/||; s|\.log:| |"
+            echo '```'
         fi
         if [ -s "$WORK/ncu.log" ]; then
             echo
