@@ -118,6 +118,118 @@ def test_no_gpu_is_said_only_when_cupy_imports_and_sees_no_device(tmp_path):
     assert len(_files(out)) <= MAX_FILES
 
 
+_STAND_IN_CUPY = """\
+import types
+import numpy
+__version__ = "0.0-stand-in"
+class CUDARuntimeError(RuntimeError):
+    pass
+class Device:
+    def __init__(self, index=0):
+        self.id = index
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return False
+    def synchronize(self):
+        pass
+def _properties(index):
+    return {"name": b"Stand-in GPU", "major": 9, "minor": 0, "multiProcessorCount": 132}
+runtime = types.SimpleNamespace(
+    getDeviceCount=lambda: 1, getDeviceProperties=_properties, CUDARuntimeError=CUDARuntimeError,
+    driverGetVersion=lambda: 13000, runtimeGetVersion=lambda: 13000)
+cuda = types.SimpleNamespace(runtime=runtime, Device=Device)
+class RawModule:
+    def __init__(self, code, options=()):
+        assert "gpuale_log_sum_scatter" in code
+arange = numpy.arange
+float64 = numpy.float64
+def is_available():
+    return True
+"""
+
+# A stand-in for the GPU machine's python3: the probes run for real (with the CuPy above),
+# pytest and bench/gpu_bench.py print what they would and write its JSON.
+_STAND_IN_PYTHON = """\
+#!/usr/bin/env bash
+case "$1 $2" in
+    "-c "*) exec "$REAL_PYTHON" "$@" ;;
+    "-m pytest") echo "21 passed in 30.00s"; exit 0 ;;
+esac
+args=" $* "
+case "$args" in
+    *" --small "*) echo "small run done: 32 permutations"; exit 0 ;;
+    *" --projection "*)
+        echo "projection: cuda engine (gpu:0): 14,371 studies, 507,891 foci; stand-in"
+        echo "| GPUs | 10,000 permutations | speed-up |"
+        echo "| 1 | 100 s (0.03 h) | 1.00x |" ;;
+    *)
+        echo "| data set | experiments | foci |"
+        echo "| semantic-children | 50 | 687 |"
+        echo "| semantic-adults | 272 | 3606 |" ;;
+esac
+json=$(echo "$args" | sed -n 's/.* --json \\([^ ]*\\) .*/\\1/p')
+[ -n "$json" ] && echo '{"stand-in": true}' >"$json"
+exit 0
+"""
+
+_STAND_IN_TOOLS = {
+    "nvidia-smi": 'echo "name, driver_version"; echo "Stand-in GPU, 580.00"',
+    # Both run the command they are given (after their own options), then report.
+    "compute-sanitizer": 'while [ "${1#-}" != "$1" ]; do shift 2; done; "$@"; rc=$?\n'
+                         'echo "========= ERROR SUMMARY: 0 errors"; exit $rc',
+    "ncu": 'while [ "${1#-}" != "$1" ]; do shift 2; done; "$@"; rc=$?\n'
+           '[ -n "${NCU_STAND_IN_MISSES:-}" ] || echo "  gpuale_log_sum_scatter (1, 1, 1)"\n'
+           'echo "    Duration   usecond   123.4"; exit $rc',
+}
+
+
+@needs_bash
+@pytest.mark.parametrize("ncu_misses", [False, True], ids=["ncu-profiles", "ncu-misses"])
+def test_the_gpu_run_path_with_stand_ins(tmp_path, ncu_misses):
+    """The GPU branch, step by step, with stand-ins for CuPy, nvidia-smi, pytest,
+    gpu_bench.py, compute-sanitizer and ncu: every section reaches the summary, at most 8
+    files, and an ncu run that profiled no scatter launch fails the check."""
+    fake = tmp_path / "fake"
+    (fake / "cupy").mkdir(parents=True)
+    (fake / "cupy" / "__init__.py").write_text(_STAND_IN_CUPY)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name, body in {**_STAND_IN_TOOLS, "python": _STAND_IN_PYTHON}.items():
+        tool = tools / name
+        tool.write_text(body if body.startswith("#!") else f"#!/usr/bin/env bash\n{body}\n")
+        tool.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(tools / "python"), "REAL_PYTHON": sys.executable,
+           "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(fake),
+                                                       os.environ.get("PYTHONPATH")])),
+           "GPU_CHECK_WHEELS": str(tmp_path / "no-wheels")}
+    env.pop("OUT", None)
+    if ncu_misses:
+        env["NCU_STAND_IN_MISSES"] = "1"
+    done = subprocess.run(["bash", str(SCRIPT), str(out)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    said = done.stdout + done.stderr
+    assert done.returncode == (1 if ncu_misses else 0), said
+    summary = (out / "gpu-check.md").read_text()
+    for step in ("env", "probe-nibabel", "probe-gpuale", "probe-cupy", "probe-device",
+                 "gpu-tests", "memcheck", "initcheck", "throughput", "projection"):
+        assert re.search(rf"^\| {step} \| \d+s \| ok \|", summary, re.M), step
+    assert "Stand-in GPU, 1 device(s), compute capability 9.0, 132 SMs" in summary
+    assert "| semantic-adults | 272 | 3606 |" in summary
+    assert "projection: cuda engine (gpu:0): 14,371 studies" in summary
+    assert "memcheck ========= ERROR SUMMARY: 0 errors" in summary
+    if ncu_misses:
+        assert "| ncu | 30s | FAILED (no scatter launch was profiled) |" in summary
+        assert "ncu: no scatter launch was profiled" in summary
+    else:
+        assert re.search(r"^\| ncu \| 30s \| ok \|", summary, re.M)
+        assert "gpuale_log_sum_scatter (1, 1, 1)" in summary
+    assert set(_files(out)) == {"gpu-check.md", "gpu-check-logs.txt", "throughput.json",
+                                "projection.json"}
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     if shutil.which("bash") is None:
