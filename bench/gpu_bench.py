@@ -219,7 +219,7 @@ def measure_projection(engine, n_studies: int, threshold: float | None, seconds:
         if threshold is None:
             compile_s, fit = _timed(lambda: run_ale(dataset, n_iters=0, device="cpu"))
             problem, threshold = fit.problem, float(fit.threshold)
-            source = f"fitted on the CPU in {compile_s:.1f} s"
+            source = "fitted on the CPU"
         else:
             compile_s, problem = _timed(lambda: compile_problem(dataset, load_grid()))
     spec = GlobalNullSpec(problem, threshold, 6)
@@ -254,8 +254,9 @@ def measure_projection(engine, n_studies: int, threshold: float | None, seconds:
 def print_projection(row: dict, unit: str) -> None:
     print(f"\nprojection: {row['engine']} engine ({row['device']}): {row['studies']:,} studies, "
           f"{row['foci']:,} foci; threshold {row['threshold']:.6g} "
-          f"{row['threshold_source']}; set on the grid {row['compile_problem_s']:.1f} s, "
-          f"first permutation "
+          f"{row['threshold_source']}; set on the grid"
+          f"{' and fitted' if row['threshold_source'].startswith('fitted') else ''} "
+          f"{row['compile_problem_s']:.1f} s, first permutation "
           f"{row['warmup_s']:.1f} s; {row['iterations']} permutations in batches of "
           f"{row['batch']}: {row['null_s']:.2f} s ({row['null_cpu_s']:.2f} s of CPU time) = "
           f"{row['s_per_permutation']:.4f} s per permutation (projected in chunks of "
