@@ -55,7 +55,7 @@ from gpuale.inference import iterations_to_reach
 from gpuale.io import InputLayoutNote, load_dataset
 from gpuale.nulls import DaskScheduler, RunInterrupted, default_workers
 from gpuale.output import save_ale, save_conjunction, save_contrast
-from gpuale.runfolder import INDEX_HTML, REPORT_HTML
+from gpuale.runfolder import INDEX_HTML, REPORT_HTML, RUN_JSON, SELECTION_KEY
 from gpuale.space import DEFAULT_TAL_TRANSFORM
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
 from gpuale.study import (
@@ -131,8 +131,8 @@ VALUE_NAMES = {
     "out": "DIR", "main_a": "RUN_DIR", "main_b": "RUN_DIR", "mask": "NIFTI",
     "seed": "SEED", "cluster_p": "P", "alpha": "P", "p_threshold": "P", "fdr": "Q",
     "device": "DEVICE", "fwhm": "MM", "min_volume": "MM3", "threshold": "T",
-    "where": "EXPRESSION", "against": "REFERENCE", "devices": "A,B", "ale_tol": "TOL",
-    "z_tol": "TOL",
+    "where": "EXPRESSION", "where_a": "EXPRESSION", "where_b": "EXPRESSION",
+    "against": "REFERENCE", "devices": "A,B", "ale_tol": "TOL", "z_tol": "TOL",
 }
 #: Typer's labels of Python types in words a user types.
 TYPE_NAMES = {"<int>": "N", "<int range>": "N", "<float>": "NUMBER",
@@ -405,6 +405,48 @@ def _load(inputs: list[str], space: Space | None, tal_transform: TalTransform,
             need_sample_size=fwhm is None,  # a fixed kernel FWHM needs no N
         )
     return paths, dataset
+
+
+def _run_folder(value: str) -> Path | None:
+    """The run folder a contrast's group names (a folder holding run.json), else None."""
+    path = resolve_input(value)
+    return path if path.is_dir() and (path / RUN_JSON).is_file() else None
+
+
+def _load_group(name: str, value: str, where: str | None, space: Space | None,
+                tal_transform: TalTransform, sample_size: int | None, *,
+                allow_duplicates: bool, quiet: bool, experiment_column: str | None,
+                sample_size_column: str | None, fwhm: float | None):
+    """A contrast's group ``name`` ("A"): an input, selected by ``where``, or a ``gpuale
+    global`` run folder, whose recorded inputs are read again (checked against their
+    checksums) with its recorded options and selection, as ``gpuale jackknife`` does.
+
+    Returns
+    -------
+    inputs : list of (str, Path)
+        The inputs as given and as read, for run.json.
+    dataset : Dataset
+    selection : dict or None
+        The group's selection for run.json (None: every experiment of the input).
+    """
+    folder = _run_folder(value)
+    if folder is None:
+        paths, dataset = _load([value], space, tal_transform, sample_size, where,
+                               allow_duplicates, quiet, experiment_column,
+                               sample_size_column, fwhm)
+        selection = ({"inputs": [value], "where": where, "split": None}
+                     if where is not None else None)
+        return list(zip([value], paths)), dataset, selection
+    if where is not None:
+        raise ValueError(f"--where-{name.lower()}: group {name} is the run folder {value}, "
+                         "whose experiments are those it was run on; select them when "
+                         "running it (`gpuale global --where`), or give its input instead")
+    from gpuale.jackknife import recorded_group
+
+    dataset, run, selection = recorded_group(folder)
+    inputs = [(entry.get("given") or entry["path"], Path(entry["path"]))
+              for entry in run.record.get("inputs") or []]
+    return inputs, dataset, selection
 
 
 #: Inputs larger than this (together) show what is being read while they load.
@@ -810,9 +852,22 @@ class Overlap(StrEnum):
 
 @app.command("contrast")
 def contrast(
-    group_a: Annotated[str, typer.Argument(help="Group A input (file, folder, example:).")],
-    group_b: Annotated[str, typer.Argument(help="Group B input (file, folder, example:).")],
+    group_a: Annotated[str, typer.Argument(help="Group A: an input (file, folder, example:), "
+                                           "or a `gpuale global` run folder (its recorded "
+                                           "inputs and selection, read again and checked).")],
+    group_b: Annotated[str, typer.Argument(help="Group B: an input or a `gpuale global` run "
+                                           "folder, as group A.")],
     out: OutOption,
+    where_a: Annotated[
+        str | None,
+        typer.Option("--where-a", help="Group A: only its input's experiments for which this "
+                     "holds, e.g. \"task_type == knowledge\" (as `gpuale global --where`)."),
+    ] = None,
+    where_b: Annotated[
+        str | None,
+        typer.Option("--where-b", help="Group B: only its input's experiments for which this "
+                     "holds; A and B may be the same input."),
+    ] = None,
     mode: Annotated[
         Mode,
         typer.Option(help="whole-brain: every voxel, two-sided (NiMARE's ALESubtraction); "
@@ -921,10 +976,16 @@ def contrast(
                                                    *filter(None, (main_a, main_b))])
         columns = {"experiment_column": experiment_column,
                    "sample_size_column": sample_size_column, "fwhm": fwhm}
-        paths_a, dataset_a = _load([group_a], space, tal_transform, sample_size,
-                                   allow_duplicates=allow_duplicates, quiet=quiet, **columns)
-        paths_b, dataset_b = _load([group_b], space, tal_transform, sample_size,
-                                   allow_duplicates=allow_duplicates, quiet=quiet, **columns)
+        inputs_a, dataset_a, selection_a = _load_group(
+            "A", group_a, where_a, space, tal_transform, sample_size,
+            allow_duplicates=allow_duplicates, quiet=quiet, **columns)
+        inputs_b, dataset_b, selection_b = _load_group(
+            "B", group_b, where_b, space, tal_transform, sample_size,
+            allow_duplicates=allow_duplicates, quiet=quiet, **columns)
+        # Which experiments each group is, where that is more than its input: run.json
+        # and the report say so, as for a study's contrast.
+        extra = ({SELECTION_KEY: {"A": selection_a, "B": selection_b}}
+                 if selection_a or selection_b else None)
         grid = load_grid(mask)
         effects = [MainEffect.from_run_dir(p, grid) if p else None for p in (main_a, main_b)]
         chosen = resolve_device(device)
@@ -950,8 +1011,8 @@ def contrast(
         save = save_contrast
         if mode is Mode.balanced:
             from gpuale.balanced import save_balanced_contrast as save
-        save(result, out, inputs_a=list(zip([group_a], paths_a)),
-             inputs_b=list(zip([group_b], paths_b)), command=_command(), force=force)
+        save(result, out, inputs_a=inputs_a, inputs_b=inputs_b, command=_command(),
+             force=force, extra=extra)
         _write_report(out, report, quiet)
         if not quiet:
             clusters = result.clusters()

@@ -259,6 +259,8 @@ def _group_selection_text(selection: dict | None) -> str:
     if not selection:
         return "-"
     text = _selection_text(selection)
+    if selection.get("run"):  # `gpuale contrast` given a `gpuale global` run folder
+        return f"run {selection['run']}: {text}"
     return f"analysis {selection['analysis']}: {text}" if selection.get("analysis") else text
 
 
