@@ -489,7 +489,7 @@ def run_contrast(
     min_z: bool = False,
     overlap: str = "error",
     fwhm_mm: float | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     scheduler: Scheduler | None = None,

@@ -105,7 +105,7 @@ class ALESettings:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
-    def run(self, dataset: Dataset, grid: Grid, *, device: str = "cpu",
+    def run(self, dataset: Dataset, grid: Grid, *, device: str = "auto",
             n_workers: int | None = None, progress: Callable[[int], None] | None = None,
             scheduler: Scheduler | None = None,
             caught: RerunWarnings | None = None) -> ALEResult:
@@ -519,7 +519,7 @@ def jackknife(
     labels: np.ndarray,
     settings: ALESettings,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     scheduler: Scheduler | None = None,
@@ -596,7 +596,7 @@ def jackknife(
 def run_jackknife(
     run_dir: str | Path,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     force: bool = False,
     progress: Callable[[int], None] | None = None,

@@ -135,7 +135,7 @@ def resolve_device(device: str) -> str:
     raise ValueError(f"unknown device {device!r}; choose {DEVICES_HELP}")
 
 
-def get_engine(device: str = "cpu") -> Engine:
+def get_engine(device: str = "auto") -> Engine:
     """The engine for a device string (see :func:`resolve_device`): on the CPU the numba
     engine (the numpy engine where numba cannot be imported), on a GPU the CUDA engine."""
     resolved = resolve_device(device)
