@@ -453,16 +453,22 @@ class ContrastResult:
     def clusters(self) -> list[dict]:
         """One row per cluster of the thresholded map (see :func:`map_cluster_table`).
 
-        The peak and sub-peaks are local maxima of |ALE_A - ALE_B| (``peak_diff``), not of
-        z, which saturates at the permutation floor so that most of a cluster ties;
-        ``peak_value`` is the thresholded map's z there.
+        The peak is the cluster's voxel of largest |ALE_A - ALE_B| (``peak_diff``) and its
+        sub-peaks the local maxima of |ALE_A - ALE_B| over the whole map, in decreasing
+        |difference|; not of z, which saturates at the permutation floor so that most of a
+        cluster ties. ``peak_value`` is the thresholded map's z there, and ``z_capped``
+        ("yes"/"no") whether its p is the smallest the random splits can give (1/n), where
+        z says only "at least this" (so a sub-peak's z may exceed the peak's).
         """
         thresholded, labels = self.thresholded()
         diff = self.diff
         rows = map_cluster_table(self.grid, thresholded, labels, peak_by=diff,
-                                 at_peaks={"diff": diff})
+                                 at_peaks={"diff": diff, "p": self._full(self.p, fill=1.0)})
+        floor = smallest_p(self.mode, self.null.n_iters)
         for row in rows:
             row["direction"] = "A>B" if row["sign"] == "+" else "B>A"
+            for peak in (row, *row["subpeaks"]):
+                peak["z_capped"] = "yes" if peak.pop("peak_p") <= floor * (1 + 1e-9) else "no"
         if self.cluster_fwe:
             inference = self.cluster_inference()
             for row in rows:

@@ -102,7 +102,8 @@ OLD_CONTRIBUTIONS_TEXT = (
     "are in contributions.tsv."
 )
 MAIN_EFFECT_COMPUTED = "computed for this contrast"
-CONTRAST_PEAKS_TEXT = "largest |ALE_A - ALE_B| (z saturates at the permutation floor)"
+CONTRAST_PEAKS_TEXT = ("largest |ALE_A - ALE_B|; sub-peaks: local maxima of |ALE_A - ALE_B|, "
+                       "by decreasing difference (z is capped at the permutation floor)")
 CONJUNCTION_DIRECTIONS_TEXT = (
     "positive: every input > 0 (A > B where inputs are contrasts); negative: every input < 0 "
     "(B > A), as separate clusters"
@@ -333,7 +334,8 @@ CONTRAST_CLUSTER_COLUMNS: tuple[_ClusterColumn, ...] = (
     ("Volume (mm³)", "volume_mm3", True, False),
     ("Peak MNI (mm)", _peak_text, True, True),
     ("Peak ALE A − B", _value("peak_diff", 4, signed=True), True, True),
-    ("Peak z", _value("peak_value", 2), True, True),
+    ("Peak z", lambda r: ("≥ " if r.get("z_capped") == "yes" else "")
+     + _value("peak_value", 2)(r), True, True),
 )
 CONJUNCTION_CLUSTER_COLUMNS: tuple[_ClusterColumn, ...] = (
     ("Cluster", _cluster_cell, True, True),
@@ -803,10 +805,26 @@ def _contrast_groups(run: RunFolder) -> Section:
     return Section("groups", "Groups", table)
 
 
+def _capped_z_text(record: dict) -> str:
+    """What a contrast's cluster table's z means at the permutation floor."""
+    from gpuale.contrast import smallest_p
+
+    n = int(record.get("settings", {}).get("iterations", 0))
+    floor = smallest_p(record.get("mode"), n) if n >= 1 else None
+    where = f" (p = {floor:.3g} with {n:,} splits)" if floor is not None else ""
+    return ("Peaks are ordered by |ALE_A − ALE_B|, not z: z is capped at the permutation "
+            f"floor{where}, where no random split reaches the observed difference; "
+            "“≥” marks a z at that floor, which says only “at least this”, so a sub-peak's "
+            "z may exceed its cluster peak's.")
+
+
 def _contrast_page(run: RunFolder) -> Page:
     record = run.record
     results, _ = _results_sections(run, Z_THRESHOLDED, CONTRAST_CLUSTER_COLUMNS,
                                    CONTRAST_COLORBARS)
+    if results and any("z_capped" in row for row in run.peaks()):
+        results[0] = dataclasses.replace(
+            results[0], body=results[0].body + _note([_capped_z_text(record)]))
     settings_section = _contrast_settings(run)
     settings_section = dataclasses.replace(
         settings_section, body=_note(_contrast_notes(record)) + settings_section.body)
