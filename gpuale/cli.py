@@ -28,6 +28,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
@@ -115,6 +116,50 @@ class _ReadableHelp:
     def get_help_option(self, ctx):
         option = super().get_help_option(ctx)
         return _readable(option) if option is not None else None
+
+    def format_help(self, ctx, formatter) -> None:
+        # Typer draws the options with rich tables it makes itself: for the time of this
+        # help, they are tables that keep option names whole (see _OptionsTable).
+        import typer.rich_utils
+
+        made = typer.rich_utils.Table
+        typer.rich_utils.Table = _OptionsTable
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            typer.rich_utils.Table = made
+
+
+class _OptionsTable(Table):
+    """A help table that keeps option names whole (``--experiment-column``, not
+    ``--experiment-co…``, a name that cannot be typed) at 80 columns.
+
+    Typer gives each option's names four columns of their own (long, short, and the
+    ``--no-`` forms), mostly empty, so that at 80 columns rich shrinks them all. Here they
+    are one column, ``--report/--no-report`` or ``--out, -o``, that never wraps or
+    shrinks; the help text wraps instead (and a word longer than its column folds).
+    """
+
+    def add_row(self, *renderables, **kwargs) -> None:
+        if len(renderables) not in (6, 7):  # not typer's options layout: as it is
+            super().add_row(*renderables, **kwargs)
+            return
+        required = renderables[:len(renderables) - 6]
+        long, short, negative, negative_short, *rest = renderables[len(required):]
+        names = Text()
+        for separator, part in (("", long), ("/", negative), (", ", short),
+                                ("/", negative_short)):
+            text = part if isinstance(part, Text) else Text(str(part))
+            if text.plain:
+                names.append(separator if names.plain else "")
+                names.append_text(text)
+        super().add_row(*required, names, *rest, **kwargs)
+        column = self.columns[len(required)]
+        column.no_wrap = True
+        column.min_width = max(column.min_width or 0, names.cell_len)
+        for item in getattr(rest[-1], "renderables", ()):  # the help, as rich Columns
+            if isinstance(item, Text):
+                item.overflow = "fold"  # a word longer than the column breaks, not cut
 
 
 class _Command(_ReadableHelp, TyperCommand):
@@ -1021,10 +1066,15 @@ def contrast(
                 err.print(
                     f"  #{c['cluster']} {c['direction']}: {c['size_voxels']} voxels, peak "
                     f"({c['peak_x']:.0f}, {c['peak_y']:.0f}, {c['peak_z']:.0f}), "
-                    f"ALE_A - ALE_B = {c['peak_diff']:.4f}, z = {c['peak_value']:.2f}"
+                    f"ALE_A - ALE_B = {c['peak_diff']:.4f}, z "
+                    + ("≥ " if c.get("z_capped") == "yes" else "= ")
+                    + f"{c['peak_value']:.2f}"
                     + (f", size FWE p = {c['p_fwe_size']:.3g}" if "p_fwe_size" in c else ""),
                     highlight=False,
                 )
+            if any(c.get("z_capped") == "yes" for c in clusters):
+                err.print("  (≥: z capped at the permutation floor, p = 1/iterations)",
+                          highlight=False)
             err.print(f"results in {out}", highlight=False)
 
 
