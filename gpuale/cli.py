@@ -40,6 +40,7 @@ from gpuale.analysis import (
     DEFAULT_ITERS,
     DEFAULT_SEED,
     run_ale,
+    unreachable_message,
 )
 from gpuale.conjunction import conjunction
 from gpuale.contrast import (
@@ -49,6 +50,7 @@ from gpuale.contrast import (
     run_contrast,
     smallest_p,
 )
+from gpuale.contrast import unreachable_message as contrast_unreachable
 from gpuale.engines import get_engine, resolve_device
 from gpuale.examples import EXAMPLES, example_path, resolve_input
 from gpuale.grid import load_grid
@@ -657,10 +659,27 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
         if issubclass(category, (DeprecationWarning, PendingDeprecationWarning)):
             return
         message = _library_warning(message, category, filename, lineno)
+    text = str(message)
+    if text in _printed:  # given ahead of the work (see _warn_ahead), or met twice
+        return
+    _printed.add(text)
     if issubclass(category, InputLayoutNote):  # how a file was read: said, not a problem
         err.print(_styled("note:", "cyan", message))
         return
     err.print(_styled("warning:", "yellow", message))
+
+
+#: The warnings this command has printed: each is said once.
+_printed: set[str] = set()
+
+
+def _warn_ahead(message: str | None) -> None:
+    """A warning about the run ahead (a threshold its iterations cannot reach), given
+    before its progress bar; the same warning from the run itself is then not repeated."""
+    if message:
+        from gpuale.inference import UnreachableThresholdWarning
+
+        warnings.warn(message, UnreachableThresholdWarning, stacklevel=2)
 
 
 def _terminate(signum, frame) -> None:
@@ -720,6 +739,7 @@ def _user_errors(names: dict[str, str] = CLI_NAMES):
             # Printed as they are raised, not at the end: a warning about the run ahead (a
             # threshold its iterations cannot reach) must come before the wait.
             warnings.showwarning = _print_warning
+            _printed.clear()
             yield
     except StudyInterrupted as exc:
         # A study keeps the analyses that finished before Ctrl-C: say which.
@@ -746,8 +766,13 @@ class _RateColumn(ProgressColumn):
         return Text("  -.- it/s" if speed is None else f"{speed:6.1f} it/s", style="cyan")
 
 
+#: What a progress bar says until its first permutations are done: the observed maps (and
+#: a gated contrast's main effects) come first, and take seconds on large inputs.
+PREPARING = "observed maps first"
+
+
 @contextmanager
-def _progress_bar(total: int, quiet: bool, description: str):
+def _progress_bar(total: int, quiet: bool, description: str, preparing: str = PREPARING):
     if quiet or total == 0 or not err.is_terminal:
         yield None
         return
@@ -762,7 +787,7 @@ def _progress_bar(total: int, quiet: bool, description: str):
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err, transient=False) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(f"{description} ({preparing})", total=total)
         yield _Advance(progress, task, description)
 
 
@@ -783,9 +808,15 @@ class _Advance:
         self.progress, self.task, self.description = progress, task, description
 
     def __call__(self, n: int) -> None:
+        if not self.started:  # the permutations have begun: the bar says no more
+            self.started = True
+            self.progress.update(self.task, description=self.description)
         self.progress.advance(self.task, n)
 
+    started = False
+
     def set_total(self, total: int) -> None:
+        self.started = True
         self.progress.update(self.task, total=total,
                              description=f"{self.description} (auto, checkpoint {total:,})")
 
@@ -856,6 +887,7 @@ def global_(
                     f"{_where(chosen, cluster)}",
                     highlight=False,
                 )
+            _warn_ahead(unreachable_message(max_iters if iters == AUTO else iters, alpha))
             # auto: the bar's target is the current checkpoint (the rule moves it on).
             with _progress_bar(max_iters if iters == AUTO else iters, quiet,
                                "Monte Carlo") as progress, _observed_status(iters, quiet):
@@ -1041,7 +1073,11 @@ def contrast(
                     f"{mode.value}, {iters} permutations on {_where(chosen, cluster)}",
                     highlight=False,
                 )
-            with _progress_bar(iters, quiet, "Permutations") as progress:
+            _warn_ahead(contrast_unreachable(mode.value, max(iters, 1), p_threshold,
+                                             cluster_fwe=cluster_fwe, alpha=alpha))
+            preparing = ("observed maps and main effects first" if mode is Mode.gated
+                         and not (main_a and main_b) else PREPARING)
+            with _progress_bar(iters, quiet, "Permutations", preparing) as progress:
                 result = run_contrast(
                     dataset_a, dataset_b, mode=mode.value, grid=grid, n_iters=max(iters, 1),
                     seed=seed, p_threshold=p_threshold, min_volume_mm3=min_volume,

@@ -109,6 +109,26 @@ def smallest_p(mode: str, n_iters: int) -> float:
     return float(p[0])
 
 
+def unreachable_message(mode: str, n_iters: int, p_threshold: float | None = None, *,
+                        cluster_fwe: bool = False, alpha: float = 0.05) -> str | None:
+    """The warning for a contrast whose threshold ``n_iters`` splits cannot reach (None
+    if they can, and for a balanced contrast, thresholded by its null extrema).
+
+    :func:`run_contrast` gives it before any work; a caller that shows progress can give
+    it before its progress bar (the same words: the command line prints it once).
+    """
+    if mode not in MODES:
+        return None
+    # With cluster-level FWE the reported map is cut at cluster FWE p < alpha (p_threshold
+    # only sets the cluster-forming quantile, which every number of splits reaches).
+    if cluster_fwe:
+        return unreachable_threshold_message(
+            "the contrast's cluster-level FWE alpha", n_iters, alpha, smallest_fwe_p)
+    p_threshold = DEFAULT_P_THRESHOLD[mode] if p_threshold is None else p_threshold
+    return unreachable_threshold_message(f"the {mode} contrast's threshold", n_iters,
+                                         p_threshold, functools.partial(smallest_p, mode))
+
+
 def contrast_cluster_inference(diff: np.ndarray, grid: Grid, null: ContrastNull,
                                ) -> ClusterInference:
     """Cluster-level FWE of an observed difference map, as NiMARE 0.22.1's
@@ -614,13 +634,8 @@ def run_contrast(
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     notes: list[str] = []
     # Before anything is computed, so that nobody waits for a result that cannot come.
-    # With cluster-level FWE the reported map is cut at cluster FWE p < alpha (p_threshold
-    # only sets the cluster-forming quantile, which every number of splits reaches).
-    unreachable = unreachable_threshold_message(
-        "the contrast's cluster-level FWE alpha", n_iters, alpha, smallest_fwe_p,
-    ) if cluster_fwe else unreachable_threshold_message(
-        f"the {mode} contrast's threshold", n_iters, p_threshold,
-        functools.partial(smallest_p, mode))
+    unreachable = unreachable_message(mode, n_iters, p_threshold, cluster_fwe=cluster_fwe,
+                                      alpha=alpha)
     if unreachable:
         warnings.warn(unreachable, UnreachableThresholdWarning, stacklevel=2)
         notes.append(unreachable)

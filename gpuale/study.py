@@ -78,6 +78,7 @@ from gpuale._files import (
     write_json,
 )
 from gpuale.analysis import run_ale
+from gpuale.analysis import unreachable_message as ale_unreachable
 from gpuale.balanced import BALANCED_NULLS, MASK_COVERAGES, save_balanced_contrast
 from gpuale.conjunction import conjunction
 from gpuale.contrast import (
@@ -87,6 +88,7 @@ from gpuale.contrast import (
     check_overlap,
     run_contrast,
 )
+from gpuale.contrast import unreachable_message as contrast_unreachable
 from gpuale.dataset import Dataset
 from gpuale.examples import example_name, resolve_input
 from gpuale.grid import Grid, load_grid
@@ -778,15 +780,32 @@ def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
         log(f"{analysis.name}: {analysis.type} ...")
         total = (settings["max_iters"] or DEFAULT_MAX_ITERS if settings["iterations"] == AUTO
                  else settings["iterations"])
+        ahead = _unreachable_ahead(analysis, total)
+        if ahead:  # before the wait, not after it; not repeated below
+            log(f"  warning: {ahead}")
         progress = (progress_factory(total, analysis.name)
                     if progress_factory else contextlib.nullcontext())
         with progress as step, (capture or _caught_warnings)() as caught:
             _run_one(analysis, folder, out_dir, datasets, study, grid, step, extra, command,
                      scheduler)
         for message in dict.fromkeys(str(w.message) for w in caught):
-            log(f"  warning: {message}")
+            if message != ahead:
+                log(f"  warning: {message}")
     return {"name": analysis.name, "kind": analysis.type, "folder": analysis.name,
             "status": "reused" if reuse else "ran", **_summarise(folder)}
+
+
+def _unreachable_ahead(analysis: Analysis, iterations: int) -> str | None:
+    """The warning an analysis gives when its iterations cannot reach its threshold, known
+    before it runs (see :func:`gpuale.contrast.unreachable_message`)."""
+    s, spec = analysis.settings, analysis.spec
+    if analysis.type == "global":
+        return ale_unreachable(iterations, s["alpha"])
+    if analysis.type == "contrast":
+        return contrast_unreachable(spec.get("mode", "whole-brain"), max(iterations, 1),
+                                    spec.get("p"), cluster_fwe=bool(spec.get("cluster_fwe")),
+                                    alpha=s["alpha"])
+    return None
 
 
 @contextlib.contextmanager
