@@ -1582,9 +1582,25 @@ def _run_study(study, out: Path, iters, device, force: bool, quiet: bool,
         scheduler=scheduler, report=report, concurrent_analyses=concurrent_analyses,
     )
     if not quiet:
+        for line in _study_table(entries):
+            err.print(line, highlight=False)
         ran = sum(entry["status"] == "ran" for entry in entries)
         err.print(f"{len(entries)} analyses ({ran} run, {len(entries) - ran} reused); "
                   f"open {out / INDEX_HTML}", highlight=False)
+
+
+def _study_table(entries: list[dict]) -> list[str]:
+    """The study's analyses at the end of a run, one line each: what each found and how
+    long it took (a log file's summary; the index.html has the same)."""
+    from gpuale.study import duration_text
+
+    header = ("analysis", "type", "status", "clusters", "time", "result")
+    rows = [(e["name"], e["kind"], e["status"], str(e.get("n_clusters", "-")),
+             "-" if e["status"] == "reused" or "seconds" not in e
+             else duration_text(e["seconds"]), e.get("summary", "")) for e in entries]
+    widths = [max(len(row[k]) for row in (header, *rows)) for k in range(len(header) - 1)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
+            for row in (header, *rows)]
 
 
 def _describe(device: str) -> str:
