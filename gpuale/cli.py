@@ -51,6 +51,7 @@ from gpuale.contrast import (
     smallest_p,
 )
 from gpuale.contrast import unreachable_message as contrast_unreachable
+from gpuale.dataset import foci_text
 from gpuale.engines import get_engine, resolve_device
 from gpuale.examples import EXAMPLES, example_path, resolve_input
 from gpuale.grid import load_grid
@@ -663,12 +664,17 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
     if text in _printed:  # given ahead of the work (see _warn_ahead), or met twice
         return
     _printed.add(text)
+    # A library hint in Python words (experiment_column='a,b'), as the command line says it.
+    message = _PYTHON_SETTING.sub(
+        lambda m: f"--{m[1].replace('_', '-')} {shlex.quote(m[2])}", text)
     if issubclass(category, InputLayoutNote):  # how a file was read: said, not a problem
         err.print(_styled("note:", "cyan", message))
         return
     err.print(_styled("warning:", "yellow", message))
 
 
+#: ``name='value'`` of a Python argument that a command-line option sets, in a warning.
+_PYTHON_SETTING = re.compile(r"(?<![\w-])(experiment_column|sample_size_column)='([^']*)'")
 #: The warnings this command has printed: each is said once.
 _printed: set[str] = set()
 
@@ -882,7 +888,7 @@ def global_(
         with _scheduler(scheduler if iters else None, device) as cluster:
             if not quiet:
                 err.print(
-                    f"{len(dataset)} experiments, {dataset.n_foci} foci, {grid.n_voxels} "
+                    f"{len(dataset)} experiments, {foci_text(dataset.n_foci)}, {grid.n_voxels} "
                     f"in-mask voxels; {_iterations_text(iters, max_iters)} on "
                     f"{_where(chosen, cluster)}",
                     highlight=False,

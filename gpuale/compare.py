@@ -67,7 +67,7 @@ COMPARE_HTML = REPORT_HTML
 NIMARE_VERSION = "0.22.1"
 NIMARE_MISSING = (
     f"gpuale compare --against nimare runs NiMARE {NIMARE_VERSION}, which is not installed: "
-    "pip install 'gpuale[bench]'"
+    "pip install 'gpuale[bench]' (in a clone of gpuale: pip install '.[bench]')"
 )
 #: Largest relative difference of a permutation's max ALE between two engines: float32
 #: rounding of 1 - exp(log-sum), whose exp may differ in the last bit on a GPU

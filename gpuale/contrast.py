@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from gpuale.clusters import clusters_above, map_cluster_table
-from gpuale.dataset import Dataset
+from gpuale.dataset import Dataset, foci_text
 from gpuale.engines import get_engine, resolve_device
 from gpuale.grid import Grid, load_grid
 from gpuale.inference import (
@@ -250,7 +250,7 @@ class MainEffectMismatch(ValueError):
 
 
 def _describe_experiment(exp: dict) -> str:
-    return f"{exp['id']!r} (N = {exp['n_subjects']}, {exp['n_foci']} foci)"
+    return f"{exp['id']!r} (N = {exp['n_subjects']}, {foci_text(exp['n_foci'])})"
 
 
 def _whole(value) -> int | None:
@@ -277,8 +277,8 @@ def _main_effect_difference(recorded: tuple[dict, ...], group: Dataset,
         if same_id:
             other = same_id[0]
             return (f"experiment {exp['id']!r} has N = {exp['n_subjects']} and "
-                    f"{exp['n_foci']} foci in group {name} but N = {other['n_subjects']} "
-                    f"and {other['n_foci']} foci there")
+                    f"{foci_text(exp['n_foci'])} in group {name} but N = "
+                    f"{other['n_subjects']} and {foci_text(other['n_foci'])} there")
         return f"experiment {_describe_experiment(exp)} of group {name} is not in it"
     if unmatched:
         return (f"it has experiment {_describe_experiment(unmatched[0])}, which group {name} "

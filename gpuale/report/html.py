@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from gpuale.dataset import foci_text
 from gpuale.report.methods import (
     CONNECTIVITY_TEXT,
     RECOMMENDED_ITERATIONS,
@@ -62,7 +63,7 @@ __all__ = [
 REPORT_FILE = REPORT_HTML
 INDEX_FILE = INDEX_HTML
 #: How to get what reports need.
-INSTALL_HINT = "pip install 'gpuale[report]'"
+INSTALL_HINT = "pip install 'gpuale[report]' (in a clone of gpuale: pip install '.[report]')"
 UNAVAILABLE_MESSAGE = f"HTML reports need matplotlib, which is not installed: {INSTALL_HINT}"
 UNKNOWN_KIND_MESSAGE = "{run_json}: unknown analysis kind {kind!r}; reports exist for {known}"
 #: Slice figures are drawn for this many clusters at most, the largest first.
@@ -547,7 +548,8 @@ def _contributions(run: RunFolder, labels: dict[str, list[str]]) -> Section | No
             f'<span class="contributor"><b>{float(r["contribution_pct"]):.1f}%</b> '
             f"{_esc(r['experiment'])} <span class=\"muted\">("
             + (f"jackknife {float(r['jackknife']):.3f}, " if jackknife else "")
-            + f"{int(r['foci_in_cluster'])} foci, N = {_count(r['n_subjects'])})</span></span>"
+            + f"{foci_text(int(r['foci_in_cluster']))}, N = {_count(r['n_subjects'])})"
+            + "</span></span>"
             for r in mine[:TOP_CONTRIBUTORS]
         )
         table_rows.append((int(cluster["cluster"]), labels[LABEL_ATLASES[0]][k], with_foci,
