@@ -719,7 +719,7 @@ def _run_study_held(study: Study, out_dir: Path, *, overrides, device, force, co
                        else f"; {duration_text(entry['seconds'])}"))
                 _write_study_json(out_dir, study, command, entries, order, "running")
                 if report:
-                    _report(out_dir / entry["name"], log)
+                    _report(out_dir / entry["name"], log, entry["status"] == "reused")
 
             _run_together(order, run, finish, scheduler, together, log)
         else:
@@ -731,7 +731,7 @@ def _run_study_held(study: Study, out_dir: Path, *, overrides, device, force, co
                 current = None
                 _write_study_json(out_dir, study, command, entries, order, "running")
                 if report:
-                    _report(out_dir / analysis.name, log)
+                    _report(out_dir / analysis.name, log, entries[-1]["status"] == "reused")
     except (KeyboardInterrupt, RunInterrupted) as exc:
         if isinstance(exc, _AnalysesInterrupted):
             current = ", ".join(exc.running) or None
@@ -1220,10 +1220,14 @@ def _summarise(folder: Path) -> dict:
     return {"n_clusters": n, "summary": text}
 
 
-def _report(folder: Path, log) -> None:
+def _report(folder: Path, log, reused: bool = False) -> None:
+    """Write an analysis's report; a reused analysis keeps its own where it is current
+    (drawn after the run by this gpuale version, its figures there)."""
     try:
-        from gpuale.report import ReportUnavailable, write_report
+        from gpuale.report import ReportUnavailable, report_is_current, write_report
     except ImportError:
+        return
+    if reused and report_is_current(folder):
         return
     try:
         write_report(folder)

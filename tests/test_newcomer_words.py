@@ -57,3 +57,29 @@ def test_install_hints_name_the_clone_too():
     for hint, extra in ((INSTALL_HINT, "report"), (DASK_EXTRA_HINT, "dask"),
                         (PARQUET_EXTRA_HINT, "parquet"), (NIMARE_MISSING, "bench")):
         assert f"'gpuale[{extra}]'" in hint and f"'.[{extra}]'" in hint
+
+
+def test_an_empty_conjunction_says_why_its_brains_are_blank(tmp_path):
+    import nibabel as nib
+    import pytest
+
+    from gpuale.grid import load_grid
+    from gpuale.report import report_available
+
+    if not report_available():
+        pytest.skip("matplotlib missing")
+    grid = load_grid()
+    paths = []
+    for name, corner in (("left", (30, 50, 40)), ("right", (60, 50, 40))):
+        volume = np.zeros(grid.shape, np.float32)
+        i, j, k = corner
+        volume[i:i + 4, j:j + 4, k:k + 4] = 3.0
+        volume *= grid.mask
+        paths.append(tmp_path / f"{name}.nii.gz")
+        nib.Nifti1Image(volume, grid.affine).to_filename(paths[-1])
+    result = runner.invoke(cli.app, ["conjunction", *map(str, paths), "--out",
+                                     str(tmp_path / "both")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "both" / "report.html").read_text()
+    assert "No cluster: no voxel lies in every input" in page
+    assert "left.nii.gz and right.nii.gz 0" in page

@@ -12,6 +12,7 @@ import concurrent.futures
 import dataclasses
 import html
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -39,6 +40,7 @@ from gpuale.runfolder import (
     JACKKNIFE_JSON,
     PEAK_COLUMN,
     REPORT_HTML,
+    RUN_JSON,
     SELECTION_KEY,
     STUDY_ANALYSIS_KEY,
     STUDY_FILE_KEY,
@@ -848,6 +850,30 @@ def _contrast_page(run: RunFolder) -> Page:
 # --------------------------------------------------------------------------- conjunction
 
 
+def _empty_conjunction_text(record: dict) -> str:
+    """Why a conjunction has no cluster: how many voxels each input has, and how many
+    each pair shares (read from the input maps where they are still there)."""
+    import nibabel as nib
+
+    text = ("No cluster: no voxel lies in every input at once (or not enough of them for "
+            "the minimum volume), so the minimum statistic is zero everywhere and the "
+            "brains below are blank.")
+    names, masks = [], []
+    for entry in record.get("inputs", []):
+        path = Path(str(entry.get("path", "")))
+        try:
+            masks.append(np.asanyarray(nib.load(path).dataobj) != 0)
+        except (OSError, ValueError, nib.filebasedimages.ImageFileError):
+            return text
+        names.append(path.parent.name if path.name.startswith(Z_THRESHOLDED) else path.name)
+    if len(masks) < 2 or len({m.shape for m in masks}) != 1:
+        return text
+    each = "; ".join(f"{n} {int(m.sum()):,}" for n, m in zip(names, masks))
+    pairs = "; ".join(f"{names[i]} and {names[j]} {int((masks[i] & masks[j]).sum()):,}"
+                      for i in range(len(masks)) for j in range(i + 1, len(masks)))
+    return f"{text} Voxels on in each input: {each}. Shared by two of them: {pairs}."
+
+
 def _conjunction_page(run: RunFolder) -> Page:
     record = run.record
     inputs = "<br>".join(_esc(input_name(i)) for i in record.get("inputs", [])) or "-"
@@ -863,6 +889,9 @@ def _conjunction_page(run: RunFolder) -> Page:
     ]
     results, _ = _results_sections(run, CONJUNCTION_MAP, CONJUNCTION_CLUSTER_COLUMNS,
                                    GLOSSARY_Z)
+    if not run.clusters() and results:  # say why the brains are blank
+        results[0] = dataclasses.replace(
+            results[0], body=_note([_empty_conjunction_text(record)]) + results[0].body)
     body = _note(list(record.get("warnings", []))) + _settings_table(rows)
     sections = [Section("settings", "Settings", body), *results,
                 _methods_section(*methods_conjunction(record))]
@@ -952,6 +981,35 @@ def write_report(run_dir: str | Path) -> Path:
     out = run.path / REPORT_FILE
     _write_atomic(out, _render(page, _footer(str(run.path)), __version__))
     return out
+
+
+def report_is_current(run_dir: str | Path) -> bool:
+    """Whether ``run_dir``'s report.html can be kept as it is: written (with its figures)
+    after the run's run.json, by this gpuale version (its ``generator`` meta tag).
+
+    A study keeps the reports of the analyses it reuses when they are current, rather
+    than drawing every figure again (seconds each)."""
+    from gpuale import __version__
+
+    folder = Path(run_dir)
+    report = folder / REPORT_FILE
+    try:
+        drawn = report.stat().st_mtime
+        # The run, or a jackknife or fail-safe N written since, is newer than its report.
+        if any((folder / name).exists() and (folder / name).stat().st_mtime > drawn
+               for name in (RUN_JSON, JACKKNIFE_JSON, FAILSAFE_JSON)):
+            return False
+        head = report.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return False
+    found = re.search(r'<meta name="generator" content="gpuale ([^"]*)">', head)
+    if found is None or html.unescape(found[1]) != __version__:
+        return False
+    # Every figure the page shows is still there.
+    text = report.read_text(encoding="utf-8", errors="replace")
+    return all((folder / html.unescape(src)).is_file()
+               for src in re.findall(r'<img src="([^"]+)"', text)
+               if not src.startswith(("data:", "http:", "https:")))
 
 
 #: Keys each entry of ``write_study_index`` needs.
