@@ -718,8 +718,8 @@ def _run_study_held(study: Study, out_dir: Path, *, overrides, device, force, co
                     + ("" if entry["status"] == "reused"
                        else f"; {duration_text(entry['seconds'])}"))
                 _write_study_json(out_dir, study, command, entries, order, "running")
-                if report:
-                    _report(out_dir / entry["name"], log, entry["status"] == "reused")
+                if report and _report_wanted(out_dir / entry["name"], entry["status"]):
+                    _report(out_dir / entry["name"], log)
 
             _run_together(order, run, finish, scheduler, together, log)
         else:
@@ -730,8 +730,8 @@ def _run_study_held(study: Study, out_dir: Path, *, overrides, device, force, co
                                              command, progress_factory, log, scheduler))
                 current = None
                 _write_study_json(out_dir, study, command, entries, order, "running")
-                if report:
-                    _report(out_dir / analysis.name, log, entries[-1]["status"] == "reused")
+                if report and _report_wanted(out_dir / analysis.name, entries[-1]["status"]):
+                    _report(out_dir / analysis.name, log)
     except (KeyboardInterrupt, RunInterrupted) as exc:
         if isinstance(exc, _AnalysesInterrupted):
             current = ", ".join(exc.running) or None
@@ -1220,14 +1220,23 @@ def _summarise(folder: Path) -> dict:
     return {"n_clusters": n, "summary": text}
 
 
-def _report(folder: Path, log, reused: bool = False) -> None:
-    """Write an analysis's report; a reused analysis keeps its own where it is current
-    (drawn after the run by this gpuale version, its figures there)."""
+def _report_wanted(folder: Path, status: str) -> bool:
+    """Whether an analysis's report is to be (re)drawn: always after it ran; a reused
+    analysis keeps its own where it is current (drawn after the run by this gpuale
+    version, its figures there)."""
+    if status != "reused":
+        return True
     try:
-        from gpuale.report import ReportUnavailable, report_is_current, write_report
+        from gpuale.report import report_is_current
     except ImportError:
-        return
-    if reused and report_is_current(folder):
+        return True
+    return not report_is_current(folder)
+
+
+def _report(folder: Path, log) -> None:
+    try:
+        from gpuale.report import ReportUnavailable, write_report
+    except ImportError:
         return
     try:
         write_report(folder)
