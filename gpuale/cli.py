@@ -873,7 +873,7 @@ def global_(
 ) -> None:
     """ALE of all experiments in INPUTS, with cluster-level FWE correction.
 
-    Writes ale, p, z (and with --iters > 0 the FWE maps, a thresholded z map, cluster
+    Writes stat (the ALE), p, z (and with --iters > 0 the FWE maps, a thresholded z map, cluster
     labels, clusters.tsv, contributions.tsv, nulls.npz) and run.json into --out.
     """
     with _user_errors(), claim_output_dir(out):

@@ -66,7 +66,7 @@ def _invoke(monkeypatch, args):
 def _assert_same_contrast(one, two):
     names = sorted(p.name for p in one.iterdir() if p.name.endswith(".nii.gz"))
     assert names == sorted(p.name for p in two.iterdir() if p.name.endswith(".nii.gz"))
-    assert "z_desc-AminusB.nii.gz" in names or "z.nii.gz" in names
+    assert "z_desc-group1MinusGroup2.nii.gz" in names
     for name in names:
         a, b = nib.load(one / name), nib.load(two / name)
         assert a.get_data_dtype() == b.get_data_dtype()

@@ -84,7 +84,7 @@ def test_identical_runs_agree_and_write_compare_json(tmp_path):
     assert "agree within tolerances" in result.output
     record = json.loads((out / cmp.COMPARE_JSON).read_text())
     assert record["passed"] and record["form"] == "runs"
-    assert record["maps"]["ale"]["max_abs_diff"] == 0
+    assert record["maps"]["stat"]["max_abs_diff"] == 0
     assert all(entry["identical"] for entry in record["nulls"].values())
     assert (out / "report.html").read_text().count("Two gpuale runs") >= 1
     again = runner.invoke(cli.app, ["compare", str(a), str(b), "--out", str(out)])
