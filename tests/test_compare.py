@@ -100,7 +100,7 @@ def test_a_run_without_one_experiment_differs_and_names_it(tmp_path):
     result = runner.invoke(cli.app, ["compare", str(a), str(b)])
     assert result.exit_code == 1, result.output
     assert "experiment(s) only in A" in result.output and "Study B" in result.output
-    assert "DIFFERS: map ale" in result.output
+    assert "DIFFERS: map stat" in result.output
 
 
 def test_devices_numpy_and_numba_give_the_same_nulls(tmp_path):
