@@ -183,6 +183,16 @@ class ALEResult:
         return {"voxels": est, "ci95_low": lo, "ci95_high": hi}
 
 
+def unreachable_message(n_iters: int, alpha: float = DEFAULT_ALPHA) -> str | None:
+    """The warning for a global ALE whose cluster-level FWE alpha ``n_iters`` permutations
+    cannot reach (None if they can, or without permutations). :func:`run_ale` gives it
+    before any work; a caller that shows progress can give it before its bar."""
+    if not n_iters:
+        return None
+    return unreachable_threshold_message("the cluster-level FWE threshold", n_iters, alpha,
+                                         smallest_fwe_p)
+
+
 def run_ale(
     dataset: Dataset,
     *,
@@ -194,7 +204,7 @@ def run_ale(
     cluster_forming_p: float = DEFAULT_CLUSTER_FORMING_P,
     alpha: float = DEFAULT_ALPHA,
     connectivity: int = 6,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     fdr_q: float | None = None,
     progress: Callable[[int], None] | None = None,
@@ -268,8 +278,7 @@ def run_ale(
         warnings.warn(message, FewExperimentsWarning, stacklevel=2)
         caught.append(message)
     # Checked before any work: the smallest FWE p is 1/n, and significance is p < alpha.
-    unreachable = n_iters and unreachable_threshold_message(
-        "the cluster-level FWE threshold", n_iters, alpha, smallest_fwe_p)
+    unreachable = unreachable_message(n_iters, alpha)
     if unreachable:
         warnings.warn(unreachable, UnreachableThresholdWarning, stacklevel=2)
         caught.append(unreachable)

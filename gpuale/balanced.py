@@ -664,7 +664,7 @@ def run_balanced_contrast(
     min_volume_mm3: float = 0.0,
     connectivity: int = 6,
     fwhm_mm: float | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     scheduler=None,

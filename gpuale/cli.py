@@ -28,6 +28,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
@@ -39,6 +40,7 @@ from gpuale.analysis import (
     DEFAULT_ITERS,
     DEFAULT_SEED,
     run_ale,
+    unreachable_message,
 )
 from gpuale.conjunction import conjunction
 from gpuale.contrast import (
@@ -48,6 +50,8 @@ from gpuale.contrast import (
     run_contrast,
     smallest_p,
 )
+from gpuale.contrast import unreachable_message as contrast_unreachable
+from gpuale.dataset import foci_text
 from gpuale.engines import get_engine, resolve_device
 from gpuale.examples import EXAMPLES, example_path, resolve_input
 from gpuale.grid import load_grid
@@ -55,7 +59,7 @@ from gpuale.inference import iterations_to_reach
 from gpuale.io import InputLayoutNote, load_dataset
 from gpuale.nulls import DaskScheduler, RunInterrupted, default_workers
 from gpuale.output import save_ale, save_conjunction, save_contrast
-from gpuale.runfolder import INDEX_HTML, REPORT_HTML
+from gpuale.runfolder import INDEX_HTML, REPORT_HTML, RUN_JSON, SELECTION_KEY
 from gpuale.space import DEFAULT_TAL_TRANSFORM
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
 from gpuale.study import (
@@ -116,6 +120,50 @@ class _ReadableHelp:
         option = super().get_help_option(ctx)
         return _readable(option) if option is not None else None
 
+    def format_help(self, ctx, formatter) -> None:
+        # Typer draws the options with rich tables it makes itself: for the time of this
+        # help, they are tables that keep option names whole (see _OptionsTable).
+        import typer.rich_utils
+
+        made = typer.rich_utils.Table
+        typer.rich_utils.Table = _OptionsTable
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            typer.rich_utils.Table = made
+
+
+class _OptionsTable(Table):
+    """A help table that keeps option names whole (``--experiment-column``, not
+    ``--experiment-co…``, a name that cannot be typed) at 80 columns.
+
+    Typer gives each option's names four columns of their own (long, short, and the
+    ``--no-`` forms), mostly empty, so that at 80 columns rich shrinks them all. Here they
+    are one column, ``--report/--no-report`` or ``--out, -o``, that never wraps or
+    shrinks; the help text wraps instead (and a word longer than its column folds).
+    """
+
+    def add_row(self, *renderables, **kwargs) -> None:
+        if len(renderables) not in (6, 7):  # not typer's options layout: as it is
+            super().add_row(*renderables, **kwargs)
+            return
+        required = renderables[:len(renderables) - 6]
+        long, short, negative, negative_short, *rest = renderables[len(required):]
+        names = Text()
+        for separator, part in (("", long), ("/", negative), (", ", short),
+                                ("/", negative_short)):
+            text = part if isinstance(part, Text) else Text(str(part))
+            if text.plain:
+                names.append(separator if names.plain else "")
+                names.append_text(text)
+        super().add_row(*required, names, *rest, **kwargs)
+        column = self.columns[len(required)]
+        column.no_wrap = True
+        column.min_width = max(column.min_width or 0, names.cell_len)
+        for item in getattr(rest[-1], "renderables", ()):  # the help, as rich Columns
+            if isinstance(item, Text):
+                item.overflow = "fold"  # a word longer than the column breaks, not cut
+
 
 class _Command(_ReadableHelp, TyperCommand):
     """A command of the app (see :class:`_ReadableHelp`)."""
@@ -131,8 +179,8 @@ VALUE_NAMES = {
     "out": "DIR", "main_a": "RUN_DIR", "main_b": "RUN_DIR", "mask": "NIFTI",
     "seed": "SEED", "cluster_p": "P", "alpha": "P", "p_threshold": "P", "fdr": "Q",
     "device": "DEVICE", "fwhm": "MM", "min_volume": "MM3", "threshold": "T",
-    "where": "EXPRESSION", "against": "REFERENCE", "devices": "A,B", "ale_tol": "TOL",
-    "z_tol": "TOL",
+    "where": "EXPRESSION", "where_a": "EXPRESSION", "where_b": "EXPRESSION",
+    "against": "REFERENCE", "devices": "A,B", "ale_tol": "TOL", "z_tol": "TOL",
 }
 #: Typer's labels of Python types in words a user types.
 TYPE_NAMES = {"<int>": "N", "<int range>": "N", "<float>": "NUMBER",
@@ -407,6 +455,48 @@ def _load(inputs: list[str], space: Space | None, tal_transform: TalTransform,
     return paths, dataset
 
 
+def _run_folder(value: str) -> Path | None:
+    """The run folder a contrast's group names (a folder holding run.json), else None."""
+    path = resolve_input(value)
+    return path if path.is_dir() and (path / RUN_JSON).is_file() else None
+
+
+def _load_group(name: str, value: str, where: str | None, space: Space | None,
+                tal_transform: TalTransform, sample_size: int | None, *,
+                allow_duplicates: bool, quiet: bool, experiment_column: str | None,
+                sample_size_column: str | None, fwhm: float | None):
+    """A contrast's group ``name`` ("A"): an input, selected by ``where``, or a ``gpuale
+    global`` run folder, whose recorded inputs are read again (checked against their
+    checksums) with its recorded options and selection, as ``gpuale jackknife`` does.
+
+    Returns
+    -------
+    inputs : list of (str, Path)
+        The inputs as given and as read, for run.json.
+    dataset : Dataset
+    selection : dict or None
+        The group's selection for run.json (None: every experiment of the input).
+    """
+    folder = _run_folder(value)
+    if folder is None:
+        paths, dataset = _load([value], space, tal_transform, sample_size, where,
+                               allow_duplicates, quiet, experiment_column,
+                               sample_size_column, fwhm)
+        selection = ({"inputs": [value], "where": where, "split": None}
+                     if where is not None else None)
+        return list(zip([value], paths)), dataset, selection
+    if where is not None:
+        raise ValueError(f"--where-{name.lower()}: group {name} is the run folder {value}, "
+                         "whose experiments are those it was run on; select them when "
+                         "running it (`gpuale global --where`), or give its input instead")
+    from gpuale.jackknife import recorded_group
+
+    dataset, run, selection = recorded_group(folder)
+    inputs = [(entry.get("given") or entry["path"], Path(entry["path"]))
+              for entry in run.record.get("inputs") or []]
+    return inputs, dataset, selection
+
+
 #: Inputs larger than this (together) show what is being read while they load.
 LOADING_NOTICE_BYTES = 4_000_000
 
@@ -570,10 +660,32 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
         if issubclass(category, (DeprecationWarning, PendingDeprecationWarning)):
             return
         message = _library_warning(message, category, filename, lineno)
+    text = str(message)
+    if text in _printed:  # given ahead of the work (see _warn_ahead), or met twice
+        return
+    _printed.add(text)
+    # A library hint in Python words (experiment_column='a,b'), as the command line says it.
+    message = _PYTHON_SETTING.sub(
+        lambda m: f"--{m[1].replace('_', '-')} {shlex.quote(m[2])}", text)
     if issubclass(category, InputLayoutNote):  # how a file was read: said, not a problem
         err.print(_styled("note:", "cyan", message))
         return
     err.print(_styled("warning:", "yellow", message))
+
+
+#: ``name='value'`` of a Python argument that a command-line option sets, in a warning.
+_PYTHON_SETTING = re.compile(r"(?<![\w-])(experiment_column|sample_size_column)='([^']*)'")
+#: The warnings this command has printed: each is said once.
+_printed: set[str] = set()
+
+
+def _warn_ahead(message: str | None) -> None:
+    """A warning about the run ahead (a threshold its iterations cannot reach), given
+    before its progress bar; the same warning from the run itself is then not repeated."""
+    if message:
+        from gpuale.inference import UnreachableThresholdWarning
+
+        warnings.warn(message, UnreachableThresholdWarning, stacklevel=2)
 
 
 def _terminate(signum, frame) -> None:
@@ -633,6 +745,7 @@ def _user_errors(names: dict[str, str] = CLI_NAMES):
             # Printed as they are raised, not at the end: a warning about the run ahead (a
             # threshold its iterations cannot reach) must come before the wait.
             warnings.showwarning = _print_warning
+            _printed.clear()
             yield
     except StudyInterrupted as exc:
         # A study keeps the analyses that finished before Ctrl-C: say which.
@@ -659,8 +772,13 @@ class _RateColumn(ProgressColumn):
         return Text("  -.- it/s" if speed is None else f"{speed:6.1f} it/s", style="cyan")
 
 
+#: What a progress bar says until its first permutations are done: the observed maps (and
+#: a gated contrast's main effects) come first, and take seconds on large inputs.
+PREPARING = "observed maps first"
+
+
 @contextmanager
-def _progress_bar(total: int, quiet: bool, description: str):
+def _progress_bar(total: int, quiet: bool, description: str, preparing: str = PREPARING):
     if quiet or total == 0 or not err.is_terminal:
         yield None
         return
@@ -675,7 +793,7 @@ def _progress_bar(total: int, quiet: bool, description: str):
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err, transient=False) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(f"{description} ({preparing})", total=total)
         yield _Advance(progress, task, description)
 
 
@@ -696,9 +814,15 @@ class _Advance:
         self.progress, self.task, self.description = progress, task, description
 
     def __call__(self, n: int) -> None:
+        if not self.started:  # the permutations have begun: the bar says no more
+            self.started = True
+            self.progress.update(self.task, description=self.description)
         self.progress.advance(self.task, n)
 
+    started = False
+
     def set_total(self, total: int) -> None:
+        self.started = True
         self.progress.update(self.task, total=total,
                              description=f"{self.description} (auto, checkpoint {total:,})")
 
@@ -749,7 +873,7 @@ def global_(
 ) -> None:
     """ALE of all experiments in INPUTS, with cluster-level FWE correction.
 
-    Writes ale, p, z (and with --iters > 0 the FWE maps, a thresholded z map, cluster
+    Writes stat (the ALE), p, z (and with --iters > 0 the FWE maps, a thresholded z map, cluster
     labels, clusters.tsv, contributions.tsv, nulls.npz) and run.json into --out.
     """
     with _user_errors(), claim_output_dir(out):
@@ -764,11 +888,12 @@ def global_(
         with _scheduler(scheduler if iters else None, device) as cluster:
             if not quiet:
                 err.print(
-                    f"{len(dataset)} experiments, {dataset.n_foci} foci, {grid.n_voxels} "
+                    f"{len(dataset)} experiments, {foci_text(dataset.n_foci)}, {grid.n_voxels} "
                     f"in-mask voxels; {_iterations_text(iters, max_iters)} on "
                     f"{_where(chosen, cluster)}",
                     highlight=False,
                 )
+            _warn_ahead(unreachable_message(max_iters if iters == AUTO else iters, alpha))
             # auto: the bar's target is the current checkpoint (the rule moves it on).
             with _progress_bar(max_iters if iters == AUTO else iters, quiet,
                                "Monte Carlo") as progress, _observed_status(iters, quiet):
@@ -810,9 +935,22 @@ class Overlap(StrEnum):
 
 @app.command("contrast")
 def contrast(
-    group_a: Annotated[str, typer.Argument(help="Group A input (file, folder, example:).")],
-    group_b: Annotated[str, typer.Argument(help="Group B input (file, folder, example:).")],
+    group_a: Annotated[str, typer.Argument(help="Group A: an input (file, folder, example:), "
+                                           "or a `gpuale global` run folder (its recorded "
+                                           "inputs and selection, read again and checked).")],
+    group_b: Annotated[str, typer.Argument(help="Group B: an input or a `gpuale global` run "
+                                           "folder, as group A.")],
     out: OutOption,
+    where_a: Annotated[
+        str | None,
+        typer.Option("--where-a", help="Group A: only its input's experiments for which this "
+                     "holds, e.g. \"task_type == knowledge\" (as `gpuale global --where`)."),
+    ] = None,
+    where_b: Annotated[
+        str | None,
+        typer.Option("--where-b", help="Group B: only its input's experiments for which this "
+                     "holds; A and B may be the same input."),
+    ] = None,
     mode: Annotated[
         Mode,
         typer.Option(help="whole-brain: every voxel, two-sided (NiMARE's ALESubtraction); "
@@ -921,10 +1059,16 @@ def contrast(
                                                    *filter(None, (main_a, main_b))])
         columns = {"experiment_column": experiment_column,
                    "sample_size_column": sample_size_column, "fwhm": fwhm}
-        paths_a, dataset_a = _load([group_a], space, tal_transform, sample_size,
-                                   allow_duplicates=allow_duplicates, quiet=quiet, **columns)
-        paths_b, dataset_b = _load([group_b], space, tal_transform, sample_size,
-                                   allow_duplicates=allow_duplicates, quiet=quiet, **columns)
+        inputs_a, dataset_a, selection_a = _load_group(
+            "A", group_a, where_a, space, tal_transform, sample_size,
+            allow_duplicates=allow_duplicates, quiet=quiet, **columns)
+        inputs_b, dataset_b, selection_b = _load_group(
+            "B", group_b, where_b, space, tal_transform, sample_size,
+            allow_duplicates=allow_duplicates, quiet=quiet, **columns)
+        # Which experiments each group is, where that is more than its input: run.json
+        # and the report say so, as for a study's contrast.
+        extra = ({SELECTION_KEY: {"A": selection_a, "B": selection_b}}
+                 if selection_a or selection_b else None)
         grid = load_grid(mask)
         effects = [MainEffect.from_run_dir(p, grid) if p else None for p in (main_a, main_b)]
         chosen = resolve_device(device)
@@ -935,7 +1079,11 @@ def contrast(
                     f"{mode.value}, {iters} permutations on {_where(chosen, cluster)}",
                     highlight=False,
                 )
-            with _progress_bar(iters, quiet, "Permutations") as progress:
+            _warn_ahead(contrast_unreachable(mode.value, max(iters, 1), p_threshold,
+                                             cluster_fwe=cluster_fwe, alpha=alpha))
+            preparing = ("observed maps and main effects first" if mode is Mode.gated
+                         and not (main_a and main_b) else PREPARING)
+            with _progress_bar(iters, quiet, "Permutations", preparing) as progress:
                 result = run_contrast(
                     dataset_a, dataset_b, mode=mode.value, grid=grid, n_iters=max(iters, 1),
                     seed=seed, p_threshold=p_threshold, min_volume_mm3=min_volume,
@@ -950,8 +1098,8 @@ def contrast(
         save = save_contrast
         if mode is Mode.balanced:
             from gpuale.balanced import save_balanced_contrast as save
-        save(result, out, inputs_a=list(zip([group_a], paths_a)),
-             inputs_b=list(zip([group_b], paths_b)), command=_command(), force=force)
+        save(result, out, inputs_a=inputs_a, inputs_b=inputs_b, command=_command(),
+             force=force, extra=extra)
         _write_report(out, report, quiet)
         if not quiet:
             clusters = result.clusters()
@@ -960,10 +1108,15 @@ def contrast(
                 err.print(
                     f"  #{c['cluster']} {c['direction']}: {c['size_voxels']} voxels, peak "
                     f"({c['peak_x']:.0f}, {c['peak_y']:.0f}, {c['peak_z']:.0f}), "
-                    f"ALE_A - ALE_B = {c['peak_diff']:.4f}, z = {c['peak_value']:.2f}"
+                    f"ALE_A - ALE_B = {c['peak_diff']:.4f}, z "
+                    + ("≥ " if c.get("z_capped") == "yes" else "= ")
+                    + f"{c['peak_value']:.2f}"
                     + (f", size FWE p = {c['p_fwe_size']:.3g}" if "p_fwe_size" in c else ""),
                     highlight=False,
                 )
+            if any(c.get("z_capped") == "yes" for c in clusters):
+                err.print("  (≥: z capped at the permutation floor, p = 1/iterations)",
+                          highlight=False)
             err.print(f"results in {out}", highlight=False)
 
 
@@ -1435,9 +1588,25 @@ def _run_study(study, out: Path, iters, device, force: bool, quiet: bool,
         scheduler=scheduler, report=report, concurrent_analyses=concurrent_analyses,
     )
     if not quiet:
+        for line in _study_table(entries):
+            err.print(line, highlight=False)
         ran = sum(entry["status"] == "ran" for entry in entries)
         err.print(f"{len(entries)} analyses ({ran} run, {len(entries) - ran} reused); "
                   f"open {out / INDEX_HTML}", highlight=False)
+
+
+def _study_table(entries: list[dict]) -> list[str]:
+    """The study's analyses at the end of a run, one line each: what each found and how
+    long it took (a log file's summary; the index.html has the same)."""
+    from gpuale.study import duration_text
+
+    header = ("analysis", "type", "status", "clusters", "time", "result")
+    rows = [(e["name"], e["kind"], e["status"], str(e.get("n_clusters", "-")),
+             "-" if e["status"] == "reused" or "seconds" not in e
+             else duration_text(e["seconds"]), e.get("summary", "")) for e in entries]
+    widths = [max(len(row[k]) for row in (header, *rows)) for k in range(len(header) - 1)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
+            for row in (header, *rows)]
 
 
 def _describe(device: str) -> str:

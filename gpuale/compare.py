@@ -68,7 +68,7 @@ COMPARE_HTML = REPORT_HTML
 NIMARE_VERSION = "0.22.1"
 NIMARE_MISSING = (
     f"gpuale compare --against nimare runs NiMARE {NIMARE_VERSION}, which is not installed: "
-    "pip install 'gpuale[bench]'"
+    "pip install 'gpuale[bench]' (in a clone of gpuale: pip install '.[bench]')"
 )
 #: Largest relative difference of a permutation's max ALE between two engines: float32
 #: rounding of 1 - exp(log-sum), whose exp may differ in the last bit on a GPU
@@ -707,7 +707,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path,
     ValueError
         The runs are of different kinds (a global ALE and a contrast).
     """
-    from gpuale.runfolder import MAP_SUFFIX, open_run
+    from gpuale.runfolder import MAP_SUFFIX, gpuale_map_name, map_file, open_run
 
     a, b = open_run(run_a), open_run(run_b)
     if a.kind != b.kind:
@@ -724,8 +724,9 @@ def compare_runs(run_a: str | Path, run_b: str | Path,
     environment_diff = {k: [env_a.get(k), env_b.get(k)]
                         for k in sorted(env_a.keys() | env_b.keys())
                         if env_a.get(k) != env_b.get(k)}
-    names_a = {p.name.removesuffix(MAP_SUFFIX) for p in a.path.glob(f"*{MAP_SUFFIX}")}
-    names_b = {p.name.removesuffix(MAP_SUFFIX) for p in b.path.glob(f"*{MAP_SUFFIX}")}
+    # Each map by this version's name, whichever name its folder's version wrote it under.
+    names_a, names_b = ({map_file(p.name.removesuffix(MAP_SUFFIX)).removesuffix(MAP_SUFFIX)
+                         for p in run.path.glob(f"*{MAP_SUFFIX}")} for run in (a, b))
     maps = {}
     for name in sorted(names_a & names_b):
         affine_a, data_a = _read_volume(a.map_path(name))
@@ -735,7 +736,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path,
             failures.append(f"map {name}: on different grids")
             continue
         diff = float(np.max(np.abs(data_a - data_b), initial=0.0))
-        tol = _map_tolerance(name, tolerances)
+        tol = _map_tolerance(gpuale_map_name(name), tolerances)
         maps[name] = {"max_abs_diff": diff, "tolerance": tol, "passed": diff <= tol,
                       "voxels_differ": int(np.sum(np.abs(data_a - data_b) > tol))}
         if diff > tol:

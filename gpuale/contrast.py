@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from gpuale.clusters import clusters_above, map_cluster_table
-from gpuale.dataset import Dataset
+from gpuale.dataset import Dataset, foci_text
 from gpuale.engines import get_engine, resolve_device
 from gpuale.grid import Grid, load_grid
 from gpuale.inference import (
@@ -107,6 +107,26 @@ def smallest_p(mode: str, n_iters: int) -> float:
     else:
         p, _ = whole_brain_p(null)
     return float(p[0])
+
+
+def unreachable_message(mode: str, n_iters: int, p_threshold: float | None = None, *,
+                        cluster_fwe: bool = False, alpha: float = 0.05) -> str | None:
+    """The warning for a contrast whose threshold ``n_iters`` splits cannot reach (None
+    if they can, and for a balanced contrast, thresholded by its null extrema).
+
+    :func:`run_contrast` gives it before any work; a caller that shows progress can give
+    it before its progress bar (the same words: the command line prints it once).
+    """
+    if mode not in MODES:
+        return None
+    # With cluster-level FWE the reported map is cut at cluster FWE p < alpha (p_threshold
+    # only sets the cluster-forming quantile, which every number of splits reaches).
+    if cluster_fwe:
+        return unreachable_threshold_message(
+            "the contrast's cluster-level FWE alpha", n_iters, alpha, smallest_fwe_p)
+    p_threshold = DEFAULT_P_THRESHOLD[mode] if p_threshold is None else p_threshold
+    return unreachable_threshold_message(f"the {mode} contrast's threshold", n_iters,
+                                         p_threshold, functools.partial(smallest_p, mode))
 
 
 def contrast_cluster_inference(diff: np.ndarray, grid: Grid, null: ContrastNull,
@@ -230,7 +250,7 @@ class MainEffectMismatch(ValueError):
 
 
 def _describe_experiment(exp: dict) -> str:
-    return f"{exp['id']!r} (N = {exp['n_subjects']}, {exp['n_foci']} foci)"
+    return f"{exp['id']!r} (N = {exp['n_subjects']}, {foci_text(exp['n_foci'])})"
 
 
 def _whole(value) -> int | None:
@@ -257,8 +277,8 @@ def _main_effect_difference(recorded: tuple[dict, ...], group: Dataset,
         if same_id:
             other = same_id[0]
             return (f"experiment {exp['id']!r} has N = {exp['n_subjects']} and "
-                    f"{exp['n_foci']} foci in group {name} but N = {other['n_subjects']} "
-                    f"and {other['n_foci']} foci there")
+                    f"{foci_text(exp['n_foci'])} in group {name} but N = "
+                    f"{other['n_subjects']} and {foci_text(other['n_foci'])} there")
         return f"experiment {_describe_experiment(exp)} of group {name} is not in it"
     if unmatched:
         return (f"it has experiment {_describe_experiment(unmatched[0])}, which group {name} "
@@ -453,16 +473,22 @@ class ContrastResult:
     def clusters(self) -> list[dict]:
         """One row per cluster of the thresholded map (see :func:`map_cluster_table`).
 
-        The peak and sub-peaks are local maxima of |ALE_A - ALE_B| (``peak_diff``), not of
-        z, which saturates at the permutation floor so that most of a cluster ties;
-        ``peak_value`` is the thresholded map's z there.
+        The peak is the cluster's voxel of largest |ALE_A - ALE_B| (``peak_diff``) and its
+        sub-peaks the local maxima of |ALE_A - ALE_B| over the whole map, in decreasing
+        |difference|; not of z, which saturates at the permutation floor so that most of a
+        cluster ties. ``peak_value`` is the thresholded map's z there, and ``z_capped``
+        ("yes"/"no") whether its p is the smallest the random splits can give (1/n), where
+        z says only "at least this" (so a sub-peak's z may exceed the peak's).
         """
         thresholded, labels = self.thresholded()
         diff = self.diff
         rows = map_cluster_table(self.grid, thresholded, labels, peak_by=diff,
-                                 at_peaks={"diff": diff})
+                                 at_peaks={"diff": diff, "p": self._full(self.p, fill=1.0)})
+        floor = smallest_p(self.mode, self.null.n_iters)
         for row in rows:
             row["direction"] = "A>B" if row["sign"] == "+" else "B>A"
+            for peak in (row, *row["subpeaks"]):
+                peak["z_capped"] = "yes" if peak.pop("peak_p") <= floor * (1 + 1e-9) else "no"
         if self.cluster_fwe:
             inference = self.cluster_inference()
             for row in rows:
@@ -489,7 +515,7 @@ def run_contrast(
     min_z: bool = False,
     overlap: str = "error",
     fwhm_mm: float | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     scheduler: Scheduler | None = None,
@@ -608,13 +634,8 @@ def run_contrast(
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     notes: list[str] = []
     # Before anything is computed, so that nobody waits for a result that cannot come.
-    # With cluster-level FWE the reported map is cut at cluster FWE p < alpha (p_threshold
-    # only sets the cluster-forming quantile, which every number of splits reaches).
-    unreachable = unreachable_threshold_message(
-        "the contrast's cluster-level FWE alpha", n_iters, alpha, smallest_fwe_p,
-    ) if cluster_fwe else unreachable_threshold_message(
-        f"the {mode} contrast's threshold", n_iters, p_threshold,
-        functools.partial(smallest_p, mode))
+    unreachable = unreachable_message(mode, n_iters, p_threshold, cluster_fwe=cluster_fwe,
+                                      alpha=alpha)
     if unreachable:
         warnings.warn(unreachable, UnreachableThresholdWarning, stacklevel=2)
         notes.append(unreachable)

@@ -39,6 +39,11 @@ class SampleSizeUnknown(ValueError):
 MAX_FOCUS_DISTANCE_MM = 1000.0
 
 
+def foci_text(n: int) -> str:
+    """A number of foci in words: ``1 focus``, ``3 foci``."""
+    return f"{n} focus" if n == 1 else f"{n} foci"
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Experiment:
     """One contrast of one study: a sample size and its peak coordinates.

@@ -42,6 +42,7 @@ from gpuale.runfolder import (
     CLUSTER_LABELS,
     JACKKNIFE_JSON,
     JACKKNIFE_TSV,
+    SELECTION_KEY,
     STUDY_ANALYSIS_KEY,
     STUDY_FILE_KEY,
     RunFolder,
@@ -60,6 +61,7 @@ __all__ = [
     "cluster_survival",
     "jackknife",
     "load_recorded_analysis",
+    "recorded_group",
     "run_jackknife",
     "write_derived",
 ]
@@ -103,7 +105,7 @@ class ALESettings:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
-    def run(self, dataset: Dataset, grid: Grid, *, device: str = "cpu",
+    def run(self, dataset: Dataset, grid: Grid, *, device: str = "auto",
             n_workers: int | None = None, progress: Callable[[int], None] | None = None,
             scheduler: Scheduler | None = None,
             caught: RerunWarnings | None = None) -> ALEResult:
@@ -230,6 +232,36 @@ def load_recorded_analysis(run_dir: str | Path, *, grid: Grid | None = None) -> 
     dataset = _recorded_dataset(run, need_sample_size=settings.fwhm_mm is None)
     _check_reproduced(run, dataset, grid, settings)
     return RecordedAnalysis(run, dataset, grid, settings, labels, clusters)
+
+
+def recorded_group(run_dir: str | Path) -> tuple[Dataset, RunFolder, dict]:
+    """The experiments of a finished ``gpuale global`` run folder, for a contrast that
+    takes the folder as one of its groups.
+
+    As :func:`load_recorded_analysis` reads them: the recorded inputs again (their
+    checksums unchanged), with the recorded loading options and selection (``--where``,
+    or the study analysis's ``where`` and ``split``), checked against the experiments
+    run.json lists. The run need not have Monte Carlo iterations or clusters.
+
+    Returns
+    -------
+    dataset : Dataset
+    run : RunFolder
+    selection : dict
+        What the group is, for the contrast's run.json (``selection``): ``run`` (the
+        folder) with the run's ``where`` (and ``split``).
+    """
+    run = open_run(run_dir)
+    if run.kind != "ale":
+        raise ValueError(f"{run.path} is a {run.kind} run; a contrast's group is an input "
+                         "or a `gpuale global` run folder")
+    settings = ALESettings.from_record(run.record)
+    dataset = _recorded_dataset(run, need_sample_size=settings.fwhm_mm is None)
+    recorded = run.record.get(SELECTION_KEY) or {}
+    selection = {"run": str(run.path),
+                 "where": recorded.get("where", _loading_options(run).get("where")),
+                 "split": recorded.get("split")}
+    return dataset, run, selection
 
 
 #: Largest relative difference of the maximum ALE between a run and its repetition: the
@@ -487,7 +519,7 @@ def jackknife(
     labels: np.ndarray,
     settings: ALESettings,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     scheduler: Scheduler | None = None,
@@ -564,7 +596,7 @@ def jackknife(
 def run_jackknife(
     run_dir: str | Path,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     force: bool = False,
     progress: Callable[[int], None] | None = None,

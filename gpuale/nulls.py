@@ -668,7 +668,7 @@ class ProcessScheduler:
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
-DASK_EXTRA_HINT = "pip install 'gpuale[dask]'"
+DASK_EXTRA_HINT = "pip install 'gpuale[dask]' (in a clone of gpuale: pip install '.[dask]')"
 
 
 class SchedulerUnavailable(ValueError):

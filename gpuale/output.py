@@ -255,14 +255,16 @@ def tfce_record(result: ALEResult) -> dict | None:
 
 #: clusters.tsv of a contrast: one row per cluster (``peak`` 1) and per sub-peak (``peak``
 #: 2, 3, ...); peaks are local maxima of |ALE_A - ALE_B| (``peak_diff``), ``peak_value`` the
-#: thresholded z there.
+#: thresholded z there, ``z_capped`` "yes" where its p is the permutation floor 1/n (z is
+#: then a lower bound: the random splits cannot resolve more).
 CONTRAST_CLUSTER_COLUMNS = (
     "cluster", "peak", "direction", "size_voxels", "volume_mm3", "peak_x", "peak_y", "peak_z",
-    "peak_value", "peak_diff", "com_x", "com_y", "com_z",
+    "peak_value", "peak_diff", "z_capped", "com_x", "com_y", "com_z",
 )
 #: clusters.tsv of a conjunction: as a contrast's, without the difference; ``direction`` is
 #: ``positive`` (every input > 0; A>B in contrasts) or ``negative`` (every input < 0).
-CONJUNCTION_CLUSTER_COLUMNS = tuple(c for c in CONTRAST_CLUSTER_COLUMNS if c != "peak_diff")
+CONJUNCTION_CLUSTER_COLUMNS = tuple(c for c in CONTRAST_CLUSTER_COLUMNS
+                                    if c not in ("peak_diff", "z_capped"))
 
 
 #: clusters.tsv of a contrast with cluster-level FWE: each cluster's size and mass FWE p.

@@ -56,6 +56,7 @@ __all__ = [
     "JACKKNIFE_TSV",
     "KINDS",
     "MAP_SUFFIX",
+    "NIMARE_MAP_NAMES",
     "PEAK_COLUMN",
     "NULLS_NPZ",
     "REPORT_HTML",
@@ -79,7 +80,9 @@ __all__ = [
     "input_record",
     "is_cluster_row",
     "is_study_folder",
+    "gpuale_map_name",
     "map_file",
+    "map_files",
     "open_run",
     "read_main_effect",
     "read_run_experiments",
@@ -130,9 +133,52 @@ BALANCED_PROB = ("prob_desc-group1", "prob_desc-group2")
 BALANCED_CONJUNCTION = "stat_desc-conjunction"
 
 
+#: The one table of map file names: gpuale's names of maps NiMARE 0.22.1 also writes (as
+#: the code still calls them: ``ale``, ``z_desc-AminusB``, ...) -> NiMARE's names, which
+#: run folders use since issue 26 (``stat``, ``z_desc-group1MinusGroup2``; FWE maps with
+#: NiMARE's ``_corr-FWE_method-montecarlo``). Maps NiMARE has no counterpart of keep
+#: gpuale's names (``z_thresholded``, ``cluster_labels``, TFCE). Folders
+#: written before keep the old file names, and every reader finds either
+#: (:meth:`RunFolder.map_path`).
+NIMARE_MAP_NAMES = {
+    "ale": "stat",
+    "logp_level-voxel": "logp_level-voxel_corr-FWE_method-montecarlo",
+    "z_level-voxel": "z_level-voxel_corr-FWE_method-montecarlo",
+    "logp_desc-size_level-cluster": "logp_desc-size_level-cluster_corr-FWE_method-montecarlo",
+    "z_desc-size_level-cluster": "z_desc-size_level-cluster_corr-FWE_method-montecarlo",
+    "logp_desc-mass_level-cluster": "logp_desc-mass_level-cluster_corr-FWE_method-montecarlo",
+    "z_desc-mass_level-cluster": "z_desc-mass_level-cluster_corr-FWE_method-montecarlo",
+    "ale_A": "stat_desc-group1",
+    "ale_B": "stat_desc-group2",
+    "stat_desc-AminusB": "stat_desc-group1MinusGroup2",
+    "p_desc-AminusB": "p_desc-group1MinusGroup2",
+    "z_desc-AminusB": "z_desc-group1MinusGroup2",
+    "logp_desc-AminusB_level-voxel":
+        "logp_desc-group1MinusGroup2_level-voxel_corr-FWE_method-montecarlo",
+    **{f"{stat}_desc-AminusB{kind}_level-cluster":
+       f"{stat}_desc-group1MinusGroup2{kind}_level-cluster_corr-FWE_method-montecarlo"
+       for stat in ("p", "z", "logp") for kind in ("Size", "Mass")},
+}
+#: The other way: a file name of an earlier version -> gpuale's name of the map.
+_EARLIER_MAP_NAMES = {new: old for old, new in NIMARE_MAP_NAMES.items()}
+
+
 def map_file(name: str) -> str:
-    """The file name of map ``name`` in a run folder (``z`` -> ``z.nii.gz``)."""
-    return f"{name}{MAP_SUFFIX}"
+    """The file name of map ``name`` in a run folder (``z`` -> ``z.nii.gz``; ``ale`` ->
+    ``stat.nii.gz``, see :data:`NIMARE_MAP_NAMES`). ``name`` may be either name."""
+    return f"{NIMARE_MAP_NAMES.get(name, name)}{MAP_SUFFIX}"
+
+
+def gpuale_map_name(name: str) -> str:
+    """gpuale's name of a map given by either name (``stat`` -> ``ale``)."""
+    return _EARLIER_MAP_NAMES.get(name, name)
+
+
+def map_files(name: str) -> tuple[str, ...]:
+    """The file names map ``name`` has had: this version's first, then an earlier one."""
+    current = map_file(name)
+    earlier = f"{gpuale_map_name(name)}{MAP_SUFFIX}"
+    return (current,) if earlier == current else (current, earlier)
 
 
 # --------------------------------------------------------------------------- run.json
@@ -353,7 +399,12 @@ class RunFolder:
             return {key: nulls[key] for key in nulls.files}
 
     def map_path(self, name: str) -> Path:
-        """Where map ``name`` is (whether or not the run wrote it: see :meth:`has_map`)."""
+        """Where map ``name`` is (whether or not the run wrote it: see :meth:`has_map`):
+        under this version's file name, or an earlier version's (:data:`NIMARE_MAP_NAMES`)
+        in a folder it wrote."""
+        for file in map_files(name):
+            if (self.path / file).is_file():
+                return self.path / file
         return self.path / map_file(name)
 
     def has_map(self, name: str) -> bool:

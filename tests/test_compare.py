@@ -84,7 +84,7 @@ def test_identical_runs_agree_and_write_compare_json(tmp_path):
     assert "agree within tolerances" in result.output
     record = json.loads((out / cmp.COMPARE_JSON).read_text())
     assert record["passed"] and record["form"] == "runs"
-    assert record["maps"]["ale"]["max_abs_diff"] == 0
+    assert record["maps"]["stat"]["max_abs_diff"] == 0
     assert all(entry["identical"] for entry in record["nulls"].values())
     assert (out / "report.html").read_text().count("Two gpuale runs") >= 1
     again = runner.invoke(cli.app, ["compare", str(a), str(b), "--out", str(out)])
@@ -100,7 +100,7 @@ def test_a_run_without_one_experiment_differs_and_names_it(tmp_path):
     result = runner.invoke(cli.app, ["compare", str(a), str(b)])
     assert result.exit_code == 1, result.output
     assert "experiment(s) only in A" in result.output and "Study B" in result.output
-    assert "DIFFERS: map ale" in result.output
+    assert "DIFFERS: map stat" in result.output
 
 
 def test_devices_numpy_and_numba_give_the_same_nulls(tmp_path):

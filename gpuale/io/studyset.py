@@ -78,7 +78,8 @@ MAX_MANIFEST_BYTES = 1 << 20
 #: coordinates), so that a small file of highly compressed rows (a "parquet bomb") is an
 #: error, not all of memory. Each row becomes Python objects (~100 bytes a cell).
 MAX_PARQUET_ROWS = 20_000_000
-PARQUET_EXTRA_HINT = "pip install 'gpuale[parquet]' (pyarrow)"
+PARQUET_EXTRA_HINT = ("pip install 'gpuale[parquet]' (pyarrow; in a clone of gpuale: "
+                      "pip install '.[parquet]')")
 SAMPLE_SIZE_KEYS = ("sample_sizes", "sample_size")
 #: Point spaces that state nothing about MNI or Talairach.
 UNSTATED_SPACES = frozenset({"", "unknown", "other", "none", "nan", "n/a"})

@@ -175,7 +175,7 @@ CONTRAST_WHOLE_BRAIN_TEMPLATE = Template(
     "re-assignments of the pooled experiments to two groups of the original sizes (seed "
     "$seed); two-sided p values were converted to signed z (positive for A > B, following "
     "NiMARE's ALESubtraction). The map was thresholded at p < $p_threshold, keeping "
-    "clusters of $connectivity of at least $min_volume mm3; $n_clusters cluster(s) remained."
+    "clusters of $connectivity of at least $min_volume mm³; $n_clusters cluster(s) remained."
 )
 CONTRAST_GATED_TEMPLATE = Template(
     "Differences between group A ($a_experiments experiments, $a_foci foci) and group B "
@@ -186,7 +186,7 @@ CONTRAST_GATED_TEMPLATE = Template(
     "likewise within B's, against the null distribution from $iterations random "
     "re-assignments of the pooled experiments to two groups of the original sizes (seed "
     "$seed). The contrast was thresholded at P > $confidence (p < $p_threshold), keeping "
-    "clusters of $connectivity of at least $min_volume mm3$min_z_text; $n_clusters "
+    "clusters of $connectivity of at least $min_volume mm³$min_z_text; $n_clusters "
     "cluster(s) remained."
 )
 CONTRAST_BALANCED_TEMPLATE = Template(
@@ -200,7 +200,7 @@ CONTRAST_BALANCED_TEMPLATE = Template(
     "iterations ($null_text; seed $seed); voxels beyond the $high_pct percentile of the "
     "maxima (or the $low_pct percentile of the minima) were significant, with one-tailed p "
     "(the share of null extrema reaching them) converted to signed z (positive for A > B). "
-    "$n_clusters cluster(s) of $connectivity of at least $min_volume mm3 remained."
+    "$n_clusters cluster(s) of $connectivity of at least $min_volume mm³ remained."
 )
 #: How the balanced contrast's paragraph names its null.
 BALANCED_NULL_TEXT = {
