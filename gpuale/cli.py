@@ -48,12 +48,14 @@ from gpuale.contrast import (
     run_contrast,
     smallest_p,
 )
+from gpuale.dataset import MAX_SAMPLE_SIZE
 from gpuale.engines import get_engine, resolve_device
 from gpuale.examples import EXAMPLES, example_path, resolve_input
+from gpuale.failsafe import MAX_NULL_STUDIES
 from gpuale.grid import load_grid
 from gpuale.inference import iterations_to_reach
 from gpuale.io import InputLayoutNote, load_dataset
-from gpuale.nulls import DaskScheduler, RunInterrupted, default_workers
+from gpuale.nulls import MAX_ITERATIONS, DaskScheduler, RunInterrupted, default_workers
 from gpuale.output import save_ale, save_conjunction, save_contrast
 from gpuale.runfolder import INDEX_HTML, REPORT_HTML
 from gpuale.space import DEFAULT_TAL_TRANSFORM
@@ -251,6 +253,10 @@ def _iterations(value: str | int, *, auto: bool) -> int | str:
                                  + (" or 'auto'" if auto else "")) from None
     if number < 0:
         raise typer.BadParameter(f"{number} is below 0")
+    if number > MAX_ITERATIONS:
+        # Refused here, not as a MemoryError after the inputs and the observed map.
+        raise typer.BadParameter(f"{number:,} is more than {MAX_ITERATIONS:,}, the most "
+                                 "iterations gpuale runs")
     return number
 
 
@@ -285,7 +291,8 @@ def _study_iterations(value: str | int) -> int | str:
 
 
 MaxItersOption = Annotated[
-    int, typer.Option("--max-iters", help="The most iterations --iters auto runs.", min=1)
+    int, typer.Option("--max-iters", help="The most iterations --iters auto runs.", min=1,
+                      max=MAX_ITERATIONS)
 ]
 SeedOption = Annotated[int, typer.Option(help="Seed of the permutations.", min=0)]
 DeviceOption = Annotated[
@@ -328,7 +335,8 @@ OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (cre
 SampleSizeOption = Annotated[
     int | None,
     typer.Option("--sample-size", help="N of every experiment whose input gives none "
-                 "(Neurosynth releases have none; NiMARE's kernel__sample_size).", min=1),
+                 "(Neurosynth releases have none; NiMARE's kernel__sample_size).", min=1,
+                 max=MAX_SAMPLE_SIZE),
 ]
 ExperimentColumnOption = Annotated[
     str | None,
@@ -1037,7 +1045,7 @@ def compare_(
     iters: Annotated[
         int, typer.Option("--iters", help="Monte Carlo iterations of each side (0: the "
                           "uncorrected maps only; NiMARE needs ~0.1-0.2 s per iteration).",
-                          min=0),
+                          min=0, max=MAX_ITERATIONS),
     ] = 1000,
     seed: SeedOption = DEFAULT_SEED,
     cluster_p: Annotated[
@@ -1176,12 +1184,14 @@ def failsafe_(
     run_dir: RunDirArgument,
     minimum: Annotated[
         int | None, typer.Option("--min", help="Null studies of the first probe (default: "
-                                 "as many as the experiments).", min=0, show_default=False),
+                                 "as many as the experiments).", min=0, max=MAX_NULL_STUDIES,
+                                 show_default=False),
     ] = None,
     maximum: Annotated[
         int | None, typer.Option("--max", help="Most null studies tried (default: 5 times "
                                  "the experiments); a cluster significant with them is "
-                                 "reported as above it.", min=1, show_default=False),
+                                 "reported as above it.", min=1, max=MAX_NULL_STUDIES,
+                                 show_default=False),
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the null studies (default: the run's seed).",
@@ -1291,7 +1301,8 @@ def run_study_(
     ] = None,
     max_iters: Annotated[
         int | None,
-        typer.Option("--max-iters", min=1, help="Override the study's max_iters: the most "
+        typer.Option("--max-iters", min=1, max=MAX_ITERATIONS,
+                     help="Override the study's max_iters: the most "
                      f"iterations an auto analysis runs (default {DEFAULT_MAX_ITERS:,})."),
     ] = None,
     device: Annotated[str | None, typer.Option(metavar="DEVICE",
@@ -1359,7 +1370,7 @@ def demo(
         int | None,
         typer.Option("--iters", help=f"Iterations (default: the study's 5,000 on a GPU; "
                      f"{DEMO_CPU_ITERS:,} on a CPU, except for contrasts whose threshold "
-                     "needs more).", min=1),
+                     "needs more).", min=1, max=MAX_ITERATIONS),
     ] = None,
     report: Annotated[
         bool, typer.Option(help="Write each analysis's report.html (needs the report extra); "

@@ -34,6 +34,7 @@ from gpuale.nulls import (
     ContrastNull,
     ContrastNullSpec,
     Scheduler,
+    check_iterations,
     contrast_cluster_null,
     run_null,
 )
@@ -566,6 +567,7 @@ def run_contrast(
                          "fixed number of permutations (\"auto\", the stopping rule, is for "
                          "run_ale; a contrast's cluster-forming threshold is estimated from "
                          "all of its permutations)")
+    check_iterations("n_iters", n_iters, minimum=1)
     if mode == BALANCED_MODE:
         from gpuale import balanced
 

@@ -112,6 +112,21 @@ SPLIT_SCHEMES = ("random",)
 
 ProgressCallback = Callable[[int], None]
 
+#: The most Monte Carlo iterations (permutations) one null may have: ten million, 1,000
+#: times the literature's 10,000. Every permutation keeps its maxima (8 bytes each), so
+#: beyond this a typo (an extra zero or five) is a memory error after the observed map.
+MAX_ITERATIONS = 10_000_000
+
+
+def check_iterations(name: str, value: object, *, minimum: int = 0) -> None:
+    """A count of iterations is a whole number from ``minimum`` to :data:`MAX_ITERATIONS`
+    (a ValueError naming ``name`` otherwise), checked before any work."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if not minimum <= value <= MAX_ITERATIONS:
+        raise ValueError(f"{name} = {value:,} is out of range: it must be from {minimum} to "
+                         f"{MAX_ITERATIONS:,} (the most iterations gpuale runs)")
+
 
 class RunInterrupted(RuntimeError):
     """The user stopped the permutations (Ctrl-C); nothing was written."""
@@ -1087,6 +1102,7 @@ def run_null(
     RunInterrupted
         On Ctrl-C; the workers are stopped first.
     """
+    check_iterations("n_iters", n_iters)
     merged = _merged_partial(spec, engine, seed, n_iters, scheduler, n_workers, progress)
     if isinstance(spec, GlobalNullSpec):
         return merged.finish(spec, seed, n_iters)

@@ -229,6 +229,7 @@ def load_study(path: str | Path) -> Study:
     if bad:
         raise _problem(path, f"[study] has unknown setting(s) {sorted(bad)}; known: "
                              f"{sorted(SETTINGS)}")
+    _check_settings(path, "[study]", study_table)
     shared.update(study_table)
 
     inputs = {}
@@ -330,8 +331,10 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
         raise _problem(path, f"analysis {key!r}: type must be one of {ANALYSIS_TYPES}, got "
                              f"{kind!r}")
     settings = dict(shared)
-    for setting in set(table) & set(SETTINGS):
-        settings[setting] = table.pop(setting)
+    own = {setting: table.pop(setting) for setting in sorted(set(table) & set(SETTINGS))}
+    # Each value where it is written: the [study] table's were checked with it.
+    _check_settings(path, f"analysis {key!r}", own)
+    settings.update(own)
     unknown = set(table) - ANALYSIS_KEYS[kind]
     if unknown:
         raise _problem(path, f"analysis {key!r} ({kind}) has unknown key(s) {sorted(unknown)}")
@@ -375,10 +378,126 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
         for side in ("a", "b"):
             if side not in table:
                 raise _problem(path, f"contrast {key!r} needs {side} = \"<global analysis>\"")
+        _check_contrast_keys(path, key, table)
         _check_balanced_keys(path, key, table)
-    elif not isinstance(table.get("of"), list) or len(table["of"]) < 2:
+    elif not isinstance(table.get("of"), list) or len(table["of"]) < 2 or not all(
+            isinstance(name, str) for name in table["of"]):
         raise _problem(path, f"conjunction {key!r} needs of = [at least two analyses]")
     return Analysis(name=key, type=kind, spec=table, settings=settings)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _setting_problem(name: str, value: object) -> str | None:
+    """What is wrong with a study setting's value (type and range), or None."""
+    from gpuale.dataset import MAX_SAMPLE_SIZE, SAMPLE_SIZE_RANGE
+    from gpuale.kernel import MAX_FWHM_MM
+    from gpuale.nulls import MAX_ITERATIONS
+    from gpuale.space import SPACES, TAL_TRANSFORMS
+
+    if name == "iterations":
+        if value == AUTO:
+            return None
+        if not _whole(value) or not 0 <= value <= MAX_ITERATIONS:
+            return (f"must be a whole number from 0 to {MAX_ITERATIONS:,} or \"{AUTO}\" "
+                    "(global analyses)")
+    elif name == "max_iters":
+        if not _whole(value) or not 1 <= value <= MAX_ITERATIONS:
+            return f"must be a whole number from 1 to {MAX_ITERATIONS:,}"
+    elif name == "seed":
+        if not _whole(value) or not 0 <= value < 2**63:
+            return "must be a whole number from 0 to 2**63 - 1"
+    elif name in ("cluster_p", "alpha"):
+        if not _number(value) or not 0 < value < 1:
+            return "must be a number strictly between 0 and 1"
+    elif name == "connectivity":
+        if not _whole(value) or value not in (6, 18, 26):
+            return "must be 6 (faces), 18 (edges) or 26 (corners)"
+    elif name == "device":
+        if not isinstance(value, str) or not _device_syntax(value):
+            return "must be \"auto\", \"cpu\", \"gpu\" or \"gpu:N\""
+    elif name == "space":
+        if not isinstance(value, str) or value.strip().lower() not in SPACES:
+            return "must be \"MNI\" or \"TAL\""
+    elif name == "tal_transform":
+        if not isinstance(value, str) or value not in TAL_TRANSFORMS:
+            return f"must be one of {sorted(TAL_TRANSFORMS)}"
+    elif name == "fwhm":
+        if not _number(value) or not 0 < value <= MAX_FWHM_MM:
+            return f"must be a kernel width in mm above 0 and at most {MAX_FWHM_MM:g}"
+    elif name == "min_volume":
+        if not _number(value) or value < 0:
+            return "must be a volume in mm³ of at least 0"
+    elif name == "workers":
+        if not _whole(value) or value < 1:
+            return "must be a whole number of at least 1"
+    elif name == "sample_size":
+        if not _whole(value) or not 1 <= value <= MAX_SAMPLE_SIZE:
+            return f"must be {SAMPLE_SIZE_RANGE}"
+    elif name == "allow_duplicates":
+        if not isinstance(value, bool):
+            return "must be true or false"
+    return None
+
+
+def _device_syntax(value: str) -> bool:
+    device = value.strip().lower()
+    return device in ("auto", "cpu", "cpu-numpy", "cpu-numba", "gpu") or (
+        device.startswith("gpu:") and device[4:].isdigit())
+
+
+def _check_settings(path: Path, where: str, settings: dict) -> None:
+    """Every setting a table gives, its type and range, when the study file is read: a bad
+    value in the last analysis is an error before the first runs (TOML has no null, so
+    every value here was written in the file)."""
+    for name, value in settings.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            # TOML has nan and inf: compared with them every test is False, silently.
+            raise _problem(path, f"{where}: {name} = {value} is not a finite number")
+        problem = _setting_problem(name, value)
+        if problem:
+            raise _problem(path, f"{where}: {name} = {_toml(value)} {problem}")
+
+
+def _toml(value: object) -> str:
+    """A value as the study file writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _check_contrast_keys(path: Path, key: str, table: dict) -> None:
+    """A contrast's own keys (mode, p, min_z, overlap, cluster_fwe), type and range."""
+    from gpuale.contrast import MODES, OVERLAP_POLICIES
+
+    where = f"contrast {key!r}"
+    for side in ("a", "b"):
+        if not isinstance(table[side], str):
+            raise _problem(path, f"{where}: {side} = {_toml(table[side])} must name a global "
+                                 "analysis")
+    modes = (*MODES, BALANCED_MODE)
+    if "mode" in table and table["mode"] not in modes:
+        raise _problem(path, f"{where}: mode = {_toml(table['mode'])} must be one of "
+                             f"{list(modes)}")
+    if "p" in table and (not _number(table["p"]) or not 0 < table["p"] < 1):
+        raise _problem(path, f"{where}: p = {_toml(table['p'])} must be a number strictly "
+                             "between 0 and 1")
+    for name in ("min_z", "cluster_fwe"):
+        if name in table and not isinstance(table[name], bool):
+            raise _problem(path, f"{where}: {name} = {_toml(table[name])} must be true or "
+                                 "false")
+    if "overlap" in table and table["overlap"] not in OVERLAP_POLICIES:
+        raise _problem(path, f"{where}: overlap = {_toml(table['overlap'])} must be one of "
+                             f"{list(OVERLAP_POLICIES)}")
+    if table.get("cluster_fwe") and table.get("mode", "whole-brain") != "whole-brain":
+        raise _problem(path, f"{where}: cluster_fwe = true is for mode = \"whole-brain\" "
+                             "only")
 
 
 def _check_tfce(path: Path, key: str, table: dict, settings: dict) -> None:
@@ -687,8 +806,9 @@ def _run_study_held(study: Study, out_dir: Path, *, overrides, device, force, co
             datasets[analysis.name] = _global_dataset(analysis, study, log, shown)
         elif analysis.type == "contrast":
             _check_groups(analysis, study, datasets)
-    out_dir.mkdir(parents=True, exist_ok=True)
     grid = load_grid()
+    _check_devices_and_kernels(study, order, device, grid)
+    out_dir.mkdir(parents=True, exist_ok=True)
     fingerprints: dict[str, str] = {}
     entries: list[dict] = []
     # Written first, so that an interrupted study's folder is known as one on the rerun.
@@ -733,6 +853,32 @@ def _run_study_held(study: Study, out_dir: Path, *, overrides, device, force, co
     _write_study_json(out_dir, study, command, entries, order, "finished")
     _index(out_dir, entries, log)
     return entries
+
+
+def _check_devices_and_kernels(study: Study, order: list[Analysis], device: str | None,
+                               grid: Grid) -> None:
+    """Each analysis's device is there (``gpu`` on a machine without one is an error
+    before the study's folder or study.json exist) and its fixed kernel fits the grid."""
+    from gpuale.engines import resolve_device
+    from gpuale.kernel import kernel_sigma
+
+    for analysis in order:
+        if analysis.type == "conjunction":
+            continue
+        chosen = device if device is not None else analysis.settings["device"]
+        try:
+            resolve_device(chosen)
+        except ValueError as exc:
+            if device is not None:
+                raise  # the caller's --device, not the study file's
+            raise _problem(study.path, f"analysis {analysis.name!r}: {exc}") from None
+        fwhm = analysis.settings["fwhm"]
+        if fwhm is not None:
+            try:
+                kernel_sigma(grid.voxel_sizes, fwhm_mm=fwhm)
+            except ValueError as exc:
+                message = str(exc).replace("fwhm_mm", "fwhm")
+                raise _problem(study.path, f"analysis {analysis.name!r}: {message}") from None
 
 
 def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,

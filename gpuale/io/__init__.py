@@ -324,6 +324,10 @@ def load_dataset(
         raise ValueError("no input files given")
     normalize_space_argument(space)
     check_tal_transform(tal_transform)
+    if sample_size is not None:
+        from gpuale.io.neurosynth import _check_sample_size
+
+        _check_sample_size(sample_size)  # bounded before any file is read
     wanted = set(columns or ())
     if where is not None:
         wanted |= referenced_columns(where)

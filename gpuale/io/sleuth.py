@@ -45,7 +45,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from gpuale.dataset import Dataset, Experiment
+from gpuale.dataset import MAX_SAMPLE_SIZE, SAMPLE_SIZE_RANGE, Dataset, Experiment
 from gpuale.io.errors import (
     SAMPLE_SIZE_HINT,
     SPACE_HINT,
@@ -189,9 +189,10 @@ class _SleuthParser:
             subjects = float(text)
         except ValueError:
             subjects = math.nan
-        if not math.isfinite(subjects) or subjects != int(subjects) or subjects < 1:
+        if (not math.isfinite(subjects) or subjects != int(subjects) or subjects < 1
+                or subjects > MAX_SAMPLE_SIZE):
             raise self.error(
-                number, f"Subjects={text} is not a sample size; expected a whole number >= 1"
+                number, f"Subjects={text} is not a sample size; expected {SAMPLE_SIZE_RANGE}"
             )
         return int(subjects)
 

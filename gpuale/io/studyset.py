@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpuale.dataset import Dataset, Experiment
+from gpuale.dataset import MAX_SAMPLE_SIZE, SAMPLE_SIZE_RANGE, Dataset, Experiment
 from gpuale.io.errors import (
     SAMPLE_SIZE_HINT,
     SPACE_HINT,
@@ -197,9 +197,9 @@ class _Analysis:
                 continue  # NiMARE treats a zero sample_size as missing
             # NiMARE feeds the mean straight into the kernel width; gpuale's experiments
             # have whole sample sizes, so a fractional mean must be resolved by the user.
-            if mean != round(mean) or mean < 1:
+            if mean != round(mean) or mean < 1 or mean > MAX_SAMPLE_SIZE:
                 raise self.error(
-                    f"{key} = {raw!r} averages {mean:g}; expected a whole number >= 1"
+                    f"{key} = {raw!r} averages {mean:g}; expected {SAMPLE_SIZE_RANGE}"
                 )
             return round(mean)
         return None

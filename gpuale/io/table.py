@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpuale.dataset import Dataset, Experiment
+from gpuale.dataset import MAX_SAMPLE_SIZE, SAMPLE_SIZE_RANGE, Dataset, Experiment
 from gpuale.io.errors import (
     SAMPLE_SIZE_HINT,
     CoordinateFileError,
@@ -314,11 +314,11 @@ def _parse_sample_size(table: _Table, row: _Row, column: str | None) -> int | No
     if column is None or row.cells[column].lower() in MISSING_VALUES:
         return None
     value = _parse_float(table, row, column)
-    if value != int(value) or value < 1:
+    if value != int(value) or value < 1 or value > MAX_SAMPLE_SIZE:
         raise CoordinateFileError(
             table.path,
             row.line,
-            f"column {column} is {row.cells[column]!r}; a sample size is a whole number >= 1",
+            f"column {column} is {row.cells[column]!r}; a sample size is {SAMPLE_SIZE_RANGE}",
         )
     return int(value)
 
