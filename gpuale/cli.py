@@ -55,7 +55,13 @@ from gpuale.failsafe import MAX_NULL_STUDIES
 from gpuale.grid import load_grid
 from gpuale.inference import iterations_to_reach
 from gpuale.io import InputLayoutNote, load_dataset
-from gpuale.nulls import MAX_ITERATIONS, DaskScheduler, RunInterrupted, default_workers
+from gpuale.nulls import (
+    DASK_TIMEOUT,
+    MAX_ITERATIONS,
+    DaskScheduler,
+    RunInterrupted,
+    default_workers,
+)
 from gpuale.output import save_ale, save_conjunction, save_contrast
 from gpuale.runfolder import INDEX_HTML, REPORT_HTML
 from gpuale.space import DEFAULT_TAL_TRANSFORM
@@ -364,6 +370,14 @@ SchedulerOption = Annotated[
                  "(with GPU and CPU workers mixed, up to float rounding in ALE and mass)."),
 ]
 
+SchedulerTimeoutOption = Annotated[
+    float | None,
+    typer.Option("--scheduler-timeout", metavar="SECONDS", min=0.1, max=3600,
+                 show_default=False,
+                 help=f"With --scheduler: seconds to wait for the scheduler to answer, and "
+                 f"for a first worker to join (default {DASK_TIMEOUT:g})."),
+]
+
 
 def _finite(**options: float | None) -> None:
     """Refuse nan and inf in numeric options: compared with them every test is False (no
@@ -442,14 +456,19 @@ def _loading(paths: list[Path], quiet: bool):
 
 
 @contextmanager
-def _scheduler(address: str | None, device: str | None = None):
+def _scheduler(address: str | None, device: str | None = None,
+               timeout: float | None = None):
     """A Dask scheduler for ``--scheduler ADDRESS`` (connected once, closed at the end),
     or None for this machine's cores. ``--device auto`` leaves the engine to each worker
     (its GPU if it has one); an explicit device is the engine every worker runs."""
     if address is None:
         yield None
         return
-    scheduler = DaskScheduler(address, device=device)
+    if timeout is not None:
+        _finite(scheduler_timeout=timeout)
+    # The timeout only where given (else DaskScheduler's own default).
+    scheduler = (DaskScheduler(address, device=device) if timeout is None
+                 else DaskScheduler(address, device=device, timeout=timeout))
     try:
         scheduler.check_workers()  # reachable, with the same gpuale: before any work
         yield scheduler
@@ -750,6 +769,7 @@ def global_(
                      "(a Neurosynth term loads only that term's column)."),
     ] = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
     report: ReportOption = True,
     force: ForceOption = False,
@@ -769,7 +789,7 @@ def global_(
                                fwhm)
         grid = load_grid(mask)
         chosen = resolve_device(device)
-        with _scheduler(scheduler if iters else None, device) as cluster:
+        with _scheduler(scheduler if iters else None, device, scheduler_timeout) as cluster:
             if not quiet:
                 err.print(
                     f"{len(dataset)} experiments, {dataset.n_foci} foci, {grid.n_voxels} "
@@ -905,6 +925,7 @@ def contrast(
     experiment_column: ExperimentColumnOption = None,
     sample_size_column: SampleSizeColumnOption = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
     report: ReportOption = True,
     force: ForceOption = False,
@@ -936,7 +957,7 @@ def contrast(
         grid = load_grid(mask)
         effects = [MainEffect.from_run_dir(p, grid) if p else None for p in (main_a, main_b)]
         chosen = resolve_device(device)
-        with _scheduler(scheduler, device) as cluster:
+        with _scheduler(scheduler, device, scheduler_timeout) as cluster:
             if not quiet:
                 err.print(
                     f"A: {len(dataset_a)} experiments, B: {len(dataset_b)} experiments; "
@@ -1137,6 +1158,7 @@ def jackknife_(
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     report: DerivedReportOption = True,
     force: DerivedForceOption = False,
     quiet: QuietOption = False,
@@ -1157,7 +1179,7 @@ def jackknife_(
         analysis = load_recorded_analysis(run_dir)
         chosen = resolve_device(device)
         k, iters = len(analysis.dataset), analysis.settings.iterations
-        with _scheduler(scheduler, device) as cluster:
+        with _scheduler(scheduler, device, scheduler_timeout) as cluster:
             if not quiet:
                 err.print(f"{k} re-runs of {iters} iterations ({k} experiments, "
                           f"{len(analysis.clusters)} cluster(s)) on {_where(chosen, cluster)}",
@@ -1200,6 +1222,7 @@ def failsafe_(
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     report: DerivedReportOption = True,
     force: DerivedForceOption = False,
     quiet: QuietOption = False,
@@ -1232,7 +1255,7 @@ def failsafe_(
             raise ValueError(f"--min {minimum} must be smaller than --max {maximum}")
         chosen = resolve_device(device)
         runs = max_evaluations(len(analysis.clusters), minimum, maximum)
-        with _scheduler(scheduler, device) as cluster:
+        with _scheduler(scheduler, device, scheduler_timeout) as cluster:
             if not quiet:
                 err.print(f"{len(analysis.clusters)} cluster(s), {k} experiments: between "
                           f"{minimum} and {maximum} null studies, at most {runs} re-runs of "
@@ -1308,6 +1331,7 @@ def run_study_(
     device: Annotated[str | None, typer.Option(metavar="DEVICE",
                                                help="Override the study's device.")] = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     concurrent_analyses: Annotated[
         int | None,
         typer.Option("--concurrent-analyses", metavar="N", min=1,
@@ -1347,7 +1371,7 @@ def run_study_(
         devices = ({device} if device is not None
                    else {a.settings.get("device") for a in study.analyses.values()})
         shared = devices.pop() if len(devices) == 1 else None
-        with _scheduler(scheduler, shared) as cluster:
+        with _scheduler(scheduler, shared, scheduler_timeout) as cluster:
             if cluster is not None and not quiet:
                 err.print(f"permutations on {cluster.describe()}", highlight=False)
             if iters == AUTO and not quiet:

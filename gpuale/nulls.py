@@ -690,6 +690,75 @@ class SchedulerUnavailable(ValueError):
     """A Dask cluster that cannot be used: dask missing, unreachable, or workers without
     the same gpuale."""
 
+    option = "scheduler"
+
+
+#: Seconds :class:`DaskScheduler` waits, by default, for a scheduler to answer (connection
+#: and handshake) and for a first worker to join.
+DASK_TIMEOUT = 20.0
+
+_UNREACHABLE_HINT = ("start one with `dask scheduler` and workers with `dask worker "
+                     "ADDRESS`")
+
+
+def _handshake(address: str, timeout: float) -> None:
+    """Connect to ``address`` and exchange Dask's handshake, within ``timeout`` seconds.
+
+    dask's own ``connect`` bounds the connection but waits for the handshake's reply
+    forever: an address where something else listens (a web server, a database) would
+    hang the run silently. Run in a thread of its own, with its own event loop, so that it
+    works under a caller's running loop too, and is abandoned (a daemon) if it hangs.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+
+    outcome: dict[str, BaseException] = {}
+
+    async def attempt() -> None:
+        comm = await connect(address, timeout=timeout)
+        await comm.close()
+
+    def main() -> None:
+        try:
+            asyncio.run(asyncio.wait_for(attempt(), timeout))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=main, name="gpuale-dask-handshake", daemon=True)
+    thread.start()
+    thread.join(timeout + 5.0)
+    error = outcome.get("error")
+    if thread.is_alive() or isinstance(error, asyncio.TimeoutError | TimeoutError):
+        raise SchedulerUnavailable(
+            f"no Dask scheduler answered at {address!r} within {timeout:g} s (is something "
+            "else listening on that port?); check the address `dask scheduler` printed, "
+            "or wait longer with --scheduler-timeout")
+    if error is not None:
+        raise SchedulerUnavailable(f"cannot reach the Dask scheduler at {address!r} "
+                                   f"({error}); {_UNREACHABLE_HINT}")
+
+
+def _client_class():
+    """``distributed.Client``, but one whose failed start leaves nothing to close: a client
+    whose connection failed otherwise tries to close itself when it is collected (at
+    exit), waits 60 s for an event loop that no longer runs, and prints a traceback."""
+    from distributed import Client
+
+    class _Client(Client):
+        def __init__(self, *args, **kwargs) -> None:
+            try:
+                super().__init__(*args, **kwargs)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    super().close(timeout=1)
+                self.status = "closed"  # close() and __del__ return at once
+                with contextlib.suppress(Exception):
+                    self._loop_runner.stop()
+                raise
+
+    return _Client
+
 
 @dataclasses.dataclass(frozen=True)
 class _EngineOnWorker:
@@ -810,7 +879,9 @@ class DaskScheduler:
         Chunks submitted at a time (default: twice the workers' threads), which bounds
         the memory the scheduler and the partials waiting to be merged take.
     timeout : float
-        Seconds to wait for the scheduler when connecting.
+        Seconds to wait for the scheduler to answer when connecting (connection and
+        handshake: an address where no Dask scheduler listens is an error after it, never
+        a hang), and for a first worker to join.
     device : str, optional
         ``"auto"``: each worker runs the engine it chooses for itself
         (``get_engine("auto")`` there: CUDA where it sees a GPU, else numba), whatever the
@@ -832,10 +903,12 @@ class DaskScheduler:
     then have the size the workers' engines ask for (the smallest of them).
     """
 
-    def __init__(self, address, *, in_flight: int | None = None, timeout: float = 30.0,
-                 device: str | None = None):
+    def __init__(self, address, *, in_flight: int | None = None,
+                 timeout: float = DASK_TIMEOUT, device: str | None = None):
         if in_flight is not None and in_flight < 1:
             raise ValueError(f"in_flight must be at least 1, got {in_flight}")
+        if not timeout > 0 or not math.isfinite(timeout):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.address = address
         self.workers_choose = _workers_choose(device)
         self.in_flight = in_flight
@@ -906,17 +979,20 @@ class DaskScheduler:
             self._client = self.address
             return self._client
         try:
-            from distributed import Client
+            client_class = _client_class()
         except ImportError:
             raise SchedulerUnavailable(
                 f"--scheduler needs dask.distributed: {DASK_EXTRA_HINT}"
             ) from None
+        # The scheduler answers first, within the timeout: a wrong port would hang Client.
+        _handshake(self.address, self.timeout)
         try:
-            self._client = Client(self.address, timeout=self.timeout, set_as_default=False)
+            self._client = client_class(self.address, timeout=self.timeout,
+                                        set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             raise SchedulerUnavailable(
-                f"cannot reach the Dask scheduler at {self.address!r} ({exc}); start one "
-                "with `dask scheduler` and workers with `dask worker ADDRESS`"
+                f"cannot reach the Dask scheduler at {self.address!r} ({exc}); "
+                f"{_UNREACHABLE_HINT}"
             ) from None
         return self._client
 
