@@ -211,3 +211,146 @@ def test_a_study_on_a_missing_gpu_leaves_nothing(tmp_path, monkeypatch):
     assert result.exit_code == 2, result.output
     assert "asked for a GPU" in result.output
     assert not (tmp_path / "out").exists()
+
+
+# --- Items 1 and 8: a wrong scheduler address is a clear error, at once, never a hang -------
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A finished global run with a significant cluster (jackknife's input)."""
+    from test_jackknife import planted_run
+
+    return planted_run(tmp_path_factory.mktemp("planted"))
+
+
+@pytest.fixture
+def silent_port():
+    """A loopback port where something listens, accepts, and never answers (as a web
+    server waiting for a request): Dask's handshake gets no reply."""
+    import socket
+    import threading
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+def test_a_port_that_never_answers_is_an_error_after_the_timeout(silent_port):
+    import time
+
+    pytest.importorskip("distributed")
+    from gpuale.nulls import DaskScheduler, SchedulerUnavailable
+
+    start = time.monotonic()
+    scheduler = DaskScheduler(f"tcp://127.0.0.1:{silent_port}", timeout=1)
+    with pytest.raises(SchedulerUnavailable, match=r"no Dask scheduler answered at "
+                       r"'tcp://127.0.0.1:\d+' within 1 s"):
+        scheduler.client()
+    assert time.monotonic() - start < 15
+
+
+def test_the_cli_timeout_option_bounds_a_wrong_port(tmp_path, silent_port):
+    import time
+
+    pytest.importorskip("distributed")
+    (tmp_path / "a.txt").write_text(SLEUTH_GROUP_A)
+    start = time.monotonic()
+    result = _invoke("global", tmp_path / "a.txt", "--out", tmp_path / "out", "--iters", "8",
+                     "-q", "--no-report", "--scheduler", f"tcp://127.0.0.1:{silent_port}",
+                     "--scheduler-timeout", "1")
+    assert time.monotonic() - start < 20
+    assert result.exit_code == 2, result.output
+    assert "no Dask scheduler answered" in result.output
+    assert "--scheduler-timeout" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def _gpuale_process(*args, cwd):
+    import subprocess
+    import sys
+    import time
+
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "gpuale", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+    return done, time.monotonic() - start
+
+
+@pytest.mark.parametrize("address", ["garbage", "http://127.0.0.1:8799"])
+def test_a_bad_scheduler_address_exits_at_once_without_a_traceback(tmp_path, address):
+    pytest.importorskip("distributed")
+    (tmp_path / "a.txt").write_text(SLEUTH_GROUP_A)
+    done, seconds = _gpuale_process("global", "a.txt", "--out", "out", "--iters", "8", "-q",
+                                    "--no-report", "--scheduler", address, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "cannot reach the Dask scheduler" in done.stderr
+    # Was: the error, then 60 s and "Exception ignored in Client.__del__ ... TimeoutError".
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
+    assert seconds < 45
+
+
+@pytest.mark.parametrize("address", ["garbage", "tcp://", "http://127.0.0.1:8799", ""])
+def test_bad_scheduler_addresses_are_clear_errors(tmp_path, address):
+    pytest.importorskip("distributed")
+    (tmp_path / "a.txt").write_text(SLEUTH_GROUP_A)
+    result = _invoke("global", tmp_path / "a.txt", "--out", tmp_path / "out", "--iters", "8",
+                     "-q", "--no-report", "--scheduler", address)
+    assert result.exit_code == 2, result.output
+    assert "cannot reach the Dask scheduler" in result.output
+
+
+def test_jackknife_with_a_bad_scheduler_exits_at_once(planted):
+    pytest.importorskip("distributed")
+    done, seconds = _gpuale_process("jackknife", planted, "--scheduler", "garbage", "-q",
+                                    "--no-report", cwd=planted.parent)
+    assert done.returncode == 2, done.stderr
+    assert "cannot reach the Dask scheduler" in done.stderr
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
+    assert seconds < 45
+
+
+# --- Item 11: a long selection is a clear error, not a RecursionError -------------------------
+
+
+@pytest.mark.parametrize("where, message", [
+    ("not " * 5000 + "n > 0", "is not a valid selection"),
+    ("not " * 150 + "n > 0", "nested more than 100 levels deep"),
+    ("(" * 5000 + "n > 0" + ")" * 5000, "is not a valid selection"),
+])
+def test_a_deeply_nested_selection_is_a_clear_error(tmp_path, where, message):
+    (tmp_path / "a.txt").write_text(SLEUTH_GROUP_A)
+    result = _invoke("global", tmp_path / "a.txt", "--out", tmp_path / "out", "--iters", "0",
+                     "-q", "--no-report", "--where", where)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "characters)" in result.output
+    assert not isinstance(result.exception, RecursionError)
+
+
+def test_a_selection_within_the_depth_still_selects(tmp_path):
+    from gpuale.io import load_dataset
+    from gpuale.selection import select
+
+    (tmp_path / "a.txt").write_text(SLEUTH_GROUP_A)
+    dataset = load_dataset(tmp_path / "a.txt")
+    assert len(select(dataset, "not " * 98 + "n > 15")) == 2  # an even number of nots
