@@ -112,10 +112,11 @@ SPLIT_SCHEMES = ("random",)
 
 ProgressCallback = Callable[[int], None]
 
-#: The most Monte Carlo iterations (permutations) one null may have: ten million, 1,000
-#: times the literature's 10,000. Every permutation keeps its maxima (8 bytes each), so
-#: beyond this a typo (an extra zero or five) is a memory error after the observed map.
-MAX_ITERATIONS = 10_000_000
+#: The most Monte Carlo iterations (permutations) one null may have: a hundred million,
+#: 10,000 times the literature's 10,000. Every permutation keeps its maxima (8 bytes
+#: each, 2.4 GB at this bound), so beyond it a typo (an extra zero or five) is a memory
+#: error after the observed map.
+MAX_ITERATIONS = 100_000_000
 
 
 def check_iterations(name: str, value: object, *, minimum: int = 0) -> None:
@@ -689,8 +690,6 @@ DASK_EXTRA_HINT = "pip install 'gpuale[dask]'"
 class SchedulerUnavailable(ValueError):
     """A Dask cluster that cannot be used: dask missing, unreachable, or workers without
     the same gpuale."""
-
-    option = "scheduler"
 
 
 #: Seconds :class:`DaskScheduler` waits, by default, for a scheduler to answer (connection
