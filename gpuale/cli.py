@@ -297,9 +297,19 @@ def _study_iterations(value: str | int) -> int | str:
 
 
 MaxItersOption = Annotated[
-    int, typer.Option("--max-iters", help="The most iterations --iters auto runs.", min=1,
-                      max=MAX_ITERATIONS)
+    int | None,
+    typer.Option("--max-iters", help=f"The most iterations --iters auto runs (default "
+                 f"{DEFAULT_MAX_ITERS:,}).", min=1, max=MAX_ITERATIONS, show_default=False),
 ]
+
+
+def _max_iters_used(iters: int | str, max_iters: int | None) -> int:
+    """--max-iters, or its default; given beside a fixed --iters it is said to do nothing,
+    not silently ignored."""
+    if max_iters is not None and iters != AUTO:
+        warnings.warn(f"--max-iters {max_iters:,} applies to --iters auto only; running "
+                      f"the --iters {iters:,} given", stacklevel=2)
+    return DEFAULT_MAX_ITERS if max_iters is None else max_iters
 SeedOption = Annotated[int, typer.Option(help="Seed of the permutations.", min=0)]
 DeviceOption = Annotated[
     str, typer.Option(help="auto (the first GPU CuPy sees, else the CPU), cpu, gpu or gpu:N "
@@ -538,6 +548,8 @@ def _in_cli_words(exc: BaseException, names: dict[str, str] = CLI_NAMES) -> str:
     flags = FLAG_HINTS.get(getattr(exc, "option", None))
     if flags:
         message = message.replace(exc.hint, flags)
+    if getattr(exc, "literal", False):  # names keys of a file (run.json), not options
+        return message
     for name, word in names.items():
         # Whole words only, never part of a path or file name a message quotes.
         message = re.sub(rf"(?<![\w/\\.-]){name}(?![\w/\\-]|\.\w)", word, message)
@@ -735,7 +747,7 @@ def global_(
     inputs: Annotated[list[str], typer.Argument(help=INPUTS_HELP, show_default=False)],
     out: OutOption,
     iters: AutoIterationsOption = str(DEFAULT_ITERS),
-    max_iters: MaxItersOption = DEFAULT_MAX_ITERS,
+    max_iters: MaxItersOption = None,
     seed: SeedOption = DEFAULT_SEED,
     cluster_p: Annotated[
         float, typer.Option("--cluster-p", help="Cluster-forming (uncorrected) p.")
@@ -782,6 +794,7 @@ def global_(
     """
     with _user_errors(), claim_output_dir(out):
         _finite(cluster_p=cluster_p, alpha=alpha, fwhm=fwhm, fdr=fdr)
+        max_iters = _max_iters_used(iters, max_iters)
         workers = _capped_workers(workers)
         check_output_dir(out, force=force, inputs=_input_paths(inputs))
         paths, dataset = _load(inputs, space, tal_transform, sample_size, where,
@@ -939,6 +952,11 @@ def contrast(
     """
     with _user_errors(), claim_output_dir(out):
         _finite(p=p_threshold, min_volume=min_volume, alpha=alpha, fwhm=fwhm)
+        if iters < 1:
+            # Not "0 permutations" said and 1 run: a contrast's p come from permutations.
+            raise ValueError(f"--iters {iters}: a contrast needs at least 1 permutation "
+                             f"(its p come from them; p < 0.001 needs 1,001); 0 (no Monte "
+                             f"Carlo) is for gpuale global")
         workers = _capped_workers(workers)
         if cluster_fwe and mode is not Mode.whole_brain:
             # Before any input is read: the options cannot go together.
@@ -1364,6 +1382,7 @@ def run_study_(
     """
     with _user_errors(STUDY_NAMES):
         study = load_study(study_file)
+        _unused_study_options(study, iters, max_iters, scheduler, concurrent_analyses)
         if allow_duplicates:
             study = allowing_duplicates(study)
         out = out or study_file.parent / study.name
@@ -1456,6 +1475,23 @@ def _demo_on_cpu(study):
         settings = {**analysis.settings, "iterations": iterations}
         analyses[name] = dataclasses.replace(analysis, settings=settings)
     return dataclasses.replace(study, analyses=analyses), kept
+
+
+def _unused_study_options(study, iters, max_iters: int | None, scheduler: str | None,
+                          concurrent_analyses: int | None) -> None:
+    """Options of `gpuale run` that would change nothing are said to, not ignored."""
+    if concurrent_analyses is not None and scheduler is None:
+        warnings.warn(f"--concurrent-analyses {concurrent_analyses} applies with --scheduler "
+                      "only; without a cluster the analyses run one after another (this "
+                      "machine's cores serve one at a time)", stacklevel=2)
+    if max_iters is None:
+        return
+    auto = [name for name, a in study.analyses.items() if a.type == "global"
+            and (iters == AUTO or (iters is None and a.settings["iterations"] == AUTO))]
+    if not auto:
+        fixed = f"--iters {iters:,}" if iters is not None else "the study's fixed iterations"
+        warnings.warn(f"--max-iters {max_iters:,} applies to iterations = \"auto\" only; no "
+                      f"global analysis runs auto here ({fixed})", stacklevel=2)
 
 
 def _run_study(study, out: Path, iters, device, force: bool, quiet: bool,

@@ -46,6 +46,18 @@ MAX_SAMPLE_SIZE = 10_000_000
 SAMPLE_SIZE_RANGE = f"a whole number from 1 to {MAX_SAMPLE_SIZE:,}"
 
 
+def far_focus_problem(xyz: Sequence[float]) -> str | None:
+    """What is wrong with a focus as read (before any space conversion) that lies beyond
+    :data:`MAX_FOCUS_DISTANCE_MM`, for readers to name its own line; None if nothing."""
+    import math
+
+    if math.hypot(*xyz) <= MAX_FOCUS_DISTANCE_MM:
+        return None
+    shown = ", ".join(f"{v:.6g}" for v in xyz)
+    return (f"a focus at ({shown}) mm, more than {MAX_FOCUS_DISTANCE_MM:.0f} mm from the "
+            "origin: outside any brain (a typo, or not millimetres?)")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Experiment:
     """One contrast of one study: a sample size and its peak coordinates.

@@ -198,6 +198,9 @@ def run_record(
         },
         "mask": {
             "source": result.grid.source,
+            # Absolute, for jackknife and fail-safe N run from another folder.
+            **({"path": str(Path(result.grid.source).absolute())}
+               if result.grid.source and Path(result.grid.source).is_file() else {}),
             "shape": list(result.grid.shape),
             "n_voxels": result.grid.n_voxels,
             "checksum": result.grid.checksum(),

@@ -911,7 +911,8 @@ def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
     extra = {runfolder.STUDY_FINGERPRINT_KEY: fingerprint,
              runfolder.STUDY_NAME_KEY: study.name,
              runfolder.STUDY_ANALYSIS_KEY: analysis.name,
-             runfolder.STUDY_FILE_KEY: study.display_path}
+             runfolder.STUDY_FILE_KEY: study.display_path,
+             runfolder.STUDY_FILE_PATH_KEY: str(study.path.absolute())}
     selection = _selection(analysis, study)
     if selection is not None:
         extra[runfolder.SELECTION_KEY] = selection

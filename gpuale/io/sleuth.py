@@ -45,7 +45,13 @@ from collections import defaultdict
 
 import numpy as np
 
-from gpuale.dataset import MAX_SAMPLE_SIZE, SAMPLE_SIZE_RANGE, Dataset, Experiment
+from gpuale.dataset import (
+    MAX_SAMPLE_SIZE,
+    SAMPLE_SIZE_RANGE,
+    Dataset,
+    Experiment,
+    far_focus_problem,
+)
 from gpuale.io.errors import (
     SAMPLE_SIZE_HINT,
     SPACE_HINT,
@@ -254,6 +260,9 @@ class _SleuthParser:
             raise self.error(
                 number, f"coordinate row has {len(values)} numbers, expected 3 (x y z){hint}"
             )
+        far = far_focus_problem(values)
+        if far:  # named at its own line, not at its experiment's
+            raise self.error(number, far)
         return values[0], values[1], values[2]
 
     def _close_current(self, *, at_end: bool = False) -> None:
