@@ -354,3 +354,237 @@ def test_a_selection_within_the_depth_still_selects(tmp_path):
     (tmp_path / "a.txt").write_text(SLEUTH_GROUP_A)
     dataset = load_dataset(tmp_path / "a.txt")
     assert len(select(dataset, "not " * 98 + "n > 15")) == 2  # an even number of nots
+
+
+# --- Item 9: jackknife and fail-safe N do not depend on the current folder -------------------
+
+
+def test_a_run_made_with_relative_paths_is_repeated_from_another_folder(tmp_path,
+                                                                          monkeypatch):
+    from test_jackknife import ITERS, SEED, write_planted_inputs
+
+    from gpuale.jackknife import load_recorded_analysis
+
+    write_planted_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("global", "foci.txt", "--out", "run", "--mask", "mask.nii.gz",
+                     "--iters", ITERS, "--seed", SEED, "--device", "cpu", "--no-report", "-q")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["inputs"][0]["path"] == str(tmp_path / "foci.txt")
+    assert record["inputs"][0]["given"] == "foci.txt"  # the typed form, for display
+    assert record["mask"]["path"] == str(tmp_path / "mask.nii.gz")
+    monkeypatch.chdir("/")
+    analysis = load_recorded_analysis(tmp_path / "run")  # was: "no longer exists"
+    assert len(analysis.dataset) == 10
+
+
+def test_a_study_run_from_its_folder_is_repeated_from_another(tmp_path, monkeypatch):
+    from gpuale.jackknife import _recorded_dataset
+    from gpuale.runfolder import open_run
+    from gpuale.study import run_study
+
+    path = _study(tmp_path, "")
+    monkeypatch.chdir(tmp_path)
+    run_study(load_study("study.toml"), "out", log=lambda m: None, report=False)
+    record = json.loads((tmp_path / "out" / "first" / "run.json").read_text())
+    assert record["study_file"] == "study.toml"
+    assert record["study_file_path"] == str(path)
+    monkeypatch.chdir("/")
+    assert len(_recorded_dataset(open_run(tmp_path / "out" / "first"))) == 3
+
+
+# --- Item 10: a release folder's checksum covers the files gpuale reads ----------------------
+
+
+def test_a_note_in_a_release_folder_changes_no_checksum(tmp_path):
+    from _releases import write_release
+
+    from gpuale._files import file_checksum
+    from gpuale.io import input_files
+
+    folder = tmp_path / "nsf"
+    write_release(folder)
+    before = file_checksum(folder)
+    files = input_files(folder)
+    assert files and all(f.parent == folder for f in files)
+    (folder / "notes.txt").write_text("hi\n")
+    (folder / "figures").mkdir()
+    (folder / "figures" / "a.png").write_bytes(b"\x89PNG")
+    assert file_checksum(folder) == before
+    assert folder / "notes.txt" not in input_files(folder)
+    # A file gpuale reads still counts.
+    coordinates = next(f for f in files if "coordinates" in f.name)
+    coordinates.write_bytes(coordinates.read_bytes() + b"\n")
+    assert file_checksum(folder) != before
+
+
+def test_a_neurosynth_coordinates_file_is_checksummed_with_its_metadata(tmp_path):
+    from _releases import write_release
+
+    from gpuale._files import file_checksum
+    from gpuale.io import input_files
+
+    folder = tmp_path / "nsf"
+    write_release(folder, gz=False)
+    coordinates = next(folder.glob("*coordinates.tsv"))
+    metadata = next(folder.glob("*metadata.tsv"))
+    assert metadata in input_files(coordinates)
+    before = file_checksum(coordinates)
+    metadata.write_text(metadata.read_text().replace("MNI", "TAL", 1))
+    assert file_checksum(coordinates) != before  # the spaces come from the metadata
+
+
+def test_a_plain_files_checksum_is_its_sha256(tmp_path):
+    import hashlib
+
+    from gpuale._files import file_checksum
+
+    (tmp_path / "a.txt").write_text(SLEUTH_GROUP_A)
+    assert file_checksum(tmp_path / "a.txt") == hashlib.sha256(
+        SLEUTH_GROUP_A.encode()).hexdigest()
+
+
+# --- Item 12: smaller ones --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["settings"].pop("cluster_forming_p"), "'settings' has no 'cluster_forming_p'"),
+    (lambda r: r["inputs"][0].pop("path"), r"inputs\[0\] has no 'path'"),
+    (lambda r: r.update(mask="mask.nii.gz"), "'mask' is a string, not an object"),
+    (lambda r: r.update(settings=None), "'settings' is missing, not an object"),
+    (lambda r: r["settings"].update(seed="x"), "settings.seed is 'x', not a whole number"),
+])
+def test_a_hand_edited_run_json_is_named_as_invalid(planted, tmp_path, edit, message):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(planted, run)
+    record = json.loads((run / "run.json").read_text())
+    edit(record)
+    (run / "run.json").write_text(json.dumps(record))
+    result = _invoke("jackknife", run, "-q", "--no-report")
+    assert result.exit_code == 2, result.output
+    assert "run.json is not a valid gpuale record" in result.output
+    assert message.replace("\\", "") in result.output or message in result.output
+    assert not isinstance(result.exception, KeyError | AttributeError)
+
+
+def test_a_contrast_with_zero_iterations_is_refused(tmp_path):
+    (tmp_path / "a.txt").write_text(SLEUTH_GROUP_A)
+    (tmp_path / "b.txt").write_text(SLEUTH_GROUP_B)
+    result = _invoke("contrast", tmp_path / "a.txt", tmp_path / "b.txt", "--out",
+                     tmp_path / "out", "--iters", "0", "-q", "--no-report")
+    assert result.exit_code == 2, result.output
+    assert "--iters 0: a contrast needs at least 1 permutation" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_max_iters_beside_fixed_iters_is_said_to_do_nothing(tmp_path):
+    (tmp_path / "a.txt").write_text(SLEUTH_GROUP_A)
+    result = _invoke("global", tmp_path / "a.txt", "--out", tmp_path / "out", "--iters", "0",
+                     "--max-iters", "50", "-q", "--no-report")
+    assert result.exit_code == 0, result.output
+    assert "--max-iters 50 applies to --iters auto only" in result.output
+
+
+def test_study_options_that_change_nothing_are_said_to(tmp_path, monkeypatch):
+    import gpuale.study
+
+    monkeypatch.setattr(gpuale.study, "_index", lambda out_dir, entries, log: None)
+    path = _study(tmp_path, "")
+    result = _invoke("run", path, "--out", tmp_path / "out", "--concurrent-analyses", "2",
+                     "--max-iters", "30", "-q", "--no-report")
+    assert result.exit_code == 0, result.output
+    assert "--concurrent-analyses 2 applies with --scheduler only" in result.output
+    assert "--max-iters 30 applies to iterations = \"auto\" only" in result.output
+
+
+def test_a_parquet_coordinate_that_is_not_a_number_names_the_file_and_row(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    (folder / "studyset.json").write_text(json.dumps({"format": "nimare-studyset-parquet"}))
+    pq.write_table(pa.table({"id": ["s1-a1"], "study_id": ["s1"], "contrast_id": ["a1"]}),
+                   folder / "analyses.parquet")
+    pq.write_table(pa.table({"id": ["s1-a1", "s1-a1"], "x": ["-40", "abc"],
+                             "y": [20.0, 22.0], "z": [10.0, 12.0]}),
+                   folder / "coordinates.parquet")
+    result = _invoke("global", folder, "--out", tmp_path / "out", "--iters", "0", "-q",
+                     "--no-report", "--sample-size", "20", "--space", "MNI")
+    assert result.exit_code == 2, result.output
+    assert "coordinates.parquet" in result.output
+    assert "row 2: x = 'abc' is not a number" in result.output
+
+
+def test_a_studyset_id_of_null_is_an_error(tmp_path):
+    path = tmp_path / "studyset.json"
+    path.write_text(json.dumps({"id": "s", "studies": [{"id": None, "analyses": [{
+        "id": "a0", "metadata": {"sample_sizes": [20]},
+        "points": [{"coordinates": [-40, 20, 10], "space": "MNI"}]}]}]}))
+    result = _invoke("global", path, "--out", tmp_path / "out", "--iters", "0", "-q",
+                     "--no-report")
+    assert result.exit_code == 2, result.output
+    assert 'study 1 has "id": null' in result.output
+    assert "None-a0" not in result.output
+
+
+@pytest.mark.parametrize("name, text, line", [
+    ("far.txt", "// Reference=MNI\n// S1\n// Subjects=10\n1 2 3\n4 5 6\n1e308 0 0\n", 6),
+    ("far.csv", "experiment,x,y,z,n\ne1,1,2,3,10\ne1,1e308,2,3,10\n", 3),
+])
+def test_a_focus_far_outside_the_brain_is_named_at_its_own_line(tmp_path, name, text, line):
+    (tmp_path / name).write_text(text)
+    result = _invoke("global", tmp_path / name, "--out", tmp_path / "out", "--iters", "0",
+                     "-q", "--no-report")
+    assert result.exit_code == 2, result.output
+    assert f"{name}, line {line}: a focus at (1e+308" in result.output
+
+
+# --- Item 7: compare RUN_A RUN_B fails on any difference of the nulls -------------------------
+
+
+def _copy_run(planted, folder):
+    import shutil
+
+    shutil.copytree(planted, folder)
+    return folder
+
+
+def test_compare_runs_agrees_with_a_copy(planted, tmp_path):
+    copy = _copy_run(planted, tmp_path / "copy")
+    result = _invoke("compare", planted, copy)
+    assert result.exit_code == 0, result.output
+    assert "agree within tolerances" in result.output
+
+
+def test_compare_runs_fails_where_one_run_has_no_nulls(planted, tmp_path):
+    copy = _copy_run(planted, tmp_path / "copy")
+    (copy / "nulls.npz").unlink()
+    result = _invoke("compare", planted, copy)
+    assert result.exit_code == 1, result.output
+    assert "nulls.npz only in A" in result.output
+
+
+@pytest.mark.parametrize("key, change", [
+    ("max_cluster_size", lambda v: v + 1),
+    ("max_ale", lambda v: v * 1.01),
+    ("max_cluster_mass", None),  # removed
+])
+def test_compare_runs_fails_on_a_rewritten_null(planted, tmp_path, key, change):
+    import numpy as np
+
+    copy = _copy_run(planted, tmp_path / "copy")
+    with np.load(copy / "nulls.npz") as npz:
+        arrays = dict(npz)
+    if change is None:
+        del arrays[key]
+    else:
+        arrays[key] = change(arrays[key])
+    np.savez(copy / "nulls.npz", **arrays)
+    result = _invoke("compare", planted, copy)
+    assert result.exit_code == 1, result.output
+    assert f"DIFFERS: nulls.npz: {key}" in result.output
+    assert "agree within tolerances" not in result.output
