@@ -518,6 +518,7 @@ FLAG_HINTS = {
     "overlap": "pass --overlap keep or --overlap drop",
     "device": "use --device cpu",
     "main_effect": "pass each group's own `gpuale global` run folder as --main-a and --main-b",
+    "main_effect_settings": "pass --allow-mismatched-main-effects to gate with them anyway",
     "threshold": "pass --threshold T to keep |values| >= T",
     "study_force": "choose another --out or pass --force to write the study into it",
     "analysis_force": "move it away or pass --force to replace it",
@@ -882,6 +883,13 @@ def contrast(
         typer.Option(help="Gated: `gpuale global` run folder of group B, run on exactly B's "
                      "experiments."),
     ] = None,
+    allow_mismatched_main_effects: Annotated[
+        bool,
+        typer.Option("--allow-mismatched-main-effects",
+                     help="Gated: accept --main-a/--main-b runs made with another kernel "
+                     "(--fwhm), cluster-forming p, alpha or connectivity than this contrast's "
+                     "(a warning, kept in run.json); by default an error."),
+    ] = False,
     min_z: Annotated[
         bool, typer.Option(help="Gated: report min(main-effect z, contrast z).")
     ] = False,
@@ -897,8 +905,8 @@ def contrast(
                      "(--min-volume is not used). About three times the permutation time."),
     ] = False,
     alpha: Annotated[
-        float, typer.Option(help="Cluster-level FWE alpha (with --cluster-fwe); balanced: "
-                            "two-tailed alpha of the null extrema.")
+        float, typer.Option(help="Cluster-level FWE alpha (with --cluster-fwe; gated: of the "
+                            "main effects); balanced: two-tailed alpha of the null extrema.")
     ] = DEFAULT_ALPHA,
     target_n: Annotated[
         int | None,
@@ -991,6 +999,8 @@ def contrast(
                     device=chosen, n_workers=workers, progress=progress, scheduler=cluster,
                     cluster_fwe=cluster_fwe, alpha=alpha, target_n=target_n,
                     balanced_null=balanced_null.value,
+                    mismatched_main_effects="warn" if allow_mismatched_main_effects
+                    else "error",
                     difference_iterations=difference_iterations, n_subsamples=subsamples,
                     mask_coverage=mask_coverage.value,
                 )

@@ -267,6 +267,8 @@ def load_study(path: str | Path) -> Study:
             if analysis.type == "contrast" and analyses[dep].type != "global":
                 raise _problem(path, f"contrast {analysis.name!r}: {dep!r} must be a global "
                                      "analysis (its experiments form the group)")
+            if analysis.spec.get("mode") == "gated":
+                _check_gate_settings(path, analysis, analyses[dep])
             uses_map = analysis.type == "conjunction" or analysis.spec.get("mode") == "gated"
             if uses_map and analyses[dep].type == "global" \
                     and not analyses[dep].settings["iterations"]:
@@ -278,6 +280,23 @@ def load_study(path: str | Path) -> Study:
                   input_names=input_names, input_options=input_options)
     study.order()
     return study
+
+
+#: Settings of a gated contrast that its main effects (its global analyses) must share:
+#: they decide where each gate is open.
+GATE_SETTINGS = ("fwhm", "cluster_p", "alpha", "connectivity")
+
+
+def _check_gate_settings(path: Path, contrast: Analysis, main: Analysis) -> None:
+    """A gated contrast's main effect made with its own kernel and thresholds, checked
+    when the study is read (not when the contrast is reached)."""
+    differ = [f"{key} = {_toml(main.settings[key])} there, {_toml(contrast.settings[key])} "
+              "here" for key in GATE_SETTINGS
+              if main.settings[key] != contrast.settings[key]]
+    if differ:
+        raise _problem(path, f"gated contrast {contrast.name!r}: its main effect "
+                             f"{main.name!r} has other settings ({'; '.join(differ)}); give "
+                             "both the same, as the gates decide where the contrast is tested")
 
 
 #: Keys of an input given as a table ([inputs.NAME]): its file(s) and table options.
@@ -1234,6 +1253,7 @@ def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str
             alpha=s["alpha"], target_n=spec.get("target_n"), balanced_null=spec.get("null"),
             difference_iterations=spec.get("difference_iterations"),
             n_subsamples=spec.get("subsamples"), mask_coverage=spec.get("mask_coverage", "gm"),
+            main_effect_cluster_p=s["cluster_p"],
         )
         inputs_a, inputs_b = (_named_inputs(study.analyses[side], study) for side in (a, b))
         save = save_balanced_contrast if mode == BALANCED_MODE else output.save_contrast

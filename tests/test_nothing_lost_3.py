@@ -588,3 +588,79 @@ def test_compare_runs_fails_on_a_rewritten_null(planted, tmp_path, key, change):
     assert result.exit_code == 1, result.output
     assert f"DIFFERS: nulls.npz: {key}" in result.output
     assert "agree within tolerances" not in result.output
+
+
+# --- Item 6: a gated contrast checks its main effects' kernel and thresholds ------------------
+
+
+@pytest.fixture(scope="module")
+def mains(tmp_path_factory):
+    """Main-effect runs of groups A and B: A's with --fwhm 15, B's with --cluster-p 0.05
+    --alpha 0.5, and B's with the contrast's own settings."""
+    folder = tmp_path_factory.mktemp("mains")
+    (folder / "a.txt").write_text(SLEUTH_GROUP_A)
+    (folder / "b.txt").write_text(SLEUTH_GROUP_B)
+    runs = {"a_fwhm": ("a.txt", "--fwhm", "15"),
+            "b_loose": ("b.txt", "--cluster-p", "0.05", "--alpha", "0.5"),
+            "a": ("a.txt",), "b": ("b.txt",)}
+    for name, (data, *extra) in runs.items():
+        result = _invoke("global", folder / data, "--out", folder / name, "--iters", "21",
+                         "-q", "--no-report", "--device", "cpu", *extra)
+        assert result.exit_code == 0, result.output
+    return folder
+
+
+def _gated(mains, out, main_a, main_b, *extra):
+    return _invoke("contrast", mains / "a.txt", mains / "b.txt", "--mode", "gated",
+                   "--main-a", mains / main_a, "--main-b", mains / main_b, "--out", out,
+                   "--iters", "21", "-q", "--no-report", "--device", "cpu", *extra)
+
+
+def test_main_effects_made_with_other_settings_are_an_error(mains, tmp_path):
+    result = _gated(mains, tmp_path / "out", "a_fwhm", "b")
+    assert result.exit_code == 2, result.output
+    assert "main effect given for group A" in result.output
+    assert "15.0 there, from sample sizes here" in result.output
+    assert "--allow-mismatched-main-effects" in result.output
+    assert not (tmp_path / "out").exists()
+    result = _gated(mains, tmp_path / "out", "a", "b_loose")
+    assert result.exit_code == 2, result.output
+    assert "group B" in result.output and "0.05 there, 0.001 here" in result.output
+    assert "0.5 there, 0.05 here" in result.output
+
+
+def test_with_the_flag_each_gates_settings_are_recorded_and_reported(mains, tmp_path):
+    from gpuale.report.methods import methods_contrast
+
+    result = _gated(mains, tmp_path / "out", "a_fwhm", "b_loose",
+                    "--allow-mismatched-main-effects")
+    assert result.exit_code == 0, result.output
+    assert "warning: the main effect given for group A" in result.output
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    gate_a = record["groups"]["A"]["main_effect_settings"]
+    gate_b = record["groups"]["B"]["main_effect_settings"]
+    assert gate_a["fwhm_mm"] == 15.0 and gate_a["cluster_forming_p"] == 0.001
+    assert (gate_b["cluster_forming_p"], gate_b["alpha"]) == (0.05, 0.5)
+    assert any("group B" in w for w in record["warnings"])
+    text, _ = methods_contrast(record)
+    assert "A's significant main effect (cluster-level FWE p < 0.05, cluster-forming " \
+           "p < 0.001, a fixed 15 mm kernel" in text
+    assert "within B's (cluster-level FWE p < 0.5, cluster-forming p < 0.05, kernels from " \
+           "sample sizes" in text
+
+
+def test_main_effects_with_the_contrasts_settings_are_accepted(mains, tmp_path):
+    result = _gated(mains, tmp_path / "out", "a", "b")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["groups"]["A"]["main_effect_settings"]["fwhm_mm"] is None
+
+
+def test_a_gated_contrast_in_a_study_needs_its_main_effects_settings(tmp_path):
+    path = _study(tmp_path, 'cluster_p = 0.01\n\n[analyses.c]\ntype = "contrast"\n'
+                            'a = "first"\nb = "second"\nmode = "gated"\n',
+                  head="")
+    path.write_text(path.read_text().replace("iterations = 0", "iterations = 21"))
+    with pytest.raises(ValueError, match="gated contrast 'c': its main effect 'second' has "
+                                         "other settings .cluster_p = 0.01 there, 0.001 here"):
+        load_study(path)
