@@ -221,7 +221,12 @@ class _SleuthParser:
                     f"{current.label!r}; add the line, or {SAMPLE_SIZE_HINT}",
                 )
             current.subjects = self.sample_size  # the caller's N for experiments without
-        current.foci.append(self._parse_row(number, text))
+        focus = self._parse_row(number, text)
+        far = far_focus_problem(focus)
+        if far:  # named at its own line, and its experiment where it starts
+            raise self.error(number, f"experiment {current.label!r} ({self.path}:"
+                                     f"{current.line}) has {far}")
+        current.foci.append(focus)
 
     def _decimal_comma_fields(self, text: str) -> list[str] | None:
         """The row's numbers with decimal points, where it unambiguously has decimal
@@ -260,9 +265,6 @@ class _SleuthParser:
             raise self.error(
                 number, f"coordinate row has {len(values)} numbers, expected 3 (x y z){hint}"
             )
-        far = far_focus_problem(values)
-        if far:  # named at its own line, not at its experiment's
-            raise self.error(number, far)
         return values[0], values[1], values[2]
 
     def _close_current(self, *, at_end: bool = False) -> None:
