@@ -58,6 +58,7 @@ from gpuale.io import InputLayoutNote, load_dataset
 from gpuale.nulls import (
     DASK_TIMEOUT,
     MAX_ITERATIONS,
+    ClusterLost,
     DaskScheduler,
     RunInterrupted,
     default_workers,
@@ -676,8 +677,15 @@ def _user_errors(names: dict[str, str] = CLI_NAMES):
             yield
     except StudyInterrupted as exc:
         # A study keeps the analyses that finished before Ctrl-C: say which.
+        if exc.reason is not None:  # not the user: the cluster lost its workers
+            err.print(_styled("error:", "red", exc), highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         err.print(_styled("interrupted:", "red", exc), highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+    except ClusterLost as exc:
+        err.print(_styled("error:", "red", f"{exc}; no outputs were written"),
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     except RunInterrupted as exc:
         err.print(_styled("interrupted:", "red", f"{exc}; no outputs were written"),
                   highlight=False)

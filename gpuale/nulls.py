@@ -133,6 +133,13 @@ class RunInterrupted(RuntimeError):
     """The user stopped the permutations (Ctrl-C); nothing was written."""
 
 
+class ClusterLost(RunInterrupted):
+    """A Dask cluster lost the workers of a run for good (a worker process killed, e.g. out
+    of memory, and none back within the timeout; or a chunk that kills every worker it
+    runs on). Like an interruption, nothing of the run is written; a study keeps the
+    analyses that finished, and the same command again resumes."""
+
+
 def default_workers() -> int:
     """Every core this process may use."""
     try:
@@ -1077,20 +1084,51 @@ class DaskScheduler:
             sizes = [info[2] for info in self._chosen_engines(spec_f).values()]
             if sizes:  # else no worker now: the chunks wait as they are for one to join
                 chunks = _rechunked(list(chunks), min(sizes))
+        chunks = list(chunks)
+        total = sum(count for _, count in chunks)
         run_id = uuid.uuid4().hex[:12]
         rest = iter(chunks)
         pending: set = set()
+        # What each future computes, and with which scatter of the engine and spec (a
+        # worker lost with the only copies takes them along: they are sent again).
+        chunk_of: dict = {}
+        sent = {"engine": engine_f, "spec": spec_f, "generation": 0}
+        done = [0]
 
         def submit(chunk: Chunk):
             first, count = chunk
             with self._live_lock:  # either stop() sees this future, or it is not submitted
                 if self._stopping.is_set():
                     raise RunInterrupted("interrupted during the permutations")
-                future = client.submit(_dask_chunk, engine_f, spec_f, seed, first, count,
-                                       key=f"gpuale-null-{run_id}-{first}")
+                future = client.submit(
+                    _dask_chunk, sent["engine"], sent["spec"], seed, first, count,
+                    key=f"gpuale-null-{run_id}-{first}-{sent['generation']}")
                 self._live.add(future)
             pending.add(future)
+            chunk_of[future] = (chunk, sent["generation"])
             return future
+
+        def send_again() -> None:
+            """After a worker died with the engine and spec: wait (bounded) for a worker,
+            then scatter them again, so that the lost chunks can run."""
+            if sent["generation"] >= MAX_WORKER_LOSSES:
+                raise ClusterLost(
+                    f"the Dask cluster lost the run's workers {MAX_WORKER_LOSSES} times "
+                    f"(processes killed, e.g. out of memory); {done[0]:,} of {total:,} "
+                    "permutations had finished")
+            try:
+                client.wait_for_workers(1, timeout=self.timeout)
+            except (TimeoutError, OSError):
+                raise ClusterLost(
+                    f"the Dask cluster lost its workers (a worker process died: out of "
+                    f"memory, or killed) and none joined within {self.timeout:g} s; "
+                    f"{done[0]:,} of {total:,} permutations had finished") from None
+            client.cancel([sent["engine"], sent["spec"]], force=True)
+            sent["engine"] = client.scatter(_CHOSEN_ON_WORKER if self.workers_choose
+                                            else _portable(engine), broadcast=True,
+                                            hash=False)
+            sent["spec"] = client.scatter(spec, broadcast=True, hash=False)
+            sent["generation"] += 1
 
         try:
             # This client's loop: it need not be dask's default client.
@@ -1102,9 +1140,22 @@ class DaskScheduler:
                     self._live.discard(future)
                 if self._stopping.is_set():  # stop() cancelled the rest
                     raise RunInterrupted("interrupted during the permutations")
-                partial = future.result()  # a worker's exception is raised here
+                chunk, generation = chunk_of.pop(future)
+                try:
+                    partial = future.result()  # a worker's exception is raised here
+                except Exception as exc:
+                    lost = _lost_with_a_worker(exc, done[0], total)
+                    if lost is None:
+                        raise
+                    # Cancelled because its engine or spec went with a dead worker: run it
+                    # again (sent again once per loss, not once per chunk).
+                    if generation == sent["generation"]:
+                        send_again()
+                    queue.add(submit(chunk))
+                    continue
                 future.release()
                 on_partial(partial)
+                done[0] += chunk[1]
                 chunk = next(rest, None)
                 if chunk is not None:
                     queue.add(submit(chunk))
@@ -1117,7 +1168,32 @@ class DaskScheduler:
         finally:
             with self._live_lock:
                 self._live.difference_update(pending)
-            client.cancel([engine_f, spec_f], force=True)
+            client.cancel([sent["engine"], sent["spec"]], force=True)
+
+
+#: Times a run's workers may all be lost (their engine and spec with them) and the run go
+#: on once one is back (:class:`DaskScheduler`); beyond, :class:`ClusterLost`.
+MAX_WORKER_LOSSES = 5
+
+
+def _lost_with_a_worker(exc: BaseException, done: int, total: int) -> str | None:
+    """Whether a chunk's error means it was lost with a worker and can be run again
+    (returns "again"); a chunk that killed its workers raises :class:`ClusterLost`; None:
+    the chunk's own error, raised as it is."""
+    import concurrent.futures as cf
+
+    try:
+        from distributed import KilledWorker
+    except ImportError:  # pragma: no cover - only called on a Dask cluster
+        KilledWorker = ()  # noqa: N806
+    if isinstance(exc, KilledWorker):
+        raise ClusterLost(
+            f"a chunk of permutations killed every Dask worker that ran it ({exc}); the "
+            f"workers may lack memory for it; {done:,} of {total:,} permutations had "
+            "finished") from None
+    if isinstance(exc, cf.CancelledError):
+        return "again"
+    return None
 
 
 def _workers_choose(device: str | None) -> bool:

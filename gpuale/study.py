@@ -91,7 +91,7 @@ from gpuale.dataset import Dataset
 from gpuale.examples import example_name, resolve_input
 from gpuale.grid import Grid, load_grid
 from gpuale.io import DuplicateExperimentWarning, load_dataset
-from gpuale.nulls import DaskScheduler, RunInterrupted, Scheduler
+from gpuale.nulls import ClusterLost, DaskScheduler, RunInterrupted, Scheduler
 from gpuale.selection import median_split, referenced_columns, select
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
 
@@ -625,15 +625,21 @@ class StudyInterrupted(RunInterrupted):
         The analysis that was running (None: between analyses, or writing a report).
     remaining : list of str
         Analyses that did not finish.
+    reason : Exception or None
+        What stopped it where it was not the user: a :class:`gpuale.nulls.ClusterLost`
+        (the Dask cluster lost its workers). None for Ctrl-C.
     """
 
     def __init__(self, out_dir: Path, finished: list[str], interrupted: str | None,
-                 remaining: list[str]) -> None:
+                 remaining: list[str], reason: BaseException | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.finished = list(finished)
         self.interrupted = interrupted
         self.remaining = list(remaining)
+        self.reason = reason
         during = f"during analysis {interrupted!r}; " if interrupted else ""
+        if reason is not None:
+            during = f"{reason}; {during}"
         total = len(self.finished) + len(self.remaining)
         if self.finished:
             kept = (f"{len(self.finished)} of {total} analyses finished and are kept in "
@@ -862,13 +868,16 @@ def _run_study_held(study: Study, out_dir: Path, *, overrides, device, force, co
                 if report:
                     _report(out_dir / analysis.name, log)
     except (KeyboardInterrupt, RunInterrupted) as exc:
+        reason = exc if isinstance(exc, ClusterLost) else None
         if isinstance(exc, _AnalysesInterrupted):
             current = ", ".join(exc.running) or None
+            reason = exc.reason
         _write_study_json(out_dir, study, command, entries, order, "interrupted")
         _index(out_dir, entries, log)
         finished = [entry["name"] for entry in entries]
         raise StudyInterrupted(out_dir, finished, current,
-                               [a.name for a in order if a.name not in finished]) from None
+                               [a.name for a in order if a.name not in finished],
+                               reason) from None
     _write_study_json(out_dir, study, command, entries, order, "finished")
     _index(out_dir, entries, log)
     return entries
@@ -983,9 +992,10 @@ def _analyses_at_once(scheduler: Scheduler | None, concurrent_analyses: int | No
 class _AnalysesInterrupted(RunInterrupted):
     """Ctrl-C while analyses ran at the same time; ``running`` names those that stopped."""
 
-    def __init__(self, running: list[str]) -> None:
+    def __init__(self, running: list[str], reason: BaseException | None = None) -> None:
         super().__init__("interrupted")
         self.running = running
+        self.reason = reason  # a ClusterLost, or None for Ctrl-C
 
 
 class _TakingTurns:
@@ -1098,7 +1108,8 @@ def _run_together(order: list[Analysis], run: Callable, finish: Callable[[dict],
         except BaseException as exc:
             stopped = _stop_all(running, turn, finish, log)
             if isinstance(exc, (KeyboardInterrupt, RunInterrupted)):
-                raise _AnalysesInterrupted(stopped) from None
+                raise _AnalysesInterrupted(
+                    stopped, exc if isinstance(exc, ClusterLost) else None) from None
             raise
 
 

@@ -540,7 +540,8 @@ def test_a_focus_far_outside_the_brain_is_named_at_its_own_line(tmp_path, name, 
     result = _invoke("global", tmp_path / name, "--out", tmp_path / "out", "--iters", "0",
                      "-q", "--no-report")
     assert result.exit_code == 2, result.output
-    assert f"{name}, line {line}: a focus at (1e+308" in result.output
+    assert f"{name}, line {line}: " in result.output
+    assert "a focus at (1e+308" in result.output
 
 
 # --- Item 7: compare RUN_A RUN_B fails on any difference of the nulls -------------------------
@@ -664,3 +665,154 @@ def test_a_gated_contrast_in_a_study_needs_its_main_effects_settings(tmp_path):
     with pytest.raises(ValueError, match="gated contrast 'c': its main effect 'second' has "
                                          "other settings .cluster_p = 0.01 there, 0.001 here"):
         load_study(path)
+
+
+# --- Item 2: a Dask worker killed mid-run (as by the out-of-memory killer) ------------------
+
+
+@pytest.fixture(scope="module")
+def nanny_client():
+    """One worker process under a nanny (which restarts it when killed), on 127.0.0.1."""
+    pytest.importorskip("distributed")
+    import logging
+    import warnings
+
+    from distributed import Client, LocalCluster
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None,
+                               silence_logs=logging.CRITICAL)
+    with cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def _kill_the_worker(client):
+    import os
+    import signal
+
+    for pid in client.run(os.getpid).values():
+        os.kill(pid, signal.SIGKILL)
+
+
+def _small_null_spec():
+    import numpy as np
+    from conftest import make_small_grid, random_dataset
+
+    from gpuale.nulls import GlobalNullSpec
+    from gpuale.problem import compile_problem
+
+    grid = make_small_grid()
+    problem = compile_problem(random_dataset(grid, 6, np.random.default_rng(3)), grid)
+    return GlobalNullSpec(problem, 0.01, 6)
+
+
+def test_a_killed_worker_s_chunks_run_again_when_it_is_back(nanny_client):
+    import numpy as np
+
+    from gpuale.engines.numpy_ import NumpyEngine
+    from gpuale.nulls import DaskScheduler, run_null
+
+    nanny_client.wait_for_workers(1, timeout=60)
+    spec, killed = _small_null_spec(), []
+
+    def progress(n):
+        if not killed:  # after the first chunk: the others are in flight, or waiting
+            killed.append(n)
+            _kill_the_worker(nanny_client)
+
+    there = run_null(spec, NumpyEngine(), seed=5, n_iters=96, progress=progress,
+                     scheduler=DaskScheduler(nanny_client, timeout=60))
+    here = run_null(spec, NumpyEngine(), seed=5, n_iters=96)
+    assert killed
+    for name in ("max_ale", "max_cluster_size", "max_cluster_mass"):
+        np.testing.assert_array_equal(getattr(there, name), getattr(here, name))
+
+
+def test_a_killed_worker_that_does_not_come_back_is_a_clear_error(nanny_client, monkeypatch):
+    from gpuale.engines.numpy_ import NumpyEngine
+    from gpuale.nulls import ClusterLost, DaskScheduler, run_null
+
+    nanny_client.wait_for_workers(1, timeout=60)
+
+    def none_back(n, timeout=None):  # as if no worker came back within the timeout
+        raise TimeoutError(f"none within {timeout}")
+
+    killed = []
+
+    def progress(n):
+        if not killed:
+            killed.append(n)
+            monkeypatch.setattr(nanny_client, "wait_for_workers", none_back)
+            _kill_the_worker(nanny_client)
+
+    with pytest.raises(ClusterLost, match=r"lost its workers .* none joined within 1 s; "
+                                          r"\d+ of 96 permutations had finished"):
+        run_null(_small_null_spec(), NumpyEngine(), seed=5, n_iters=96, progress=progress,
+                 scheduler=DaskScheduler(nanny_client, timeout=1))
+    monkeypatch.undo()
+    nanny_client.wait_for_workers(1, timeout=60)
+
+
+@pytest.mark.parametrize("together", [1, 2])
+def test_a_study_whose_cluster_is_lost_is_interrupted_and_resumes(tmp_path, nanny_client,
+                                                                  monkeypatch, together):
+    import gpuale.nulls
+    import gpuale.study
+    from gpuale.nulls import DaskScheduler
+    from gpuale.study import StudyInterrupted, run_study
+
+    monkeypatch.setattr(gpuale.study, "_index", lambda out_dir, entries, log: None)
+    nanny_client.wait_for_workers(1, timeout=60)
+    path = _study(tmp_path, "", head='device = "cpu-numpy"')
+    path.write_text(path.read_text().replace("iterations = 0", "iterations = 16"))
+    study, out = load_study(path), tmp_path / "out"
+    import threading
+
+    original, calls, first_done = gpuale.nulls.DaskScheduler.run, [], threading.Event()
+
+    def losing(self, engine, spec, seed, chunks, on_partial):
+        calls.append(1)
+        if len(calls) == 1:  # the first analysis's permutations run and finish
+            original(self, engine, spec, seed, chunks, on_partial)
+            first_done.set()
+            return
+        # The second's, run at the same time or after, are lost once the first is done.
+        first_done.wait(120)
+        raise gpuale.nulls.ClusterLost("the Dask cluster lost its workers (test)")
+
+    monkeypatch.setattr(gpuale.nulls.DaskScheduler, "run", losing)
+    with pytest.raises(StudyInterrupted) as info:
+        run_study(study, out, scheduler=DaskScheduler(nanny_client), report=False,
+                  log=lambda m: None, concurrent_analyses=together)
+    assert "lost its workers" in str(info.value) and info.value.reason is not None
+    record = json.loads((out / "study.json").read_text())
+    assert record["state"] == "interrupted"
+    assert [e["name"] for e in record["analyses"]] == ["first"]
+    assert record["pending"] == ["second"]
+    monkeypatch.setattr(gpuale.nulls.DaskScheduler, "run", original)
+    entries = run_study(study, out, scheduler=DaskScheduler(nanny_client), report=False,
+                        log=lambda m: None, concurrent_analyses=together)
+    assert [(e["name"], e["status"]) for e in entries] == [("first", "reused"),
+                                                           ("second", "ran")]
+
+
+def test_the_cli_says_the_cluster_was_lost_and_exits_2(tmp_path, monkeypatch):
+    import gpuale.nulls
+
+    def lost(self, *args, **kwargs):
+        raise gpuale.nulls.ClusterLost("the Dask cluster lost its workers (test)")
+
+    monkeypatch.setattr(gpuale.nulls.DaskScheduler, "run", lost)
+    monkeypatch.setattr(gpuale.nulls.DaskScheduler, "check_workers", lambda self: None)
+    monkeypatch.setattr(gpuale.nulls.DaskScheduler, "describe", lambda self: "a cluster")
+    monkeypatch.setattr(gpuale.nulls.DaskScheduler, "client", lambda self: None)
+    (tmp_path / "a.txt").write_text(SLEUTH_GROUP_A)
+    result = _invoke("global", tmp_path / "a.txt", "--out", tmp_path / "out", "--iters", "8",
+                     "-q", "--no-report", "--scheduler", "tcp://127.0.0.1:1",
+                     "--device", "cpu")
+    assert result.exit_code == 2, result.output
+    assert "error: the Dask cluster lost its workers (test); no outputs were written" \
+        in result.output
+    assert not (tmp_path / "out").exists()
