@@ -816,3 +816,20 @@ def test_the_cli_says_the_cluster_was_lost_and_exits_2(tmp_path, monkeypatch):
     assert "error: the Dask cluster lost its workers (test); no outputs were written" \
         in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_an_experiment_sheet_is_checksummed_by_the_files_it_reads(tmp_path):
+    from gpuale._files import file_checksum
+    from gpuale.io import input_files
+
+    sheet = tmp_path / "sheet"
+    (sheet / "foci").mkdir(parents=True)
+    (sheet / "experiments.csv").write_text("experiment,n\ne1,12\n")
+    (sheet / "foci" / "e1.csv").write_text("x,y,z\n-40,20,10\n")
+    before = file_checksum(sheet)
+    assert file_checksum(sheet / "experiments.csv") != file_checksum(sheet / "foci" / "e1.csv")
+    (sheet / "notes.txt").write_text("hi\n")
+    assert file_checksum(sheet) == before
+    assert sheet / "foci" / "e1.csv" in input_files(sheet / "experiments.csv")
+    (sheet / "foci" / "e1.csv").write_text("x,y,z\n-40,20,12\n")
+    assert file_checksum(sheet) != before

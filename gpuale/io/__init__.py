@@ -140,6 +140,10 @@ def input_files(path: PathLike) -> list[Path]:
             with contextlib.suppress(CoordinateFileError):
                 return _release_files(path)
         return sorted(p for p in path.rglob("*") if p.is_file())
+    if path.is_file() and is_parquet_studyset(path):  # its manifest: the folder is read
+        return _parquet_files(path.parent)
+    if path.is_file() and path.name == SHEET_FILE and (path.parent / FOCI_DIR).is_dir():
+        return [path, *sorted(p for p in (path.parent / FOCI_DIR).rglob("*") if p.is_file())]
     if path.is_file() and path.name.endswith((".tsv", ".tsv.gz")) and any(
             role in path.name for role in ("coordinates", "metadata")):
         with contextlib.suppress(CoordinateFileError):
