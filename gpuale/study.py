@@ -377,6 +377,14 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
         raise _problem(path, f"analysis {key!r}: max_iters = {max_iters!r} must be a whole "
                              "number of at least 1")
     if kind == "global":
+        if "input" in table and not isinstance(table["input"], str) or "inputs" in table and (
+                not isinstance(table["inputs"], list)
+                or not all(isinstance(n, str) for n in table["inputs"])):
+            raise _problem(path, f"analysis {key!r}: input = \"NAME\" or inputs = [\"NAME\", "
+                                 "...] names entries of [inputs]")
+        if "where" in table and not isinstance(table["where"], str):
+            raise _problem(path, f"analysis {key!r}: where = {_toml(table['where'])} must be "
+                                 "a selection in quotes, e.g. where = \"age_mean >= 10\"")
         names = table.get("inputs", [table["input"]] if "input" in table else [])
         if not names:
             raise _problem(path, f"analysis {key!r}: name its data with input = \"...\"")
@@ -424,8 +432,8 @@ def _setting_problem(name: str, value: object) -> str | None:
         if value == AUTO:
             return None
         if not _whole(value) or not 0 <= value <= MAX_ITERATIONS:
-            return (f"must be a whole number from 0 to {MAX_ITERATIONS:,} or \"{AUTO}\" "
-                    "(global analyses)")
+            return (f"is no number of iterations; give a whole number or \"{AUTO}\" "
+                    f"(global analyses), from 0 to {MAX_ITERATIONS:,}")
     elif name == "max_iters":
         if not _whole(value) or not 1 <= value <= MAX_ITERATIONS:
             return f"must be a whole number from 1 to {MAX_ITERATIONS:,}"

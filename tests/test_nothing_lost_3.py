@@ -52,9 +52,9 @@ def _study(tmp_path, tail: str, head: str = "") -> str:
 
 
 @pytest.mark.parametrize("line, message", [
-    ("iterations = -5", "iterations = -5 must be a whole number"),
-    ("iterations = 1.5", "iterations = 1.5 must be a whole number"),
-    ("iterations = true", "iterations = true must be a whole number"),
+    ("iterations = -5", "iterations = -5 is no number of iterations; give a whole number"),
+    ("iterations = 1.5", "iterations = 1.5 is no number of iterations; give a whole number"),
+    ("iterations = true", "iterations = true is no number of iterations; give a whole number"),
     ("seed = -1", "seed = -1 must be a whole number"),
     ('seed = "x"', "seed = 'x' must be a whole number"),
     ("alpha = 1", "alpha = 1 must be a number strictly between 0 and 1"),
@@ -66,6 +66,8 @@ def _study(tmp_path, tail: str, head: str = "") -> str:
     ("sample_size = 1e20", "sample_size = 1e[+]20 must be a whole number from 1 to"),
     ('device = "tpu"', "device = 'tpu' must be"),
     ('space = "XYZ"', "space = 'XYZ' must be"),
+    ("where = 5", "where = 5 must be a selection in quotes"),
+    ('inputs = "a"', "input = .* names entries of"),
 ])
 def test_a_bad_setting_of_a_later_analysis_names_file_analysis_and_key(tmp_path, line,
                                                                          message):
