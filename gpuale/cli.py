@@ -385,8 +385,9 @@ SchedulerTimeoutOption = Annotated[
     float | None,
     typer.Option("--scheduler-timeout", metavar="SECONDS", min=0.1, max=3600,
                  show_default=False,
-                 help=f"With --scheduler: seconds to wait for the scheduler to answer, and "
-                 f"for a first worker to join (default {DASK_TIMEOUT:g})."),
+                 help=f"With --scheduler: seconds to wait for the scheduler to answer (1.5 "
+                 f"times that where something else listens), and for a first worker to "
+                 f"join, or to come back after one died (default {DASK_TIMEOUT:g})."),
 ]
 
 

@@ -725,19 +725,23 @@ def _handshake(address: str, timeout: float) -> None:
         comm = await connect(address, timeout=timeout)
         await comm.close()
 
+    # dask's connect gives up on a refused or unroutable address at ``timeout`` itself
+    # (and says why); this bound is for the handshake after it, so it comes later.
+    bound = timeout + max(2.0, 0.5 * timeout)
+
     def main() -> None:
         try:
-            asyncio.run(asyncio.wait_for(attempt(), timeout))
+            asyncio.run(asyncio.wait_for(attempt(), bound))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             outcome["error"] = exc
 
     thread = threading.Thread(target=main, name="gpuale-dask-handshake", daemon=True)
     thread.start()
-    thread.join(timeout + 5.0)
+    thread.join(bound + 5.0)
     error = outcome.get("error")
     if thread.is_alive() or isinstance(error, asyncio.TimeoutError | TimeoutError):
         raise SchedulerUnavailable(
-            f"no Dask scheduler answered at {address!r} within {timeout:g} s (is something "
+            f"no Dask scheduler answered at {address!r} within {bound:g} s (is something "
             "else listening on that port?); check the address `dask scheduler` printed, "
             "or wait longer with --scheduler-timeout")
     if error is not None:
