@@ -23,7 +23,7 @@ from gpuale.inference import (
     threshold_interval,
     unreachable_threshold_message,
 )
-from gpuale.nulls import GlobalNullSpec, MonteCarloNull, Scheduler, run_null
+from gpuale.nulls import GlobalNullSpec, MonteCarloNull, Scheduler, check_iterations, run_null
 from gpuale.problem import Problem, compile_problem
 from gpuale.runfolder import TFCE_LOGP_FWE, TFCE_MAP, TFCE_THRESHOLDED, TFCE_Z_FWE
 from gpuale.stats import AnalyticNull, ObservedALE, analytic_null, p_to_z
@@ -258,10 +258,13 @@ def run_ale(
     _check_probability("alpha", alpha)
     rule = None
     if n_iters == AUTO:
+        check_iterations("max_iters", max_iters, minimum=1)
         rule = StoppingRule(alpha=alpha, max_iters=max_iters)
         n_iters = max_iters  # the most it may run, for the checks below
     elif isinstance(n_iters, str) or n_iters < 0:
         raise ValueError(f"n_iters must be >= 0 or {AUTO!r}, got {n_iters!r}")
+    else:
+        check_iterations("n_iters", n_iters)
     if fdr_q is not None:
         _check_probability("fdr_q", fdr_q)
     if tfce and not n_iters:

@@ -697,7 +697,7 @@ def run_balanced_contrast(
     """
     from gpuale.contrast import pooled_log_maps
     from gpuale.engines import get_engine, resolve_device
-    from gpuale.nulls import _merged_partial
+    from gpuale.nulls import _merged_partial, check_iterations
 
     if null not in BALANCED_NULLS:
         raise ValueError(f"null must be one of {BALANCED_NULLS}, got {null!r}")
@@ -705,8 +705,7 @@ def run_balanced_contrast(
         raise ValueError("both groups need at least one experiment")
     for name, value in (("n_iters", n_iters), ("difference_iterations", difference_iterations),
                         ("n_subsamples", n_subsamples)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+        check_iterations(name, value, minimum=1)
     if not 0 < alpha < 1 or not 0 < voxel_thresh < 1:
         raise ValueError("alpha and voxel_thresh must lie in (0, 1)")
     n_a, n_b = len(group_a), len(group_b)

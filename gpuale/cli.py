@@ -51,13 +51,21 @@ from gpuale.contrast import (
     smallest_p,
 )
 from gpuale.contrast import unreachable_message as contrast_unreachable
-from gpuale.dataset import foci_text
+from gpuale.dataset import MAX_SAMPLE_SIZE, foci_text
 from gpuale.engines import get_engine, resolve_device
 from gpuale.examples import EXAMPLES, example_path, resolve_input
+from gpuale.failsafe import MAX_NULL_STUDIES
 from gpuale.grid import load_grid
 from gpuale.inference import iterations_to_reach
 from gpuale.io import InputLayoutNote, load_dataset
-from gpuale.nulls import DaskScheduler, RunInterrupted, default_workers
+from gpuale.nulls import (
+    DASK_TIMEOUT,
+    MAX_ITERATIONS,
+    ClusterLost,
+    DaskScheduler,
+    RunInterrupted,
+    default_workers,
+)
 from gpuale.output import save_ale, save_conjunction, save_contrast
 from gpuale.runfolder import INDEX_HTML, REPORT_HTML, RUN_JSON, SELECTION_KEY
 from gpuale.space import DEFAULT_TAL_TRANSFORM
@@ -299,6 +307,10 @@ def _iterations(value: str | int, *, auto: bool) -> int | str:
                                  + (" or 'auto'" if auto else "")) from None
     if number < 0:
         raise typer.BadParameter(f"{number} is below 0")
+    if number > MAX_ITERATIONS:
+        # Refused here, not as a MemoryError after the inputs and the observed map.
+        raise typer.BadParameter(f"{number:,} is more than {MAX_ITERATIONS:,}, the most "
+                                 "iterations gpuale runs")
     return number
 
 
@@ -333,8 +345,19 @@ def _study_iterations(value: str | int) -> int | str:
 
 
 MaxItersOption = Annotated[
-    int, typer.Option("--max-iters", help="The most iterations --iters auto runs.", min=1)
+    int | None,
+    typer.Option("--max-iters", help=f"The most iterations --iters auto runs (default "
+                 f"{DEFAULT_MAX_ITERS:,}).", min=1, max=MAX_ITERATIONS, show_default=False),
 ]
+
+
+def _max_iters_used(iters: int | str, max_iters: int | None) -> int:
+    """--max-iters, or its default; given beside a fixed --iters it is said to do nothing,
+    not silently ignored."""
+    if max_iters is not None and iters != AUTO:
+        warnings.warn(f"--max-iters {max_iters:,} applies to --iters auto only; running "
+                      f"the --iters {iters:,} given", stacklevel=2)
+    return DEFAULT_MAX_ITERS if max_iters is None else max_iters
 SeedOption = Annotated[int, typer.Option(help="Seed of the permutations.", min=0)]
 DeviceOption = Annotated[
     str, typer.Option(help="auto (the first GPU CuPy sees, else the CPU), cpu, gpu or gpu:N "
@@ -376,7 +399,8 @@ OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (cre
 SampleSizeOption = Annotated[
     int | None,
     typer.Option("--sample-size", help="N of every experiment whose input gives none "
-                 "(Neurosynth releases have none; NiMARE's kernel__sample_size).", min=1),
+                 "(Neurosynth releases have none; NiMARE's kernel__sample_size).", min=1,
+                 max=MAX_SAMPLE_SIZE),
 ]
 ExperimentColumnOption = Annotated[
     str | None,
@@ -402,6 +426,15 @@ SchedulerOption = Annotated[
                  "needs the dask extra). With --device auto each worker uses its own GPU "
                  "if it has one, else its CPU. The nulls equal a single-machine run's "
                  "(with GPU and CPU workers mixed, up to float rounding in ALE and mass)."),
+]
+
+SchedulerTimeoutOption = Annotated[
+    float | None,
+    typer.Option("--scheduler-timeout", metavar="SECONDS", min=0.1, max=3600,
+                 show_default=False,
+                 help=f"With --scheduler: seconds to wait for the scheduler to answer (1.5 "
+                 f"times that where something else listens), and for a first worker to "
+                 f"join, or to come back after one died (default {DASK_TIMEOUT:g})."),
 ]
 
 
@@ -524,14 +557,19 @@ def _loading(paths: list[Path], quiet: bool):
 
 
 @contextmanager
-def _scheduler(address: str | None, device: str | None = None):
+def _scheduler(address: str | None, device: str | None = None,
+               timeout: float | None = None):
     """A Dask scheduler for ``--scheduler ADDRESS`` (connected once, closed at the end),
     or None for this machine's cores. ``--device auto`` leaves the engine to each worker
     (its GPU if it has one); an explicit device is the engine every worker runs."""
     if address is None:
         yield None
         return
-    scheduler = DaskScheduler(address, device=device)
+    if timeout is not None:
+        _finite(scheduler_timeout=timeout)
+    # The timeout only where given (else DaskScheduler's own default).
+    scheduler = (DaskScheduler(address, device=device) if timeout is None
+                 else DaskScheduler(address, device=device, timeout=timeout))
     try:
         scheduler.check_workers()  # reachable, with the same gpuale: before any work
         yield scheduler
@@ -571,6 +609,7 @@ FLAG_HINTS = {
     "overlap": "pass --overlap keep or --overlap drop",
     "device": "use --device cpu",
     "main_effect": "pass each group's own `gpuale global` run folder as --main-a and --main-b",
+    "main_effect_settings": "pass --allow-mismatched-main-effects to gate with them anyway",
     "threshold": "pass --threshold T to keep |values| >= T",
     "study_force": "choose another --out or pass --force to write the study into it",
     "analysis_force": "move it away or pass --force to replace it",
@@ -601,6 +640,8 @@ def _in_cli_words(exc: BaseException, names: dict[str, str] = CLI_NAMES) -> str:
     flags = FLAG_HINTS.get(getattr(exc, "option", None))
     if flags:
         message = message.replace(exc.hint, flags)
+    if getattr(exc, "literal", False):  # names keys of a file (run.json), not options
+        return message
     for name, word in names.items():
         # Whole words only, never part of a path or file name a message quotes.
         message = re.sub(rf"(?<![\w/\\.-]){name}(?![\w/\\-]|\.\w)", word, message)
@@ -749,8 +790,15 @@ def _user_errors(names: dict[str, str] = CLI_NAMES):
             yield
     except StudyInterrupted as exc:
         # A study keeps the analyses that finished before Ctrl-C: say which.
+        if exc.reason is not None:  # not the user: the cluster lost its workers
+            err.print(_styled("error:", "red", exc), highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         err.print(_styled("interrupted:", "red", exc), highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+    except ClusterLost as exc:
+        err.print(_styled("error:", "red", f"{exc}; no outputs were written"),
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     except RunInterrupted as exc:
         err.print(_styled("interrupted:", "red", f"{exc}; no outputs were written"),
                   highlight=False)
@@ -832,7 +880,7 @@ def global_(
     inputs: Annotated[list[str], typer.Argument(help=INPUTS_HELP, show_default=False)],
     out: OutOption,
     iters: AutoIterationsOption = str(DEFAULT_ITERS),
-    max_iters: MaxItersOption = DEFAULT_MAX_ITERS,
+    max_iters: MaxItersOption = None,
     seed: SeedOption = DEFAULT_SEED,
     cluster_p: Annotated[
         float, typer.Option("--cluster-p", help="Cluster-forming (uncorrected) p.")
@@ -866,6 +914,7 @@ def global_(
                      "(a Neurosynth term loads only that term's column)."),
     ] = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
     report: ReportOption = True,
     force: ForceOption = False,
@@ -878,6 +927,7 @@ def global_(
     """
     with _user_errors(), claim_output_dir(out):
         _finite(cluster_p=cluster_p, alpha=alpha, fwhm=fwhm, fdr=fdr)
+        max_iters = _max_iters_used(iters, max_iters)
         workers = _capped_workers(workers)
         check_output_dir(out, force=force, inputs=_input_paths(inputs))
         paths, dataset = _load(inputs, space, tal_transform, sample_size, where,
@@ -885,7 +935,7 @@ def global_(
                                fwhm)
         grid = load_grid(mask)
         chosen = resolve_device(device)
-        with _scheduler(scheduler if iters else None, device) as cluster:
+        with _scheduler(scheduler if iters else None, device, scheduler_timeout) as cluster:
             if not quiet:
                 err.print(
                     f"{len(dataset)} experiments, {foci_text(dataset.n_foci)}, {grid.n_voxels} "
@@ -979,6 +1029,13 @@ def contrast(
         typer.Option(help="Gated: `gpuale global` run folder of group B, run on exactly B's "
                      "experiments."),
     ] = None,
+    allow_mismatched_main_effects: Annotated[
+        bool,
+        typer.Option("--allow-mismatched-main-effects",
+                     help="Gated: accept --main-a/--main-b runs made with another kernel "
+                     "(--fwhm), cluster-forming p, alpha or connectivity than this contrast's "
+                     "(a warning, kept in run.json); by default an error."),
+    ] = False,
     min_z: Annotated[
         bool, typer.Option(help="Gated: report min(main-effect z, contrast z).")
     ] = False,
@@ -994,8 +1051,8 @@ def contrast(
                      "(--min-volume is not used). About three times the permutation time."),
     ] = False,
     alpha: Annotated[
-        float, typer.Option(help="Cluster-level FWE alpha (with --cluster-fwe); balanced: "
-                            "two-tailed alpha of the null extrema.")
+        float, typer.Option(help="Cluster-level FWE alpha (with --cluster-fwe; gated: of the "
+                            "main effects); balanced: two-tailed alpha of the null extrema.")
     ] = DEFAULT_ALPHA,
     target_n: Annotated[
         int | None,
@@ -1035,6 +1092,7 @@ def contrast(
     experiment_column: ExperimentColumnOption = None,
     sample_size_column: SampleSizeColumnOption = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
     report: ReportOption = True,
     force: ForceOption = False,
@@ -1048,6 +1106,11 @@ def contrast(
     """
     with _user_errors(), claim_output_dir(out):
         _finite(p=p_threshold, min_volume=min_volume, alpha=alpha, fwhm=fwhm)
+        if iters < 1:
+            # Not "0 permutations" said and 1 run: a contrast's p come from permutations.
+            raise ValueError(f"--iters {iters}: a contrast needs at least 1 permutation "
+                             f"(its p come from them; p < 0.001 needs 1,001); 0 (no Monte "
+                             f"Carlo) is for gpuale global")
         workers = _capped_workers(workers)
         if cluster_fwe and mode is not Mode.whole_brain:
             # Before any input is read: the options cannot go together.
@@ -1072,7 +1135,7 @@ def contrast(
         grid = load_grid(mask)
         effects = [MainEffect.from_run_dir(p, grid) if p else None for p in (main_a, main_b)]
         chosen = resolve_device(device)
-        with _scheduler(scheduler, device) as cluster:
+        with _scheduler(scheduler, device, scheduler_timeout) as cluster:
             if not quiet:
                 err.print(
                     f"A: {len(dataset_a)} experiments, B: {len(dataset_b)} experiments; "
@@ -1092,6 +1155,8 @@ def contrast(
                     device=chosen, n_workers=workers, progress=progress, scheduler=cluster,
                     cluster_fwe=cluster_fwe, alpha=alpha, target_n=target_n,
                     balanced_null=balanced_null.value,
+                    mismatched_main_effects="warn" if allow_mismatched_main_effects
+                    else "error",
                     difference_iterations=difference_iterations, n_subsamples=subsamples,
                     mask_coverage=mask_coverage.value,
                 )
@@ -1190,7 +1255,7 @@ def compare_(
     iters: Annotated[
         int, typer.Option("--iters", help="Monte Carlo iterations of each side (0: the "
                           "uncorrected maps only; NiMARE needs ~0.1-0.2 s per iteration).",
-                          min=0),
+                          min=0, max=MAX_ITERATIONS),
     ] = 1000,
     seed: SeedOption = DEFAULT_SEED,
     cluster_p: Annotated[
@@ -1282,6 +1347,7 @@ def jackknife_(
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     report: DerivedReportOption = True,
     force: DerivedForceOption = False,
     quiet: QuietOption = False,
@@ -1302,7 +1368,7 @@ def jackknife_(
         analysis = load_recorded_analysis(run_dir)
         chosen = resolve_device(device)
         k, iters = len(analysis.dataset), analysis.settings.iterations
-        with _scheduler(scheduler, device) as cluster:
+        with _scheduler(scheduler, device, scheduler_timeout) as cluster:
             if not quiet:
                 err.print(f"{k} re-runs of {iters} iterations ({k} experiments, "
                           f"{len(analysis.clusters)} cluster(s)) on {_where(chosen, cluster)}",
@@ -1329,12 +1395,14 @@ def failsafe_(
     run_dir: RunDirArgument,
     minimum: Annotated[
         int | None, typer.Option("--min", help="Null studies of the first probe (default: "
-                                 "as many as the experiments).", min=0, show_default=False),
+                                 "as many as the experiments).", min=0, max=MAX_NULL_STUDIES,
+                                 show_default=False),
     ] = None,
     maximum: Annotated[
         int | None, typer.Option("--max", help="Most null studies tried (default: 5 times "
                                  "the experiments); a cluster significant with them is "
-                                 "reported as above it.", min=1, show_default=False),
+                                 "reported as above it.", min=1, max=MAX_NULL_STUDIES,
+                                 show_default=False),
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the null studies (default: the run's seed).",
@@ -1343,6 +1411,7 @@ def failsafe_(
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     report: DerivedReportOption = True,
     force: DerivedForceOption = False,
     quiet: QuietOption = False,
@@ -1375,7 +1444,7 @@ def failsafe_(
             raise ValueError(f"--min {minimum} must be smaller than --max {maximum}")
         chosen = resolve_device(device)
         runs = max_evaluations(len(analysis.clusters), minimum, maximum)
-        with _scheduler(scheduler, device) as cluster:
+        with _scheduler(scheduler, device, scheduler_timeout) as cluster:
             if not quiet:
                 err.print(f"{len(analysis.clusters)} cluster(s), {k} experiments: between "
                           f"{minimum} and {maximum} null studies, at most {runs} re-runs of "
@@ -1444,12 +1513,14 @@ def run_study_(
     ] = None,
     max_iters: Annotated[
         int | None,
-        typer.Option("--max-iters", min=1, help="Override the study's max_iters: the most "
+        typer.Option("--max-iters", min=1, max=MAX_ITERATIONS,
+                     help="Override the study's max_iters: the most "
                      f"iterations an auto analysis runs (default {DEFAULT_MAX_ITERS:,})."),
     ] = None,
     device: Annotated[str | None, typer.Option(metavar="DEVICE",
                                                help="Override the study's device.")] = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     concurrent_analyses: Annotated[
         int | None,
         typer.Option("--concurrent-analyses", metavar="N", min=1,
@@ -1482,6 +1553,7 @@ def run_study_(
     """
     with _user_errors(STUDY_NAMES):
         study = load_study(study_file)
+        _unused_study_options(study, iters, max_iters, scheduler, concurrent_analyses)
         if allow_duplicates:
             study = allowing_duplicates(study)
         out = out or study_file.parent / study.name
@@ -1489,7 +1561,7 @@ def run_study_(
         devices = ({device} if device is not None
                    else {a.settings.get("device") for a in study.analyses.values()})
         shared = devices.pop() if len(devices) == 1 else None
-        with _scheduler(scheduler, shared) as cluster:
+        with _scheduler(scheduler, shared, scheduler_timeout) as cluster:
             if cluster is not None and not quiet:
                 err.print(f"permutations on {cluster.describe()}", highlight=False)
             if iters == AUTO and not quiet:
@@ -1512,7 +1584,7 @@ def demo(
         int | None,
         typer.Option("--iters", help=f"Iterations (default: the study's 5,000 on a GPU; "
                      f"{DEMO_CPU_ITERS:,} on a CPU, except for contrasts whose threshold "
-                     "needs more).", min=1),
+                     "needs more).", min=1, max=MAX_ITERATIONS),
     ] = None,
     report: Annotated[
         bool, typer.Option(help="Write each analysis's report.html (needs the report extra); "
@@ -1574,6 +1646,23 @@ def _demo_on_cpu(study):
         settings = {**analysis.settings, "iterations": iterations}
         analyses[name] = dataclasses.replace(analysis, settings=settings)
     return dataclasses.replace(study, analyses=analyses), kept
+
+
+def _unused_study_options(study, iters, max_iters: int | None, scheduler: str | None,
+                          concurrent_analyses: int | None) -> None:
+    """Options of `gpuale run` that would change nothing are said to, not ignored."""
+    if concurrent_analyses is not None and scheduler is None:
+        warnings.warn(f"--concurrent-analyses {concurrent_analyses} applies with --scheduler "
+                      "only; without a cluster the analyses run one after another (this "
+                      "machine's cores serve one at a time)", stacklevel=2)
+    if max_iters is None:
+        return
+    auto = [name for name, a in study.analyses.items() if a.type == "global"
+            and (iters == AUTO or (iters is None and a.settings["iterations"] == AUTO))]
+    if not auto:
+        fixed = f"--iters {iters:,}" if iters is not None else "the study's fixed iterations"
+        warnings.warn(f"--max-iters {max_iters:,} applies to iterations = \"auto\" only; no "
+                      f"global analysis runs auto here ({fixed})", stacklevel=2)
 
 
 def _run_study(study, out: Path, iters, device, force: bool, quiet: bool,

@@ -688,6 +688,45 @@ def _read_volume(path: Path):
     return img.affine, np.asarray(data, dtype=np.float64)
 
 
+def _compare_null_files(a, b) -> tuple[dict, list[str]]:
+    """nulls.npz of two runs, array by array, and every difference named: a file or an
+    array one run has and the other lacks, a shape, whole numbers (cluster sizes, the
+    seed) not identical, floating-point values beyond :data:`MAX_ALE_RTOL` relative (the
+    last bits two engines or machines may differ in)."""
+    from gpuale.runfolder import NULLS_NPZ
+
+    has_a, has_b = (run.path.joinpath(NULLS_NPZ).is_file() for run in (a, b))
+    if has_a != has_b:
+        return {}, [f"{NULLS_NPZ} only in {'A' if has_a else 'B'}"]
+    nulls_a, nulls_b = a.nulls(), b.nulls()
+    nulls, failures = {}, []
+    for key in sorted(nulls_a.keys() ^ nulls_b.keys()):
+        nulls[key] = {"identical": False, "only_in": "A" if key in nulls_a else "B"}
+        failures.append(f"{NULLS_NPZ}: {key} only in {nulls[key]['only_in']}")
+    for key in sorted(nulls_a.keys() & nulls_b.keys()):
+        x, y = np.asarray(nulls_a[key]), np.asarray(nulls_b[key])
+        if x.shape != y.shape:
+            nulls[key] = {"shape": [list(x.shape), list(y.shape)], "identical": False,
+                          "passed": False}
+            failures.append(f"{NULLS_NPZ}: {key} has shape {x.shape} in A, {y.shape} in B")
+            continue
+        nulls[key] = {"identical": bool(np.array_equal(x, y))}
+        passed = nulls[key]["identical"]
+        if x.dtype.kind == "f" and y.dtype.kind == "f" and x.size:
+            with np.errstate(invalid="ignore"):
+                rel = np.abs(x - y) / np.maximum(np.abs(x), 1e-300)
+            rel = np.where(x == y, 0.0, rel)  # equal infinities
+            nulls[key]["max_rel_diff"] = float(np.max(rel))
+            passed = bool(np.all(rel <= MAX_ALE_RTOL))
+        nulls[key]["passed"] = passed
+        if not passed:
+            beyond = ("" if x.dtype.kind != "f" else
+                      f" (largest relative difference {nulls[key]['max_rel_diff']:.3g}, "
+                      f"beyond {MAX_ALE_RTOL:.3g})")
+            failures.append(f"{NULLS_NPZ}: {key} differs{beyond}")
+    return nulls, failures
+
+
 def compare_runs(run_a: str | Path, run_b: str | Path,
                  tolerances: Tolerances = Tolerances()) -> dict:
     """Two finished run folders (two versions, two machines): map by map, experiment by
@@ -746,17 +785,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path,
         failures.append(f"map {name} only in {'A' if name in names_a else 'B'}")
     clusters = _compare_clusters(a, b)
     failures += clusters["failures"]
-    nulls_a, nulls_b = a.nulls(), b.nulls()
-    nulls = {}
-    for key in sorted(nulls_a.keys() & nulls_b.keys()):
-        x, y = np.asarray(nulls_a[key]), np.asarray(nulls_b[key])
-        if x.shape != y.shape:
-            nulls[key] = {"shape": [list(x.shape), list(y.shape)], "identical": False}
-        else:
-            nulls[key] = {"identical": bool(np.array_equal(x, y))}
-            if x.dtype.kind == "f" and x.size:
-                rel = np.abs(x - y) / np.maximum(np.abs(x), 1e-300)
-                nulls[key]["max_rel_diff"] = float(np.max(rel))
+    nulls, null_failures = _compare_null_files(a, b)
+    failures += null_failures
     return {
         "form": "runs",
         "a": str(a.path), "b": str(b.path),
@@ -813,8 +843,12 @@ def summary_lines(record: dict) -> list[str]:
                      "tolerance")
         c = record["clusters"]
         lines.append(f"clusters: {c['clusters_a']} in A, {c['clusters_b']} in B")
-        differ = [key for key, entry in record["nulls"].items() if not entry.get("identical")]
-        if record["nulls"]:
+        differ = [key for key, entry in record["nulls"].items()
+                  if not entry.get("passed", entry.get("identical"))]
+        missing = [f for f in record["failures"] if f.startswith("nulls.npz only in")]
+        if missing:
+            lines.append(missing[0])
+        elif record["nulls"]:
             lines.append("nulls.npz: " + (f"{', '.join(differ)} differ" if differ else
                                           "identical"))
     else:

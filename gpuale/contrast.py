@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from gpuale.nulls import (
     ContrastNull,
     ContrastNullSpec,
     Scheduler,
+    check_iterations,
     contrast_cluster_null,
     run_null,
 )
@@ -213,11 +215,20 @@ class MainEffect:
     significant: np.ndarray
     source: str
     experiments: tuple[dict, ...] | None = None
+    #: The gate's kernel and thresholds (:data:`MAIN_EFFECT_SETTINGS` of its run.json's
+    #: ``settings``; None where the run records none).
+    settings: dict | None = None
 
     @classmethod
     def from_result(cls, result) -> MainEffect:
         thresholded = result.maps()["z_thresholded"]
-        return cls(z=result.z, significant=thresholded > 0, source="computed")
+        settings = {"fwhm_mm": result.fwhm_mm, "cluster_forming_p": result.cluster_forming_p,
+                    "alpha": result.alpha, "connectivity": result.connectivity,
+                    "iterations": (result.montecarlo.n_iters if result.montecarlo is not None
+                                   else 0),
+                    "seed": result.montecarlo.seed if result.montecarlo is not None else None}
+        return cls(z=result.z, significant=thresholded > 0, source="computed",
+                   settings=settings)
 
     @classmethod
     def from_run_dir(cls, path, grid: Grid) -> MainEffect:
@@ -229,13 +240,78 @@ class MainEffect:
             ``path`` is not a finished global ALE run with Monte Carlo, or its maps are on
             another grid.
         """
-        from gpuale.runfolder import read_main_effect, read_run_experiments
-
         # The run's kind first: a contrast folder would otherwise fail on a missing map.
+        from gpuale.runfolder import open_run, read_main_effect, read_run_experiments
+
         experiments = read_run_experiments(path)
         z, significant = read_main_effect(path, grid)
+        recorded = open_run(path).record.get("settings")
+        settings = ({key: recorded.get(key) for key in MAIN_EFFECT_SETTINGS}
+                    if isinstance(recorded, dict) else None)
         return cls(z=z, significant=significant, source=str(path),
-                   experiments=tuple(experiments))
+                   experiments=tuple(experiments), settings=settings)
+
+
+#: What run.json and the report keep of each gate of a gated contrast: its kernel and
+#: thresholds, and how many permutations gave them.
+MAIN_EFFECT_SETTINGS = ("fwhm_mm", "cluster_forming_p", "alpha", "connectivity",
+                        "iterations", "seed")
+#: Of those, what must equal the contrast's own (``mismatched_main_effects``): they decide
+#: where the gate is open (the iterations and seed only move it within Monte Carlo error).
+MAIN_EFFECT_MUST_MATCH = ("fwhm_mm", "cluster_forming_p", "alpha", "connectivity")
+MISMATCHED_MAIN_EFFECTS = ("error", "warn")
+
+
+class MainEffectSettingsWarning(UserWarning):
+    """A gated contrast's given main effect was made with other settings than its own."""
+
+
+def main_effect_settings_difference(main: MainEffect, expected: dict) -> str | None:
+    """How a given main effect's kernel and thresholds differ from the contrast's own
+    (None: they do not, or the run records none)."""
+    if main.settings is None:
+        return None
+    differ = []
+    for key in MAIN_EFFECT_MUST_MATCH:
+        theirs, ours = main.settings.get(key), expected.get(key)
+        if theirs is None and ours is None:
+            continue
+        if theirs is None or ours is None or not math.isclose(float(theirs), float(ours),
+                                                                rel_tol=1e-9):
+            shown = {None: "from sample sizes"} if key == "fwhm_mm" else {}
+            differ.append(f"{key} {shown.get(theirs, theirs)} there, "
+                          f"{shown.get(ours, ours)} here")
+    return "; ".join(differ) or None
+
+
+def check_main_effect_settings(main: MainEffect | None, expected: dict, name: str,
+                               policy: str) -> str | None:
+    """A given main effect made with another kernel or thresholds than the contrast's own:
+    an error (``policy="error"``), or a warning whose text is returned (``"warn"``)."""
+    if main is None:
+        return None
+    difference = main_effect_settings_difference(main, expected)
+    if difference is None:
+        return None
+    message = (f"the main effect given for group {name} ({main.source}) was made with other "
+               f"settings than this contrast's: {difference}")
+    if policy == "error":
+        raise MainEffectSettingsMismatch(f"{message}; make it with the contrast's settings, "
+                                         f"or {MAIN_EFFECT_SETTINGS_HINT}")
+    warnings.warn(message, MainEffectSettingsWarning, stacklevel=3)
+    return message
+
+
+#: How to accept main effects made with other settings (see MainEffectMismatch).
+MAIN_EFFECT_SETTINGS_HINT = "pass mismatched_main_effects='warn' to gate with them anyway"
+
+
+class MainEffectSettingsMismatch(ValueError):
+    """A main-effect run folder was made with another kernel or thresholds than the
+    contrast's own."""
+
+    option = "main_effect_settings"
+    hint = MAIN_EFFECT_SETTINGS_HINT
 
 
 #: The end of a :class:`MainEffectMismatch` message, in Python words.
@@ -526,6 +602,8 @@ def run_contrast(
     difference_iterations: int | None = None,
     n_subsamples: int | None = None,
     mask_coverage: str = "gm",
+    main_effect_cluster_p: float = 0.001,
+    mismatched_main_effects: str = "error",
 ) -> ContrastResult:
     """Contrast of two groups of experiments (Eickhoff et al. 2011).
 
@@ -570,7 +648,15 @@ def run_contrast(
         the clusters with cluster-size FWE p < ``alpha`` (no minimum volume).
     alpha : float
         Cluster-level FWE alpha (with ``cluster_fwe``); with ``mode="balanced"``, the
-        two-tailed alpha of the null extrema.
+        two-tailed alpha of the null extrema; with ``mode="gated"``, that of the main
+        effects' cluster-level FWE.
+    main_effect_cluster_p : float
+        ``gated``: the cluster-forming p of the main effects (computed ones use it).
+    mismatched_main_effects : {"error", "warn"}
+        ``gated``: a given main effect whose kernel (``fwhm_mm``), cluster-forming p,
+        alpha or connectivity differ from the contrast's (``fwhm_mm``,
+        ``main_effect_cluster_p``, ``alpha``, ``connectivity``) is a
+        :class:`MainEffectMismatch`, or with ``"warn"`` a warning kept in the result.
     target_n, balanced_null, difference_iterations, n_subsamples, mask_coverage :
         ``mode="balanced"``: NiMARE's ``BalancedALESubtraction``, run by
         :func:`gpuale.balanced.run_balanced_contrast` (which returns a
@@ -592,6 +678,7 @@ def run_contrast(
                          "fixed number of permutations (\"auto\", the stopping rule, is for "
                          "run_ale; a contrast's cluster-forming threshold is estimated from "
                          "all of its permutations)")
+    check_iterations("n_iters", n_iters, minimum=1)
     if mode == BALANCED_MODE:
         from gpuale import balanced
 
@@ -621,18 +708,30 @@ def run_contrast(
     p_threshold = DEFAULT_P_THRESHOLD[mode] if p_threshold is None else p_threshold
     if not 0 < p_threshold < 1:
         raise ValueError(f"p_threshold must lie in (0, 1), got {p_threshold}")
+    if mismatched_main_effects not in MISMATCHED_MAIN_EFFECTS:
+        raise ValueError(f"mismatched_main_effects must be one of {MISMATCHED_MAIN_EFFECTS}, "
+                         f"got {mismatched_main_effects!r}")
+    settings_notes = []
     if mode == "gated":
         # Main effects of the groups as given: the runs the user made of each group.
         if main_a is not None:
             check_main_effect(main_a, group_a, "A", group_b, "B")
         if main_b is not None:
             check_main_effect(main_b, group_b, "B", group_a, "A")
+        # ... made with the contrast's kernel and thresholds (else the gates differ from
+        # what the methods say), before anything is computed.
+        expected = {"fwhm_mm": fwhm_mm, "cluster_forming_p": main_effect_cluster_p,
+                    "alpha": alpha, "connectivity": connectivity}
+        for main, name in ((main_a, "A"), (main_b, "B")):
+            note = check_main_effect_settings(main, expected, name, mismatched_main_effects)
+            if note:
+                settings_notes.append(note)
     if cluster_fwe and mode != "whole-brain":
         raise ValueError("cluster-level FWE (cluster_fwe) is defined for whole-brain "
                          f"contrasts only, not {mode!r} ones (NiMARE's ALESubtraction)")
     if cluster_fwe and not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    notes: list[str] = []
+    notes: list[str] = list(settings_notes)
     # Before anything is computed, so that nobody waits for a result that cannot come.
     unreachable = unreachable_message(mode, n_iters, p_threshold, cluster_fwe=cluster_fwe,
                                       alpha=alpha)
@@ -662,11 +761,11 @@ def run_contrast(
             main_a = main_a or MainEffect.from_result(run_ale(
                 group_a, grid=grid, fwhm_mm=fwhm_mm, n_iters=n_iters, seed=seed,
                 device=device, n_workers=n_workers, connectivity=connectivity,
-                scheduler=scheduler))
+                scheduler=scheduler, cluster_forming_p=main_effect_cluster_p, alpha=alpha))
             main_b = main_b or MainEffect.from_result(run_ale(
                 group_b, grid=grid, fwhm_mm=fwhm_mm, n_iters=n_iters, seed=seed,
                 device=device, n_workers=n_workers, connectivity=connectivity,
-                scheduler=scheduler))
+                scheduler=scheduler, cluster_forming_p=main_effect_cluster_p, alpha=alpha))
         timings["main_effects_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

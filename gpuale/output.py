@@ -133,6 +133,12 @@ def write_contrast_maps(result, folder: Path) -> list[str]:
     return written
 
 
+def _json_settings(settings: dict | None) -> dict | None:
+    if settings is None:
+        return None
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in settings.items()}
+
+
 def groups_record(groups: Sequence[tuple[str, Dataset, Sequence, object]]) -> dict:
     """run.json's ``groups`` of a contrast: per ``(name, group, inputs, main effect)``,
     its experiments, inputs (with checksums) and main-effect run folder, if any."""
@@ -143,6 +149,8 @@ def groups_record(groups: Sequence[tuple[str, Dataset, Sequence, object]]) -> di
             "experiments": group.ids,
             "inputs": [input_record(p) for p in paths],
             "main_effect": getattr(main, "source", None),
+            # The gate's kernel and thresholds (gated contrasts), as its run recorded them.
+            "main_effect_settings": _json_settings(getattr(main, "settings", None)),
         }
         for name, group, paths, main in groups
     }
@@ -198,6 +206,9 @@ def run_record(
         },
         "mask": {
             "source": result.grid.source,
+            # Absolute, for jackknife and fail-safe N run from another folder.
+            **({"path": str(Path(result.grid.source).absolute())}
+               if result.grid.source and Path(result.grid.source).is_file() else {}),
             "shape": list(result.grid.shape),
             "n_voxels": result.grid.n_voxels,
             "checksum": result.grid.checksum(),

@@ -200,6 +200,10 @@ STUDY_ANALYSIS_KEY = "study_analysis"
 #: run), and the experiments it selected: ``{"inputs", "where", "split"}`` for a global
 #: analysis, ``{"A": ..., "B": ...}`` (each with its global ``analysis``) for a contrast.
 STUDY_FILE_KEY = "study_file"
+#: The study file's absolute path, where ``study_file`` names it as the user typed it
+#: (relative to the folder gpuale ran in): re-running a study's analysis (jackknife,
+#: fail-safe N) from another folder reads this one.
+STUDY_FILE_PATH_KEY = "study_file_path"
 SELECTION_KEY = "selection"
 #: Which measures contributions.tsv holds (absent where it held gpuale's earlier
 #: leave-one-out share of the summed ALE under ``contribution_pct``).
@@ -213,9 +217,10 @@ STOPPING_KEY = "stopping"
 #: threshold (the 1 - alpha quantile of the largest TFCE per permutation) and the voxels
 #: above it (:func:`gpuale.output.tfce_record`); absent or None without TFCE.
 TFCE_KEY = "tfce"
-#: Each entry of run.json's ``inputs``: the file read (``path``) and its ``sha256``, and,
-#: when the user named it otherwise (``example:NAME``, a path relative to a study file),
-#: that name as ``given``.
+#: Each entry of run.json's ``inputs``: the file read (``path``, absolute, so that the run
+#: can be repeated from any folder) and its ``sha256``, and, when the user named it
+#: otherwise (``example:NAME``, a path as typed, relative to the folder gpuale ran in or
+#: to a study file), that name as ``given``.
 INPUT_GIVEN_KEY = "given"
 
 
@@ -235,8 +240,11 @@ def input_record(item: str | Path | tuple[str, str | Path]) -> dict:
         ``path`` (the file or folder read), ``sha256`` (of its contents) and, when it
         differs from the path, the ``given`` name (``example:semantic-children``).
     """
-    given, path = item if isinstance(item, tuple) else (None, item)
-    entry = {"path": str(path), "sha256": file_checksum(path)}
+    given, path = item if isinstance(item, tuple) else (item, item)
+    # Absolute (not resolved: a symlinked folder stays as named), so that jackknife and
+    # fail-safe N find it from any folder; the typed form stays for display.
+    entry = {"path": str(Path(path).absolute()), "sha256": file_checksum(path)}
+    path = entry["path"]
     if given is not None and str(given) != str(path):
         entry[INPUT_GIVEN_KEY] = str(given)
     return entry

@@ -27,6 +27,7 @@ from gpuale.report.methods import (
     CONNECTIVITY_TEXT,
     RECOMMENDED_ITERATIONS,
     REFERENCES,
+    gate_text,
     methods_conjunction,
     methods_contrast,
     methods_global,
@@ -798,6 +799,8 @@ def _contrast_groups(run: RunFolder) -> Section:
     for name, group in run.record.get("groups", {}).items():
         inputs = "<br>".join(_esc(input_name(i)) for i in group.get("inputs", [])) or "-"
         main = group.get("main_effect") or (MAIN_EFFECT_COMPUTED if gated else MAIN_EFFECT_UNUSED)
+        if gated and group.get("main_effect_settings"):
+            main = f"{main} ({gate_text(group['main_effect_settings'])})"
         row = (name, group.get("n_experiments"), group.get("n_foci"), _Html(inputs), main)
         if selections:
             row += (_group_selection_text(selections.get(name)),)
