@@ -41,9 +41,9 @@ import numpy as np
 from gpuale.runfolder import REPORT_HTML
 
 __all__ = [
-    "COMPARE_FILES",
     "COMPARE_JSON",
     "ENGINE_ALIASES",
+    "COMPARE_FILES",
     "NIMARE_MISSING",
     "AnalysisSettings",
     "PeakMemory",
@@ -53,6 +53,7 @@ __all__ = [
     "compare_maps",
     "compare_runs",
     "compare_with_nimare",
+    "masses_differ",
     "resolve_engine",
 ]
 
@@ -60,14 +61,21 @@ __all__ = [
 NIMARE_VERSION = "0.22.1"
 NIMARE_MISSING = (
     f"gpuale compare --against nimare runs NiMARE {NIMARE_VERSION}, which is not installed: "
-    "pip install 'gpuale[bench]'"
+    "pip install 'gpuale[bench]' (in a clone of gpuale: pip install '.[bench]')"
 )
 #: Largest relative difference of a permutation's max ALE between two engines: float32
 #: rounding of 1 - exp(log-sum), whose exp may differ in the last bit on a GPU
 #: (bench/gpu_bench.py's MAX_ALE_RTOL).
 MAX_ALE_RTOL = 2.0**-23
-#: Cluster masses are float64 sums of float32 ALE values in an engine's own order.
+#: Cluster masses are float64 sums of float32 ALE excesses in an engine's own order: a
+#: permutation's largest mass may differ by this share of itself ...
 MASS_RTOL = 1e-9
+#: ... plus this much per voxel of the permutation's largest cluster, which the largest
+#: mass's cluster cannot outnumber: on a GPU each voxel's excess is rounded to 2^-40
+#: (``MASS_FRAC_BITS`` of gpuale.engines.cuda) before the sum, by at most 2^-41. Without
+#: it a small-mass cluster fails on rounding alone (a relative 1e-9 of a mass of 1e-4 is
+#: 1e-13, below one rounding step).
+MASS_ATOL_PER_VOXEL = 2.0**-40
 #: Engine names ``--devices`` takes beside gpuale's devices (``cpu``, ``gpu``, ``gpu:N``).
 ENGINE_ALIASES = {"numpy": "cpu-numpy", "numba": "cpu-numba"}
 MONTE_CARLO_NOTE = (
@@ -495,6 +503,27 @@ def resolve_engine(name: str) -> str:
     return resolve_device(ENGINE_ALIASES.get(name, name))
 
 
+def masses_differ(mass_a: np.ndarray, mass_b: np.ndarray, size_a: np.ndarray,
+                  size_b: np.ndarray) -> np.ndarray:
+    """Which permutations' largest cluster masses differ beyond rounding.
+
+    Two engines' masses of one permutation agree within ``MASS_RTOL`` of the larger
+    plus ``MASS_ATOL_PER_VOXEL`` per voxel of the larger of the two largest clusters
+    (``size_a``, ``size_b``): the tolerance is the permutation's, not a relative one of
+    each mass alone, which a mass of a few voxels barely over the threshold fails on the
+    GPU's fixed-point rounding alone.
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    mass_a, mass_b = np.asarray(mass_a, np.float64), np.asarray(mass_b, np.float64)
+    voxels = np.maximum(np.asarray(size_a), np.asarray(size_b)).astype(np.float64)
+    tolerance = (MASS_RTOL * np.maximum(np.abs(mass_a), np.abs(mass_b))
+                 + MASS_ATOL_PER_VOXEL * voxels)
+    return ~(np.abs(mass_a - mass_b) <= tolerance)
+
+
 def _compare_nulls(a: _Side, b: _Side) -> dict:
     """Two engines' nulls with the same seed, permutation by permutation."""
     n = min(a.arrays["max_ale"].size, b.arrays["max_ale"].size)
@@ -502,9 +531,9 @@ def _compare_nulls(a: _Side, b: _Side) -> dict:
     rel = np.abs(ale_a - ale_b) / np.maximum(np.abs(ale_a), 1e-300)
     size_differs = int(np.sum(a.arrays["max_cluster_size"][:n]
                               != b.arrays["max_cluster_size"][:n]))
-    mass_differs = int(np.sum(~np.isclose(a.arrays["max_cluster_mass"][:n],
-                                          b.arrays["max_cluster_mass"][:n],
-                                          rtol=MASS_RTOL, atol=0.0)))
+    mass_differs = int(np.sum(masses_differ(
+        a.arrays["max_cluster_mass"][:n], b.arrays["max_cluster_mass"][:n],
+        a.arrays["max_cluster_size"][:n], b.arrays["max_cluster_size"][:n])))
     failures = []
     if rel.max(initial=0.0) > MAX_ALE_RTOL:
         failures.append(f"{int(np.sum(rel > MAX_ALE_RTOL))} permutation(s) differ in max ALE "
@@ -513,7 +542,7 @@ def _compare_nulls(a: _Side, b: _Side) -> dict:
         failures.append(f"{size_differs} permutation(s) differ in max cluster size")
     if mass_differs:
         failures.append(f"{mass_differs} permutation(s) differ in max cluster mass "
-                        f"(rtol {MASS_RTOL:g})")
+                        f"(rtol {MASS_RTOL:g}, plus 2^-40 per voxel of the largest cluster)")
     sig_a, sig_b = a.arrays["significant"], b.arrays["significant"]
     if (sig_a != sig_b).any():
         failures.append(f"{int(np.sum(sig_a != sig_b))} voxel(s) are significant in only one run")
@@ -522,6 +551,8 @@ def _compare_nulls(a: _Side, b: _Side) -> dict:
         "max_ale_identical": bool(np.array_equal(ale_a, ale_b)),
         "max_ale_max_rel_diff": float(rel.max(initial=0.0)),
         "max_ale_rtol": MAX_ALE_RTOL,
+        "max_cluster_mass_rtol": MASS_RTOL,
+        "max_cluster_mass_atol_per_voxel": MASS_ATOL_PER_VOXEL,
         "max_cluster_size_differs": size_differs,
         "max_cluster_mass_differs": mass_differs,
         "significant_identical": not (sig_a != sig_b).any(),
@@ -545,7 +576,8 @@ def compare_devices(settings: AnalysisSettings, devices: Sequence[str],
     dict
         As ``compare.json``; ``passed``: the uncorrected maps agree within ``tolerances``
         and the nulls permutation by permutation (max ALE within 2^-23 relative, cluster
-        sizes identical, masses within 1e-9 relative).
+        sizes identical, masses within 1e-9 relative plus 2^-40 per voxel of the
+        permutation's largest cluster: :func:`masses_differ`).
     """
     if len(devices) != 2:
         raise ValueError(f"--devices takes two engines, e.g. cpu,gpu; got {len(devices)}")
@@ -649,6 +681,45 @@ def _read_volume(path: Path):
     return img.affine, np.asarray(data, dtype=np.float64)
 
 
+def _compare_null_files(a, b) -> tuple[dict, list[str]]:
+    """nulls.npz of two runs, array by array, and every difference named: a file or an
+    array one run has and the other lacks, a shape, whole numbers (cluster sizes, the
+    seed) not identical, floating-point values beyond :data:`MAX_ALE_RTOL` relative (the
+    last bits two engines or machines may differ in)."""
+    from gpuale.runfolder import NULLS_NPZ
+
+    has_a, has_b = (run.path.joinpath(NULLS_NPZ).is_file() for run in (a, b))
+    if has_a != has_b:
+        return {}, [f"{NULLS_NPZ} only in {'A' if has_a else 'B'}"]
+    nulls_a, nulls_b = a.nulls(), b.nulls()
+    nulls, failures = {}, []
+    for key in sorted(nulls_a.keys() ^ nulls_b.keys()):
+        nulls[key] = {"identical": False, "only_in": "A" if key in nulls_a else "B"}
+        failures.append(f"{NULLS_NPZ}: {key} only in {nulls[key]['only_in']}")
+    for key in sorted(nulls_a.keys() & nulls_b.keys()):
+        x, y = np.asarray(nulls_a[key]), np.asarray(nulls_b[key])
+        if x.shape != y.shape:
+            nulls[key] = {"shape": [list(x.shape), list(y.shape)], "identical": False,
+                          "passed": False}
+            failures.append(f"{NULLS_NPZ}: {key} has shape {x.shape} in A, {y.shape} in B")
+            continue
+        nulls[key] = {"identical": bool(np.array_equal(x, y))}
+        passed = nulls[key]["identical"]
+        if x.dtype.kind == "f" and y.dtype.kind == "f" and x.size:
+            with np.errstate(invalid="ignore"):
+                rel = np.abs(x - y) / np.maximum(np.abs(x), 1e-300)
+            rel = np.where(x == y, 0.0, rel)  # equal infinities
+            nulls[key]["max_rel_diff"] = float(np.max(rel))
+            passed = bool(np.all(rel <= MAX_ALE_RTOL))
+        nulls[key]["passed"] = passed
+        if not passed:
+            beyond = ("" if x.dtype.kind != "f" else
+                      f" (largest relative difference {nulls[key]['max_rel_diff']:.3g}, "
+                      f"beyond {MAX_ALE_RTOL:.3g})")
+            failures.append(f"{NULLS_NPZ}: {key} differs{beyond}")
+    return nulls, failures
+
+
 def compare_runs(run_a: str | Path, run_b: str | Path,
                  tolerances: Tolerances = Tolerances()) -> dict:
     """Two finished run folders (two versions, two machines): map by map, experiment by
@@ -668,7 +739,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path,
     ValueError
         The runs are of different kinds (a global ALE and a contrast).
     """
-    from gpuale.runfolder import MAP_SUFFIX, open_run
+    from gpuale.runfolder import MAP_SUFFIX, gpuale_map_name, map_file, open_run
 
     a, b = open_run(run_a), open_run(run_b)
     if a.kind != b.kind:
@@ -685,8 +756,9 @@ def compare_runs(run_a: str | Path, run_b: str | Path,
     environment_diff = {k: [env_a.get(k), env_b.get(k)]
                         for k in sorted(env_a.keys() | env_b.keys())
                         if env_a.get(k) != env_b.get(k)}
-    names_a = {p.name.removesuffix(MAP_SUFFIX) for p in a.path.glob(f"*{MAP_SUFFIX}")}
-    names_b = {p.name.removesuffix(MAP_SUFFIX) for p in b.path.glob(f"*{MAP_SUFFIX}")}
+    # Each map by this version's name, whichever name its folder's version wrote it under.
+    names_a, names_b = ({map_file(p.name.removesuffix(MAP_SUFFIX)).removesuffix(MAP_SUFFIX)
+                         for p in run.path.glob(f"*{MAP_SUFFIX}")} for run in (a, b))
     maps = {}
     for name in sorted(names_a & names_b):
         affine_a, data_a = _read_volume(a.map_path(name))
@@ -696,7 +768,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path,
             failures.append(f"map {name}: on different grids")
             continue
         diff = float(np.max(np.abs(data_a - data_b), initial=0.0))
-        tol = _map_tolerance(name, tolerances)
+        tol = _map_tolerance(gpuale_map_name(name), tolerances)
         maps[name] = {"max_abs_diff": diff, "tolerance": tol, "passed": diff <= tol,
                       "voxels_differ": int(np.sum(np.abs(data_a - data_b) > tol))}
         if diff > tol:
@@ -706,17 +778,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path,
         failures.append(f"map {name} only in {'A' if name in names_a else 'B'}")
     clusters = _compare_clusters(a, b)
     failures += clusters["failures"]
-    nulls_a, nulls_b = a.nulls(), b.nulls()
-    nulls = {}
-    for key in sorted(nulls_a.keys() & nulls_b.keys()):
-        x, y = np.asarray(nulls_a[key]), np.asarray(nulls_b[key])
-        if x.shape != y.shape:
-            nulls[key] = {"shape": [list(x.shape), list(y.shape)], "identical": False}
-        else:
-            nulls[key] = {"identical": bool(np.array_equal(x, y))}
-            if x.dtype.kind == "f" and x.size:
-                rel = np.abs(x - y) / np.maximum(np.abs(x), 1e-300)
-                nulls[key]["max_rel_diff"] = float(np.max(rel))
+    nulls, null_failures = _compare_null_files(a, b)
+    failures += null_failures
     return {
         "form": "runs",
         "a": str(a.path), "b": str(b.path),

@@ -294,7 +294,8 @@ def test_cli_writes_cluster_fwe_maps_and_nulls(tmp_path):
     assert result.exit_code == 0, result.output
     for kind in ("Size", "Mass"):
         for stat in ("p", "z", "logp"):
-            assert (out / f"{stat}_desc-AminusB{kind}_level-cluster.nii.gz").exists()
+            assert (out / f"{stat}_desc-group1MinusGroup2{kind}_level-cluster"
+                          "_corr-FWE_method-montecarlo.nii.gz").exists()
     record = json.loads((out / "run.json").read_text())
     settings = record["settings"]
     assert settings["cluster_fwe"] is True and settings["alpha"] == 0.5

@@ -111,7 +111,7 @@ def test_bundled_demo_study_is_valid():
     from gpuale.examples import example_path
 
     study = load_study(example_path("semantic-children-study"))
-    assert len(study.analyses) == 11
+    assert len(study.analyses) == 12
     assert study.order()[-1].type in ("contrast", "conjunction")
 
 

@@ -29,6 +29,7 @@ from gpuale.cli._shared import (
     app,
     err,
 )
+from gpuale.nulls import MAX_ITERATIONS
 
 
 @app.command("compare")
@@ -56,7 +57,7 @@ def compare_(
     iters: Annotated[
         int, typer.Option("--iters", help="Monte Carlo iterations of each side (0: the "
                           "uncorrected maps only; NiMARE needs ~0.1-0.2 s per iteration).",
-                          min=0),
+                          min=0, max=MAX_ITERATIONS),
     ] = 1000,
     seed: SeedOption = DEFAULT_SEED,
     cluster_p: Annotated[

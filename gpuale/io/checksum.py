@@ -18,10 +18,15 @@ def file_checksum(path: str | Path) -> str:
 
         digest.update(_read_bytes(path))
         return digest.hexdigest()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    from gpuale.io import input_files
+
+    # Only the files gpuale reads: a note saved into a release folder changes nothing.
+    files = input_files(path)
+    named = path.is_dir() or files != [path]
+    base = path if path.is_dir() else path.parent
     for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
+        if named:
+            digest.update(str(file.relative_to(base)).encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)

@@ -9,7 +9,9 @@ objects.
 from __future__ import annotations
 
 import dataclasses
+import html
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -19,9 +21,11 @@ from urllib.parse import quote
 
 import numpy as np
 
+from gpuale.dataset import foci_text
 from gpuale.report.methods import (
     CONNECTIVITY_TEXT,
     RECOMMENDED_ITERATIONS,
+    gate_text,
     methods_conjunction,
     methods_contrast,
     methods_global,
@@ -60,6 +64,7 @@ from gpuale.runfolder import (
     INDEX_HTML,
     JACKKNIFE_JSON,
     REPORT_HTML,
+    RUN_JSON,
     SELECTION_KEY,
     TFCE_KEY,
     Z_THRESHOLDED,
@@ -81,7 +86,7 @@ __all__ = [
 REPORT_FILE = REPORT_HTML
 INDEX_FILE = INDEX_HTML
 #: How to get what reports need.
-INSTALL_HINT = "pip install 'gpuale[report]'"
+INSTALL_HINT = "pip install 'gpuale[report]' (in a clone of gpuale: pip install '.[report]')"
 UNAVAILABLE_MESSAGE = f"HTML reports need matplotlib, which is not installed: {INSTALL_HINT}"
 UNKNOWN_KIND_MESSAGE = "{run_json}: unknown analysis kind {kind!r}; reports exist for {known}"
 #: Slice figures are drawn for this many clusters at most, the largest first.
@@ -114,7 +119,8 @@ OLD_CONTRIBUTIONS_TEXT = (
     "are in contributions.tsv."
 )
 MAIN_EFFECT_COMPUTED = "computed for this contrast"
-CONTRAST_PEAKS_TEXT = "largest |ALE_A - ALE_B| (z saturates at the permutation floor)"
+CONTRAST_PEAKS_TEXT = ("largest |ALE_A - ALE_B|; sub-peaks: local maxima of |ALE_A - ALE_B|, "
+                       "by decreasing difference (z is capped at the permutation floor)")
 CONJUNCTION_DIRECTIONS_TEXT = (
     "positive: every input > 0 (A > B where inputs are contrasts); negative: every input < 0 "
     "(B > A), as separate clusters"
@@ -311,7 +317,8 @@ def _contributions(run: RunFolder, labels: dict[str, list[str]]) -> Section | No
             f'<span class="contributor"><b>{float(r["contribution_pct"]):.1f}%</b> '
             f"{_esc(r['experiment'])} <span class=\"muted\">("
             + (f"jackknife {float(r['jackknife']):.3f}, " if jackknife else "")
-            + f"{int(r['foci_in_cluster'])} foci, N = {_count(r['n_subjects'])})</span></span>"
+            + f"{foci_text(int(r['foci_in_cluster']))}, N = {_count(r['n_subjects'])})"
+            + "</span></span>"
             for r in mine[:TOP_CONTRIBUTORS]
         )
         table_rows.append((int(cluster["cluster"]), labels[LABEL_ATLASES[0]][k], with_foci,
@@ -558,6 +565,8 @@ def _contrast_groups(run: RunFolder) -> Section:
     for name, group in run.record.get("groups", {}).items():
         inputs = "<br>".join(_esc(input_name(i)) for i in group.get("inputs", [])) or "-"
         main = group.get("main_effect") or (MAIN_EFFECT_COMPUTED if gated else MAIN_EFFECT_UNUSED)
+        if gated and group.get("main_effect_settings"):
+            main = f"{main} ({gate_text(group['main_effect_settings'])})"
         row = (name, group.get("n_experiments"), group.get("n_foci"), _Html(inputs), main)
         if selections:
             row += (_group_selection_text(selections.get(name)),)
@@ -569,10 +578,26 @@ def _contrast_groups(run: RunFolder) -> Section:
     return Section("groups", "Groups", table)
 
 
+def _capped_z_text(record: dict) -> str:
+    """What a contrast's cluster table's z means at the permutation floor."""
+    from gpuale.contrast import smallest_p
+
+    n = int(record.get("settings", {}).get("iterations", 0))
+    floor = smallest_p(record.get("mode"), n) if n >= 1 else None
+    where = f" (p = {floor:.3g} with {n:,} splits)" if floor is not None else ""
+    return ("Peaks are ordered by |ALE_A − ALE_B|, not z: z is capped at the permutation "
+            f"floor{where}, where no random split reaches the observed difference; "
+            "“≥” marks a z at that floor, which says only “at least this”, so a sub-peak's "
+            "z may exceed its cluster peak's.")
+
+
 def _contrast_page(run: RunFolder) -> Page:
     record = run.record
     results, _ = _results_sections(run, Z_THRESHOLDED, CONTRAST_CLUSTER_COLUMNS,
                                    CONTRAST_COLORBARS)
+    if results and any("z_capped" in row for row in run.peaks()):
+        results[0] = dataclasses.replace(
+            results[0], body=results[0].body + _note([_capped_z_text(record)]))
     settings_section = _contrast_settings(run)
     settings_section = dataclasses.replace(
         settings_section, body=_note(_contrast_notes(record)) + settings_section.body)
@@ -594,6 +619,30 @@ def _contrast_page(run: RunFolder) -> Page:
 # --------------------------------------------------------------------------- conjunction
 
 
+def _empty_conjunction_text(record: dict) -> str:
+    """Why a conjunction has no cluster: how many voxels each input has, and how many
+    each pair shares (read from the input maps where they are still there)."""
+    import nibabel as nib
+
+    text = ("No cluster: no voxel lies in every input at once (or not enough of them for "
+            "the minimum volume), so the minimum statistic is zero everywhere and the "
+            "brains below are blank.")
+    names, masks = [], []
+    for entry in record.get("inputs", []):
+        path = Path(str(entry.get("path", "")))
+        try:
+            masks.append(np.asanyarray(nib.load(path).dataobj) != 0)
+        except (OSError, ValueError, nib.filebasedimages.ImageFileError):
+            return text
+        names.append(path.parent.name if path.name.startswith(Z_THRESHOLDED) else path.name)
+    if len(masks) < 2 or len({m.shape for m in masks}) != 1:
+        return text
+    each = "; ".join(f"{n} {int(m.sum()):,}" for n, m in zip(names, masks))
+    pairs = "; ".join(f"{names[i]} and {names[j]} {int((masks[i] & masks[j]).sum()):,}"
+                      for i in range(len(masks)) for j in range(i + 1, len(masks)))
+    return f"{text} Voxels on in each input: {each}. Shared by two of them: {pairs}."
+
+
 def _conjunction_page(run: RunFolder) -> Page:
     record = run.record
     inputs = "<br>".join(_esc(input_name(i)) for i in record.get("inputs", [])) or "-"
@@ -609,6 +658,9 @@ def _conjunction_page(run: RunFolder) -> Page:
     ]
     results, _ = _results_sections(run, CONJUNCTION_MAP, CONJUNCTION_CLUSTER_COLUMNS,
                                    GLOSSARY_Z)
+    if not run.clusters() and results:  # say why the brains are blank
+        results[0] = dataclasses.replace(
+            results[0], body=_note([_empty_conjunction_text(record)]) + results[0].body)
     body = _note(list(record.get("warnings", []))) + _settings_table(rows)
     sections = [Section("settings", "Settings", body), *results,
                 _methods_section(*methods_conjunction(record))]
@@ -698,6 +750,35 @@ def write_report(run_dir: str | Path) -> Path:
     out = run.path / REPORT_FILE
     _write_atomic(out, _render(page, _footer(str(run.path)), __version__))
     return out
+
+
+def report_is_current(run_dir: str | Path) -> bool:
+    """Whether ``run_dir``'s report.html can be kept as it is: written (with its figures)
+    after the run's run.json, by this gpuale version (its ``generator`` meta tag).
+
+    A study keeps the reports of the analyses it reuses when they are current, rather
+    than drawing every figure again (seconds each)."""
+    from gpuale._version import __version__
+
+    folder = Path(run_dir)
+    report = folder / REPORT_FILE
+    try:
+        drawn = report.stat().st_mtime
+        # The run, or a jackknife or fail-safe N written since, is newer than its report.
+        if any((folder / name).exists() and (folder / name).stat().st_mtime > drawn
+               for name in (RUN_JSON, JACKKNIFE_JSON, FAILSAFE_JSON)):
+            return False
+        head = report.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return False
+    found = re.search(r'<meta name="generator" content="gpuale ([^"]*)">', head)
+    if found is None or html.unescape(found[1]) != __version__:
+        return False
+    # Every figure the page shows is still there.
+    text = report.read_text(encoding="utf-8", errors="replace")
+    return all((folder / html.unescape(src)).is_file()
+               for src in re.findall(r'<img src="([^"]+)"', text)
+               if not src.startswith(("data:", "http:", "https:")))
 
 
 #: Keys each entry of ``write_study_index`` needs.

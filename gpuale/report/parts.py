@@ -147,6 +147,8 @@ def _group_selection_text(selection: dict | None) -> str:
     if not selection:
         return "-"
     text = _selection_text(selection)
+    if selection.get("run"):  # `gpuale contrast` given a `gpuale global` run folder
+        return f"run {selection['run']}: {text}"
     return f"analysis {selection['analysis']}: {text}" if selection.get("analysis") else text
 
 
@@ -220,7 +222,8 @@ CONTRAST_CLUSTER_COLUMNS: tuple[_ClusterColumn, ...] = (
     ("Volume (mm³)", "volume_mm3", True, False),
     ("Peak MNI (mm)", _peak_text, True, True),
     ("Peak ALE A − B", _value("peak_diff", 4, signed=True), True, True),
-    ("Peak z", _value("peak_value", 2), True, True),
+    ("Peak z", lambda r: ("≥ " if r.get("z_capped") == "yes" else "")
+     + _value("peak_value", 2)(r), True, True),
 )
 
 
