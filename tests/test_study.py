@@ -183,7 +183,7 @@ def test_force_recomputes_every_analysis_and_touches_nothing_else(tmp_path, no_r
 
 
 def test_folders_holding_something_else_are_refused_unless_forced(tmp_path, no_reports):
-    from gpuale.study import StudyFolderConflict
+    from gpuale.studyfolder import StudyFolderConflict
 
     study = load_study(_write(tmp_path))
     out = tmp_path / "out"
