@@ -94,6 +94,7 @@ def compare_(
     """
     from gpuale import compare as cmp
     from gpuale import compare_output
+    from gpuale.compare_folders import compare_runs
 
     with _user_errors():
         if against is not None and devices is not None:
@@ -108,7 +109,7 @@ def compare_(
             if len(inputs) != 2:
                 raise ValueError(f"two run folders to compare, got {len(inputs)} argument(s); "
                                  "to run an analysis pass --against nimare or --devices A,B")
-            record = cmp.compare_runs(inputs[0], inputs[1], tolerances)
+            record = compare_runs(inputs[0], inputs[1], tolerances)
         else:
             settings = cmp.AnalysisSettings(
                 inputs=tuple(inputs), iters=iters, seed=seed, cluster_p=cluster_p,
