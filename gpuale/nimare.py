@@ -43,11 +43,12 @@ from joblib import Memory
 from scipy import ndimage
 
 from gpuale._version import __version__
+from gpuale.cluster_null import contrast_cluster_null
 from gpuale.engines import get_engine, resolve_device
 from gpuale.grid import Grid
 from gpuale.kernel import ale_kernel, fwhm_from_sample_size, kernel_sigma
 from gpuale.nulls import run_null
-from gpuale.nullspecs import GlobalNullSpec
+from gpuale.nullspecs import ContrastNullSpec, GlobalNullSpec
 from gpuale.problem import Problem
 from gpuale.stats import analytic_null
 
@@ -326,3 +327,201 @@ def _cluster_p(stat: np.ndarray, grid: Grid, thresh: float, max_size: np.ndarray
     p_mass = null_to_p(masses, max_mass, "upper")
     in_mask = labels.ravel()[grid.in_mask_flat]
     return p_size[in_mask], p_mass[in_mask]
+
+
+def _pooled(first: Problem, second: Problem) -> Problem:
+    """Both groups as one problem, the first group's experiments first (ids prefixed, so
+    that an experiment in both stays two)."""
+    kernels = tuple(first.kernels) + tuple(second.kernels)
+    return Problem(
+        grid=first.grid,
+        focus_ijk=np.concatenate([first.focus_ijk, second.focus_ijk]),
+        experiment_offsets=np.concatenate(
+            [first.experiment_offsets, second.experiment_offsets[1:] + first.n_foci]),
+        kernel_index=np.concatenate(
+            [first.kernel_index, second.kernel_index + len(first.kernels)]).astype(np.int32),
+        kernels=kernels,
+        fwhm_mm=np.concatenate([first.fwhm_mm, second.fwhm_mm]),
+        experiment_ids=tuple(f"1:{e}" for e in first.experiment_ids)
+        + tuple(f"2:{e}" for e in second.experiment_ids),
+    )
+
+
+def _group_maps(engine, problem: Problem, label: str) -> tuple[np.ndarray, dict]:
+    """One group's ALE and analytic-null p, z and logp, named as NiMARE names a pairwise
+    estimator's group maps (``stat_desc-group1``, ...)."""
+    observed = engine.observed_ale(problem)
+    null = analytic_null(observed.ma_values, problem.grid.n_voxels,
+                         max_ale=float(observed.ale.max()))
+    p = null.p_values(observed.ale)
+    maps = {
+        f"stat_desc-{label}": observed.ale.astype(np.float64),
+        f"p_desc-{label}": p,
+        f"z_desc-{label}": nimare_p_to_z(p, tail="one").astype(np.float64),
+        f"logp_desc-{label}": _nlogp_to_logp_values(np.log(p), dtype=FLOAT),
+    }
+    return observed.ale, maps
+
+
+class ALESubtraction(_nimare_ale.ALESubtraction):
+    """NiMARE's ALE subtraction on gpuale's engines
+    (``isinstance(est, nimare.meta.cbma.ALESubtraction)``).
+
+    The random splits of the pooled experiments run on a gpuale engine; with
+    ``vfwe_only=False`` the cluster-level null forms clusters at the same pooled quantile
+    of |differences| as NiMARE without keeping every permuted map
+    (:mod:`gpuale.cluster_null`). ``device`` and ``scheduler`` as in :class:`ALE`; the
+    other parameters as NiMARE's. Inference maps, another kernel, and
+    ``correct_fwe_montecarlo(target="main-effects"|"all")`` run NiMARE's own code, with a
+    warning.
+    """
+
+    def __init__(
+        self,
+        kernel_transformer=ALEKernel,
+        n_iters=5000,
+        voxel_thresh=0.001,
+        low_memory="auto",
+        vfwe_only=True,
+        restrict_to_inference_mask=False,
+        memory=Memory(location=None, verbose=0),  # noqa: B008 - NiMARE's default
+        memory_level=0,
+        n_cores=1,
+        random_state=None,
+        device="auto",
+        scheduler=None,
+        **kwargs,
+    ):
+        super().__init__(
+            kernel_transformer=kernel_transformer,
+            n_iters=n_iters,
+            voxel_thresh=voxel_thresh,
+            low_memory=low_memory,
+            vfwe_only=vfwe_only,
+            restrict_to_inference_mask=restrict_to_inference_mask,
+            memory=memory,
+            memory_level=memory_level,
+            n_cores=n_cores,
+            random_state=random_state,
+            **kwargs,
+        )
+        self.device = device
+        self.scheduler = scheduler
+        self._gpuale_pooled = None
+        self._gpuale_engine = None
+
+    _engine = ALE._engine
+    __getstate__ = ALE.__getstate__
+
+    def _fit_reason(self) -> str | None:
+        if (self.inputs_.get("inference_map1") is not None
+                or self.inputs_.get("inference_map2") is not None):
+            return "inference maps were given (gpuale's subtraction tests every voxel)"
+        return _kernel_reason(self.kernel_transformer)
+
+    def _fit(self, dataset1, dataset2):
+        reason = self._fit_reason()
+        if reason:
+            self._gpuale_pooled = None
+            _fallback(self, "fit", reason)
+            return super()._fit(dataset1, dataset2)
+        self.dataset1 = dataset1
+        self.dataset2 = dataset2
+        self.masker = self.masker or dataset1.masker
+        self.null_distributions_ = {}
+        grid = _grid_of(self.masker)
+        kernel = self.kernel_transformer
+        first = _problem_of(self.inputs_["coordinates1"], kernel, grid)
+        second = _problem_of(self.inputs_["coordinates2"], kernel, grid)
+        engine = self._engine()
+        ale1, maps1 = _group_maps(engine, first, "group1")
+        ale2, maps2 = _group_maps(engine, second, "group2")
+        self._gpuale_pooled = (_pooled(first, second), first.n_experiments)
+        diff = ale1.astype(FLOAT) - ale2.astype(FLOAT)
+        p, sign = self._gpuale_null(self.n_iters, self.voxel_thresh, self.vfwe_only,
+                                    self.n_cores, tails=True)
+        maps = {
+            "stat_desc-group1MinusGroup2": diff,
+            "p_desc-group1MinusGroup2": p,
+            "z_desc-group1MinusGroup2": nimare_p_to_z(p, tail="two") * sign,
+            "logp_desc-group1MinusGroup2": _p_to_logp_values(p, dtype=FLOAT),
+        }
+        maps.update(maps1)
+        maps.update(maps2)
+        return maps, {}, self._description_text()
+
+    def _gpuale_null(self, n_iters, voxel_thresh, vfwe_only, n_cores, tails=False):
+        """Run the splits on gpuale's engine into ``null_distributions_`` (NiMARE's keys);
+        with ``tails``, the two-sided p and the sign of every in-mask voxel."""
+        pooled, n_first = self._gpuale_pooled
+        grid = pooled.grid
+        engine = self._engine()
+        support, log_maps = engine.experiment_log_maps(pooled)
+        seed = _seed_of(self.random_state)
+        n_iters = int(n_iters)
+        workers = _check_ncores(n_cores)
+        if vfwe_only:
+            null = run_null(ContrastNullSpec(log_maps, n_first), engine, seed=seed,
+                            n_iters=n_iters, scheduler=self.scheduler, n_workers=workers)
+        else:
+            spec = ContrastNullSpec(log_maps, n_first, voxel_flat=grid.in_mask_flat[support],
+                                    shape=tuple(int(n) for n in grid.shape), connectivity=6)
+            null = contrast_cluster_null(spec, engine, seed=seed, n_iters=n_iters,
+                                         voxel_thresh=float(voxel_thresh),
+                                         n_mask_voxels=grid.n_voxels,
+                                         scheduler=self.scheduler, n_workers=workers)
+        nulls = self.null_distributions_
+        nulls["values_level-voxel_corr-fwe_method-montecarlo"] = null.max_abs.astype(FLOAT)
+        if not vfwe_only:
+            nulls["summary_stat_thresh_level-voxel_corr-fwe_method-montecarlo"] = float(
+                null.cluster_forming_abs_difference)
+            nulls["values_desc-size_level-cluster_corr-fwe_method-montecarlo"] = (
+                null.max_cluster_size.astype(FLOAT))
+            nulls["values_desc-mass_level-cluster_corr-fwe_method-montecarlo"] = (
+                null.max_cluster_mass.astype(FLOAT))
+        if not tails:
+            return None
+        # Voxels no experiment reaches differ by 0 in every split: upper = lower = n.
+        upper = np.full(grid.n_voxels, n_iters, dtype=np.int64)
+        lower = upper.copy()
+        upper[support] = null.upper
+        lower[support] = null.lower
+        return self._finalize_alediff_tail_counts(upper, lower, n_iters)
+
+    def _generate_description(self):
+        text = super()._generate_description()
+        if getattr(self, "_gpuale_pooled", None) is not None:
+            text += _credit(self._gpuale_device, self._engine())
+        return text
+
+    def correct_fwe_montecarlo(self, result, voxel_thresh=0.001, n_iters=None, n_cores=1,
+                               vfwe_only=False, target="pairwise"):
+        """NiMARE's Monte Carlo FWE correction of the subtraction, with the splits on
+        gpuale's engine where the fit's nulls do not already answer it (see
+        :meth:`nimare.meta.cbma.ale.ALESubtraction.correct_fwe_montecarlo`)."""
+        if getattr(self, "_gpuale_pooled", None) is None or target != "pairwise":
+            _fallback(self, "Monte Carlo FWE correction",
+                      f"target={target!r} (gpuale corrects the pairwise difference)"
+                      if target != "pairwise" else "the estimator was fitted by NiMARE's code")
+            return super().correct_fwe_montecarlo(result, voxel_thresh=voxel_thresh,
+                                                  n_iters=n_iters, n_cores=n_cores,
+                                                  vfwe_only=vfwe_only, target=target)
+        n_iters = self.n_iters if n_iters is None else n_iters
+        voxel_thresh = self.voxel_thresh if voxel_thresh is None else voxel_thresh
+        fitted = (self.n_iters, self.voxel_thresh, self.vfwe_only)
+        nulls = self.null_distributions_
+        cached = (n_iters, voxel_thresh) == fitted[:2] and (vfwe_only or (
+            "values_desc-size_level-cluster_corr-fwe_method-montecarlo" in nulls))
+        if not cached:
+            self._gpuale_null(n_iters, voxel_thresh, vfwe_only, n_cores)
+        # NiMARE's own code turns the nulls into maps, as it would from its cached nulls.
+        self.n_iters, self.voxel_thresh, self.vfwe_only = n_iters, voxel_thresh, vfwe_only
+        try:
+            maps, tables, description = super().correct_fwe_montecarlo(
+                result, voxel_thresh=voxel_thresh, n_iters=n_iters, n_cores=n_cores,
+                vfwe_only=vfwe_only, target=target)
+        finally:
+            self.n_iters, self.voxel_thresh, self.vfwe_only = fitted
+        description += (f" The {n_iters} random splits ran on gpuale {__version__} "
+                        f"({self._engine().describe()}).")
+        return maps, tables, description
