@@ -39,9 +39,9 @@ def main(tool: str, n_iters: str, cores: str, data: str = "semantic-adults") -> 
     from gpuale.compare import PeakMemory
 
     if tool == "nimare":
-        from nimare.meta.cbma.ale import ALE          # before
+        from nimare.meta.cbma.ale import ALE  # before
     elif tool == "gpuale":
-        from gpuale.nimare import ALE                 # after: the one line that changes
+        from gpuale.nimare import ALE  # after: the one line that changes
     else:
         raise SystemExit(f"unknown tool {tool!r}")
     dset = nimare_dataset(load_example(data))
