@@ -25,6 +25,7 @@ yet (gpuale's SCALE is being built).
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -206,9 +207,22 @@ class ALE(_nimare_ale.ALE):
         return self._gpuale_engine
 
     def __getstate__(self):
+        """Pickled (NiMARE's ``save``) without the engine, rebuilt where it is needed, or
+        the scheduler (a cluster client belongs to this session)."""
         state = self.__dict__.copy()
-        state["_gpuale_engine"] = None  # device state is rebuilt where it is needed
+        state["_gpuale_engine"] = None
+        state["scheduler"] = None
         return state
+
+    def __deepcopy__(self, memo):
+        """A deep copy (NiMARE's Jackknife and workflows copy estimators) that shares the
+        scheduler and the engine rather than copying a cluster client or device state."""
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            shared = key in ("scheduler", "_gpuale_engine")
+            setattr(clone, key, value if shared else copy.deepcopy(value, memo))
+        return clone
 
     def _fit(self, dataset):
         reason = self._fit_reason()
@@ -412,6 +426,7 @@ class ALESubtraction(_nimare_ale.ALESubtraction):
 
     _engine = ALE._engine
     __getstate__ = ALE.__getstate__
+    __deepcopy__ = ALE.__deepcopy__
 
     def _fit_reason(self) -> str | None:
         if (self.inputs_.get("inference_map1") is not None

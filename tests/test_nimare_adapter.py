@@ -139,16 +139,25 @@ def test_voxel_only_correction_and_fdr(pain):
         np.testing.assert_allclose(ours_f.maps[name], values, atol=1e-6, err_msg=name)
 
 
-def test_same_seed_same_null_and_threads_agree(pain):
-    """random_state fixes gpuale's permutations, whatever the number of cores."""
+def test_same_seed_same_null_on_threads_and_a_scheduler(pain):
+    """random_state fixes gpuale's permutations, whatever the cores or the scheduler; a
+    deep copy (Jackknife's) shares the scheduler, a pickle (NiMARE's save) drops it."""
+    import copy
+    import pickle
+
+    from gpuale.nulls import SerialScheduler
+
     nulls = []
-    for cores in (1, 2):
-        est = gn.ALE(device="cpu", random_state=7)
+    for cores, scheduler in ((1, None), (2, None), (1, SerialScheduler())):
+        est = gn.ALE(device="cpu", random_state=7, scheduler=scheduler)
         result = est.fit(pain)
         FWECorrector(method="montecarlo", n_iters=FEW_ITERS, n_cores=cores).transform(result)
         nulls.append(est.null_distributions_)
-    for key in nulls[0]:
-        np.testing.assert_array_equal(nulls[0][key], nulls[1][key], err_msg=key)
+    assert copy.deepcopy(est).scheduler is scheduler
+    assert pickle.loads(pickle.dumps(est)).scheduler is None
+    for other in nulls[1:]:
+        for key in nulls[0]:
+            np.testing.assert_array_equal(nulls[0][key], other[key], err_msg=key)
 
 
 def test_unsupported_options_fall_back_to_nimare_with_a_warning(pain):
