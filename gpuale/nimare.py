@@ -12,7 +12,8 @@ and returns NiMARE's maps, ``null_distributions_`` keys and tables. Results are
 work on them unchanged.
 
 What gpuale does not compute (another kernel than NiMARE's ``ALEKernel``, the Monte Carlo
-uncorrected null, a grey-matter ``mask_coverage``, inference masks in a subtraction) runs
+uncorrected null, a grey-matter ``mask_coverage``, precomputed MA maps, inference masks in
+a subtraction, a subtraction's main-effect correction) runs
 NiMARE's own code, with a :class:`NiMAREFallbackWarning` that says so.
 
 Permutations draw random foci with gpuale's counter-based generator (Philox, seeded by
@@ -188,6 +189,8 @@ class ALE(_nimare_ale.ALE):
     # -- what gpuale computes ----------------------------------------------------------
 
     def _fit_reason(self) -> str | None:
+        if self.inputs_.get("ma_maps") is not None:
+            return "precomputed MA maps were given (gpuale computes them from the foci)"
         if self.null_method != "approximate":
             return f"null_method={self.null_method!r} (gpuale computes the approximate null)"
         return _kernel_reason(self.kernel_transformer)
@@ -432,6 +435,9 @@ class ALESubtraction(_nimare_ale.ALESubtraction):
         if (self.inputs_.get("inference_map1") is not None
                 or self.inputs_.get("inference_map2") is not None):
             return "inference maps were given (gpuale's subtraction tests every voxel)"
+        if (self.inputs_.get("ma_maps1") is not None
+                or self.inputs_.get("ma_maps2") is not None):
+            return "precomputed MA maps were given (gpuale computes them from the foci)"
         return _kernel_reason(self.kernel_transformer)
 
     def _fit(self, dataset1, dataset2):
