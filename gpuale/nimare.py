@@ -507,6 +507,9 @@ class ALESubtraction(_nimare_ale.ALESubtraction):
         lower = upper.copy()
         upper[support] = null.upper
         lower[support] = null.lower
+        #: Per in-mask voxel, the splits whose difference equals the observed one exactly
+        #: (counted in both tails; NiMARE's float comparisons break such ties one way).
+        self.gpuale_ties_ = upper + lower - n_iters
         return self._finalize_alediff_tail_counts(upper, lower, n_iters)
 
     def _generate_description(self):
