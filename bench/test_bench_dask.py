@@ -25,8 +25,9 @@ from conftest import load_example
 
 from gpuale.analysis import run_ale
 from gpuale.engines import get_engine
-from gpuale.nulls import DaskScheduler, SerialScheduler, ThreadScheduler, run_null
+from gpuale.nulls import DaskScheduler, run_null
 from gpuale.nullspecs import GlobalNullPartial, GlobalNullSpec
+from gpuale.schedulers import SerialScheduler, ThreadScheduler
 
 pytest.importorskip("distributed", reason="needs the dask extra")
 

@@ -22,8 +22,9 @@ from conftest import load_example
 
 from gpuale.analysis import run_ale
 from gpuale.engines.numba_ import NumbaEngine
-from gpuale.nulls import SerialScheduler, run_null
+from gpuale.nulls import run_null
 from gpuale.nullspecs import GlobalNullSpec
+from gpuale.schedulers import SerialScheduler
 from gpuale.stats import analytic_null
 from gpuale.tfce import tfce_definition, tfce_volume, z_table
 

@@ -11,14 +11,22 @@ one a loop over all other foci of the experiment until one beats it; then five p
 over every in-mask voxel. (The model was checked against an instrumented copy of that
 kernel run through the shim: the same box voxels, stamps, additions and loop turns.)
 
+Rows "issue 11" and "issue 21" are the same additions, from the same counters: issue 11's
+scatter walked a column one voxel at a time, so each voxel's ``vox_to_mask`` load, and
+then at an in-mask voxel its kernel-table load, waited for the previous voxel's atomic
+addition (``box voxels + stamps`` dependent waits per column); issue 21's issues the two
+loads of ``GPUALE_SCATTER_UNROLL`` voxels together (one wait per round of the walk, the
+``walk_rounds`` counter), loading the kernel value at out-of-mask voxels too.
+
 Bytes are what the kernels ask of global memory, before any cache, per permutation:
 
 * volume passes: arrays of one entry per in-mask voxel (the log-sum cleared and read,
   and before issue 11 the labels, sizes and masses written and read four more times):
   these stream through DRAM, 228,483 entries per permutation on the MNI 2 mm mask;
-* scatter: 4 bytes per box voxel (its compact index), 8 per stamp (kernel value), 8 per
-  atomic addition, 4 per overlap entry read and 8 per contested kernel value (before:
-  12 per other focus's position read and 8 per contested value); mostly L1/L2 hits;
+* scatter: 4 bytes per box voxel (its compact index), 8 per box voxel (kernel value;
+  issue 11: per stamp), 8 per atomic addition, 4 per overlap entry read and 8 per
+  contested kernel value (before issue 11: 12 per other focus's position read and 8 per
+  contested value); mostly L1/L2 hits;
 * lists: overlap lists written and read, pair boxes loaded, supra-threshold lists and
   their labelling (per listed voxel, neighbour and label read).
 
@@ -28,6 +36,7 @@ Usage: ``python bench/work_counts.py [--permutations 8] [--before] [DATASET ...]
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 import warnings
@@ -64,7 +73,15 @@ def tally_counts(problem: Problem, threshold: float, permutations: int) -> dict[
     pipeline.run(buf, SEED, 0, permutations, *out)
     counts = {name: value / permutations for name, value in module.tallies().items()}
     counts["lanes"] = pipeline.scatter_shape[0]
+    counts["unroll"] = scatter_unroll()
     return counts
+
+
+def scatter_unroll() -> int:
+    """GPUALE_SCATTER_UNROLL of kernels/ale_null.cu: voxels whose loads a lane issues
+    together in a column walk."""
+    source = (cuda.kernel_dir() / cuda.NULL_KERNEL_FILE).read_text()
+    return int(re.search(r"#define GPUALE_SCATTER_UNROLL (\d+)", source).group(1))
 
 
 def old_design_counts(problem: Problem, permutations: int) -> dict[str, float]:
@@ -110,10 +127,13 @@ def old_design_counts(problem: Problem, permutations: int) -> dict[str, float]:
     return {name: value / permutations for name, value in total.items()}
 
 
-def bytes_after(counts: dict[str, float], n_mask: int, n_foci: int) -> dict[str, float]:
-    """Bytes per permutation of the current kernels (see the module docstring)."""
+def bytes_after(counts: dict[str, float], n_mask: int, n_foci: int,
+                unrolled: bool = True) -> dict[str, float]:
+    """Bytes per permutation of the current kernels (see the module docstring);
+    ``unrolled=False``: issue 11's scatter, which loaded kernel values at stamps only."""
     volume = n_mask * (8 + 8)  # log-sum cleared, then read by the threshold pass
-    scatter = (counts["box_voxels"] * 4 + counts["stamps"] * 8 + counts["stamp_adds"] * 8
+    table_loads = counts["box_voxels"] if unrolled else counts["stamps"]
+    scatter = (counts["box_voxels"] * 4 + table_loads * 8 + counts["stamp_adds"] * 8
                + (counts["column_tests"] + counts["voxel_tests"]) * 4 + counts["contests"] * 8)
     lists = (n_foci * (16 + 4) + counts["pair_tests"] * 12 + counts["overlaps"] * 4
              + counts["pair_loads"] * (16 + 24 + 4)
@@ -145,20 +165,27 @@ def table_rows(name: str, problem: Problem, counts: dict[str, float],
         spent = bytes_before(old, counts, n_mask, n_foci)
         rows.append(_row(label, "before (14082e0)", old["box_voxels"], old["stamps"],
                          old["loop_turns"] / old["stamps"], counts["stamp_adds"], None,
-                         spent))
+                         None, spent))
     slots = counts["team_rounds"] * counts["lanes"]
-    spent = bytes_after(counts, n_mask, n_foci)
     tests = (counts["column_tests"] + counts["voxel_tests"]) / counts["stamps"]
-    rows.append(_row(label, "after", counts["box_voxels"], counts["stamps"], tests,
-                     counts["stamp_adds"], 1 - counts["columns"] / slots, spent))
+    idle = 1 - counts["columns"] / slots
+    one_at_a_time = (counts["box_voxels"] + counts["stamps"]) / counts["columns"]
+    rows.append(_row(label, "issue 11", counts["box_voxels"], counts["stamps"], tests,
+                     counts["stamp_adds"], idle, one_at_a_time,
+                     bytes_after(counts, n_mask, n_foci, unrolled=False)))
+    rows.append(_row(label, f"issue 21 (unroll {counts['unroll']})", counts["box_voxels"],
+                     counts["stamps"], tests, counts["stamp_adds"], idle,
+                     counts["walk_rounds"] / counts["columns"],
+                     bytes_after(counts, n_mask, n_foci)))
     return rows
 
 
-def _row(label, design, box, stamps, tests, adds, idle, spent) -> str:
+def _row(label, design, box, stamps, tests, adds, idle, waits, spent) -> str:
     total = sum(spent.values())
     idle_text = "n/a" if idle is None else f"{100 * idle:.2f}%"
+    waits_text = "n/a" if waits is None else f"{waits:.2f}"
     return (f"| {label} | {design} | {box / 1e6:.2f} M | {stamps / 1e6:.2f} M | {tests:.2f} | "
-            f"{adds / 1e6:.2f} M | {idle_text} | {spent['volume'] / 1e6:.1f} | "
+            f"{adds / 1e6:.2f} M | {idle_text} | {waits_text} | {spent['volume'] / 1e6:.1f} | "
             f"{spent['scatter'] / 1e6:.1f} | {spent['lists'] / 1e6:.1f} | "
             f"**{total / 1e6:.1f}** |")
 
@@ -174,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         print("work_counts.py needs g++ to run the kernels on the host", file=sys.stderr)
         return 1
     header = ("| data set | kernels | box voxels | stamps | overlap tests / stamp | "
-              "atomic adds | idle lane slots | MB volume passes | MB scatter | MB lists | "
-              "MB total |")
+              "atomic adds | idle lane slots | load waits / column | MB volume passes | "
+              "MB scatter | MB lists | MB total |")
     lines = [header, "| " + " | ".join(["---"] * (header.count("|") - 1)) + " |"]
     notes = []
     for name in args.datasets:
@@ -187,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(
             f"{name}: threshold {threshold:.6f}, {counts['supra']:.0f} supra-threshold "
             f"voxels, {counts['overlaps'] / problem.n_foci:.2f} overlap entries per focus, "
-            f"{counts['contests'] / counts['stamps']:.2f} contested values per stamp "
+            f"{counts['contests'] / counts['stamps']:.2f} contested values per stamp; "
+            f"{counts['box_voxels'] / counts['columns']:.2f} voxels per column, "
+            f"{counts['box_voxels'] / counts['walk_rounds']:.2f} per round of the walk "
+            f"({100 * counts['box_voxels'] / (counts['walk_rounds'] * counts['unroll']):.0f}% "
+            f"of its {counts['unroll']} slots) "
             f"({time.perf_counter() - started:.0f} s)"
         )
     print(f"Per permutation, mean of permutations 0..{args.permutations - 1} (seed {SEED}), "
@@ -197,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
           "every voxel of every box; after: those inside the volume). Overlap tests: "
           "other foci tested per stamp (before: the loop over the experiment's foci; after:\n"
           "overlap entries tested once per column, amortised, plus at each stamp). "
+          "Load waits: dependent global loads a lane waits for per box column (issue 11:\n"
+          "each voxel's, one after another; issue 21: one per round of the unrolled walk). "
           "MB: bytes requested per permutation (see bench/work_counts.py).\n")
     print("\n".join(lines))
     print()

@@ -50,7 +50,8 @@ CUDA_LIMITS = {
     "blockDim.z": 64,
     "threads per block": 1024,
 }
-_KERNEL_NAME = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
+_KERNEL_NAME = re.compile(
+    r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(')
 _TALLY_ENUM = re.compile(r"enum\s+gpuale_tally_counter\s*\{(.*?)\}", re.S)
 _MAX_PARAMS = 64
 _POINTER_SIZE = ctypes.sizeof(ctypes.c_void_p)

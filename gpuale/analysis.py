@@ -24,9 +24,10 @@ from gpuale.inference import (
     unreachable_threshold_message,
 )
 from gpuale.maps import TFCE_LOGP_FWE, TFCE_MAP, TFCE_THRESHOLDED, TFCE_Z_FWE
-from gpuale.nulls import Scheduler, run_null
+from gpuale.nulls import check_iterations, run_null
 from gpuale.nullspecs import GlobalNullSpec, MonteCarloNull
 from gpuale.problem import Problem, compile_problem
+from gpuale.schedulers import Scheduler
 from gpuale.stats import AnalyticNull, ObservedALE, analytic_null, p_to_z
 from gpuale.stopping import (
     AUTO,
@@ -184,6 +185,16 @@ class ALEResult:
         return {"voxels": est, "ci95_low": lo, "ci95_high": hi}
 
 
+def unreachable_message(n_iters: int, alpha: float = DEFAULT_ALPHA) -> str | None:
+    """The warning for a global ALE whose cluster-level FWE alpha ``n_iters`` permutations
+    cannot reach (None if they can, or without permutations). :func:`run_ale` gives it
+    before any work; a caller that shows progress can give it before its bar."""
+    if not n_iters:
+        return None
+    return unreachable_threshold_message("the cluster-level FWE threshold", n_iters, alpha,
+                                         smallest_fwe_p)
+
+
 def run_ale(
     dataset: Dataset,
     *,
@@ -195,7 +206,7 @@ def run_ale(
     cluster_forming_p: float = DEFAULT_CLUSTER_FORMING_P,
     alpha: float = DEFAULT_ALPHA,
     connectivity: int = 6,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     fdr_q: float | None = None,
     progress: Callable[[int], None] | None = None,
@@ -249,10 +260,13 @@ def run_ale(
     _check_probability("alpha", alpha)
     rule = None
     if n_iters == AUTO:
+        check_iterations("max_iters", max_iters, minimum=1)
         rule = StoppingRule(alpha=alpha, max_iters=max_iters)
         n_iters = max_iters  # the most it may run, for the checks below
     elif isinstance(n_iters, str) or n_iters < 0:
         raise ValueError(f"n_iters must be >= 0 or {AUTO!r}, got {n_iters!r}")
+    else:
+        check_iterations("n_iters", n_iters)
     if fdr_q is not None:
         _check_probability("fdr_q", fdr_q)
     if tfce and not n_iters:
@@ -269,8 +283,7 @@ def run_ale(
         warnings.warn(message, FewExperimentsWarning, stacklevel=2)
         caught.append(message)
     # Checked before any work: the smallest FWE p is 1/n, and significance is p < alpha.
-    unreachable = n_iters and unreachable_threshold_message(
-        "the cluster-level FWE threshold", n_iters, alpha, smallest_fwe_p)
+    unreachable = unreachable_message(n_iters, alpha)
     if unreachable:
         warnings.warn(unreachable, UnreachableThresholdWarning, stacklevel=2)
         caught.append(unreachable)

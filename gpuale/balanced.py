@@ -433,7 +433,7 @@ def run_balanced_contrast(
     min_volume_mm3: float = 0.0,
     connectivity: int = 6,
     fwhm_mm: float | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     scheduler=None,
@@ -465,7 +465,7 @@ def run_balanced_contrast(
         Clusters of the reported map.
     """
     from gpuale.engines import get_engine, resolve_device
-    from gpuale.nulls import _merged_partial
+    from gpuale.nulls import _merged_partial, check_iterations
     from gpuale.pooling import pooled_log_maps
 
     if null not in BALANCED_NULLS:
@@ -474,8 +474,7 @@ def run_balanced_contrast(
         raise ValueError("both groups need at least one experiment")
     for name, value in (("n_iters", n_iters), ("difference_iterations", difference_iterations),
                         ("n_subsamples", n_subsamples)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+        check_iterations(name, value, minimum=1)
     if not 0 < alpha < 1 or not 0 < voxel_thresh < 1:
         raise ValueError("alpha and voxel_thresh must lie in (0, 1)")
     n_a, n_b = len(group_a), len(group_b)

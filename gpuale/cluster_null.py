@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gpuale.nulls import ProgressCallback, Scheduler, SerialScheduler, _merged_partial
+from gpuale.nulls import _merged_partial
 from gpuale.nullspecs import (
     ABS_DIFFERENCE_HISTOGRAM,
     CONTRAST_CLUSTER_STATISTICS,
@@ -29,6 +29,7 @@ from gpuale.nullspecs import (
     pooled_quantile,
     quantile_bin,
 )
+from gpuale.schedulers import ProgressCallback, Scheduler, SerialScheduler
 
 if TYPE_CHECKING:
     from gpuale.engines import Engine

@@ -201,6 +201,7 @@ def cluster_peaks(
     *,
     min_distance_mm: float = SUBPEAK_MIN_DISTANCE_MM,
     max_subpeaks: int = MAX_SUBPEAKS,
+    largest_near: np.ndarray | None = None,
 ) -> np.ndarray:
     """A cluster's peak and sub-peaks, as indices into ``members``, the peak first.
 
@@ -218,6 +219,12 @@ def cluster_peaks(
         In-mask indices of the cluster's voxels.
     weights : ndarray of float
         What makes a peak, at each member (e.g. ALE, or |ALE_A - ALE_B|).
+    largest_near : ndarray of float, optional
+        At each member, the largest weight of the whole map among it and its 26
+        neighbours, where the weight is a map of its own beyond the cluster (a contrast's
+        |ALE_A - ALE_B|, whose clusters are drawn by p, not by it): sub-peaks are then the
+        local maxima of that map, and a voxel on the cluster's edge whose weight still
+        rises outside it is none. The peak stays the cluster's largest weight.
 
     Returns
     -------
@@ -231,10 +238,15 @@ def cluster_peaks(
     box = np.full(tuple(local.max(axis=0) + 1), -np.inf)
     box[tuple(local.T)] = weights
     # -inf around and between the cluster's voxels: only the cluster's own voxels compete.
-    largest_near = ndimage.maximum_filter(box, size=3, mode="constant", cval=-np.inf)
-    candidates = np.flatnonzero(weights >= largest_near[tuple(local.T)])
+    if largest_near is None:
+        largest_near = ndimage.maximum_filter(box, size=3, mode="constant",
+                                              cval=-np.inf)[tuple(local.T)]
+    candidates = np.flatnonzero(weights >= largest_near)
     # Stable, so equal weights keep the members' order and the first is np.argmax's.
     candidates = candidates[np.argsort(-weights[candidates], kind="stable")]
+    peak = int(np.argmax(weights))
+    if not candidates.size or candidates[0] != peak:  # the map rises beyond the cluster
+        candidates = np.concatenate([[peak], candidates[candidates != peak]])
     mm = grid.voxel_to_mm(ijk)[candidates]
     alive = np.ones(candidates.size, dtype=bool)
     kept = []
@@ -512,7 +524,9 @@ def map_cluster_table(
     peak_by : ndarray, optional
         The peak and sub-peaks are local maxima of ``|peak_by|`` (default ``|values|``),
         found by :func:`cluster_peaks`. A contrast passes ALE_A - ALE_B here, because its z
-        saturates at the permutation floor and would make most voxels tie.
+        saturates at the permutation floor and would make most voxels tie; its sub-peaks
+        are then local maxima of ``|peak_by|`` over the whole map, not only within the
+        cluster (whose edge, drawn by p, cuts through slopes of the difference).
     at_peaks : dict of str to ndarray, optional
         More maps to report at each peak, as ``peak_<name>`` columns.
 
@@ -525,12 +539,19 @@ def map_cluster_table(
         ``peak_x/y/z``, ``peak_value`` and ``peak_<name>``).
     """
     at_peaks = {"value": values, **(at_peaks or {})}
+    near = None
+    if peak_by is not None:
+        volume = np.full(grid.shape, -np.inf)
+        volume.flat[grid.in_mask_flat] = np.abs(peak_by.astype(np.float64))
+        near = ndimage.maximum_filter(volume, size=3, mode="constant",
+                                      cval=-np.inf).flat[grid.in_mask_flat]
     rows = []
     for label in range(1, int(labels.max(initial=0)) + 1):
         members = np.flatnonzero(labels == label)
         weights = np.abs(values[members].astype(np.float64))
         by = weights if peak_by is None else np.abs(peak_by[members].astype(np.float64))
-        peaks = cluster_peaks(grid, members, by)
+        peaks = cluster_peaks(grid, members, by,
+                              largest_near=None if near is None else near[members])
         row, peak = _geometry(grid, members, weights, peak=int(peaks[0]))
         rows.append(
             {

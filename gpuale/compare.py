@@ -11,8 +11,8 @@ Three forms:
 - :func:`compare_devices`: the same analysis with the same seed on two engines (``cpu``,
   ``gpu``, ``numpy``, ``numba``, ...); a permutation depends only on the seed and its
   number, so the nulls are compared permutation by permutation.
-- :func:`compare_runs`: two finished run folders, map by map, experiment by experiment,
-  cluster by cluster.
+- :func:`gpuale.compare_folders.compare_runs`: two finished run folders, map by map,
+  experiment by experiment, cluster by cluster.
 
 Each tool's (or engine's) analysis runs in a fresh Python process (``python -m
 gpuale.compare``) so that its wall time (imports, loading and compilation included) and its
@@ -41,9 +41,9 @@ import numpy as np
 from gpuale.runfolder import REPORT_HTML
 
 __all__ = [
-    "COMPARE_FILES",
     "COMPARE_JSON",
     "ENGINE_ALIASES",
+    "COMPARE_FILES",
     "NIMARE_MISSING",
     "AnalysisSettings",
     "PeakMemory",
@@ -51,8 +51,8 @@ __all__ = [
     "Tolerances",
     "compare_devices",
     "compare_maps",
-    "compare_runs",
     "compare_with_nimare",
+    "masses_differ",
     "resolve_engine",
 ]
 
@@ -60,14 +60,21 @@ __all__ = [
 NIMARE_VERSION = "0.22.1"
 NIMARE_MISSING = (
     f"gpuale compare --against nimare runs NiMARE {NIMARE_VERSION}, which is not installed: "
-    "pip install 'gpuale[bench]'"
+    "pip install 'gpuale[bench]' (in a clone of gpuale: pip install '.[bench]')"
 )
 #: Largest relative difference of a permutation's max ALE between two engines: float32
 #: rounding of 1 - exp(log-sum), whose exp may differ in the last bit on a GPU
 #: (bench/gpu_bench.py's MAX_ALE_RTOL).
 MAX_ALE_RTOL = 2.0**-23
-#: Cluster masses are float64 sums of float32 ALE values in an engine's own order.
+#: Cluster masses are float64 sums of float32 ALE excesses in an engine's own order: a
+#: permutation's largest mass may differ by this share of itself ...
 MASS_RTOL = 1e-9
+#: ... plus this much per voxel of the permutation's largest cluster, which the largest
+#: mass's cluster cannot outnumber: on a GPU each voxel's excess is rounded to 2^-40
+#: (``MASS_FRAC_BITS`` of gpuale.engines.cuda) before the sum, by at most 2^-41. Without
+#: it a small-mass cluster fails on rounding alone (a relative 1e-9 of a mass of 1e-4 is
+#: 1e-13, below one rounding step).
+MASS_ATOL_PER_VOXEL = 2.0**-40
 #: Engine names ``--devices`` takes beside gpuale's devices (``cpu``, ``gpu``, ``gpu:N``).
 ENGINE_ALIASES = {"numpy": "cpu-numpy", "numba": "cpu-numba"}
 MONTE_CARLO_NOTE = (
@@ -495,6 +502,27 @@ def resolve_engine(name: str) -> str:
     return resolve_device(ENGINE_ALIASES.get(name, name))
 
 
+def masses_differ(mass_a: np.ndarray, mass_b: np.ndarray, size_a: np.ndarray,
+                  size_b: np.ndarray) -> np.ndarray:
+    """Which permutations' largest cluster masses differ beyond rounding.
+
+    Two engines' masses of one permutation agree within ``MASS_RTOL`` of the larger
+    plus ``MASS_ATOL_PER_VOXEL`` per voxel of the larger of the two largest clusters
+    (``size_a``, ``size_b``): the tolerance is the permutation's, not a relative one of
+    each mass alone, which a mass of a few voxels barely over the threshold fails on the
+    GPU's fixed-point rounding alone.
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    mass_a, mass_b = np.asarray(mass_a, np.float64), np.asarray(mass_b, np.float64)
+    voxels = np.maximum(np.asarray(size_a), np.asarray(size_b)).astype(np.float64)
+    tolerance = (MASS_RTOL * np.maximum(np.abs(mass_a), np.abs(mass_b))
+                 + MASS_ATOL_PER_VOXEL * voxels)
+    return ~(np.abs(mass_a - mass_b) <= tolerance)
+
+
 def _compare_nulls(a: _Side, b: _Side) -> dict:
     """Two engines' nulls with the same seed, permutation by permutation."""
     n = min(a.arrays["max_ale"].size, b.arrays["max_ale"].size)
@@ -502,9 +530,9 @@ def _compare_nulls(a: _Side, b: _Side) -> dict:
     rel = np.abs(ale_a - ale_b) / np.maximum(np.abs(ale_a), 1e-300)
     size_differs = int(np.sum(a.arrays["max_cluster_size"][:n]
                               != b.arrays["max_cluster_size"][:n]))
-    mass_differs = int(np.sum(~np.isclose(a.arrays["max_cluster_mass"][:n],
-                                          b.arrays["max_cluster_mass"][:n],
-                                          rtol=MASS_RTOL, atol=0.0)))
+    mass_differs = int(np.sum(masses_differ(
+        a.arrays["max_cluster_mass"][:n], b.arrays["max_cluster_mass"][:n],
+        a.arrays["max_cluster_size"][:n], b.arrays["max_cluster_size"][:n])))
     failures = []
     if rel.max(initial=0.0) > MAX_ALE_RTOL:
         failures.append(f"{int(np.sum(rel > MAX_ALE_RTOL))} permutation(s) differ in max ALE "
@@ -513,7 +541,7 @@ def _compare_nulls(a: _Side, b: _Side) -> dict:
         failures.append(f"{size_differs} permutation(s) differ in max cluster size")
     if mass_differs:
         failures.append(f"{mass_differs} permutation(s) differ in max cluster mass "
-                        f"(rtol {MASS_RTOL:g})")
+                        f"(rtol {MASS_RTOL:g}, plus 2^-40 per voxel of the largest cluster)")
     sig_a, sig_b = a.arrays["significant"], b.arrays["significant"]
     if (sig_a != sig_b).any():
         failures.append(f"{int(np.sum(sig_a != sig_b))} voxel(s) are significant in only one run")
@@ -522,6 +550,8 @@ def _compare_nulls(a: _Side, b: _Side) -> dict:
         "max_ale_identical": bool(np.array_equal(ale_a, ale_b)),
         "max_ale_max_rel_diff": float(rel.max(initial=0.0)),
         "max_ale_rtol": MAX_ALE_RTOL,
+        "max_cluster_mass_rtol": MASS_RTOL,
+        "max_cluster_mass_atol_per_voxel": MASS_ATOL_PER_VOXEL,
         "max_cluster_size_differs": size_differs,
         "max_cluster_mass_differs": mass_differs,
         "significant_identical": not (sig_a != sig_b).any(),
@@ -545,7 +575,8 @@ def compare_devices(settings: AnalysisSettings, devices: Sequence[str],
     dict
         As ``compare.json``; ``passed``: the uncorrected maps agree within ``tolerances``
         and the nulls permutation by permutation (max ALE within 2^-23 relative, cluster
-        sizes identical, masses within 1e-9 relative).
+        sizes identical, masses within 1e-9 relative plus 2^-40 per voxel of the
+        permutation's largest cluster: :func:`masses_differ`).
     """
     if len(devices) != 2:
         raise ValueError(f"--devices takes two engines, e.g. cpu,gpu; got {len(devices)}")
@@ -582,153 +613,6 @@ def compare_devices(settings: AnalysisSettings, devices: Sequence[str],
             record["performance"][side.label]["permutations_per_s"] = (
                 settings.iters / mc if mc else None)
     return record
-
-
-# --------------------------------------------------------------------------- run folders
-
-
-def _map_tolerance(name: str, tolerances: Tolerances) -> float:
-    """Largest |difference| of map ``name`` between two runs that still counts as equal."""
-    if name.startswith("ale"):
-        return tolerances.ale
-    if name.startswith(("z", "logp")):
-        return tolerances.z
-    if name == "p":
-        return tolerances.p_rtol * 1e-3  # p near the usual threshold (.001) must agree
-    return 0.0  # labels and anything else: identical
-
-
-def _experiments_difference(a: list[dict], b: list[dict]) -> list[str]:
-    """Experiments only in one run, or with other N or foci, in words."""
-    by_a = {str(e.get("id")): e for e in a}
-    by_b = {str(e.get("id")): e for e in b}
-    out = []
-    only_a = [k for k in by_a if k not in by_b]
-    only_b = [k for k in by_b if k not in by_a]
-    if only_a:
-        out.append(f"{len(only_a)} experiment(s) only in A: {', '.join(only_a[:10])}")
-    if only_b:
-        out.append(f"{len(only_b)} experiment(s) only in B: {', '.join(only_b[:10])}")
-    for key in by_a.keys() & by_b.keys():
-        for field in ("n_subjects", "n_foci", "fwhm_mm"):
-            if by_a[key].get(field) != by_b[key].get(field):
-                out.append(f"experiment {key}: {field} {by_a[key].get(field)} in A, "
-                           f"{by_b[key].get(field)} in B")
-    return out
-
-
-def _compare_clusters(a, b) -> dict:
-    """Clusters of two runs in their order (largest first): size, peak and FWE p."""
-    rows_a, rows_b = a.clusters(), b.clusters()
-    pairs = []
-    for k, (ra, rb) in enumerate(zip(rows_a, rows_b), start=1):
-        peak_a = np.array([ra.get("peak_x"), ra.get("peak_y"), ra.get("peak_z")], float)
-        peak_b = np.array([rb.get("peak_x"), rb.get("peak_y"), rb.get("peak_z")], float)
-        pairs.append({
-            "cluster": k,
-            "size_voxels": [ra.get("size_voxels"), rb.get("size_voxels")],
-            "peak_distance_mm": float(np.linalg.norm(peak_a - peak_b)),
-            "p_fwe_size": [ra.get("p_fwe_size"), rb.get("p_fwe_size")],
-        })
-    failures = []
-    if len(rows_a) != len(rows_b):
-        failures.append(f"{len(rows_a)} cluster(s) in A, {len(rows_b)} in B")
-    for pair in pairs:
-        if pair["size_voxels"][0] != pair["size_voxels"][1] or pair["peak_distance_mm"] > 0:
-            failures.append(f"cluster {pair['cluster']}: {pair['size_voxels'][0]} voxels in A, "
-                            f"{pair['size_voxels'][1]} in B, peaks "
-                            f"{pair['peak_distance_mm']:.1f} mm apart")
-    return {"clusters_a": len(rows_a), "clusters_b": len(rows_b), "pairs": pairs,
-            "identical": not failures, "failures": failures}
-
-
-def _read_volume(path: Path):
-    from gpuale.grid import read_volume
-
-    img, data = read_volume(path, "map")
-    return img.affine, np.asarray(data, dtype=np.float64)
-
-
-def compare_runs(run_a: str | Path, run_b: str | Path,
-                 tolerances: Tolerances = Tolerances()) -> dict:
-    """Two finished run folders (two versions, two machines): map by map, experiment by
-    experiment, cluster by cluster, and the nulls permutation by permutation.
-
-    Returns
-    -------
-    dict
-        As ``compare.json``; ``passed`` when the experiments are the same, every map both
-        hold agrees within its tolerance (ALE: ``tolerances.ale``; z and -log10 p:
-        ``tolerances.z``; labels: identical) and the clusters are the same.
-
-    Raises
-    ------
-    NotARunFolder
-        A folder holds no finished run.
-    ValueError
-        The runs are of different kinds (a global ALE and a contrast).
-    """
-    from gpuale.runfolder import MAP_SUFFIX, open_run
-
-    a, b = open_run(run_a), open_run(run_b)
-    if a.kind != b.kind:
-        raise ValueError(f"{a.path} is a {a.kind} run and {b.path} a {b.kind} run; compare "
-                         "runs of the same kind")
-    failures = _experiments_difference(a.record.get("experiments") or [],
-                                       b.record.get("experiments") or [])
-    settings_a, settings_b = a.record.get("settings", {}), b.record.get("settings", {})
-    settings_diff = {k: [settings_a.get(k), settings_b.get(k)]
-                     for k in sorted(settings_a.keys() | settings_b.keys())
-                     if settings_a.get(k) != settings_b.get(k) and k != "device"}
-    # Versions and machines differ on purpose (two versions, two machines): reported only.
-    env_a, env_b = a.record.get("environment") or {}, b.record.get("environment") or {}
-    environment_diff = {k: [env_a.get(k), env_b.get(k)]
-                        for k in sorted(env_a.keys() | env_b.keys())
-                        if env_a.get(k) != env_b.get(k)}
-    names_a = {p.name.removesuffix(MAP_SUFFIX) for p in a.path.glob(f"*{MAP_SUFFIX}")}
-    names_b = {p.name.removesuffix(MAP_SUFFIX) for p in b.path.glob(f"*{MAP_SUFFIX}")}
-    maps = {}
-    for name in sorted(names_a & names_b):
-        affine_a, data_a = _read_volume(a.map_path(name))
-        affine_b, data_b = _read_volume(b.map_path(name))
-        if data_a.shape != data_b.shape or not np.allclose(affine_a, affine_b):
-            maps[name] = {"same_grid": False, "passed": False}
-            failures.append(f"map {name}: on different grids")
-            continue
-        diff = float(np.max(np.abs(data_a - data_b), initial=0.0))
-        tol = _map_tolerance(name, tolerances)
-        maps[name] = {"max_abs_diff": diff, "tolerance": tol, "passed": diff <= tol,
-                      "voxels_differ": int(np.sum(np.abs(data_a - data_b) > tol))}
-        if diff > tol:
-            failures.append(f"map {name}: max |difference| {diff:.3g} exceeds {tol:g} "
-                            f"({maps[name]['voxels_differ']} voxels)")
-    for name in sorted(names_a ^ names_b):
-        failures.append(f"map {name} only in {'A' if name in names_a else 'B'}")
-    clusters = _compare_clusters(a, b)
-    failures += clusters["failures"]
-    nulls_a, nulls_b = a.nulls(), b.nulls()
-    nulls = {}
-    for key in sorted(nulls_a.keys() & nulls_b.keys()):
-        x, y = np.asarray(nulls_a[key]), np.asarray(nulls_b[key])
-        if x.shape != y.shape:
-            nulls[key] = {"shape": [list(x.shape), list(y.shape)], "identical": False}
-        else:
-            nulls[key] = {"identical": bool(np.array_equal(x, y))}
-            if x.dtype.kind == "f" and x.size:
-                rel = np.abs(x - y) / np.maximum(np.abs(x), 1e-300)
-                nulls[key]["max_rel_diff"] = float(np.max(rel))
-    return {
-        "form": "runs",
-        "a": str(a.path), "b": str(b.path),
-        "kind": a.kind,
-        "settings_differ": settings_diff,
-        "environment_differ": environment_diff,
-        "maps": maps,
-        "clusters": clusters,
-        "nulls": nulls,
-        "failures": failures,
-        "passed": not failures,
-    }
 
 
 def _main(argv: list[str]) -> None:

@@ -59,8 +59,12 @@ def summary_lines(record: dict) -> list[str]:
                      "tolerance")
         c = record["clusters"]
         lines.append(f"clusters: {c['clusters_a']} in A, {c['clusters_b']} in B")
-        differ = [key for key, entry in record["nulls"].items() if not entry.get("identical")]
-        if record["nulls"]:
+        differ = [key for key, entry in record["nulls"].items()
+                  if not entry.get("passed", entry.get("identical"))]
+        missing = [f for f in record["failures"] if f.startswith("nulls.npz only in")]
+        if missing:
+            lines.append(missing[0])
+        elif record["nulls"]:
             lines.append("nulls.npz: " + (f"{', '.join(differ)} differ" if differ else
                                           "identical"))
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import numpy as np
 
 from gpuale.cluster_null import contrast_cluster_null
 from gpuale.clusters import clusters_above, map_cluster_table
-from gpuale.dataset import Dataset
+from gpuale.dataset import Dataset, foci_text
 from gpuale.engines import get_engine, resolve_device
 from gpuale.grid import Grid, load_grid
 from gpuale.inference import (
@@ -30,9 +31,10 @@ from gpuale.inference import (
     unreachable_threshold_message,
 )
 from gpuale.io.duplicates import experiment_key
-from gpuale.nulls import Scheduler, run_null
+from gpuale.nulls import check_iterations, run_null
 from gpuale.nullspecs import ContrastNull, ContrastNullSpec
 from gpuale.pooling import _kept, pooled_log_maps
+from gpuale.schedulers import Scheduler
 from gpuale.stats import clip_permutation_p, fwe_p_values, p_to_z
 
 __all__ = [
@@ -102,6 +104,26 @@ def smallest_p(mode: str, n_iters: int) -> float:
     else:
         p, _ = whole_brain_p(null)
     return float(p[0])
+
+
+def unreachable_message(mode: str, n_iters: int, p_threshold: float | None = None, *,
+                        cluster_fwe: bool = False, alpha: float = 0.05) -> str | None:
+    """The warning for a contrast whose threshold ``n_iters`` splits cannot reach (None
+    if they can, and for a balanced contrast, thresholded by its null extrema).
+
+    :func:`run_contrast` gives it before any work; a caller that shows progress can give
+    it before its progress bar (the same words: the command line prints it once).
+    """
+    if mode not in MODES:
+        return None
+    # With cluster-level FWE the reported map is cut at cluster FWE p < alpha (p_threshold
+    # only sets the cluster-forming quantile, which every number of splits reaches).
+    if cluster_fwe:
+        return unreachable_threshold_message(
+            "the contrast's cluster-level FWE alpha", n_iters, alpha, smallest_fwe_p)
+    p_threshold = DEFAULT_P_THRESHOLD[mode] if p_threshold is None else p_threshold
+    return unreachable_threshold_message(f"the {mode} contrast's threshold", n_iters,
+                                         p_threshold, functools.partial(smallest_p, mode))
 
 
 def contrast_cluster_inference(diff: np.ndarray, grid: Grid, null: ContrastNull,
@@ -188,11 +210,87 @@ class MainEffect:
     significant: np.ndarray
     source: str
     experiments: tuple[dict, ...] | None = None
+    #: The gate's kernel and thresholds (:data:`MAIN_EFFECT_SETTINGS` of its run.json's
+    #: ``settings``; None where the run records none).
+    settings: dict | None = None
 
     @classmethod
     def from_result(cls, result) -> MainEffect:
         thresholded = result.maps()["z_thresholded"]
-        return cls(z=result.z, significant=thresholded > 0, source="computed")
+        settings = {"fwhm_mm": result.fwhm_mm, "cluster_forming_p": result.cluster_forming_p,
+                    "alpha": result.alpha, "connectivity": result.connectivity,
+                    "iterations": (result.montecarlo.n_iters if result.montecarlo is not None
+                                   else 0),
+                    "seed": result.montecarlo.seed if result.montecarlo is not None else None}
+        return cls(z=result.z, significant=thresholded > 0, source="computed",
+                   settings=settings)
+
+
+
+#: What run.json and the report keep of each gate of a gated contrast: its kernel and
+#: thresholds, and how many permutations gave them.
+MAIN_EFFECT_SETTINGS = ("fwhm_mm", "cluster_forming_p", "alpha", "connectivity",
+                        "iterations", "seed")
+
+
+#: Of those, what must equal the contrast's own (``mismatched_main_effects``): they decide
+#: where the gate is open (the iterations and seed only move it within Monte Carlo error).
+MAIN_EFFECT_MUST_MATCH = ("fwhm_mm", "cluster_forming_p", "alpha", "connectivity")
+
+
+MISMATCHED_MAIN_EFFECTS = ("error", "warn")
+
+
+class MainEffectSettingsWarning(UserWarning):
+    """A gated contrast's given main effect was made with other settings than its own."""
+
+
+def main_effect_settings_difference(main: MainEffect, expected: dict) -> str | None:
+    """How a given main effect's kernel and thresholds differ from the contrast's own
+    (None: they do not, or the run records none)."""
+    if main.settings is None:
+        return None
+    differ = []
+    for key in MAIN_EFFECT_MUST_MATCH:
+        theirs, ours = main.settings.get(key), expected.get(key)
+        if theirs is None and ours is None:
+            continue
+        if theirs is None or ours is None or not math.isclose(float(theirs), float(ours),
+                                                                rel_tol=1e-9):
+            shown = {None: "from sample sizes"} if key == "fwhm_mm" else {}
+            differ.append(f"{key} {shown.get(theirs, theirs)} there, "
+                          f"{shown.get(ours, ours)} here")
+    return "; ".join(differ) or None
+
+
+def check_main_effect_settings(main: MainEffect | None, expected: dict, name: str,
+                               policy: str) -> str | None:
+    """A given main effect made with another kernel or thresholds than the contrast's own:
+    an error (``policy="error"``), or a warning whose text is returned (``"warn"``)."""
+    if main is None:
+        return None
+    difference = main_effect_settings_difference(main, expected)
+    if difference is None:
+        return None
+    message = (f"the main effect given for group {name} ({main.source}) was made with other "
+               f"settings than this contrast's: {difference}")
+    if policy == "error":
+        raise MainEffectSettingsMismatch(f"{message}; make it with the contrast's settings, "
+                                         f"or {MAIN_EFFECT_SETTINGS_HINT}")
+    warnings.warn(message, MainEffectSettingsWarning, stacklevel=3)
+    return message
+
+
+#: How to accept main effects made with other settings (see MainEffectMismatch).
+MAIN_EFFECT_SETTINGS_HINT = "pass mismatched_main_effects='warn' to gate with them anyway"
+
+
+class MainEffectSettingsMismatch(ValueError):
+    """A main-effect run folder was made with another kernel or thresholds than the
+    contrast's own."""
+
+    option = "main_effect_settings"
+    hint = MAIN_EFFECT_SETTINGS_HINT
 
 
 #: The end of a :class:`MainEffectMismatch` message, in Python words.
@@ -207,7 +305,7 @@ class MainEffectMismatch(ValueError):
 
 
 def _describe_experiment(exp: dict) -> str:
-    return f"{exp['id']!r} (N = {exp['n_subjects']}, {exp['n_foci']} foci)"
+    return f"{exp['id']!r} (N = {exp['n_subjects']}, {foci_text(exp['n_foci'])})"
 
 
 def _whole(value) -> int | None:
@@ -234,8 +332,8 @@ def _main_effect_difference(recorded: tuple[dict, ...], group: Dataset,
         if same_id:
             other = same_id[0]
             return (f"experiment {exp['id']!r} has N = {exp['n_subjects']} and "
-                    f"{exp['n_foci']} foci in group {name} but N = {other['n_subjects']} "
-                    f"and {other['n_foci']} foci there")
+                    f"{foci_text(exp['n_foci'])} in group {name} but N = "
+                    f"{other['n_subjects']} and {foci_text(other['n_foci'])} there")
         return f"experiment {_describe_experiment(exp)} of group {name} is not in it"
     if unmatched:
         return (f"it has experiment {_describe_experiment(unmatched[0])}, which group {name} "
@@ -430,16 +528,22 @@ class ContrastResult:
     def clusters(self) -> list[dict]:
         """One row per cluster of the thresholded map (see :func:`map_cluster_table`).
 
-        The peak and sub-peaks are local maxima of |ALE_A - ALE_B| (``peak_diff``), not of
-        z, which saturates at the permutation floor so that most of a cluster ties;
-        ``peak_value`` is the thresholded map's z there.
+        The peak is the cluster's voxel of largest |ALE_A - ALE_B| (``peak_diff``) and its
+        sub-peaks the local maxima of |ALE_A - ALE_B| over the whole map, in decreasing
+        |difference|; not of z, which saturates at the permutation floor so that most of a
+        cluster ties. ``peak_value`` is the thresholded map's z there, and ``z_capped``
+        ("yes"/"no") whether its p is the smallest the random splits can give (1/n), where
+        z says only "at least this" (so a sub-peak's z may exceed the peak's).
         """
         thresholded, labels = self.thresholded()
         diff = self.diff
         rows = map_cluster_table(self.grid, thresholded, labels, peak_by=diff,
-                                 at_peaks={"diff": diff})
+                                 at_peaks={"diff": diff, "p": self._full(self.p, fill=1.0)})
+        floor = smallest_p(self.mode, self.null.n_iters)
         for row in rows:
             row["direction"] = "A>B" if row["sign"] == "+" else "B>A"
+            for peak in (row, *row["subpeaks"]):
+                peak["z_capped"] = "yes" if peak.pop("peak_p") <= floor * (1 + 1e-9) else "no"
         if self.cluster_fwe:
             inference = self.cluster_inference()
             for row in rows:
@@ -466,7 +570,7 @@ def run_contrast(
     min_z: bool = False,
     overlap: str = "error",
     fwhm_mm: float | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     scheduler: Scheduler | None = None,
@@ -477,6 +581,8 @@ def run_contrast(
     difference_iterations: int | None = None,
     n_subsamples: int | None = None,
     mask_coverage: str = "gm",
+    main_effect_cluster_p: float = 0.001,
+    mismatched_main_effects: str = "error",
 ) -> ContrastResult:
     """Contrast of two groups of experiments (Eickhoff et al. 2011).
 
@@ -515,13 +621,21 @@ def run_contrast(
         ``ALESubtraction.correct_fwe_montecarlo(vfwe_only=False)``. Clusters form where
         |ALE_A - ALE_B| exceeds the (1 - ``p_threshold``) quantile of every permuted
         |difference| pooled over the mask and the splits; the null keeps each split's
-        largest cluster size and mass (:func:`gpuale.cluster_null.contrast_cluster_null`, three
+        largest cluster size and mass (:func:`gpuale.nulls.contrast_cluster_null`, three
         passes over the same splits, a little over three times the time). Adds
         cluster-size and cluster-mass FWE p, z and logp maps, and the reported map keeps
         the clusters with cluster-size FWE p < ``alpha`` (no minimum volume).
     alpha : float
         Cluster-level FWE alpha (with ``cluster_fwe``); with ``mode="balanced"``, the
-        two-tailed alpha of the null extrema.
+        two-tailed alpha of the null extrema; with ``mode="gated"``, that of the main
+        effects' cluster-level FWE.
+    main_effect_cluster_p : float
+        ``gated``: the cluster-forming p of the main effects (computed ones use it).
+    mismatched_main_effects : {"error", "warn"}
+        ``gated``: a given main effect whose kernel (``fwhm_mm``), cluster-forming p,
+        alpha or connectivity differ from the contrast's (``fwhm_mm``,
+        ``main_effect_cluster_p``, ``alpha``, ``connectivity``) is a
+        :class:`MainEffectMismatch`, or with ``"warn"`` a warning kept in the result.
     target_n, balanced_null, difference_iterations, n_subsamples, mask_coverage :
         ``mode="balanced"``: NiMARE's ``BalancedALESubtraction``, run by
         :func:`gpuale.balanced.run_balanced_contrast` (which returns a
@@ -543,6 +657,7 @@ def run_contrast(
                          "fixed number of permutations (\"auto\", the stopping rule, is for "
                          "run_ale; a contrast's cluster-forming threshold is estimated from "
                          "all of its permutations)")
+    check_iterations("n_iters", n_iters, minimum=1)
     if mode == BALANCED_MODE:
         from gpuale import balanced
 
@@ -572,26 +687,33 @@ def run_contrast(
     p_threshold = DEFAULT_P_THRESHOLD[mode] if p_threshold is None else p_threshold
     if not 0 < p_threshold < 1:
         raise ValueError(f"p_threshold must lie in (0, 1), got {p_threshold}")
+    if mismatched_main_effects not in MISMATCHED_MAIN_EFFECTS:
+        raise ValueError(f"mismatched_main_effects must be one of {MISMATCHED_MAIN_EFFECTS}, "
+                         f"got {mismatched_main_effects!r}")
+    settings_notes = []
     if mode == "gated":
         # Main effects of the groups as given: the runs the user made of each group.
         if main_a is not None:
             check_main_effect(main_a, group_a, "A", group_b, "B")
         if main_b is not None:
             check_main_effect(main_b, group_b, "B", group_a, "A")
+        # ... made with the contrast's kernel and thresholds (else the gates differ from
+        # what the methods say), before anything is computed.
+        expected = {"fwhm_mm": fwhm_mm, "cluster_forming_p": main_effect_cluster_p,
+                    "alpha": alpha, "connectivity": connectivity}
+        for main, name in ((main_a, "A"), (main_b, "B")):
+            note = check_main_effect_settings(main, expected, name, mismatched_main_effects)
+            if note:
+                settings_notes.append(note)
     if cluster_fwe and mode != "whole-brain":
         raise ValueError("cluster-level FWE (cluster_fwe) is defined for whole-brain "
                          f"contrasts only, not {mode!r} ones (NiMARE's ALESubtraction)")
     if cluster_fwe and not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    notes: list[str] = []
+    notes: list[str] = list(settings_notes)
     # Before anything is computed, so that nobody waits for a result that cannot come.
-    # With cluster-level FWE the reported map is cut at cluster FWE p < alpha (p_threshold
-    # only sets the cluster-forming quantile, which every number of splits reaches).
-    unreachable = unreachable_threshold_message(
-        "the contrast's cluster-level FWE alpha", n_iters, alpha, smallest_fwe_p,
-    ) if cluster_fwe else unreachable_threshold_message(
-        f"the {mode} contrast's threshold", n_iters, p_threshold,
-        functools.partial(smallest_p, mode))
+    unreachable = unreachable_message(mode, n_iters, p_threshold, cluster_fwe=cluster_fwe,
+                                      alpha=alpha)
     if unreachable:
         warnings.warn(unreachable, UnreachableThresholdWarning, stacklevel=2)
         notes.append(unreachable)
@@ -618,11 +740,11 @@ def run_contrast(
             main_a = main_a or MainEffect.from_result(run_ale(
                 group_a, grid=grid, fwhm_mm=fwhm_mm, n_iters=n_iters, seed=seed,
                 device=device, n_workers=n_workers, connectivity=connectivity,
-                scheduler=scheduler))
+                scheduler=scheduler, cluster_forming_p=main_effect_cluster_p, alpha=alpha))
             main_b = main_b or MainEffect.from_result(run_ale(
                 group_b, grid=grid, fwhm_mm=fwhm_mm, n_iters=n_iters, seed=seed,
                 device=device, n_workers=n_workers, connectivity=connectivity,
-                scheduler=scheduler))
+                scheduler=scheduler, cluster_forming_p=main_effect_cluster_p, alpha=alpha))
         timings["main_effects_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

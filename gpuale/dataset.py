@@ -39,6 +39,30 @@ class SampleSizeUnknown(ValueError):
 MAX_FOCUS_DISTANCE_MM = 1000.0
 
 
+def foci_text(n: int) -> str:
+    """A number of foci in words: ``1 focus``, ``3 foci``."""
+    return f"{n} focus" if n == 1 else f"{n} foci"
+
+
+#: The largest sample size an experiment may have: ten million, beyond any imaging study.
+#: A larger N is a typo (an extra digit, a count of voxels), and one beyond 2**63 would
+#: not fit the int64 arrays of the kernel widths.
+MAX_SAMPLE_SIZE = 10_000_000
+SAMPLE_SIZE_RANGE = f"a whole number from 1 to {MAX_SAMPLE_SIZE:,}"
+
+
+def far_focus_problem(xyz: Sequence[float]) -> str | None:
+    """What is wrong with a focus as read (before any space conversion) that lies beyond
+    :data:`MAX_FOCUS_DISTANCE_MM`, for readers to name its own line; None if nothing."""
+    import math
+
+    if math.hypot(*xyz) <= MAX_FOCUS_DISTANCE_MM:
+        return None
+    shown = ", ".join(f"{v:.6g}" for v in xyz)
+    return (f"a focus at ({shown}) mm, more than {MAX_FOCUS_DISTANCE_MM:.0f} mm from the "
+            "origin: outside any brain (a typo, or not millimetres?)")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Experiment:
     """One contrast of one study: a sample size and its peak coordinates.
@@ -102,10 +126,11 @@ class Experiment:
             )
         if self.n_subjects is None or self.n_subjects is NO_SAMPLE_SIZE:
             object.__setattr__(self, "n_subjects", None)
-        elif int(self.n_subjects) != self.n_subjects or self.n_subjects < 1:
+        elif (int(self.n_subjects) != self.n_subjects or self.n_subjects < 1
+              or self.n_subjects > MAX_SAMPLE_SIZE):
             raise ValueError(
-                f"experiment {self.id!r} ({self.source}): sample size must be a positive "
-                f"integer, got {self.n_subjects!r}"
+                f"experiment {self.id!r} ({self.source}): sample size must be "
+                f"{SAMPLE_SIZE_RANGE}, got {self.n_subjects!r}"
             )
         attributes = {name: tuple(values) for name, values in self.focus_attributes.items()}
         for name, values in attributes.items():

@@ -43,8 +43,8 @@ from gpuale.jackknife import (
     RerunWarnings,
     cluster_survival,
 )
-from gpuale.nulls import Scheduler
 from gpuale.rng import STREAM_FAILSAFE_NULL_STUDIES, philox4x32, uniform_below
+from gpuale.schedulers import Scheduler
 
 __all__ = [
     "DEFAULT_MAXIMUM_PER_EXPERIMENT",
@@ -63,6 +63,9 @@ __all__ = [
 #: for the field (e.g. the number of studies likely left unpublished).
 DEFAULT_MINIMUM_PER_EXPERIMENT = 1
 DEFAULT_MAXIMUM_PER_EXPERIMENT = 5
+#: The most null studies fail-safe N adds (`--max`): a million, far beyond any literature;
+#: beyond it a typo would be a memory error, not an answer.
+MAX_NULL_STUDIES = 1_000_000
 #: failsafe.tsv: one row per significant cluster of the run.
 FAILSAFE_COLUMNS = (
     "cluster", "size_voxels", "fsn", "significant_with", "not_significant_with",
@@ -91,8 +94,9 @@ def null_studies(dataset: Dataset, grid: Grid, count: int, seed: int) -> list[Ex
     list of Experiment
         Ids ``failsafe-null-0001``, ...; foci at the centres of in-mask voxels (MNI mm).
     """
-    if count < 0:
-        raise ValueError(f"the number of null studies must be >= 0, got {count}")
+    if not 0 <= count <= MAX_NULL_STUDIES:
+        raise ValueError(f"the number of null studies must be from 0 to "
+                         f"{MAX_NULL_STUDIES:,}, got {count:,}")
     if count == 0:
         return []
     studies = np.arange(count, dtype=np.uint32)
@@ -151,7 +155,7 @@ def failsafe_n(
     minimum: int | None = None,
     maximum: int | None = None,
     seed: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     scheduler: Scheduler | None = None,
@@ -192,6 +196,9 @@ def failsafe_n(
     k = len(dataset)
     minimum = DEFAULT_MINIMUM_PER_EXPERIMENT * k if minimum is None else int(minimum)
     maximum = DEFAULT_MAXIMUM_PER_EXPERIMENT * k if maximum is None else int(maximum)
+    if maximum > MAX_NULL_STUDIES:
+        raise ValueError(f"the most null studies tried ({maximum:,}) is more than "
+                         f"{MAX_NULL_STUDIES:,}, the most gpuale adds")
     if not 0 <= minimum < maximum:
         raise ValueError(f"the numbers of null studies must satisfy 0 <= minimum < maximum, "
                          f"got minimum {minimum} and maximum {maximum}")

@@ -29,7 +29,7 @@ from gpuale.clusters import cluster_contributions
 from gpuale.dataset import Dataset
 from gpuale.engines import resolve_device
 from gpuale.grid import Grid
-from gpuale.nulls import Scheduler
+from gpuale.schedulers import Scheduler
 
 __all__ = [
     "JACKKNIFE_COLUMNS",
@@ -80,7 +80,7 @@ class ALESettings:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
-    def run(self, dataset: Dataset, grid: Grid, *, device: str = "cpu",
+    def run(self, dataset: Dataset, grid: Grid, *, device: str = "auto",
             n_workers: int | None = None, progress: Callable[[int], None] | None = None,
             scheduler: Scheduler | None = None,
             caught: RerunWarnings | None = None) -> ALEResult:
@@ -183,7 +183,7 @@ def jackknife(
     labels: np.ndarray,
     settings: ALESettings,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     scheduler: Scheduler | None = None,

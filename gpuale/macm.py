@@ -44,7 +44,7 @@ from gpuale.analysis import (
 from gpuale.dataset import Dataset
 from gpuale.engines import get_engine, resolve_device
 from gpuale.grid import Grid, load_grid, read_volume, same_space
-from gpuale.io.files import file_checksum
+from gpuale.io.checksum import file_checksum
 from gpuale.nulls import Scheduler, run_null
 from gpuale.nullspecs import ScaleNull, ScaleNullSpec
 from gpuale.stats import fwe_p_values, p_to_z

@@ -1,6 +1,7 @@
-"""Running permutation nulls: chunking, schedulers (threads, processes, Dask), merging.
+"""Running permutation nulls: chunking, the Dask scheduler, merging the partials.
 
-The specs and partials an engine computes are :mod:`gpuale.nullspecs`. A permutation's
+The specs and partials an engine computes are :mod:`gpuale.nullspecs`, the schedulers of
+this machine (serial, threads, processes) :mod:`gpuale.schedulers`. A permutation's
 random draws depend only on (seed, permutation, focus or experiment), so every engine,
 chunk size and worker split gives the same null, and a *scheduler* may hand the chunks
 out however it likes: one after the other, to threads, to processes, or to a Dask
@@ -14,18 +15,13 @@ A contrast's cluster-level FWE null, three passes of :func:`run_null`, is
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import copy
 import dataclasses
 import itertools
-import multiprocessing
-import os
-import signal
-import sys
+import math
 import threading
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,205 +35,130 @@ from gpuale.nullspecs import (
     Partial,
 )
 from gpuale.problem import Problem
+from gpuale.schedulers import (
+    Chunk,
+    ProcessScheduler,
+    ProgressCallback,
+    RunInterrupted,
+    Scheduler,
+    SerialScheduler,
+    ThreadScheduler,
+)
 
 if TYPE_CHECKING:
     from gpuale.engines import Engine
 
 __all__ = [
     "DaskScheduler",
-    "ProcessScheduler",
-    "RunInterrupted",
     "SchedulerUnavailable",
-    "SerialScheduler",
-    "ThreadScheduler",
     "contrast_null",
     "default_scheduler",
     "monte_carlo_null",
     "run_null",
 ]
 
-ProgressCallback = Callable[[int], None]
+
+#: The most Monte Carlo iterations (permutations) one null may have: a hundred million,
+#: 10,000 times the literature's 10,000. Every permutation keeps its maxima (8 bytes
+#: each, 2.4 GB at this bound), so beyond it a typo (an extra zero or five) is a memory
+#: error after the observed map.
+MAX_ITERATIONS = 100_000_000
 
 
-class RunInterrupted(RuntimeError):
-    """The user stopped the permutations (Ctrl-C); nothing was written."""
+def check_iterations(name: str, value: object, *, minimum: int = 0) -> None:
+    """A count of iterations is a whole number from ``minimum`` to :data:`MAX_ITERATIONS`
+    (a ValueError naming ``name`` otherwise), checked before any work."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if not minimum <= value <= MAX_ITERATIONS:
+        raise ValueError(f"{name} = {value:,} is out of range: it must be from {minimum} to "
+                         f"{MAX_ITERATIONS:,} (the most iterations gpuale runs)")
 
 
+class ClusterLost(RunInterrupted):
+    """A Dask cluster lost the workers of a run for good (a worker process killed, e.g. out
+    of memory, and none back within the timeout; or a chunk that kills every worker it
+    runs on). Like an interruption, nothing of the run is written; a study keeps the
+    analyses that finished, and the same command again resumes."""
 # --- Schedulers -----------------------------------------------------------------------------
 
-Chunk = tuple[int, int]
-
-
-class Scheduler(Protocol):
-    """Runs ``engine.null_chunk(spec, seed, first, count)`` for every chunk.
-
-    ``on_partial`` is called in the calling thread with each partial as it arrives (in any
-    order). On Ctrl-C a scheduler stops its workers and raises :class:`RunInterrupted`.
-    """
-
-    def run(self, engine: Engine, spec: NullSpec, seed: int, chunks: list[Chunk],
-            on_partial: Callable[[Partial], None]) -> None: ...
-
-
-class SerialScheduler:
-    """Every chunk in the calling thread, one after the other (a GPU's own queue)."""
-
-    def run(self, engine, spec, seed, chunks, on_partial) -> None:
-        try:
-            for first, count in chunks:
-                on_partial(engine.null_chunk(spec, seed, first, count))
-        except KeyboardInterrupt:
-            raise RunInterrupted("interrupted during the permutations") from None
-
-
-def _drain(submit: Callable[[Chunk], concurrent.futures.Future], chunks: list[Chunk],
-           in_flight: int, on_partial: Callable[[Partial], None],
-           started: tuple[concurrent.futures.Future, ...] = ()) -> None:
-    """Keep ``in_flight`` chunks submitted (bounded memory, a prompt stop) until done.
-
-    ``started`` are the futures of the first ``len(started)`` chunks, already submitted.
-    """
-    rest: Iterator[Chunk] = iter(chunks[len(started):])
-    pending = set(started) | {
-        submit(chunk) for chunk in itertools.islice(rest, max(0, in_flight - len(started)))
-    }
-    while pending:
-        done, pending = concurrent.futures.wait(
-            pending, return_when=concurrent.futures.FIRST_COMPLETED
-        )
-        for future in done:
-            on_partial(future.result())
-            chunk = next(rest, None)
-            if chunk is not None:
-                pending.add(submit(chunk))
-
-
-class ThreadScheduler:
-    """Chunks on threads of this process, for engines that release the GIL (BLAS, numba).
-
-    Parameters
-    ----------
-    n_workers : int, optional
-        Threads (default: every core this process may use).
-    """
-
-    def __init__(self, n_workers: int | None = None) -> None:
-        self.n_workers = n_workers or default_workers()
-
-    def run(self, engine, spec, seed, chunks, on_partial) -> None:
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.n_workers)
-        try:
-            _drain(lambda chunk: pool.submit(engine.null_chunk, spec, seed, *chunk), chunks,
-                   2 * self.n_workers, on_partial)
-        except KeyboardInterrupt:
-            # Threads cannot be killed: the running chunks finish (a fraction of a second).
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise RunInterrupted("interrupted during the permutations") from None
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-# Per-process state of worker processes: the engine and spec arrive once, by initializer.
-_WORKER: dict = {}
-
-
-def _init_worker(engine, spec) -> None:
-    _die_with_parent()
-    _WORKER.update(engine=engine, spec=spec)
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to end this worker when its parent dies (even by SIGKILL), so no
-    orphaned worker keeps computing; elsewhere the pool's own shutdown has to do."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _worker_chunk(seed: int, first: int, count: int) -> Partial:
-    return _WORKER["engine"].null_chunk(_WORKER["spec"], seed, first, count)
-
-
-def _worker_context():
-    """Spawned workers (no inherited threads or locks), unless ``__main__`` cannot be
-    re-imported by them (a script read from stdin), where forking is the only way."""
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    if main_file and not os.path.exists(main_file) and os.name == "posix":
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
-@contextlib.contextmanager
-def _sigint_blocked():
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    except (AttributeError, ValueError):  # no POSIX signal masks here
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-class ProcessScheduler:
-    """Chunks in worker processes, for engines that hold the GIL (the numpy engine).
-
-    Parameters
-    ----------
-    n_workers : int, optional
-        Processes (default: every core this process may use).
-    """
-
-    def __init__(self, n_workers: int | None = None) -> None:
-        self.n_workers = n_workers or default_workers()
-
-    def run(self, engine, spec, seed, chunks, on_partial) -> None:
-        pool = None
-
-        def submit(chunk: Chunk):
-            return pool.submit(_worker_chunk, seed, *chunk)
-
-        try:
-            # Workers start with SIGINT blocked (the mask survives exec), so Ctrl-C reaches
-            # only this process, which stops them; a worker interrupted while starting would
-            # break the pool with a truncated pickle. Here the signal is only held back, and
-            # arrives as soon as the workers exist.
-            with _sigint_blocked():
-                pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=self.n_workers, mp_context=_worker_context(),
-                    initializer=_init_worker, initargs=(engine, spec),
-                )
-                started = tuple(submit(chunk) for chunk in chunks[: 3 * self.n_workers])
-            _drain(submit, chunks, 3 * self.n_workers, on_partial, started)
-        except KeyboardInterrupt:
-            if pool is not None:
-                # Let the workers finish their chunk (a fraction of a second) and exit:
-                # killing one still starting makes it print a traceback about a cut pipe.
-                try:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                except KeyboardInterrupt:  # a second Ctrl-C: stop them now
-                    for process in list((getattr(pool, "_processes", None) or {}).values()):
-                        process.terminate()
-            raise RunInterrupted("interrupted during the permutations") from None
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-
-
-DASK_EXTRA_HINT = "pip install 'gpuale[dask]'"
+DASK_EXTRA_HINT = "pip install 'gpuale[dask]' (in a clone of gpuale: pip install '.[dask]')"
 
 
 class SchedulerUnavailable(ValueError):
     """A Dask cluster that cannot be used: dask missing, unreachable, or workers without
     the same gpuale."""
+
+
+#: Seconds :class:`DaskScheduler` waits, by default, for a scheduler to answer (connection
+#: and handshake) and for a first worker to join.
+DASK_TIMEOUT = 20.0
+
+_UNREACHABLE_HINT = ("start one with `dask scheduler` and workers with `dask worker "
+                     "ADDRESS`")
+
+
+def _handshake(address: str, timeout: float) -> None:
+    """Connect to ``address`` and exchange Dask's handshake, within ``timeout`` seconds.
+
+    dask's own ``connect`` bounds the connection but waits for the handshake's reply
+    forever: an address where something else listens (a web server, a database) would
+    hang the run silently. Run in a thread of its own, with its own event loop, so that it
+    works under a caller's running loop too, and is abandoned (a daemon) if it hangs.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+
+    outcome: dict[str, BaseException] = {}
+
+    async def attempt() -> None:
+        comm = await connect(address, timeout=timeout)
+        await comm.close()
+
+    # dask's connect gives up on a refused or unroutable address at ``timeout`` itself
+    # (and says why); this bound is for the handshake after it, so it comes later.
+    bound = timeout + max(2.0, 0.5 * timeout)
+
+    def main() -> None:
+        try:
+            asyncio.run(asyncio.wait_for(attempt(), bound))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=main, name="gpuale-dask-handshake", daemon=True)
+    thread.start()
+    thread.join(bound + 5.0)
+    error = outcome.get("error")
+    if thread.is_alive() or isinstance(error, asyncio.TimeoutError | TimeoutError):
+        raise SchedulerUnavailable(
+            f"no Dask scheduler answered at {address!r} within {bound:g} s (is something "
+            "else listening on that port?); check the address `dask scheduler` printed, "
+            "or wait longer with --scheduler-timeout")
+    if error is not None:
+        raise SchedulerUnavailable(f"cannot reach the Dask scheduler at {address!r} "
+                                   f"({error}); {_UNREACHABLE_HINT}")
+
+
+def _client_class():
+    """``distributed.Client``, but one whose failed start leaves nothing to close: a client
+    whose connection failed otherwise tries to close itself when it is collected (at
+    exit), waits 60 s for an event loop that no longer runs, and prints a traceback."""
+    from distributed import Client
+
+    class _Client(Client):
+        def __init__(self, *args, **kwargs) -> None:
+            try:
+                super().__init__(*args, **kwargs)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    super().close(timeout=1)
+                self.status = "closed"  # close() and __del__ return at once
+                with contextlib.suppress(Exception):
+                    self._loop_runner.stop()
+                raise
+
+    return _Client
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,7 +280,9 @@ class DaskScheduler:
         Chunks submitted at a time (default: twice the workers' threads), which bounds
         the memory the scheduler and the partials waiting to be merged take.
     timeout : float
-        Seconds to wait for the scheduler when connecting.
+        Seconds to wait for the scheduler to answer when connecting (connection and
+        handshake: an address where no Dask scheduler listens is an error after it, never
+        a hang), and for a first worker to join.
     device : str, optional
         ``"auto"``: each worker runs the engine it chooses for itself
         (``get_engine("auto")`` there: CUDA where it sees a GPU, else numba), whatever the
@@ -381,10 +304,12 @@ class DaskScheduler:
     then have the size the workers' engines ask for (the smallest of them).
     """
 
-    def __init__(self, address, *, in_flight: int | None = None, timeout: float = 30.0,
-                 device: str | None = None):
+    def __init__(self, address, *, in_flight: int | None = None,
+                 timeout: float = DASK_TIMEOUT, device: str | None = None):
         if in_flight is not None and in_flight < 1:
             raise ValueError(f"in_flight must be at least 1, got {in_flight}")
+        if not timeout > 0 or not math.isfinite(timeout):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.address = address
         self.workers_choose = _workers_choose(device)
         self.in_flight = in_flight
@@ -455,17 +380,20 @@ class DaskScheduler:
             self._client = self.address
             return self._client
         try:
-            from distributed import Client
+            client_class = _client_class()
         except ImportError:
             raise SchedulerUnavailable(
                 f"--scheduler needs dask.distributed: {DASK_EXTRA_HINT}"
             ) from None
+        # The scheduler answers first, within the timeout: a wrong port would hang Client.
+        _handshake(self.address, self.timeout)
         try:
-            self._client = Client(self.address, timeout=self.timeout, set_as_default=False)
+            self._client = client_class(self.address, timeout=self.timeout,
+                                        set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             raise SchedulerUnavailable(
-                f"cannot reach the Dask scheduler at {self.address!r} ({exc}); start one "
-                "with `dask scheduler` and workers with `dask worker ADDRESS`"
+                f"cannot reach the Dask scheduler at {self.address!r} ({exc}); "
+                f"{_UNREACHABLE_HINT}"
             ) from None
         return self._client
 
@@ -551,20 +479,51 @@ class DaskScheduler:
             sizes = [info[2] for info in self._chosen_engines(spec_f).values()]
             if sizes:  # else no worker now: the chunks wait as they are for one to join
                 chunks = _rechunked(list(chunks), min(sizes))
+        chunks = list(chunks)
+        total = sum(count for _, count in chunks)
         run_id = uuid.uuid4().hex[:12]
         rest = iter(chunks)
         pending: set = set()
+        # What each future computes, and with which scatter of the engine and spec (a
+        # worker lost with the only copies takes them along: they are sent again).
+        chunk_of: dict = {}
+        sent = {"engine": engine_f, "spec": spec_f, "generation": 0}
+        done = [0]
 
         def submit(chunk: Chunk):
             first, count = chunk
             with self._live_lock:  # either stop() sees this future, or it is not submitted
                 if self._stopping.is_set():
                     raise RunInterrupted("interrupted during the permutations")
-                future = client.submit(_dask_chunk, engine_f, spec_f, seed, first, count,
-                                       key=f"gpuale-null-{run_id}-{first}")
+                future = client.submit(
+                    _dask_chunk, sent["engine"], sent["spec"], seed, first, count,
+                    key=f"gpuale-null-{run_id}-{first}-{sent['generation']}")
                 self._live.add(future)
             pending.add(future)
+            chunk_of[future] = (chunk, sent["generation"])
             return future
+
+        def send_again() -> None:
+            """After a worker died with the engine and spec: wait (bounded) for a worker,
+            then scatter them again, so that the lost chunks can run."""
+            if sent["generation"] >= MAX_WORKER_LOSSES:
+                raise ClusterLost(
+                    f"the Dask cluster lost the run's workers {MAX_WORKER_LOSSES} times "
+                    f"(processes killed, e.g. out of memory); {done[0]:,} of {total:,} "
+                    "permutations had finished")
+            try:
+                client.wait_for_workers(1, timeout=self.timeout)
+            except (TimeoutError, OSError):
+                raise ClusterLost(
+                    f"the Dask cluster lost its workers (a worker process died: out of "
+                    f"memory, or killed) and none joined within {self.timeout:g} s; "
+                    f"{done[0]:,} of {total:,} permutations had finished") from None
+            client.cancel([sent["engine"], sent["spec"]], force=True)
+            sent["engine"] = client.scatter(_CHOSEN_ON_WORKER if self.workers_choose
+                                            else _portable(engine), broadcast=True,
+                                            hash=False)
+            sent["spec"] = client.scatter(spec, broadcast=True, hash=False)
+            sent["generation"] += 1
 
         try:
             # This client's loop: it need not be dask's default client.
@@ -576,9 +535,22 @@ class DaskScheduler:
                     self._live.discard(future)
                 if self._stopping.is_set():  # stop() cancelled the rest
                     raise RunInterrupted("interrupted during the permutations")
-                partial = future.result()  # a worker's exception is raised here
+                chunk, generation = chunk_of.pop(future)
+                try:
+                    partial = future.result()  # a worker's exception is raised here
+                except Exception as exc:
+                    lost = _lost_with_a_worker(exc, done[0], total)
+                    if lost is None:
+                        raise
+                    # Cancelled because its engine or spec went with a dead worker: run it
+                    # again (sent again once per loss, not once per chunk).
+                    if generation == sent["generation"]:
+                        send_again()
+                    queue.add(submit(chunk))
+                    continue
                 future.release()
                 on_partial(partial)
+                done[0] += chunk[1]
                 chunk = next(rest, None)
                 if chunk is not None:
                     queue.add(submit(chunk))
@@ -591,7 +563,32 @@ class DaskScheduler:
         finally:
             with self._live_lock:
                 self._live.difference_update(pending)
-            client.cancel([engine_f, spec_f], force=True)
+            client.cancel([sent["engine"], sent["spec"]], force=True)
+
+
+#: Times a run's workers may all be lost (their engine and spec with them) and the run go
+#: on once one is back (:class:`DaskScheduler`); beyond, :class:`ClusterLost`.
+MAX_WORKER_LOSSES = 5
+
+
+def _lost_with_a_worker(exc: BaseException, done: int, total: int) -> str | None:
+    """Whether a chunk's error means it was lost with a worker and can be run again
+    (returns "again"); a chunk that killed its workers raises :class:`ClusterLost`; None:
+    the chunk's own error, raised as it is."""
+    import concurrent.futures as cf
+
+    try:
+        from distributed import KilledWorker
+    except ImportError:  # pragma: no cover - only called on a Dask cluster
+        KilledWorker = ()  # noqa: N806
+    if isinstance(exc, KilledWorker):
+        raise ClusterLost(
+            f"a chunk of permutations killed every Dask worker that ran it ({exc}); the "
+            f"workers may lack memory for it; {done:,} of {total:,} permutations had "
+            "finished") from None
+    if isinstance(exc, cf.CancelledError):
+        return "again"
+    return None
 
 
 def _workers_choose(device: str | None) -> bool:
@@ -651,6 +648,7 @@ def run_null(
     RunInterrupted
         On Ctrl-C; the workers are stopped first.
     """
+    check_iterations("n_iters", n_iters)
     merged = _merged_partial(spec, engine, seed, n_iters, scheduler, n_workers, progress)
     if isinstance(spec, GlobalNullSpec) or getattr(spec, "kind", None) == "scale":
         return merged.finish(spec, seed, n_iters)

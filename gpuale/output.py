@@ -20,7 +20,7 @@ from gpuale.balanced import BalancedContrastResult
 from gpuale.clusters import CONTRIBUTION_FIELDS, peak_rows
 from gpuale.contrast import smallest_p
 from gpuale.dataset import Dataset
-from gpuale.io.files import file_checksum
+from gpuale.io.checksum import file_checksum
 from gpuale.macm import MACMResult
 from gpuale.runfolder import (
     CLUSTER_LABELS,
@@ -204,6 +204,12 @@ def write_contrast_maps(result, folder: Path) -> list[str]:
     return written
 
 
+def _json_settings(settings: dict | None) -> dict | None:
+    if settings is None:
+        return None
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in settings.items()}
+
+
 def groups_record(groups: Sequence[tuple[str, Dataset, Sequence, object]]) -> dict:
     """run.json's ``groups`` of a contrast: per ``(name, group, inputs, main effect)``,
     its experiments, inputs (with checksums) and main-effect run folder, if any."""
@@ -214,6 +220,8 @@ def groups_record(groups: Sequence[tuple[str, Dataset, Sequence, object]]) -> di
             "experiments": group.ids,
             "inputs": [input_record(p) for p in paths],
             "main_effect": getattr(main, "source", None),
+            # The gate's kernel and thresholds (gated contrasts), as its run recorded them.
+            "main_effect_settings": _json_settings(getattr(main, "settings", None)),
         }
         for name, group, paths, main in groups
     }
@@ -269,6 +277,9 @@ def run_record(
         },
         "mask": {
             "source": result.grid.source,
+            # Absolute, for jackknife and fail-safe N run from another folder.
+            **({"path": str(Path(result.grid.source).absolute())}
+               if result.grid.source and Path(result.grid.source).is_file() else {}),
             "shape": list(result.grid.shape),
             "n_voxels": result.grid.n_voxels,
             "checksum": result.grid.checksum(),
@@ -326,14 +337,16 @@ def tfce_record(result: ALEResult) -> dict | None:
 
 #: clusters.tsv of a contrast: one row per cluster (``peak`` 1) and per sub-peak (``peak``
 #: 2, 3, ...); peaks are local maxima of |ALE_A - ALE_B| (``peak_diff``), ``peak_value`` the
-#: thresholded z there.
+#: thresholded z there, ``z_capped`` "yes" where its p is the permutation floor 1/n (z is
+#: then a lower bound: the random splits cannot resolve more).
 CONTRAST_CLUSTER_COLUMNS = (
     "cluster", "peak", "direction", "size_voxels", "volume_mm3", "peak_x", "peak_y", "peak_z",
-    "peak_value", "peak_diff", "com_x", "com_y", "com_z",
+    "peak_value", "peak_diff", "z_capped", "com_x", "com_y", "com_z",
 )
 #: clusters.tsv of a conjunction: as a contrast's, without the difference; ``direction`` is
 #: ``positive`` (every input > 0; A>B in contrasts) or ``negative`` (every input < 0).
-CONJUNCTION_CLUSTER_COLUMNS = tuple(c for c in CONTRAST_CLUSTER_COLUMNS if c != "peak_diff")
+CONJUNCTION_CLUSTER_COLUMNS = tuple(c for c in CONTRAST_CLUSTER_COLUMNS
+                                    if c not in ("peak_diff", "z_capped"))
 
 
 #: clusters.tsv of a contrast with cluster-level FWE: each cluster's size and mass FWE p.

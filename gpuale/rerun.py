@@ -31,7 +31,7 @@ from gpuale.failsafe import (
 )
 from gpuale.grid import Grid, load_grid
 from gpuale.io import load_dataset
-from gpuale.io.files import file_checksum
+from gpuale.io.checksum import file_checksum
 from gpuale.jackknife import (
     JACKKNIFE_COLUMNS,
     JACKKNIFE_METHOD,
@@ -39,7 +39,6 @@ from gpuale.jackknife import (
     JackknifeResult,
     jackknife,
 )
-from gpuale.nulls import Scheduler
 from gpuale.output import check_not_written, derived_record, write_derived
 from gpuale.runfolder import (
     CLUSTER_LABELS,
@@ -47,13 +46,22 @@ from gpuale.runfolder import (
     FAILSAFE_TSV,
     JACKKNIFE_JSON,
     JACKKNIFE_TSV,
+    SELECTION_KEY,
     STUDY_ANALYSIS_KEY,
     STUDY_FILE_KEY,
+    STUDY_FILE_PATH_KEY,
     RunFolder,
     open_run,
 )
+from gpuale.schedulers import Scheduler
 
-__all__ = ["RecordedAnalysis", "load_recorded_analysis", "run_failsafe", "run_jackknife"]
+__all__ = [
+    "RecordedAnalysis",
+    "load_recorded_analysis",
+    "recorded_group",
+    "run_failsafe",
+    "run_jackknife",
+]
 
 
 @dataclasses.dataclass(eq=False)
@@ -115,6 +123,7 @@ def load_recorded_analysis(run_dir: str | Path, *, grid: Grid | None = None) -> 
     if run.kind != "ale":
         raise ValueError(f"{run.path} is a {run.kind} run; jackknife and fail-safe N take a "
                          "`gpuale global` run folder")
+    _check_record(run)
     settings = ALESettings.from_record(run.record)
     if settings.iterations <= 0:
         raise ValueError(f"{run.path} was run without Monte Carlo iterations (--iters 0): "
@@ -131,6 +140,112 @@ def load_recorded_analysis(run_dir: str | Path, *, grid: Grid | None = None) -> 
     dataset = _recorded_dataset(run, need_sample_size=settings.fwhm_mm is None)
     _check_reproduced(run, dataset, grid, settings)
     return RecordedAnalysis(run, dataset, grid, settings, labels, clusters)
+
+
+def recorded_group(run_dir: str | Path) -> tuple[Dataset, RunFolder, dict]:
+    """The experiments of a finished ``gpuale global`` run folder, for a contrast that
+    takes the folder as one of its groups.
+
+    As :func:`load_recorded_analysis` reads them: the recorded inputs again (their
+    checksums unchanged), with the recorded loading options and selection (``--where``,
+    or the study analysis's ``where`` and ``split``), checked against the experiments
+    run.json lists. The run need not have Monte Carlo iterations or clusters.
+
+    Returns
+    -------
+    dataset : Dataset
+    run : RunFolder
+    selection : dict
+        What the group is, for the contrast's run.json (``selection``): ``run`` (the
+        folder) with the run's ``where`` (and ``split``).
+    """
+    run = open_run(run_dir)
+    _check_record(run)
+    if run.kind != "ale":
+        raise ValueError(f"{run.path} is a {run.kind} run; a contrast's group is an input "
+                         "or a `gpuale global` run folder")
+    settings = ALESettings.from_record(run.record)
+    dataset = _recorded_dataset(run, need_sample_size=settings.fwhm_mm is None)
+    recorded = run.record.get(SELECTION_KEY) or {}
+    selection = {"run": str(run.path),
+                 "where": recorded.get("where", _loading_options(run).get("where")),
+                 "split": recorded.get("split")}
+    return dataset, run, selection
+
+
+class InvalidRecord(ValueError):
+    """A run.json that gpuale did not write as it is (edited by hand, cut short)."""
+
+    #: Its message names run.json's keys, which the CLI must not turn into its options.
+    literal = True
+
+
+def _invalid(run: RunFolder, problem: str) -> InvalidRecord:
+    return InvalidRecord(f"{run.run_json} is not a valid gpuale record: {problem}; the run "
+                         "cannot be repeated")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_record(run: RunFolder) -> None:
+    """The keys of run.json that re-running the analysis reads, each of its type, before
+    any of them is used: a hand-edited record is an error naming the key, not a KeyError
+    or AttributeError from deep inside."""
+    record = run.record
+    settings = record.get("settings")
+    if not isinstance(settings, dict):
+        raise _invalid(run, f"'settings' is {_kind(settings)}, not an object")
+    for key in ("cluster_forming_p", "alpha"):
+        if key not in settings:
+            raise _invalid(run, f"'settings' has no {key!r}")
+        if not _is_number(settings[key]):
+            raise _invalid(run, f"settings.{key} is {settings[key]!r}, not a number")
+    for key in ("iterations", "seed", "connectivity"):
+        value = settings.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _invalid(run, f"settings.{key} is {value!r}, not a whole number")
+    if settings.get("fwhm_mm") is not None and not _is_number(settings["fwhm_mm"]):
+        raise _invalid(run, f"settings.fwhm_mm is {settings['fwhm_mm']!r}, not a number")
+    for key, kind in (("mask", dict), ("inputs", list), ("experiments", list)):
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            raise _invalid(run, f"{key!r} is {_kind(record[key])}, not "
+                                f"{'an object' if kind is dict else 'a list'}")
+    for index, entry in enumerate(record.get("inputs") or []):
+        if not isinstance(entry, dict):
+            raise _invalid(run, f"inputs[{index}] is {_kind(entry)}, not an object")
+        if not record.get(STUDY_FILE_KEY) and not isinstance(entry.get("path"), str):
+            raise _invalid(run, f"inputs[{index}] has no 'path'")
+        if entry.get("sha256") is not None and not isinstance(entry["sha256"], str):
+            raise _invalid(run, f"inputs[{index}].sha256 is not a string")
+    for index, entry in enumerate(record.get("experiments") or []):
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise _invalid(run, f"experiments[{index}] is not an object with an 'id'")
+        for field in ("n_subjects", "n_foci"):
+            value = entry.get(field)
+            if value is not None and not _is_number(value):
+                raise _invalid(run, f"experiments[{index}].{field} is {value!r}, not a number")
+    mask = record.get("mask") or {}
+    for key in ("source", "path", "checksum"):
+        if mask.get(key) is not None and not isinstance(mask[key], str):
+            raise _invalid(run, f"mask.{key} is {mask[key]!r}, not a string")
+    for key in ("command", STUDY_FILE_KEY, STUDY_FILE_PATH_KEY, STUDY_ANALYSIS_KEY):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise _invalid(run, f"{key!r} is {record[key]!r}, not a string")
+    if record.get("max_ale") is not None and not _is_number(record["max_ale"]):
+        raise _invalid(run, f"'max_ale' is {record['max_ale']!r}, not a number")
+    if settings.get("cluster_forming_ale") is not None and not _is_number(
+            settings["cluster_forming_ale"]):
+        raise _invalid(run, "settings.cluster_forming_ale is not a number")
+
+
+def _kind(value: object) -> str:
+    """A JSON value's kind, in words."""
+    if value is None:
+        return "missing"
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false"}.get(
+        type(value), "a number" if _is_number(value) else type(value).__name__)
 
 
 #: Largest relative difference of the maximum ALE between a run and its repetition: the
@@ -163,6 +278,8 @@ def _check_reproduced(run: RunFolder, dataset: Dataset, grid: Grid,
 def _recorded_grid(run: RunFolder) -> Grid:
     mask = run.record.get("mask") or {}
     source = mask.get("source")
+    if isinstance(mask.get("path"), str) and Path(mask["path"]).is_file():
+        source = mask["path"]  # absolute: the source as given depends on the folder
     if not source or not Path(source).is_file():
         # The bundled mask of another installation (another path, the same mask).
         default = load_grid()
@@ -239,9 +356,15 @@ def _recorded_dataset(run: RunFolder, *, need_sample_size: bool = True) -> Datas
 def _study_dataset(run: RunFolder) -> Dataset:
     """The experiments of a study's global analysis, selected as the study selects them."""
     from gpuale.examples import resolve_input
-    from gpuale.studyfile import _global_dataset, _input_paths, load_study
+    from gpuale.study import _global_dataset
+    from gpuale.studyfile import _input_paths, load_study
 
-    study = load_study(resolve_input(run.record[STUDY_FILE_KEY]))
+    recorded = run.record.get(STUDY_FILE_PATH_KEY)
+    # The absolute path where it is still there (a typed relative one depends on the
+    # folder gpuale ran in), else the name (example:NAME on another installation).
+    given = recorded if isinstance(recorded, str) and Path(recorded).is_file() \
+        else run.record[STUDY_FILE_KEY]
+    study = load_study(resolve_input(given))
     name = run.record[STUDY_ANALYSIS_KEY]
     if name not in study.analyses:
         raise ValueError(f"{run.run_json} was written by analysis {name!r} of "
@@ -274,7 +397,7 @@ def _check_experiments(run: RunFolder, dataset: Dataset) -> Dataset:
 def run_jackknife(
     run_dir: str | Path,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -316,7 +439,7 @@ def run_failsafe(
     minimum: int | None = None,
     maximum: int | None = None,
     seed: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -336,7 +459,7 @@ def run_failsafe(
     ------
     ValueError
         The folder already holds a fail-safe N and ``force`` is not set (checked before
-        any work), or :func:`gpuale.jackknife.load_recorded_analysis` refuses the folder.
+        any work), or :func:`load_recorded_analysis` refuses the folder.
     """
     check_not_written(run_dir, (FAILSAFE_TSV, FAILSAFE_JSON), force=force)
     analysis = analysis or load_recorded_analysis(run_dir, grid=grid)

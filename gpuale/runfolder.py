@@ -44,9 +44,9 @@ from gpuale.conjunction import (
     combine,
     unthresholded_reason,
 )
-from gpuale.contrast import MainEffect
+from gpuale.contrast import MAIN_EFFECT_SETTINGS, MainEffect
 from gpuale.grid import Grid, read_volume
-from gpuale.io.files import file_checksum
+from gpuale.io.checksum import file_checksum
 
 # The map names readers ask for (gpuale.maps names them; this module makes them files).
 from gpuale.maps import (
@@ -86,6 +86,7 @@ __all__ = [
     "JACKKNIFE_TSV",
     "KINDS",
     "MAP_SUFFIX",
+    "NIMARE_MAP_NAMES",
     "PEAK_COLUMN",
     "NULLS_NPZ",
     "REPORT_HTML",
@@ -103,21 +104,23 @@ __all__ = [
     "NotARunFolder",
     "RunFolder",
     "cluster_count",
-    "conjunction",
     "conjunction_map_path",
     "finished_with",
     "input_name",
     "input_record",
     "is_cluster_row",
     "is_study_folder",
-    "load_conjunction_input",
-    "main_effect",
+    "gpuale_map_name",
     "map_file",
+    "map_files",
     "open_run",
     "read_main_effect",
     "read_run_experiments",
     "read_map",
     "record_header",
+    "conjunction",
+    "load_conjunction_input",
+    "main_effect",
 ]
 
 # --------------------------------------------------------------------------- file names
@@ -142,9 +145,52 @@ FAILSAFE_JSON = "failsafe.json"
 DERIVED_FILES = frozenset({JACKKNIFE_TSV, JACKKNIFE_JSON, FAILSAFE_TSV, FAILSAFE_JSON})
 
 
+#: The one table of map file names: gpuale's names of maps NiMARE 0.22.1 also writes (as
+#: the code still calls them: ``ale``, ``z_desc-AminusB``, ...) -> NiMARE's names, which
+#: run folders use since issue 26 (``stat``, ``z_desc-group1MinusGroup2``; FWE maps with
+#: NiMARE's ``_corr-FWE_method-montecarlo``). Maps NiMARE has no counterpart of keep
+#: gpuale's names (``z_thresholded``, ``cluster_labels``, TFCE). Folders
+#: written before keep the old file names, and every reader finds either
+#: (:meth:`RunFolder.map_path`).
+NIMARE_MAP_NAMES = {
+    "ale": "stat",
+    "logp_level-voxel": "logp_level-voxel_corr-FWE_method-montecarlo",
+    "z_level-voxel": "z_level-voxel_corr-FWE_method-montecarlo",
+    "logp_desc-size_level-cluster": "logp_desc-size_level-cluster_corr-FWE_method-montecarlo",
+    "z_desc-size_level-cluster": "z_desc-size_level-cluster_corr-FWE_method-montecarlo",
+    "logp_desc-mass_level-cluster": "logp_desc-mass_level-cluster_corr-FWE_method-montecarlo",
+    "z_desc-mass_level-cluster": "z_desc-mass_level-cluster_corr-FWE_method-montecarlo",
+    "ale_A": "stat_desc-group1",
+    "ale_B": "stat_desc-group2",
+    "stat_desc-AminusB": "stat_desc-group1MinusGroup2",
+    "p_desc-AminusB": "p_desc-group1MinusGroup2",
+    "z_desc-AminusB": "z_desc-group1MinusGroup2",
+    "logp_desc-AminusB_level-voxel":
+        "logp_desc-group1MinusGroup2_level-voxel_corr-FWE_method-montecarlo",
+    **{f"{stat}_desc-AminusB{kind}_level-cluster":
+       f"{stat}_desc-group1MinusGroup2{kind}_level-cluster_corr-FWE_method-montecarlo"
+       for stat in ("p", "z", "logp") for kind in ("Size", "Mass")},
+}
+#: The other way: a file name of an earlier version -> gpuale's name of the map.
+_EARLIER_MAP_NAMES = {new: old for old, new in NIMARE_MAP_NAMES.items()}
+
+
 def map_file(name: str) -> str:
-    """The file name of map ``name`` in a run folder (``z`` -> ``z.nii.gz``)."""
-    return f"{name}{MAP_SUFFIX}"
+    """The file name of map ``name`` in a run folder (``z`` -> ``z.nii.gz``; ``ale`` ->
+    ``stat.nii.gz``, see :data:`NIMARE_MAP_NAMES`). ``name`` may be either name."""
+    return f"{NIMARE_MAP_NAMES.get(name, name)}{MAP_SUFFIX}"
+
+
+def gpuale_map_name(name: str) -> str:
+    """gpuale's name of a map given by either name (``stat`` -> ``ale``)."""
+    return _EARLIER_MAP_NAMES.get(name, name)
+
+
+def map_files(name: str) -> tuple[str, ...]:
+    """The file names map ``name`` has had: this version's first, then an earlier one."""
+    current = map_file(name)
+    earlier = f"{gpuale_map_name(name)}{MAP_SUFFIX}"
+    return (current,) if earlier == current else (current, earlier)
 
 
 # --------------------------------------------------------------------------- run.json
@@ -170,6 +216,10 @@ STUDY_ANALYSIS_KEY = "study_analysis"
 #: run), and the experiments it selected: ``{"inputs", "where", "split"}`` for a global
 #: analysis, ``{"A": ..., "B": ...}`` (each with its global ``analysis``) for a contrast.
 STUDY_FILE_KEY = "study_file"
+#: The study file's absolute path, where ``study_file`` names it as the user typed it
+#: (relative to the folder gpuale ran in): re-running a study's analysis (jackknife,
+#: fail-safe N) from another folder reads this one.
+STUDY_FILE_PATH_KEY = "study_file_path"
 SELECTION_KEY = "selection"
 #: Which measures contributions.tsv holds (absent where it held gpuale's earlier
 #: leave-one-out share of the summed ALE under ``contribution_pct``).
@@ -183,9 +233,10 @@ STOPPING_KEY = "stopping"
 #: threshold (the 1 - alpha quantile of the largest TFCE per permutation) and the voxels
 #: above it (:func:`gpuale.output.tfce_record`); absent or None without TFCE.
 TFCE_KEY = "tfce"
-#: Each entry of run.json's ``inputs``: the file read (``path``) and its ``sha256``, and,
-#: when the user named it otherwise (``example:NAME``, a path relative to a study file),
-#: that name as ``given``.
+#: Each entry of run.json's ``inputs``: the file read (``path``, absolute, so that the run
+#: can be repeated from any folder) and its ``sha256``, and, when the user named it
+#: otherwise (``example:NAME``, a path as typed, relative to the folder gpuale ran in or
+#: to a study file), that name as ``given``.
 INPUT_GIVEN_KEY = "given"
 
 
@@ -205,8 +256,11 @@ def input_record(item: str | Path | tuple[str, str | Path]) -> dict:
         ``path`` (the file or folder read), ``sha256`` (of its contents) and, when it
         differs from the path, the ``given`` name (``example:semantic-children``).
     """
-    given, path = item if isinstance(item, tuple) else (None, item)
-    entry = {"path": str(path), "sha256": file_checksum(path)}
+    given, path = item if isinstance(item, tuple) else (item, item)
+    # Absolute (not resolved: a symlinked folder stays as named), so that jackknife and
+    # fail-safe N find it from any folder; the typed form stays for display.
+    entry = {"path": str(Path(path).absolute()), "sha256": file_checksum(path)}
+    path = entry["path"]
     if given is not None and str(given) != str(path):
         entry[INPUT_GIVEN_KEY] = str(given)
     return entry
@@ -369,7 +423,12 @@ class RunFolder:
             return {key: nulls[key] for key in nulls.files}
 
     def map_path(self, name: str) -> Path:
-        """Where map ``name`` is (whether or not the run wrote it: see :meth:`has_map`)."""
+        """Where map ``name`` is (whether or not the run wrote it: see :meth:`has_map`):
+        under this version's file name, or an earlier version's (:data:`NIMARE_MAP_NAMES`)
+        in a folder it wrote."""
+        for file in map_files(name):
+            if (self.path / file).is_file():
+                return self.path / file
         return self.path / map_file(name)
 
     def has_map(self, name: str) -> bool:
@@ -646,5 +705,8 @@ def main_effect(path, grid: Grid) -> MainEffect:
     # The run's kind first: a contrast folder would otherwise fail on a missing map.
     experiments = read_run_experiments(path)
     z, significant = read_main_effect(path, grid)
+    recorded = open_run(path).record.get("settings")
+    settings = ({key: recorded.get(key) for key in MAIN_EFFECT_SETTINGS}
+                if isinstance(recorded, dict) else None)
     return MainEffect(z=z, significant=significant, source=str(path),
-                      experiments=tuple(experiments))
+                      experiments=tuple(experiments), settings=settings)

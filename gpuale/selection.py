@@ -136,13 +136,49 @@ def _compile(node: ast.AST, expression: str, known: set[str]):
     )
 
 
+#: The deepest nesting of ``not``, ``and``/``or`` and comparisons a selection may have;
+#: each level is a Python call when it is compiled and evaluated, so a deeper one (``not
+#: not not ...`` thousands of times) would end in a RecursionError.
+MAX_SELECTION_DEPTH = 100
+
+
+def _parse(where: str) -> ast.Expression:
+    """The expression's tree, or a ValueError (never a SyntaxError or RecursionError)."""
+    try:
+        tree = ast.parse(where.strip(), mode="eval")
+    except (SyntaxError, RecursionError, MemoryError):
+        raise ValueError(
+            f"{_shown(where)} is not a valid selection; example: 'task_type == knowledge and "
+            "age_mean >= 10'"
+        ) from None
+    # Depth first with an explicit stack: measuring a deep tree must not recurse either.
+    stack = [(tree.body, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_SELECTION_DEPTH:
+            raise ValueError(
+                f"{_shown(where)} is nested more than {MAX_SELECTION_DEPTH} levels deep "
+                "(not, and/or, parentheses); write it with fewer levels")
+        # A level is an operator (not, and/or, a comparison); its operands are the next.
+        deeper = depth + isinstance(node, ast.BoolOp | ast.UnaryOp | ast.Compare)
+        stack.extend((child, deeper) for child in ast.iter_child_nodes(node))
+    return tree
+
+
+def _shown(where: str) -> str:
+    """The expression in a message: whole where short, else its start and its length."""
+    if len(where) <= 200:
+        return repr(where)
+    return f"the selection {where[:60]!r}... ({len(where):,} characters)"
+
+
 def referenced_columns(where: str) -> set[str]:
     """The columns an expression compares, so that a reader can load only those of a
     large input (a Neurosynth release's term features); a malformed expression names
     none here and is reported by :func:`select`."""
     try:
         tree = ast.parse(where.strip(), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError):
         return set()
     return {
         node.left.id for node in ast.walk(tree)
@@ -159,13 +195,7 @@ def select(dataset: Dataset, where: str) -> Dataset:
         For a malformed expression, an unknown column (the message lists the columns), or
         an expression that selects no experiment.
     """
-    try:
-        tree = ast.parse(where.strip(), mode="eval")
-    except SyntaxError:
-        raise ValueError(
-            f"{where!r} is not a valid selection; example: 'task_type == knowledge and "
-            "age_mean >= 10'"
-        ) from None
+    tree = _parse(where)
     known = set(columns(dataset))
     # A table column that varies within an experiment is kept per focus, not as metadata.
     per_focus = {name for exp in dataset for name in exp.focus_attributes} - known

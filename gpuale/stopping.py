@@ -53,8 +53,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gpuale.inference import threshold_interval
-from gpuale.nulls import ProgressCallback, Scheduler, _merged_partial
+from gpuale.nulls import _merged_partial
 from gpuale.nullspecs import GlobalNullSpec, MonteCarloNull
+from gpuale.schedulers import ProgressCallback, Scheduler
 
 if TYPE_CHECKING:
     from gpuale.engines import Engine

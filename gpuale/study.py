@@ -20,65 +20,51 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from gpuale import output, runfolder
 from gpuale._files import (
-    OutputFolderNotEmpty,
-    check_output_dir,
     claim_output_dir,
-    write_json,
 )
 from gpuale.analysis import run_ale
+from gpuale.analysis import unreachable_message as ale_unreachable
 from gpuale.contrast import (
     BALANCED_MODE,
     OVERLAP_HINT,
     check_overlap,
     run_contrast,
 )
+from gpuale.contrast import unreachable_message as contrast_unreachable
 from gpuale.dataset import Dataset
 from gpuale.grid import Grid, load_grid
+from gpuale.io import DuplicateExperimentWarning, load_dataset
 from gpuale.macm import roi_from_image, roi_from_sphere, run_macm
-from gpuale.nulls import DaskScheduler, RunInterrupted, Scheduler
+from gpuale.nulls import ClusterLost, DaskScheduler
+from gpuale.problem import FociOutsideMaskWarning
+from gpuale.schedulers import RunInterrupted, Scheduler
+from gpuale.selection import median_split, referenced_columns, select
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
 from gpuale.studyfile import (
     Analysis,
     Study,
     _fingerprint,
-    _global_dataset,
+    _input_paths,
     _named_inputs,
     _problem,
     _selection,
 )
+from gpuale.studyfolder import _write_study_json, check_study_folder
 
 __all__ = [
-    "StudyFolderConflict",
     "StudyInterrupted",
-    "check_study_folder",
     "run_study",
 ]
-
-#: How to get past a :class:`StudyFolderConflict`, in the words of the Python API.
-STUDY_FORCE_HINT = "choose another folder or pass force=True to write the study into it"
-ANALYSIS_FORCE_HINT = "move it away or pass force=True to replace it"
-
-
-class StudyFolderConflict(OutputFolderNotEmpty):
-    """The output folder, or an analysis's folder in it, holds something other than this
-    study's results, and writing over it was not asked for (``force``).
-
-    ``option`` and ``hint`` say how to get past it (see :class:`OutputFolderNotEmpty`).
-    """
-
-    def __init__(self, message: str, hint: str, option: str) -> None:
-        super().__init__(f"{message}; {hint}")
-        self.hint = hint
-        self.option = option
-
 
 class StudyInterrupted(RunInterrupted):
     """The user stopped a study (Ctrl-C). The analyses that had finished are kept, and
@@ -93,15 +79,21 @@ class StudyInterrupted(RunInterrupted):
         The analysis that was running (None: between analyses, or writing a report).
     remaining : list of str
         Analyses that did not finish.
+    reason : Exception or None
+        What stopped it where it was not the user: a :class:`gpuale.nulls.ClusterLost`
+        (the Dask cluster lost its workers). None for Ctrl-C.
     """
 
     def __init__(self, out_dir: Path, finished: list[str], interrupted: str | None,
-                 remaining: list[str]) -> None:
+                 remaining: list[str], reason: BaseException | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.finished = list(finished)
         self.interrupted = interrupted
         self.remaining = list(remaining)
+        self.reason = reason
         during = f"during analysis {interrupted!r}; " if interrupted else ""
+        if reason is not None:
+            during = f"{reason}; {during}"
         total = len(self.finished) + len(self.remaining)
         if self.finished:
             kept = (f"{len(self.finished)} of {total} analyses finished and are kept in "
@@ -110,74 +102,6 @@ class StudyInterrupted(RunInterrupted):
             kept = f"none of the {total} analyses had finished"
         super().__init__(f"{during}{kept}. Run the same command again to resume: finished "
                          "analyses are reused")
-
-
-def check_study_folder(study: Study, out_dir: str | Path, *, force: bool = False) -> None:
-    """Refuse to write a study where it would replace something else (checked before work).
-
-    A folder may take the study when it is empty or new, or already holds this study (its
-    study.json, or an analysis recorded as this study's). Each analysis's folder, where it
-    exists, must hold that analysis of this study. ``force`` lifts both checks; even then
-    only the analyses' folders, study.json and index.html are ever replaced.
-
-    Raises
-    ------
-    StudyFolderConflict
-        Without ``force``: the folder holds something else, or another study, or an
-        analysis's folder holds something other than that analysis.
-    ValueError
-        ``out_dir`` exists and is not a folder.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output {str(out_dir)!r} exists and is not a folder")
-    if force or not out_dir.is_dir() or not any(out_dir.iterdir()):
-        _check_replaceable(study, out_dir)
-        return
-    recorded = _recorded_study(out_dir)
-    if recorded is None and not any(_is_analysis_of(out_dir / a, study, a)
-                                    for a in study.analyses):
-        raise StudyFolderConflict(f"output folder {str(out_dir)!r} is not empty and holds "
-                                  "no gpuale study", STUDY_FORCE_HINT, "study_force")
-    if recorded is not None and recorded != study.name:
-        raise StudyFolderConflict(f"output folder {str(out_dir)!r} holds the study "
-                                  f"{recorded!r}, not {study.name!r}", STUDY_FORCE_HINT,
-                                  "study_force")
-    for name in study.analyses:
-        folder = out_dir / name
-        if folder.exists() and not _is_analysis_of(folder, study, name):
-            raise StudyFolderConflict(
-                f"{str(folder)!r} is in the way of analysis {name!r}: it does not hold that "
-                f"analysis of study {study.name!r}", ANALYSIS_FORCE_HINT, "analysis_force")
-    _check_replaceable(study, out_dir)
-
-
-def _check_replaceable(study: Study, out_dir: Path) -> None:
-    """Each analysis folder that a run may replace (its settings changed, or ``force``)
-    holds only what gpuale wrote, and neither the study file nor an input (even forced)."""
-    protected = [study.path, *(p for paths in study.inputs.values() for p in paths)]
-    for name in study.analyses:
-        folder = out_dir / name
-        if folder.exists() or folder.is_symlink():
-            check_output_dir(folder, force=True, inputs=protected)
-
-
-def _recorded_study(out_dir: Path) -> str | None:
-    """The name of the study whose study.json is in ``out_dir`` (None: none readable)."""
-    try:
-        record = json.loads((out_dir / runfolder.STUDY_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return str(record.get("study")) if isinstance(record, dict) else None
-
-
-def _is_analysis_of(folder: Path, study: Study, name: str) -> bool:
-    try:
-        record = runfolder.open_run(folder).record
-    except (OSError, ValueError):
-        return False
-    return (record.get(runfolder.STUDY_NAME_KEY) == study.name
-            and record.get(runfolder.STUDY_ANALYSIS_KEY) == name)
 
 
 def run_study(
@@ -293,8 +217,11 @@ def _run_study_held(study: Study, out_dir: Path, *, overrides, device, force, co
             datasets[analysis.name] = _global_dataset(analysis, study, log, shown)
         elif analysis.type == "contrast":
             _check_groups(analysis, study, datasets)
-    out_dir.mkdir(parents=True, exist_ok=True)
     grid = load_grid()
+    _check_devices_and_kernels(study, order, device, grid)
+    for line in _outside_mask_lines(study, datasets, grid):
+        log(line)  # once per input, not again for every analysis that takes its foci
+    out_dir.mkdir(parents=True, exist_ok=True)
     fingerprints: dict[str, str] = {}
     entries: list[dict] = []
     # Written first, so that an interrupted study's folder is known as one on the rerun.
@@ -312,9 +239,11 @@ def _run_study_held(study: Study, out_dir: Path, *, overrides, device, force, co
             def finish(entry):
                 entries.append(entry)
                 entries.sort(key=lambda e: position[e["name"]])  # study order, as serially
-                log(f"{entry['name']}: {entry['status']}; {entry['summary']}")
+                log(f"{entry['name']}: {entry['status']}; {entry['summary']}"
+                    + ("" if entry["status"] == "reused"
+                       else f"; {duration_text(entry['seconds'])}"))
                 _write_study_json(out_dir, study, command, entries, order, "running")
-                if report:
+                if report and _report_wanted(out_dir / entry["name"], entry["status"]):
                     _report(out_dir / entry["name"], log)
 
             _run_together(order, run, finish, scheduler, together, log)
@@ -326,19 +255,48 @@ def _run_study_held(study: Study, out_dir: Path, *, overrides, device, force, co
                                              command, progress_factory, log, scheduler))
                 current = None
                 _write_study_json(out_dir, study, command, entries, order, "running")
-                if report:
+                if report and _report_wanted(out_dir / analysis.name, entries[-1]["status"]):
                     _report(out_dir / analysis.name, log)
     except (KeyboardInterrupt, RunInterrupted) as exc:
+        reason = exc if isinstance(exc, ClusterLost) else None
         if isinstance(exc, _AnalysesInterrupted):
             current = ", ".join(exc.running) or None
+            reason = exc.reason
         _write_study_json(out_dir, study, command, entries, order, "interrupted")
         _index(out_dir, entries, log)
         finished = [entry["name"] for entry in entries]
         raise StudyInterrupted(out_dir, finished, current,
-                               [a.name for a in order if a.name not in finished]) from None
+                               [a.name for a in order if a.name not in finished],
+                               reason) from None
     _write_study_json(out_dir, study, command, entries, order, "finished")
     _index(out_dir, entries, log)
     return entries
+
+
+def _check_devices_and_kernels(study: Study, order: list[Analysis], device: str | None,
+                               grid: Grid) -> None:
+    """Each analysis's device is there (``gpu`` on a machine without one is an error
+    before the study's folder or study.json exist) and its fixed kernel fits the grid."""
+    from gpuale.engines import resolve_device
+    from gpuale.kernel import kernel_sigma
+
+    for analysis in order:
+        if analysis.type == "conjunction":
+            continue
+        chosen = device if device is not None else analysis.settings["device"]
+        try:
+            resolve_device(chosen)
+        except ValueError as exc:
+            if device is not None:
+                raise  # the caller's --device, not the study file's
+            raise _problem(study.path, f"analysis {analysis.name!r}: {exc}") from None
+        fwhm = analysis.settings["fwhm"]
+        if fwhm is not None:
+            try:
+                kernel_sigma(grid.voxel_sizes, fwhm_mm=fwhm)
+            except ValueError as exc:
+                message = str(exc).replace("fwhm_mm", "fwhm")
+                raise _problem(study.path, f"analysis {analysis.name!r}: {message}") from None
 
 
 def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
@@ -371,28 +329,100 @@ def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
     extra = {runfolder.STUDY_FINGERPRINT_KEY: fingerprint,
              runfolder.STUDY_NAME_KEY: study.name,
              runfolder.STUDY_ANALYSIS_KEY: analysis.name,
-             runfolder.STUDY_FILE_KEY: study.display_path}
+             runfolder.STUDY_FILE_KEY: study.display_path,
+             runfolder.STUDY_FILE_PATH_KEY: str(study.path.absolute())}
     selection = _selection(analysis, study)
     if selection is not None:
         extra[runfolder.SELECTION_KEY] = selection
     if analysis.type in ("global", "macm") and analysis.name not in datasets:
         datasets[analysis.name] = _global_dataset(analysis, study)
+    started = time.perf_counter()
     reuse = not force and runfolder.finished_with(folder, fingerprint)
-    if reuse:
-        log(f"{analysis.name}: reused (same inputs and settings)")
-    else:
+    if not reuse:
         log(f"{analysis.name}: {analysis.type} ...")
         total = (settings["max_iters"] or DEFAULT_MAX_ITERS if settings["iterations"] == AUTO
                  else settings["iterations"])
+        ahead = _unreachable_ahead(analysis, total)
+        if ahead:  # before the wait, not after it; not repeated below
+            log(f"  warning: {ahead}")
         progress = (progress_factory(total, analysis.name)
                     if progress_factory else contextlib.nullcontext())
         with progress as step, (capture or _caught_warnings)() as caught:
             _run_one(analysis, folder, out_dir, datasets, study, grid, step, extra, command,
                      scheduler)
-        for message in dict.fromkeys(str(w.message) for w in caught):
-            log(f"  warning: {message}")
+        # Foci outside the mask were counted per input before the first analysis (run.json
+        # keeps each analysis's own count); experiments wholly outside it are still named.
+        for message in dict.fromkeys(str(w.message) for w in caught
+                                     if w.category is not FociOutsideMaskWarning):
+            if message != ahead:
+                log(f"  warning: {message}")
+    seconds = time.perf_counter() - started
+    summary = _summarise(folder)
+    if reuse:
+        log(f"{analysis.name}: reused (same inputs and settings); {summary['summary']}")
+    elif capture is None:  # one after another (several at once: the study says it)
+        log(f"{analysis.name}: ran; {summary['summary']}; {duration_text(seconds)}")
     return {"name": analysis.name, "kind": analysis.type, "folder": analysis.name,
-            "status": "reused" if reuse else "ran", **_summarise(folder)}
+            "status": "reused" if reuse else "ran", **summary, "seconds": round(seconds, 3)}
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as people read it: ``0.4 s``, ``12 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _outside_mask_lines(study: Study, datasets: dict[str, Dataset], grid: Grid) -> list[str]:
+    """A warning per input of the study with foci outside the mask, counting the foci of
+    the experiments its analyses take from it (each analysis's run.json keeps its own
+    count; logged for every analysis, the same news repeated ten times in the demo)."""
+    experiments: dict[str, object] = {}
+    for dataset in datasets.values():
+        for exp in dataset:
+            experiments.setdefault(exp.source or exp.id, exp)
+    paths = [(name, str(path)) for name, listed in study.inputs.items() for path in listed]
+    given = {str(path): shown for name, listed in study.inputs.items()
+             for shown, path in zip(study.input_names.get(name, listed), listed)}
+    per_input: dict[str, list] = {}
+    for source, exp in experiments.items():
+        file = str(source).rpartition(":")[0] or str(source)
+        owner = next((path for _, path in paths if file == path
+                      or file.startswith(path.rstrip("/") + "/")), file)
+        per_input.setdefault(owner, []).append(exp)
+    lines = []
+    for path, exps in per_input.items():
+        ijk = grid.mm_to_voxel(np.concatenate([exp.foci for exp in exps]))
+        inside = np.all((ijk >= 0) & (ijk < np.array(grid.shape)), axis=1)
+        in_mask = np.zeros(len(ijk), dtype=bool)
+        in_mask[inside] = grid.mask[tuple(ijk[inside].T)]
+        outside = len(in_mask) - int(in_mask.sum())
+        if outside:
+            name = next((n for n, p in paths if p == path), None)
+            which = f"input {name} ({given.get(path, path)})" if name else path
+            lines.append(f"warning: {which}: {outside} of {len(in_mask)} foci "
+                         "lie outside the analysis mask; they are kept and the in-mask part "
+                         "of their kernels counts (as in NiMARE)")
+    return lines
+
+
+def _unreachable_ahead(analysis: Analysis, iterations: int) -> str | None:
+    """The warning an analysis gives when its iterations cannot reach its threshold, known
+    before it runs (see :func:`gpuale.contrast.unreachable_message`)."""
+    s, spec = analysis.settings, analysis.spec
+    if analysis.type == "global":
+        return ale_unreachable(iterations, s["alpha"])
+    if analysis.type == "contrast":
+        return contrast_unreachable(spec.get("mode", "whole-brain"), max(iterations, 1),
+                                    spec.get("p"), cluster_fwe=bool(spec.get("cluster_fwe")),
+                                    alpha=s["alpha"])
+    return None
 
 
 @contextlib.contextmanager
@@ -423,9 +453,10 @@ def _analyses_at_once(scheduler: Scheduler | None, concurrent_analyses: int | No
 class _AnalysesInterrupted(RunInterrupted):
     """Ctrl-C while analyses ran at the same time; ``running`` names those that stopped."""
 
-    def __init__(self, running: list[str]) -> None:
+    def __init__(self, running: list[str], reason: BaseException | None = None) -> None:
         super().__init__("interrupted")
         self.running = running
+        self.reason = reason  # a ClusterLost, or None for Ctrl-C
 
 
 class _TakingTurns:
@@ -538,7 +569,8 @@ def _run_together(order: list[Analysis], run: Callable, finish: Callable[[dict],
         except BaseException as exc:
             stopped = _stop_all(running, turn, finish, log)
             if isinstance(exc, (KeyboardInterrupt, RunInterrupted)):
-                raise _AnalysesInterrupted(stopped) from None
+                raise _AnalysesInterrupted(
+                    stopped, exc if isinstance(exc, ClusterLost) else None) from None
             raise
 
 
@@ -571,16 +603,51 @@ def _stop_all(running: dict, turn: threading.Lock, finish: Callable[[dict], None
     return stopped
 
 
-def _write_study_json(out_dir: Path, study: Study, command: str | None, entries: list[dict],
-                      order: list[Analysis], state: str) -> None:
-    """study.json: the finished analyses (as index entries) and those still to come."""
-    done = {entry["name"] for entry in entries}
-    tmp = out_dir / f".{runfolder.STUDY_JSON}.tmp"
-    write_json(tmp, {"study": study.name, "file": study.display_path, "command": command,
-                     "state": state, "analyses": entries,
-                     "pending": [a.name for a in order if a.name not in done]})
-    # Replaced whole, so that a second Ctrl-C never leaves half a study.json.
-    tmp.replace(out_dir / runfolder.STUDY_JSON)
+#: Inputs larger than this (together) are logged as they are read (seconds each).
+LOADING_NOTICE_BYTES = 4_000_000
+
+
+def _global_dataset(analysis: Analysis, study: Study,
+                    log: Callable[[str], None] | None = None,
+                    shown: set[str] | None = None) -> Dataset:
+    """The experiments of a global analysis: its inputs read, selected and split.
+
+    Load warnings are silent (each input's layout notes would repeat for every analysis),
+    except that experiments kept twice (``allow_duplicates = true``) are logged, each
+    message once in the messages ``shown`` (a study's set)."""
+    from gpuale.io.files import input_size
+
+    s = analysis.settings
+    paths = _input_paths(analysis, study)
+    large = log is not None and sum(map(input_size, paths)) >= LOADING_NOTICE_BYTES
+    progress = (lambda line: log(f"{analysis.name}: {line} ...")) if large else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # A selection's columns are loaded where an input holds too many to load them all
+        # (a Neurosynth release's terms).
+        dataset = load_dataset(
+            paths, space=s["space"], tal_transform=s["tal_transform"],
+            sample_size=s["sample_size"], allow_duplicates=s["allow_duplicates"],
+            progress=progress,
+            columns=referenced_columns(analysis.spec["where"]) if "where" in analysis.spec
+            else None,
+            input_options=[study.input_options.get(name) for name in analysis.spec["inputs"]
+                           for _ in study.inputs[name]],
+            need_sample_size=s["fwhm"] is None,  # a fixed kernel FWHM needs no N
+        )
+    shown = set() if shown is None else shown
+    for w in caught:
+        message = str(w.message)
+        if (log is not None and issubclass(w.category, DuplicateExperimentWarning)
+                and message not in shown):
+            shown.add(message)
+            log(f"warning: {message}")
+    if "where" in analysis.spec:
+        dataset = select(dataset, analysis.spec["where"])
+    if "split" in analysis.spec:
+        low, high = median_split(dataset, analysis.spec["split"]["column"])
+        dataset = low if analysis.spec["split"]["half"] == "low" else high
+    return dataset
 
 
 def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str, Dataset],
@@ -631,6 +698,7 @@ def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str
             alpha=s["alpha"], target_n=spec.get("target_n"), balanced_null=spec.get("null"),
             difference_iterations=spec.get("difference_iterations"),
             n_subsamples=spec.get("subsamples"), mask_coverage=spec.get("mask_coverage", "gm"),
+            main_effect_cluster_p=s["cluster_p"],
         )
         inputs_a, inputs_b = (_named_inputs(study.analyses[side], study) for side in (a, b))
         save = output.save_balanced_contrast if mode == BALANCED_MODE else output.save_contrast
@@ -638,8 +706,7 @@ def _run_one(analysis: Analysis, folder: Path, out_dir: Path, datasets: dict[str
              force=True, extra=extra)
     else:
         result = runfolder.conjunction([out_dir / name for name in analysis.spec["of"]],
-                                       min_volume_mm3=s["min_volume"],
-                                       connectivity=s["connectivity"])
+                             min_volume_mm3=s["min_volume"], connectivity=s["connectivity"])
         output.save_conjunction(result, folder, command=command, force=True, extra=extra)
 
 
@@ -687,6 +754,19 @@ def _summarise(folder: Path) -> dict:
     else:
         text = f"minimum statistic of {len(record['inputs'])} maps; {n} cluster(s)"
     return {"n_clusters": n, "summary": text}
+
+
+def _report_wanted(folder: Path, status: str) -> bool:
+    """Whether an analysis's report is to be (re)drawn: always after it ran; a reused
+    analysis keeps its own where it is current (drawn after the run by this gpuale
+    version, its figures there)."""
+    if status != "reused":
+        return True
+    try:
+        from gpuale.report import report_is_current
+    except ImportError:
+        return True
+    return not report_is_current(folder)
 
 
 def _report(folder: Path, log) -> None:

@@ -40,9 +40,8 @@ An input given as a table names the columns of a CSV/TSV table (see
     sample_size_column = "subjects"
 
 :func:`load_study` reads and checks it (names, inputs, selections) before anything
-runs; :func:`_global_dataset` reads a global analysis's experiments, and
-:func:`_fingerprint` says whether a finished folder holds the same analysis. Running a
-study is :mod:`gpuale.study`.
+runs, and :func:`_fingerprint` says whether a finished folder holds the same analysis.
+Running a study (and reading a global analysis's experiments) is :mod:`gpuale.study`.
 """
 
 from __future__ import annotations
@@ -52,8 +51,6 @@ import hashlib
 import json
 import math
 import tomllib
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 from gpuale import runfolder
@@ -66,12 +63,9 @@ from gpuale.balanced import MASK_COVERAGES
 from gpuale.contrast import (
     BALANCED_MODE,
 )
-from gpuale.dataset import Dataset
 from gpuale.examples import example_name, resolve_input
-from gpuale.io import DuplicateExperimentWarning, load_dataset
-from gpuale.io.files import file_checksum
+from gpuale.io.checksum import file_checksum
 from gpuale.nullspecs import BALANCED_NULLS
-from gpuale.selection import median_split, referenced_columns, select
 from gpuale.stopping import AUTO
 
 __all__ = ["Analysis", "Study", "allowing_duplicates", "load_study"]
@@ -207,6 +201,7 @@ def load_study(path: str | Path) -> Study:
     if bad:
         raise _problem(path, f"[study] has unknown setting(s) {sorted(bad)}; known: "
                              f"{sorted(SETTINGS)}")
+    _check_settings(path, "[study]", study_table)
     shared.update(study_table)
 
     inputs = {}
@@ -244,6 +239,8 @@ def load_study(path: str | Path) -> Study:
             if analysis.type == "contrast" and analyses[dep].type != "global":
                 raise _problem(path, f"contrast {analysis.name!r}: {dep!r} must be a global "
                                      "analysis (its experiments form the group)")
+            if analysis.spec.get("mode") == "gated":
+                _check_gate_settings(path, analysis, analyses[dep])
             uses_map = analysis.type == "conjunction" or analysis.spec.get("mode") == "gated"
             if uses_map and analyses[dep].type == "global" \
                     and not analyses[dep].settings["iterations"]:
@@ -255,6 +252,23 @@ def load_study(path: str | Path) -> Study:
                   input_names=input_names, input_options=input_options)
     study.order()
     return study
+
+
+#: Settings of a gated contrast that its main effects (its global analyses) must share:
+#: they decide where each gate is open.
+GATE_SETTINGS = ("fwhm", "cluster_p", "alpha", "connectivity")
+
+
+def _check_gate_settings(path: Path, contrast: Analysis, main: Analysis) -> None:
+    """A gated contrast's main effect made with its own kernel and thresholds, checked
+    when the study is read (not when the contrast is reached)."""
+    differ = [f"{key} = {_toml(main.settings[key])} there, {_toml(contrast.settings[key])} "
+              "here" for key in GATE_SETTINGS
+              if main.settings[key] != contrast.settings[key]]
+    if differ:
+        raise _problem(path, f"gated contrast {contrast.name!r}: its main effect "
+                             f"{main.name!r} has other settings ({'; '.join(differ)}); give "
+                             "both the same, as the gates decide where the contrast is tested")
 
 
 #: Keys of an input given as a table ([inputs.NAME]): its file(s) and table options.
@@ -308,8 +322,10 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
         raise _problem(path, f"analysis {key!r}: type must be one of {ANALYSIS_TYPES}, got "
                              f"{kind!r}")
     settings = dict(shared)
-    for setting in set(table) & set(SETTINGS):
-        settings[setting] = table.pop(setting)
+    own = {setting: table.pop(setting) for setting in sorted(set(table) & set(SETTINGS))}
+    # Each value where it is written: the [study] table's were checked with it.
+    _check_settings(path, f"analysis {key!r}", own)
+    settings.update(own)
     unknown = set(table) - ANALYSIS_KEYS[kind]
     if unknown:
         raise _problem(path, f"analysis {key!r} ({kind}) has unknown key(s) {sorted(unknown)}")
@@ -333,6 +349,14 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
         raise _problem(path, f"analysis {key!r}: max_iters = {max_iters!r} must be a whole "
                              "number of at least 1")
     if kind in ("global", "macm"):
+        if "input" in table and not isinstance(table["input"], str) or "inputs" in table and (
+                not isinstance(table["inputs"], list)
+                or not all(isinstance(n, str) for n in table["inputs"])):
+            raise _problem(path, f"analysis {key!r}: input = \"NAME\" or inputs = [\"NAME\", "
+                                 "...] names entries of [inputs]")
+        if "where" in table and not isinstance(table["where"], str):
+            raise _problem(path, f"analysis {key!r}: where = {_toml(table['where'])} must be "
+                                 "a selection in quotes, e.g. where = \"age_mean >= 10\"")
         names = table.get("inputs", [table["input"]] if "input" in table else [])
         if not names:
             raise _problem(path, f"analysis {key!r}: name its data with input = \"...\"")
@@ -355,8 +379,10 @@ def _analysis(path, key, table, shared, inputs) -> Analysis:
         for side in ("a", "b"):
             if side not in table:
                 raise _problem(path, f"contrast {key!r} needs {side} = \"<global analysis>\"")
+        _check_contrast_keys(path, key, table)
         _check_balanced_keys(path, key, table)
-    elif not isinstance(table.get("of"), list) or len(table["of"]) < 2:
+    elif not isinstance(table.get("of"), list) or len(table["of"]) < 2 or not all(
+            isinstance(name, str) for name in table["of"]):
         raise _problem(path, f"conjunction {key!r} needs of = [at least two analyses]")
     return Analysis(name=key, type=kind, spec=table, settings=settings)
 
@@ -389,6 +415,120 @@ def _check_macm(path: Path, key: str, table: dict, settings: dict) -> None:
                              "(voxel-level FWE only: no \"auto\", no tfce)")
     if null == "uniform":
         del table["null"]  # the default, left out of the fingerprint
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _setting_problem(name: str, value: object) -> str | None:
+    """What is wrong with a study setting's value (type and range), or None."""
+    from gpuale.dataset import MAX_SAMPLE_SIZE, SAMPLE_SIZE_RANGE
+    from gpuale.kernel import MAX_FWHM_MM
+    from gpuale.nulls import MAX_ITERATIONS
+    from gpuale.space import SPACES, TAL_TRANSFORMS
+
+    if name == "iterations":
+        if value == AUTO:
+            return None
+        if not _whole(value) or not 0 <= value <= MAX_ITERATIONS:
+            return (f"is no number of iterations; give a whole number or \"{AUTO}\" "
+                    f"(global analyses), from 0 to {MAX_ITERATIONS:,}")
+    elif name == "max_iters":
+        if not _whole(value) or not 1 <= value <= MAX_ITERATIONS:
+            return f"must be a whole number from 1 to {MAX_ITERATIONS:,}"
+    elif name == "seed":
+        if not _whole(value) or not 0 <= value < 2**63:
+            return "must be a whole number from 0 to 2**63 - 1"
+    elif name in ("cluster_p", "alpha"):
+        if not _number(value) or not 0 < value < 1:
+            return "must be a number strictly between 0 and 1"
+    elif name == "connectivity":
+        if not _whole(value) or value not in (6, 18, 26):
+            return "must be 6 (faces), 18 (edges) or 26 (corners)"
+    elif name == "device":
+        if not isinstance(value, str) or not _device_syntax(value):
+            return "must be \"auto\", \"cpu\", \"gpu\" or \"gpu:N\""
+    elif name == "space":
+        if not isinstance(value, str) or value.strip().lower() not in SPACES:
+            return "must be \"MNI\" or \"TAL\""
+    elif name == "tal_transform":
+        if not isinstance(value, str) or value not in TAL_TRANSFORMS:
+            return f"must be one of {sorted(TAL_TRANSFORMS)}"
+    elif name == "fwhm":
+        if not _number(value) or not 0 < value <= MAX_FWHM_MM:
+            return f"must be a kernel width in mm above 0 and at most {MAX_FWHM_MM:g}"
+    elif name == "min_volume":
+        if not _number(value) or value < 0:
+            return "must be a volume in mm³ of at least 0"
+    elif name == "workers":
+        if not _whole(value) or value < 1:
+            return "must be a whole number of at least 1"
+    elif name == "sample_size":
+        if not _whole(value) or not 1 <= value <= MAX_SAMPLE_SIZE:
+            return f"must be {SAMPLE_SIZE_RANGE}"
+    elif name == "allow_duplicates":
+        if not isinstance(value, bool):
+            return "must be true or false"
+    return None
+
+
+def _device_syntax(value: str) -> bool:
+    device = value.strip().lower()
+    return device in ("auto", "cpu", "cpu-numpy", "cpu-numba", "gpu") or (
+        device.startswith("gpu:") and device[4:].isdigit())
+
+
+def _check_settings(path: Path, where: str, settings: dict) -> None:
+    """Every setting a table gives, its type and range, when the study file is read: a bad
+    value in the last analysis is an error before the first runs (TOML has no null, so
+    every value here was written in the file)."""
+    for name, value in settings.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            # TOML has nan and inf: compared with them every test is False, silently.
+            raise _problem(path, f"{where}: {name} = {value} is not a finite number")
+        problem = _setting_problem(name, value)
+        if problem:
+            raise _problem(path, f"{where}: {name} = {_toml(value)} {problem}")
+
+
+def _toml(value: object) -> str:
+    """A value as the study file writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _check_contrast_keys(path: Path, key: str, table: dict) -> None:
+    """A contrast's own keys (mode, p, min_z, overlap, cluster_fwe), type and range."""
+    from gpuale.contrast import MODES, OVERLAP_POLICIES
+
+    where = f"contrast {key!r}"
+    for side in ("a", "b"):
+        if not isinstance(table[side], str):
+            raise _problem(path, f"{where}: {side} = {_toml(table[side])} must name a global "
+                                 "analysis")
+    modes = (*MODES, BALANCED_MODE)
+    if "mode" in table and table["mode"] not in modes:
+        raise _problem(path, f"{where}: mode = {_toml(table['mode'])} must be one of "
+                             f"{list(modes)}")
+    if "p" in table and (not _number(table["p"]) or not 0 < table["p"] < 1):
+        raise _problem(path, f"{where}: p = {_toml(table['p'])} must be a number strictly "
+                             "between 0 and 1")
+    for name in ("min_z", "cluster_fwe"):
+        if name in table and not isinstance(table[name], bool):
+            raise _problem(path, f"{where}: {name} = {_toml(table[name])} must be true or "
+                                 "false")
+    if "overlap" in table and table["overlap"] not in OVERLAP_POLICIES:
+        raise _problem(path, f"{where}: overlap = {_toml(table['overlap'])} must be one of "
+                             f"{list(OVERLAP_POLICIES)}")
+    if table.get("cluster_fwe") and table.get("mode", "whole-brain") != "whole-brain":
+        raise _problem(path, f"{where}: cluster_fwe = true is for mode = \"whole-brain\" "
+                             "only")
 
 
 def _check_tfce(path: Path, key: str, table: dict, settings: dict) -> None:
@@ -501,48 +641,3 @@ def _named_inputs(analysis: Analysis, study: Study) -> list[tuple[str, Path]]:
                                    study.inputs[name])]
 
 
-#: Inputs larger than this (together) are logged as they are read (seconds each).
-LOADING_NOTICE_BYTES = 4_000_000
-
-
-def _global_dataset(analysis: Analysis, study: Study,
-                    log: Callable[[str], None] | None = None,
-                    shown: set[str] | None = None) -> Dataset:
-    """The experiments of a global analysis: its inputs read, selected and split.
-
-    Load warnings are silent (each input's layout notes would repeat for every analysis),
-    except that experiments kept twice (``allow_duplicates = true``) are logged, each
-    message once in the messages ``shown`` (a study's set)."""
-    from gpuale.io.files import input_size
-
-    s = analysis.settings
-    paths = _input_paths(analysis, study)
-    large = log is not None and sum(map(input_size, paths)) >= LOADING_NOTICE_BYTES
-    progress = (lambda line: log(f"{analysis.name}: {line} ...")) if large else None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        # A selection's columns are loaded where an input holds too many to load them all
-        # (a Neurosynth release's terms).
-        dataset = load_dataset(
-            paths, space=s["space"], tal_transform=s["tal_transform"],
-            sample_size=s["sample_size"], allow_duplicates=s["allow_duplicates"],
-            progress=progress,
-            columns=referenced_columns(analysis.spec["where"]) if "where" in analysis.spec
-            else None,
-            input_options=[study.input_options.get(name) for name in analysis.spec["inputs"]
-                           for _ in study.inputs[name]],
-            need_sample_size=s["fwhm"] is None,  # a fixed kernel FWHM needs no N
-        )
-    shown = set() if shown is None else shown
-    for w in caught:
-        message = str(w.message)
-        if (log is not None and issubclass(w.category, DuplicateExperimentWarning)
-                and message not in shown):
-            shown.add(message)
-            log(f"warning: {message}")
-    if "where" in analysis.spec:
-        dataset = select(dataset, analysis.spec["where"])
-    if "split" in analysis.spec:
-        low, high = median_split(dataset, analysis.spec["split"]["column"])
-        dataset = low if analysis.spec["split"]["half"] == "low" else high
-    return dataset

@@ -104,6 +104,7 @@ enum gpuale_tally_counter {
     GPUALE_TALLY_NEIGHBOURS,       // in-mask neighbours looked at by the merge
     GPUALE_TALLY_UNIONS,           // unions of supra-threshold neighbours
     GPUALE_TALLY_ROOT_STEPS,       // label reads while finding roots
+    GPUALE_TALLY_WALK_ROUNDS,      // rounds of a column walk (its loads issued together)
     GPUALE_TALLY_COUNT
 };
 #ifndef GPUALE_TALLY
@@ -238,9 +239,70 @@ __device__ __forceinline__ void gpuale_load_pair_box(
     box->total = neg_log_sum + b * n_mask;
 }
 
+// Whether the focus of a box takes voxel (a, c, e) of its box (kernel index `index`, its
+// kernel value `value`) from the foci of its experiment whose boxes overlap its own: the
+// entries in `cover` (those whose boxes hold the column) are tested with one range check
+// along i, entries past the first GPUALE_OVERLAP_MASKED on all three axes.
+__device__ __forceinline__ bool gpuale_wins(const gpuale_pair_box& box, unsigned long long cover,
+                                            int a, int c, int e, int index,
+                                            unsigned long long value) {
+    const int side = box.side;
+    bool wins = true;
+    for (unsigned long long rest = cover; rest != 0 && wins; rest &= rest - 1) {
+        const unsigned int entry = box.overlaps[__ffsll((long long)rest) - 1];
+        const int da = (int)(entry & 0xFFu) - GPUALE_OVERLAP_BIAS;
+        GPUALE_TALLY(GPUALE_TALLY_VOXEL_TESTS, 1);
+        if ((unsigned int)(a - da) >= (unsigned int)side) continue;
+        GPUALE_TALLY(GPUALE_TALLY_CONTESTS, 1);
+        const int dc = (int)((entry >> 8) & 0xFFu) - GPUALE_OVERLAP_BIAS;
+        const int de = (int)((entry >> 16) & 0xFFu) - GPUALE_OVERLAP_BIAS;
+        const unsigned long long other = box.table[index - (da * side + dc) * side - de];
+        wins = value > other || (value == other && !(entry & GPUALE_OVERLAP_FIRST));
+    }
+    for (int q = GPUALE_OVERLAP_MASKED; q < box.n_overlaps && wins; ++q) {
+        const unsigned int entry = box.overlaps[q];
+        const int da = (int)(entry & 0xFFu) - GPUALE_OVERLAP_BIAS;
+        const int dc = (int)((entry >> 8) & 0xFFu) - GPUALE_OVERLAP_BIAS;
+        const int de = (int)((entry >> 16) & 0xFFu) - GPUALE_OVERLAP_BIAS;
+        GPUALE_TALLY(GPUALE_TALLY_VOXEL_TESTS, 1);
+        if ((unsigned int)(a - da) >= (unsigned int)side ||
+            (unsigned int)(c - dc) >= (unsigned int)side ||
+            (unsigned int)(e - de) >= (unsigned int)side)
+            continue;
+        GPUALE_TALLY(GPUALE_TALLY_CONTESTS, 1);
+        const unsigned long long other = box.table[index - (da * side + dc) * side - de];
+        wins = value > other || (value == other && !(entry & GPUALE_OVERLAP_FIRST));
+    }
+    return wins;
+}
+
+// Voxels of a column whose loads a lane issues together. Each voxel needs its compact index
+// (vox_to_mask) and its kernel value; one after the other, each voxel would wait for its
+// two loads after the previous voxel's atomic addition (the compiler cannot move a load
+// above an atomic that may write the same memory). Loaded GPUALE_SCATTER_UNROLL at a time
+// from read-only memory (__ldg), a column of n voxels waits ceil(n / GPUALE_SCATTER_UNROLL)
+// times instead of 2n. The kernel value is loaded for out-of-mask voxels too (it is in the
+// box, and mostly an L1 hit), so that both loads of a round go out together. 6: a column
+// of a side-17 box (N = 20) is 3 rounds, 93% of the slots used on the example data sets
+// (bench/work_counts.py; 4 needs 5 rounds, 8 spills under the launch bounds below).
+#ifndef GPUALE_SCATTER_UNROLL
+#define GPUALE_SCATTER_UNROLL 6
+#endif
+// Launch bounds of the scatter: blocks of at most GPUALE_SCATTER_THREADS threads
+// (SCATTER_SHAPE in gpuale/engines/cuda.py: 32 lanes x 8 teams), at least
+// GPUALE_SCATTER_MIN_BLOCKS of them resident per SM, which caps it at 64 registers
+// (32 of 64 warps on sm_80/sm_90) with no spills (nvcc -Xptxas -v, bench/RESULTS.md).
+#ifndef GPUALE_SCATTER_THREADS
+#define GPUALE_SCATTER_THREADS 256
+#endif
+#ifndef GPUALE_SCATTER_MIN_BLOCKS
+#define GPUALE_SCATTER_MIN_BLOCKS 4
+#endif
+
 // Column (c, e) of a box: the voxels (i, j0 + c, k0 + e) for every in-volume i. The
 // overlap entries whose boxes hold the column are found once (a bit mask); at each
-// stamped voxel only those are tested, each with one range check along i.
+// stamped voxel only those are tested, each with one range check along i. The additions
+// are the same, in the same order, as one voxel at a time: only the loads move earlier.
 __device__ __forceinline__ void gpuale_scatter_column(const gpuale_pair_box& box, int c, int e,
                                                       int ny, int nz,
                                                       const int* vox_to_mask) {
@@ -262,42 +324,29 @@ __device__ __forceinline__ void gpuale_scatter_column(const gpuale_pair_box& box
     GPUALE_TALLY(GPUALE_TALLY_COLUMN_TESTS, masked);
     GPUALE_TALLY(GPUALE_TALLY_BOX_VOXELS, box.ni);
     const long long plane = (long long)ny * nz;
+    const int face = side * side;
+    const int end = box.a0 + box.ni;
     long long flat = ((long long)box.i0 * ny + j) * nz + k;
     int index = (box.a0 * side + c) * side + e;
-    for (int a = box.a0; a < box.a0 + box.ni; ++a, flat += plane, index += side * side) {
-        const int m = vox_to_mask[flat];
-        if (m < 0) continue;  // out-of-mask voxels are never read
-        GPUALE_TALLY(GPUALE_TALLY_STAMPS, 1);
-        const unsigned long long value = box.table[index];
-        bool wins = true;
-        for (unsigned long long rest = cover; rest != 0 && wins; rest &= rest - 1) {
-            const unsigned int entry = box.overlaps[__ffsll((long long)rest) - 1];
-            const int da = (int)(entry & 0xFFu) - GPUALE_OVERLAP_BIAS;
-            GPUALE_TALLY(GPUALE_TALLY_VOXEL_TESTS, 1);
-            if ((unsigned int)(a - da) >= (unsigned int)side) continue;
-            GPUALE_TALLY(GPUALE_TALLY_CONTESTS, 1);
-            const int dc = (int)((entry >> 8) & 0xFFu) - GPUALE_OVERLAP_BIAS;
-            const int de = (int)((entry >> 16) & 0xFFu) - GPUALE_OVERLAP_BIAS;
-            const unsigned long long other = box.table[index - (da * side + dc) * side - de];
-            wins = value > other || (value == other && !(entry & GPUALE_OVERLAP_FIRST));
+    for (int a = box.a0; a < end; a += GPUALE_SCATTER_UNROLL,
+             flat += GPUALE_SCATTER_UNROLL * plane, index += GPUALE_SCATTER_UNROLL * face) {
+        GPUALE_TALLY(GPUALE_TALLY_WALK_ROUNDS, 1);
+        int m[GPUALE_SCATTER_UNROLL];
+        unsigned long long value[GPUALE_SCATTER_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GPUALE_SCATTER_UNROLL; ++u) {
+            const bool inside = a + u < end;
+            m[u] = inside ? __ldg(vox_to_mask + flat + u * plane) : -1;
+            value[u] = inside ? __ldg(box.table + index + u * face) : 0ull;
         }
-        for (int q = GPUALE_OVERLAP_MASKED; q < box.n_overlaps && wins; ++q) {
-            const unsigned int entry = box.overlaps[q];
-            const int da = (int)(entry & 0xFFu) - GPUALE_OVERLAP_BIAS;
-            const int dc = (int)((entry >> 8) & 0xFFu) - GPUALE_OVERLAP_BIAS;
-            const int de = (int)((entry >> 16) & 0xFFu) - GPUALE_OVERLAP_BIAS;
-            GPUALE_TALLY(GPUALE_TALLY_VOXEL_TESTS, 1);
-            if ((unsigned int)(a - da) >= (unsigned int)side ||
-                (unsigned int)(c - dc) >= (unsigned int)side ||
-                (unsigned int)(e - de) >= (unsigned int)side)
-                continue;
-            GPUALE_TALLY(GPUALE_TALLY_CONTESTS, 1);
-            const unsigned long long other = box.table[index - (da * side + dc) * side - de];
-            wins = value > other || (value == other && !(entry & GPUALE_OVERLAP_FIRST));
-        }
-        if (wins) {
-            GPUALE_TALLY(GPUALE_TALLY_STAMP_ADDS, 1);
-            atomicAdd(&box.total[m], value);
+#pragma unroll
+        for (int u = 0; u < GPUALE_SCATTER_UNROLL; ++u) {
+            if (m[u] < 0) continue;  // out-of-mask voxels are never added to
+            GPUALE_TALLY(GPUALE_TALLY_STAMPS, 1);
+            if (gpuale_wins(box, cover, a + u, c, e, index + u * face, value[u])) {
+                GPUALE_TALLY(GPUALE_TALLY_STAMP_ADDS, 1);
+                atomicAdd(&box.total[m[u]], value[u]);
+            }
         }
     }
 }
@@ -324,7 +373,8 @@ __device__ __forceinline__ void gpuale_scatter_column(const gpuale_pair_box& box
 // short chunk of a permutation. Each column is walked along i with two additions per
 // voxel (the flat index and the kernel index); the divisions are once per chunk and once
 // per box a lane enters.
-extern "C" __global__ void gpuale_log_sum_scatter(
+extern "C" __global__ void __launch_bounds__(GPUALE_SCATTER_THREADS, GPUALE_SCATTER_MIN_BLOCKS)
+gpuale_log_sum_scatter(
     int n_perm, int n_foci, int chunk_columns, int perm_columns, const int* chunk_focus,
     const int* focus_pos, const int* focus_info, const int* overlap_count,
     const unsigned int* overlap_list, long long n_slots,

@@ -33,6 +33,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
 
 using std::exp;
 using std::log1p;
@@ -53,6 +54,11 @@ inline thread_local dim3 blockDim;
 inline thread_local dim3 gridDim;
 
 inline int __ffsll(long long x) { return __builtin_ffsll(x); }
+// A read-only load through the texture path on the device: a plain load here.
+template <class T>
+inline T __ldg(const T* p) {
+    return *p;
+}
 inline int __ffs(int x) { return __builtin_ffs(x); }
 inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }

@@ -28,7 +28,7 @@ def test_global_writes_maps_and_run_record(sleuth_file, tmp_path):
     result = runner.invoke(cli.app, ["global", str(sleuth_file), "--out", str(out),
                                      "--iters", "0", "--quiet"])
     assert result.exit_code == 0, result.output
-    for name in ("ale", "p", "z"):
+    for name in ("stat", "p", "z"):  # NiMARE 0.22.1's names
         img = nib.load(out / f"{name}.nii.gz")
         assert img.shape == (91, 109, 91)
         np.testing.assert_allclose(img.affine, load_grid().affine)
@@ -40,7 +40,7 @@ def test_global_writes_maps_and_run_record(sleuth_file, tmp_path):
     assert "observed_s" in record["timings_s"]
     # Few experiments: the Eickhoff et al. (2016) warning reaches run.json.
     assert any("17" in w for w in record["warnings"])
-    ale = nib.load(out / "ale.nii.gz").get_fdata()
+    ale = nib.load(out / "stat.nii.gz").get_fdata()
     assert ale.max() > 0.01
 
 
@@ -165,12 +165,13 @@ def test_contrast_and_conjunction_end_to_end(sleuth_file, tmp_path):
                                      str(out), "--iters", "50", "--quiet", "--p", "0.5",
                                      "--min-volume", "0"])
     assert result.exit_code == 0, result.output
-    for name in ("ale_A", "ale_B", "z_desc-AminusB", "p_desc-AminusB", "z_thresholded"):
+    for name in ("stat_desc-group1", "stat_desc-group2", "z_desc-group1MinusGroup2",
+                 "p_desc-group1MinusGroup2", "z_thresholded"):
         assert (out / f"{name}.nii.gz").exists()
     record = json.loads((out / "run.json").read_text())
     assert record["groups"]["A"]["n_experiments"] == 3
     assert record["groups"]["B"]["n_experiments"] == 2
-    z = nib.load(out / "z_desc-AminusB.nii.gz").get_fdata()
+    z = nib.load(out / "z_desc-group1MinusGroup2.nii.gz").get_fdata()
     ijk = np.round(np.linalg.inv(load_grid().affine) @ [-40, 20, 10, 1]).astype(int)[:3]
     assert z[tuple(ijk)] > 0  # group A's foci are there, B's are not
 

@@ -249,7 +249,7 @@ def test_clusters_tsv_is_rounded_and_the_maps_are_not(tmp_path):
     assert [r["peak_ale"] for r in read] == pytest.approx(
         [c["peak_ale"] for c in clusters], rel=1e-5)
     # The maps hold every digit.
-    saved = np.asanyarray(nib.load(out / "ale.nii.gz").dataobj).reshape(-1)[grid.in_mask_flat]
+    saved = np.asanyarray(nib.load(out / "stat.nii.gz").dataobj).reshape(-1)[grid.in_mask_flat]
     np.testing.assert_array_equal(saved, result.ale.astype(saved.dtype))
     assert saved.dtype.itemsize >= 4
 

@@ -84,7 +84,7 @@ def test_identical_runs_agree_and_write_compare_json(tmp_path):
     assert "agree within tolerances" in result.output
     record = json.loads((out / cmp.COMPARE_JSON).read_text())
     assert record["passed"] and record["form"] == "runs"
-    assert record["maps"]["ale"]["max_abs_diff"] == 0
+    assert record["maps"]["stat"]["max_abs_diff"] == 0
     assert all(entry["identical"] for entry in record["nulls"].values())
     assert (out / "report.html").read_text().count("Two gpuale runs") >= 1
     again = runner.invoke(cli.app, ["compare", str(a), str(b), "--out", str(out)])
@@ -100,7 +100,7 @@ def test_a_run_without_one_experiment_differs_and_names_it(tmp_path):
     result = runner.invoke(cli.app, ["compare", str(a), str(b)])
     assert result.exit_code == 1, result.output
     assert "experiment(s) only in A" in result.output and "Study B" in result.output
-    assert "DIFFERS: map ale" in result.output
+    assert "DIFFERS: map stat" in result.output
 
 
 def test_devices_numpy_and_numba_give_the_same_nulls(tmp_path):
@@ -121,6 +121,37 @@ def test_devices_numpy_and_numba_give_the_same_nulls(tmp_path):
         assert perf["engine"].startswith(side)
         assert perf["wall_s"] > 0 and perf["permutations_per_s"] > 0
     assert "Time and memory" in (out / "report.html").read_text()
+
+
+def _null_side(label, mass, size):
+    """One engine's side of a ``--devices`` comparison: only its null."""
+    n = len(mass)
+    return cmp._Side(label, {"max_ale": np.full(n, 0.05), "max_cluster_size": np.array(size),
+                             "max_cluster_mass": np.array(mass),
+                             "significant": np.zeros(4, dtype=bool)}, 1.0, None)
+
+
+def test_devices_hold_cluster_mass_to_rounding_of_the_permutations_largest_cluster():
+    """A GPU rounds each voxel's excess to 2^-40: a cluster of a few voxels barely over the
+    threshold differs from the CPU's float64 sum by far more than 1e-9 of its own mass
+    (rtol 1e-9 with atol 0, as before, failed this), but by less than 2^-41 per voxel."""
+    unit = 2.0**-40
+    cpu_mass = np.array([3.1e-7, 0.012345678901, 2.5e-5])
+    size = np.array([3, 40, 12])
+    gpu_mass = cpu_mass + np.array([1.4, -9.5, 5.0]) * unit  # within a half unit per voxel
+    assert not np.isclose(gpu_mass, cpu_mass, rtol=cmp.MASS_RTOL, atol=0.0).all()  # old rule
+    nulls = cmp._compare_nulls(_null_side("cpu", cpu_mass, size),
+                               _null_side("gpu", gpu_mass, size))
+    assert nulls["passed"] and nulls["max_cluster_mass_differs"] == 0, nulls["failures"]
+    # A difference beyond rounding still fails: 2 units per voxel of the largest cluster.
+    wrong = gpu_mass.copy()
+    wrong[0] = cpu_mass[0] + 2 * 3 * unit + cmp.MASS_RTOL * cpu_mass[0]
+    nulls = cmp._compare_nulls(_null_side("cpu", cpu_mass, size), _null_side("gpu", wrong, size))
+    assert not nulls["passed"] and nulls["max_cluster_mass_differs"] == 1
+    assert "max cluster mass" in nulls["failures"][0]
+    # Large masses keep the relative tolerance.
+    assert cmp.masses_differ([10.0], [10.0 + 1e-7], [5], [5]).tolist() == [True]
+    assert cmp.masses_differ([10.0], [10.0 + 5e-9], [5], [5]).tolist() == [False]
 
 
 def test_nimare_missing_names_the_bench_extra(tmp_path, monkeypatch):

@@ -20,7 +20,6 @@ from gpuale.cluster_null import contrast_cluster_null
 from gpuale.contrast import run_contrast
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.nulls import SerialScheduler, ThreadScheduler
 from gpuale.nullspecs import (
     HISTOGRAM_BINS,
     ContrastNullSpec,
@@ -30,6 +29,7 @@ from gpuale.nullspecs import (
 )
 from gpuale.problem import compile_problem
 from gpuale.rng import random_splits
+from gpuale.schedulers import SerialScheduler, ThreadScheduler
 from gpuale.stats import LOG_SCALE
 
 # --- The quantile from two histograms -------------------------------------------------------
@@ -294,7 +294,8 @@ def test_cli_writes_cluster_fwe_maps_and_nulls(tmp_path):
     assert result.exit_code == 0, result.output
     for kind in ("Size", "Mass"):
         for stat in ("p", "z", "logp"):
-            assert (out / f"{stat}_desc-AminusB{kind}_level-cluster.nii.gz").exists()
+            assert (out / f"{stat}_desc-group1MinusGroup2{kind}_level-cluster"
+                          "_corr-FWE_method-montecarlo.nii.gz").exists()
     record = json.loads((out / "run.json").read_text())
     settings = record["settings"]
     assert settings["cluster_fwe"] is True and settings["alpha"] == 0.5

@@ -25,15 +25,10 @@ from gpuale import _hostshim, cli
 from gpuale.analysis import run_ale
 from gpuale.engines import get_engine
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.nulls import (
-    DaskScheduler,
-    RunInterrupted,
-    SchedulerUnavailable,
-    ThreadScheduler,
-    run_null,
-)
+from gpuale.nulls import DaskScheduler, SchedulerUnavailable, run_null
 from gpuale.nullspecs import ContrastNullSpec, GlobalNullSpec
 from gpuale.problem import compile_problem
+from gpuale.schedulers import RunInterrupted, ThreadScheduler
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -313,7 +308,7 @@ def test_cuda_chunks_on_a_cluster_run_on_the_workers_cuda_engine(a_gpu_here, pro
     import gpuale.engines.cuda as cuda
     from gpuale import nulls
     from gpuale.engines.cuda import CudaEngine, kernel_dir
-    from gpuale.nulls import SerialScheduler
+    from gpuale.schedulers import SerialScheduler
 
     compiled, threshold = problem
     spec = GlobalNullSpec(compiled, threshold, 6)
@@ -376,7 +371,7 @@ def test_device_auto_lets_each_worker_choose_its_engine(problem, monkeypatch):
     from gpuale import nulls
     from gpuale.engines.cuda import CudaEngine, kernel_dir
     from gpuale.engines.numba_ import NumbaEngine
-    from gpuale.nulls import SerialScheduler
+    from gpuale.schedulers import SerialScheduler
 
     compiled, threshold = problem
     spec = GlobalNullSpec(compiled, threshold, 6)

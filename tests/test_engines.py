@@ -30,10 +30,11 @@ from gpuale.engines import Engine, get_engine
 from gpuale.engines.cuda import gpu_available
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.nulls import ProcessScheduler, SerialScheduler, ThreadScheduler, run_null
+from gpuale.nulls import run_null
 from gpuale.nullspecs import ContrastNullSpec, GlobalNullSpec
 from gpuale.problem import Problem, compile_problem
 from gpuale.rng import random_splits, relocation_draws
+from gpuale.schedulers import ProcessScheduler, SerialScheduler, ThreadScheduler
 from gpuale.stats import LOG_SCALE, ale_from_log_sum
 
 ALE_RTOL = 1e-5

@@ -477,6 +477,8 @@ def test_load_dataset_reports_each_input_it_reads(tmp_path):
 
 
 def test_the_cli_shows_large_loads_unless_quiet(tmp_path, monkeypatch):
+    from gpuale.cli import _shared as cli
+
     foci = _write(tmp_path, "foci.txt", FOCI)
     monkeypatch.setattr(cli, "LOADING_NOTICE_BYTES", 10)  # a few MB really
     args = ["global", str(foci), "--iters", "0", "--no-report"]

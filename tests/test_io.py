@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpuale.examples import example_path
 from gpuale.io import (
     CoordinateFileError,
     CoordinateFileWarning,
@@ -20,15 +21,9 @@ from gpuale.io import (
 )
 from gpuale.space import tal2mni
 
-ROOT = Path(__file__).resolve().parents[1]
-# The real data sets live in shared/data, inside the checkout or beside it.
-DATA = next(
-    (p for p in (ROOT / "shared" / "data", ROOT.parent / "shared" / "data") if p.is_dir()),
-    ROOT / "shared" / "data",
-)
-ADULTS = DATA / "semantic-adults" / "adults.txt"
-CHILDREN = DATA / "semantic-children"
-needs_data = pytest.mark.skipif(not ADULTS.exists(), reason="shared data not available")
+# The real data sets the package ships (example:semantic-adults, example:semantic-children).
+ADULTS = example_path("semantic-adults")  # adults.txt
+CHILDREN = example_path("semantic-children")
 
 SIMPLE_SLEUTH = """\
 // Reference=MNI
@@ -259,7 +254,6 @@ def test_sleuth_in_utf16_with_bom_loads(tmp_path):
     assert read_sleuth(path).n_foci == 3
 
 
-@needs_data
 def test_real_adults_file_keeps_all_272_experiments():
     with pytest.warns(DuplicateLabelWarning, match="Sergent et al \\(1992\\)"):
         dataset = read_sleuth(ADULTS)
@@ -272,7 +266,6 @@ def test_real_adults_file_keeps_all_272_experiments():
     assert not np.array_equal(sergent[0].foci[0], sergent[1].foci[0])
 
 
-@needs_data
 def test_real_adults_file_matches_nimare_except_the_merged_label():
     nimare_io = pytest.importorskip("nimare.io")
     with warnings.catch_warnings():
@@ -463,7 +456,6 @@ def test_sheet_repeated_experiment_is_an_error(tmp_path):
     assert info.value.line == 4
 
 
-@needs_data
 def test_real_children_sheet():
     dataset = read_experiment_sheet(CHILDREN)
     assert len(dataset) == 50
@@ -481,7 +473,6 @@ def test_real_children_sheet():
     assert all(exp.n_foci == exp.metadata["peaks_n"] for exp in dataset)
 
 
-@needs_data
 def test_real_children_talairach_conversion_equals_nimare():
     nimare_utils = pytest.importorskip("nimare.utils")
     for exp in read_experiment_sheet(CHILDREN):

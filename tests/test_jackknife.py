@@ -19,7 +19,7 @@ from gpuale.cli import app
 from gpuale.dataset import Dataset
 from gpuale.grid import load_grid
 from gpuale.io import load_dataset
-from gpuale.io.files import file_checksum
+from gpuale.io.checksum import file_checksum
 from gpuale.jackknife import JACKKNIFE_COLUMNS, RerunWarnings
 from gpuale.output import table_value
 from gpuale.rerun import _loading_options, load_recorded_analysis, run_jackknife

@@ -20,6 +20,8 @@ from gpuale import _hostshim
 from gpuale.clusters import connectivity_structure
 from gpuale.engines.cuda import (
     LOG_SUM_FRAC_BITS,
+    SCATTER_MAX_THREADS,
+    SCATTER_SHAPE,
     _NullPipeline,
     kernel_dir,
     supra_threshold_cut,
@@ -200,6 +202,46 @@ def test_log_sum_of_small_boxes_matches_numpy(module):
         sums.append(buf.neg_log_sum[:6].copy())
     for other in sums[1:]:
         np.testing.assert_array_equal(other, sums[0])  # fixed point: any shape, same bits
+
+
+@pytest.mark.parametrize("unroll", [1, 2, 3, 7, 32])
+def test_the_unrolled_column_walk_gives_the_same_bits(problem, module, unroll):
+    """The scatter walks a column GPUALE_SCATTER_UNROLL voxels at a time (6 by default),
+    loading them together: any width, wider than a column too, gives the same log-sums
+    and maxima bit for bit, where columns are clipped by the volume and the mask."""
+    source = (kernel_dir() / "ale_null.cu").read_text()
+    other = _hostshim.load(kernel_dir() / "ale_null.cu",
+                           source=f"#define GPUALE_SCATTER_UNROLL {unroll}\n{source}")
+    results = []
+    for launch_module in (module, other):
+        buf, out = _run(_pipeline(problem, launch_module))
+        results.append((buf.neg_log_sum[:COUNT].copy(), out))
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    for got, want in zip(results[1][1], results[0][1], strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_gpu_scatter_shape_fits_the_kernels_launch_bounds():
+    source = (kernel_dir() / "ale_null.cu").read_text()
+    threads = int(re.search(r"#define GPUALE_SCATTER_THREADS (\d+)", source).group(1))
+    assert threads == SCATTER_MAX_THREADS
+    assert SCATTER_SHAPE[0] * SCATTER_SHAPE[1] <= SCATTER_MAX_THREADS
+    assert re.search(r"__launch_bounds__\(GPUALE_SCATTER_THREADS, GPUALE_SCATTER_MIN_BLOCKS\)"
+                     r"\s*gpuale_log_sum_scatter\(", source)
+    assert "gpuale_log_sum_scatter" in module_names(source)
+
+
+def test_a_gpu_scatter_block_beyond_the_launch_bounds_is_refused(problem):
+    # The host shim ignores launch bounds (the tests run wider blocks through it); a GPU
+    # would refuse the launch, so the engine refuses the shape first.
+    with pytest.raises(ValueError, match="launch bounds"):
+        _NullPipeline(problem, THRESHOLD, 6, xp=object(), launch=None,
+                      scatter_shape=(256, 2, 1000))
+
+
+def module_names(source: str) -> tuple[str, ...]:
+    """The kernels the host shim exports, as it finds them (launch bounds included)."""
+    return tuple(_hostshim._KERNEL_NAME.findall(source))
 
 
 @pytest.mark.parametrize("connectivity", [6, 18, 26])

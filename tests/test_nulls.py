@@ -9,7 +9,7 @@ import pytest
 from conftest import random_dataset
 
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.nulls import SerialScheduler, run_null
+from gpuale.nulls import run_null
 from gpuale.nullspecs import (
     ContrastNullPartial,
     ContrastNullSpec,
@@ -17,6 +17,7 @@ from gpuale.nullspecs import (
     GlobalNullSpec,
 )
 from gpuale.problem import compile_problem
+from gpuale.schedulers import SerialScheduler
 
 
 def _global_partials():

@@ -228,7 +228,7 @@ def test_contrast_and_conjunction_methods_cite_their_papers():
               "settings": {"iterations": 10000, "seed": 1, "p_threshold": 0.05,
                            "connectivity": 6, "min_volume_mm3": 200.0, "min_z": True}}
     text, keys = methods_contrast(record)
-    assert "P > 0.95" in text and "10,000" in text and "200 mm3" in text
+    assert "P > 0.95" in text and "10,000" in text and "200 mm³" in text
     assert "smaller of the main-effect" in text and keys[0] == "eickhoff2011"
     whole, _ = methods_contrast({**record, "mode": "whole-brain"})
     assert "two-sided" in whole and "p < 0.05" in whole

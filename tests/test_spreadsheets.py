@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_small_grid, shared_data_dir
+from conftest import make_small_grid
 from typer.testing import CliRunner
 
 from gpuale import cli
 from gpuale.clusters import CONTRIBUTION_FIELDS, experiment_contributions, label_clusters
 from gpuale.dataset import Dataset, Experiment
 from gpuale.engines.numpy_ import NumpyEngine
+from gpuale.examples import example_path
 from gpuale.io import (
     CoordinateFileError,
     CoordinateFileWarning,
@@ -42,10 +43,7 @@ COLUMNS = ("publication", "contrast", "x", "y", "z", "zstat", "location", "comme
 
 
 def _children() -> Path:
-    root = shared_data_dir()
-    if root is None or not (root / "semantic-children" / "experiments.csv").is_file():
-        pytest.skip("the shared semantic-children data is not here")
-    return root / "semantic-children"
+    return example_path("semantic-children")  # the data the package ships
 
 
 def _spreadsheet_rows(source: Path) -> list[dict[str, str]]:
@@ -344,7 +342,8 @@ def test_table_options_are_never_ignored(tmp_path):
 
 
 def test_study_input_table_names_columns(tmp_path):
-    from gpuale.studyfile import _global_dataset, load_study
+    from gpuale.study import _global_dataset
+    from gpuale.studyfile import load_study
 
     _write(tmp_path, "t.csv", "publication,contrast,x,y,z,subjects,space\n"
            "P,a,1,2,3,5,MNI\nP,b,4,5,6,7,MNI\nP,b,1,1,1,7,MNI\n")

@@ -111,7 +111,7 @@ def test_bundled_demo_study_is_valid():
     from gpuale.examples import example_path
 
     study = load_study(example_path("semantic-children-study"))
-    assert len(study.analyses) == 11
+    assert len(study.analyses) == 12
     assert study.order()[-1].type in ("contrast", "conjunction")
 
 
@@ -183,7 +183,7 @@ def test_force_recomputes_every_analysis_and_touches_nothing_else(tmp_path, no_r
 
 
 def test_folders_holding_something_else_are_refused_unless_forced(tmp_path, no_reports):
-    from gpuale.study import StudyFolderConflict
+    from gpuale.studyfolder import StudyFolderConflict
 
     study = load_study(_write(tmp_path))
     out = tmp_path / "out"
@@ -283,7 +283,7 @@ def test_a_study_runs_a_balanced_contrast_as_gpuale_contrast_does(tmp_path, no_r
 
     from gpuale.balanced import run_balanced_contrast
     from gpuale.grid import load_grid
-    from gpuale.studyfile import _global_dataset
+    from gpuale.study import _global_dataset
 
     out = tmp_path / "out"
     run_study(load_study(_write(tmp_path)), out, log=lambda _: None)
@@ -338,7 +338,7 @@ def test_a_global_analysis_can_ask_for_tfce(tmp_path, no_reports):
     import warnings
 
     from gpuale.grid import load_grid
-    from gpuale.studyfile import _global_dataset
+    from gpuale.study import _global_dataset
 
     out = tmp_path / "out"
     run_study(load_study(_write(tmp_path)), out, log=lambda _: None)

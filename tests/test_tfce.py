@@ -23,11 +23,12 @@ from gpuale.analysis import run_ale
 from gpuale.engines.cuda import CudaEngine
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
-from gpuale.nulls import SerialScheduler, ThreadScheduler, run_null
+from gpuale.nulls import run_null
 from gpuale.nullspecs import GLOBAL_STATISTICS, GlobalNullPartial, GlobalNullSpec
 from gpuale.problem import compile_problem
 from gpuale.report.methods import methods_global
 from gpuale.runfolder import TFCE_LOGP_FWE, TFCE_MAP, TFCE_THRESHOLDED, TFCE_Z_FWE, map_file
+from gpuale.schedulers import SerialScheduler, ThreadScheduler
 from gpuale.stats import analytic_null, fwe_p_values, p_to_z
 from gpuale.tfce import (
     TFCE_P_FLOOR,

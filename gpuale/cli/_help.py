@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 
@@ -57,6 +59,50 @@ class _ReadableHelp:
         option = super().get_help_option(ctx)
         return _readable(option) if option is not None else None
 
+    def format_help(self, ctx, formatter) -> None:
+        # Typer draws the options with rich tables it makes itself: for the time of this
+        # help, they are tables that keep option names whole (see _OptionsTable).
+        import typer.rich_utils
+
+        made = typer.rich_utils.Table
+        typer.rich_utils.Table = _OptionsTable
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            typer.rich_utils.Table = made
+
+
+class _OptionsTable(Table):
+    """A help table that keeps option names whole (``--experiment-column``, not
+    ``--experiment-co…``, a name that cannot be typed) at 80 columns.
+
+    Typer gives each option's names four columns of their own (long, short, and the
+    ``--no-`` forms), mostly empty, so that at 80 columns rich shrinks them all. Here they
+    are one column, ``--report/--no-report`` or ``--out, -o``, that never wraps or
+    shrinks; the help text wraps instead (and a word longer than its column folds).
+    """
+
+    def add_row(self, *renderables, **kwargs) -> None:
+        if len(renderables) not in (6, 7):  # not typer's options layout: as it is
+            super().add_row(*renderables, **kwargs)
+            return
+        required = renderables[:len(renderables) - 6]
+        long, short, negative, negative_short, *rest = renderables[len(required):]
+        names = Text()
+        for separator, part in (("", long), ("/", negative), (", ", short),
+                                ("/", negative_short)):
+            text = part if isinstance(part, Text) else Text(str(part))
+            if text.plain:
+                names.append(separator if names.plain else "")
+                names.append_text(text)
+        super().add_row(*required, names, *rest, **kwargs)
+        column = self.columns[len(required)]
+        column.no_wrap = True
+        column.min_width = max(column.min_width or 0, names.cell_len)
+        for item in getattr(rest[-1], "renderables", ()):  # the help, as rich Columns
+            if isinstance(item, Text):
+                item.overflow = "fold"  # a word longer than the column breaks, not cut
+
 
 class _Command(_ReadableHelp, TyperCommand):
     """A command of the app (see :class:`_ReadableHelp`)."""
@@ -72,8 +118,8 @@ VALUE_NAMES = {
     "out": "DIR", "main_a": "RUN_DIR", "main_b": "RUN_DIR", "mask": "NIFTI",
     "seed": "SEED", "cluster_p": "P", "alpha": "P", "p_threshold": "P", "fdr": "Q",
     "device": "DEVICE", "fwhm": "MM", "min_volume": "MM3", "threshold": "T",
-    "where": "EXPRESSION", "against": "REFERENCE", "devices": "A,B", "ale_tol": "TOL",
-    "z_tol": "TOL",
+    "where": "EXPRESSION", "where_a": "EXPRESSION", "where_b": "EXPRESSION",
+    "against": "REFERENCE", "devices": "A,B", "ale_tol": "TOL", "z_tol": "TOL",
 }
 
 

@@ -35,12 +35,15 @@ from gpuale.cli._help import (
     _Group,
     _Typer,
 )
+from gpuale.dataset import MAX_SAMPLE_SIZE
 from gpuale.engines import get_engine
 from gpuale.examples import EXAMPLES, example_path, resolve_input
 from gpuale.io import InputLayoutNote, load_dataset
-from gpuale.nulls import DaskScheduler, RunInterrupted
+from gpuale.nulls import DASK_TIMEOUT, MAX_ITERATIONS, ClusterLost, DaskScheduler
+from gpuale.runfolder import RUN_JSON
+from gpuale.schedulers import RunInterrupted
 from gpuale.space import DEFAULT_TAL_TRANSFORM
-from gpuale.stopping import AUTO
+from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
 from gpuale.study import StudyInterrupted
 
 app = _Typer(
@@ -104,6 +107,10 @@ def _iterations(value: str | int, *, auto: bool) -> int | str:
                                  + (" or 'auto'" if auto else "")) from None
     if number < 0:
         raise typer.BadParameter(f"{number} is below 0")
+    if number > MAX_ITERATIONS:
+        # Refused here, not as a MemoryError after the inputs and the observed map.
+        raise typer.BadParameter(f"{number:,} is more than {MAX_ITERATIONS:,}, the most "
+                                 "iterations gpuale runs")
     return number
 
 
@@ -138,8 +145,19 @@ def _study_iterations(value: str | int) -> int | str:
 
 
 MaxItersOption = Annotated[
-    int, typer.Option("--max-iters", help="The most iterations --iters auto runs.", min=1)
+    int | None,
+    typer.Option("--max-iters", help=f"The most iterations --iters auto runs (default "
+                 f"{DEFAULT_MAX_ITERS:,}).", min=1, max=MAX_ITERATIONS, show_default=False),
 ]
+
+
+def _max_iters_used(iters: int | str, max_iters: int | None) -> int:
+    """--max-iters, or its default; given beside a fixed --iters it is said to do nothing,
+    not silently ignored."""
+    if max_iters is not None and iters != AUTO:
+        warnings.warn(f"--max-iters {max_iters:,} applies to --iters auto only; running "
+                      f"the --iters {iters:,} given", stacklevel=2)
+    return DEFAULT_MAX_ITERS if max_iters is None else max_iters
 SeedOption = Annotated[int, typer.Option(help="Seed of the permutations.", min=0)]
 DeviceOption = Annotated[
     str, typer.Option(help="auto (the first GPU CuPy sees, else the CPU), cpu, gpu or gpu:N "
@@ -181,7 +199,8 @@ OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (cre
 SampleSizeOption = Annotated[
     int | None,
     typer.Option("--sample-size", help="N of every experiment whose input gives none "
-                 "(Neurosynth releases have none; NiMARE's kernel__sample_size).", min=1),
+                 "(Neurosynth releases have none; NiMARE's kernel__sample_size).", min=1,
+                 max=MAX_SAMPLE_SIZE),
 ]
 ExperimentColumnOption = Annotated[
     str | None,
@@ -207,6 +226,16 @@ SchedulerOption = Annotated[
                  "needs the dask extra). With --device auto each worker uses its own GPU "
                  "if it has one, else its CPU. The nulls equal a single-machine run's "
                  "(with GPU and CPU workers mixed, up to float rounding in ALE and mass)."),
+]
+
+
+SchedulerTimeoutOption = Annotated[
+    float | None,
+    typer.Option("--scheduler-timeout", metavar="SECONDS", min=0.1, max=3600,
+                 show_default=False,
+                 help=f"With --scheduler: seconds to wait for the scheduler to answer (1.5 "
+                 f"times that where something else listens), and for a first worker to "
+                 f"join, or to come back after one died (default {DASK_TIMEOUT:g})."),
 ]
 
 
@@ -260,6 +289,48 @@ def _load(inputs: list[str], space: Space | None, tal_transform: TalTransform,
     return paths, dataset
 
 
+def _run_folder(value: str) -> Path | None:
+    """The run folder a contrast's group names (a folder holding run.json), else None."""
+    path = resolve_input(value)
+    return path if path.is_dir() and (path / RUN_JSON).is_file() else None
+
+
+def _load_group(name: str, value: str, where: str | None, space: Space | None,
+                tal_transform: TalTransform, sample_size: int | None, *,
+                allow_duplicates: bool, quiet: bool, experiment_column: str | None,
+                sample_size_column: str | None, fwhm: float | None):
+    """A contrast's group ``name`` ("A"): an input, selected by ``where``, or a ``gpuale
+    global`` run folder, whose recorded inputs are read again (checked against their
+    checksums) with its recorded options and selection, as ``gpuale jackknife`` does.
+
+    Returns
+    -------
+    inputs : list of (str, Path)
+        The inputs as given and as read, for run.json.
+    dataset : Dataset
+    selection : dict or None
+        The group's selection for run.json (None: every experiment of the input).
+    """
+    folder = _run_folder(value)
+    if folder is None:
+        paths, dataset = _load([value], space, tal_transform, sample_size, where,
+                               allow_duplicates, quiet, experiment_column,
+                               sample_size_column, fwhm)
+        selection = ({"inputs": [value], "where": where, "split": None}
+                     if where is not None else None)
+        return list(zip([value], paths)), dataset, selection
+    if where is not None:
+        raise ValueError(f"--where-{name.lower()}: group {name} is the run folder {value}, "
+                         "whose experiments are those it was run on; select them when "
+                         "running it (`gpuale global --where`), or give its input instead")
+    from gpuale.rerun import recorded_group
+
+    dataset, run, selection = recorded_group(folder)
+    inputs = [(entry.get("given") or entry["path"], Path(entry["path"]))
+              for entry in run.record.get("inputs") or []]
+    return inputs, dataset, selection
+
+
 #: Inputs larger than this (together) show what is being read while they load.
 LOADING_NOTICE_BYTES = 4_000_000
 
@@ -287,14 +358,19 @@ def _loading(paths: list[Path], quiet: bool):
 
 
 @contextmanager
-def _scheduler(address: str | None, device: str | None = None):
+def _scheduler(address: str | None, device: str | None = None,
+               timeout: float | None = None):
     """A Dask scheduler for ``--scheduler ADDRESS`` (connected once, closed at the end),
     or None for this machine's cores. ``--device auto`` leaves the engine to each worker
     (its GPU if it has one); an explicit device is the engine every worker runs."""
     if address is None:
         yield None
         return
-    scheduler = DaskScheduler(address, device=device)
+    if timeout is not None:
+        _finite(scheduler_timeout=timeout)
+    # The timeout only where given (else DaskScheduler's own default).
+    scheduler = (DaskScheduler(address, device=device) if timeout is None
+                 else DaskScheduler(address, device=device, timeout=timeout))
     try:
         scheduler.check_workers()  # reachable, with the same gpuale: before any work
         yield scheduler
@@ -334,6 +410,7 @@ FLAG_HINTS = {
     "overlap": "pass --overlap keep or --overlap drop",
     "device": "use --device cpu",
     "main_effect": "pass each group's own `gpuale global` run folder as --main-a and --main-b",
+    "main_effect_settings": "pass --allow-mismatched-main-effects to gate with them anyway",
     "threshold": "pass --threshold T to keep |values| >= T",
     "study_force": "choose another --out or pass --force to write the study into it",
     "analysis_force": "move it away or pass --force to replace it",
@@ -364,6 +441,8 @@ def _in_cli_words(exc: BaseException, names: dict[str, str] = CLI_NAMES) -> str:
     flags = FLAG_HINTS.get(getattr(exc, "option", None))
     if flags:
         message = message.replace(exc.hint, flags)
+    if getattr(exc, "literal", False):  # names keys of a file (run.json), not options
+        return message
     for name, word in names.items():
         # Whole words only, never part of a path or file name a message quotes.
         message = re.sub(rf"(?<![\w/\\.-]){name}(?![\w/\\-]|\.\w)", word, message)
@@ -423,10 +502,34 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
         if issubclass(category, (DeprecationWarning, PendingDeprecationWarning)):
             return
         message = _library_warning(message, category, filename, lineno)
+    text = str(message)
+    if text in _printed:  # given ahead of the work (see _warn_ahead), or met twice
+        return
+    _printed.add(text)
+    # A library hint in Python words (experiment_column='a,b'), as the command line says it.
+    message = _PYTHON_SETTING.sub(
+        lambda m: f"--{m[1].replace('_', '-')} {shlex.quote(m[2])}", text)
     if issubclass(category, InputLayoutNote):  # how a file was read: said, not a problem
         err.print(_styled("note:", "cyan", message))
         return
     err.print(_styled("warning:", "yellow", message))
+
+
+#: ``name='value'`` of a Python argument that a command-line option sets, in a warning.
+_PYTHON_SETTING = re.compile(r"(?<![\w-])(experiment_column|sample_size_column)='([^']*)'")
+
+
+#: The warnings this command has printed: each is said once.
+_printed: set[str] = set()
+
+
+def _warn_ahead(message: str | None) -> None:
+    """A warning about the run ahead (a threshold its iterations cannot reach), given
+    before its progress bar; the same warning from the run itself is then not repeated."""
+    if message:
+        from gpuale.inference import UnreachableThresholdWarning
+
+        warnings.warn(message, UnreachableThresholdWarning, stacklevel=2)
 
 
 def _terminate(signum, frame) -> None:
@@ -486,11 +589,19 @@ def _user_errors(names: dict[str, str] = CLI_NAMES):
             # Printed as they are raised, not at the end: a warning about the run ahead (a
             # threshold its iterations cannot reach) must come before the wait.
             warnings.showwarning = _print_warning
+            _printed.clear()
             yield
     except StudyInterrupted as exc:
         # A study keeps the analyses that finished before Ctrl-C: say which.
+        if exc.reason is not None:  # not the user: the cluster lost its workers
+            err.print(_styled("error:", "red", exc), highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         err.print(_styled("interrupted:", "red", exc), highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+    except ClusterLost as exc:
+        err.print(_styled("error:", "red", f"{exc}; no outputs were written"),
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     except RunInterrupted as exc:
         err.print(_styled("interrupted:", "red", f"{exc}; no outputs were written"),
                   highlight=False)
@@ -512,8 +623,13 @@ class _RateColumn(ProgressColumn):
         return Text("  -.- it/s" if speed is None else f"{speed:6.1f} it/s", style="cyan")
 
 
+#: What a progress bar says until its first permutations are done: the observed maps (and
+#: a gated contrast's main effects) come first, and take seconds on large inputs.
+PREPARING = "observed maps first"
+
+
 @contextmanager
-def _progress_bar(total: int, quiet: bool, description: str):
+def _progress_bar(total: int, quiet: bool, description: str, preparing: str = PREPARING):
     if quiet or total == 0 or not err.is_terminal:
         yield None
         return
@@ -528,7 +644,7 @@ def _progress_bar(total: int, quiet: bool, description: str):
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err, transient=False) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(f"{description} ({preparing})", total=total)
         yield _Advance(progress, task, description)
 
 
@@ -549,9 +665,15 @@ class _Advance:
         self.progress, self.task, self.description = progress, task, description
 
     def __call__(self, n: int) -> None:
+        if not self.started:  # the permutations have begun: the bar says no more
+            self.started = True
+            self.progress.update(self.task, description=self.description)
         self.progress.advance(self.task, n)
 
+    started = False
+
     def set_total(self, total: int) -> None:
+        self.started = True
         self.progress.update(self.task, total=total,
                              description=f"{self.description} (auto, checkpoint {total:,})")
 

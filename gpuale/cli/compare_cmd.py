@@ -29,6 +29,7 @@ from gpuale.cli._shared import (
     app,
     err,
 )
+from gpuale.nulls import MAX_ITERATIONS
 
 
 @app.command("compare")
@@ -56,7 +57,7 @@ def compare_(
     iters: Annotated[
         int, typer.Option("--iters", help="Monte Carlo iterations of each side (0: the "
                           "uncorrected maps only; NiMARE needs ~0.1-0.2 s per iteration).",
-                          min=0),
+                          min=0, max=MAX_ITERATIONS),
     ] = 1000,
     seed: SeedOption = DEFAULT_SEED,
     cluster_p: Annotated[
@@ -93,6 +94,7 @@ def compare_(
     """
     from gpuale import compare as cmp
     from gpuale import compare_output
+    from gpuale.compare_folders import compare_runs
 
     with _user_errors():
         if against is not None and devices is not None:
@@ -107,7 +109,7 @@ def compare_(
             if len(inputs) != 2:
                 raise ValueError(f"two run folders to compare, got {len(inputs)} argument(s); "
                                  "to run an analysis pass --against nimare or --devices A,B")
-            record = cmp.compare_runs(inputs[0], inputs[1], tolerances)
+            record = compare_runs(inputs[0], inputs[1], tolerances)
         else:
             settings = cmp.AnalysisSettings(
                 inputs=tuple(inputs), iters=iters, seed=seed, cluster_p=cluster_p,

@@ -16,6 +16,7 @@ from gpuale.analysis import (
 )
 from gpuale.cli._shared import (
     _DEFAULT_TAL,
+    PREPARING,
     AllowDuplicatesOption,
     Connectivity,
     ConnectivityOption,
@@ -31,6 +32,7 @@ from gpuale.cli._shared import (
     SampleSizeColumnOption,
     SampleSizeOption,
     SchedulerOption,
+    SchedulerTimeoutOption,
     SeedOption,
     SpaceOption,
     TalOption,
@@ -39,10 +41,11 @@ from gpuale.cli._shared import (
     _command,
     _finite,
     _input_paths,
-    _load,
+    _load_group,
     _progress_bar,
     _scheduler,
     _user_errors,
+    _warn_ahead,
     _where,
     _write_report,
     app,
@@ -52,10 +55,11 @@ from gpuale.contrast import (
     DEFAULT_MIN_VOLUME_MM3,
     run_contrast,
 )
+from gpuale.contrast import unreachable_message as contrast_unreachable
 from gpuale.engines import resolve_device
 from gpuale.grid import load_grid
 from gpuale.output import save_contrast
-from gpuale.runfolder import main_effect
+from gpuale.runfolder import SELECTION_KEY, main_effect
 
 
 class Mode(StrEnum):
@@ -82,9 +86,22 @@ class Overlap(StrEnum):
 
 @app.command("contrast")
 def contrast(
-    group_a: Annotated[str, typer.Argument(help="Group A input (file, folder, example:).")],
-    group_b: Annotated[str, typer.Argument(help="Group B input (file, folder, example:).")],
+    group_a: Annotated[str, typer.Argument(help="Group A: an input (file, folder, example:), "
+                                           "or a `gpuale global` run folder (its recorded "
+                                           "inputs and selection, read again and checked).")],
+    group_b: Annotated[str, typer.Argument(help="Group B: an input or a `gpuale global` run "
+                                           "folder, as group A.")],
     out: OutOption,
+    where_a: Annotated[
+        str | None,
+        typer.Option("--where-a", help="Group A: only its input's experiments for which this "
+                     "holds, e.g. \"task_type == knowledge\" (as `gpuale global --where`)."),
+    ] = None,
+    where_b: Annotated[
+        str | None,
+        typer.Option("--where-b", help="Group B: only its input's experiments for which this "
+                     "holds; A and B may be the same input."),
+    ] = None,
     mode: Annotated[
         Mode,
         typer.Option(help="whole-brain: every voxel, two-sided (NiMARE's ALESubtraction); "
@@ -113,6 +130,13 @@ def contrast(
         typer.Option(help="Gated: `gpuale global` run folder of group B, run on exactly B's "
                      "experiments."),
     ] = None,
+    allow_mismatched_main_effects: Annotated[
+        bool,
+        typer.Option("--allow-mismatched-main-effects",
+                     help="Gated: accept --main-a/--main-b runs made with another kernel "
+                     "(--fwhm), cluster-forming p, alpha or connectivity than this contrast's "
+                     "(a warning, kept in run.json); by default an error."),
+    ] = False,
     min_z: Annotated[
         bool, typer.Option(help="Gated: report min(main-effect z, contrast z).")
     ] = False,
@@ -128,8 +152,8 @@ def contrast(
                      "(--min-volume is not used). About three times the permutation time."),
     ] = False,
     alpha: Annotated[
-        float, typer.Option(help="Cluster-level FWE alpha (with --cluster-fwe); balanced: "
-                            "two-tailed alpha of the null extrema.")
+        float, typer.Option(help="Cluster-level FWE alpha (with --cluster-fwe; gated: of the "
+                            "main effects); balanced: two-tailed alpha of the null extrema.")
     ] = DEFAULT_ALPHA,
     target_n: Annotated[
         int | None,
@@ -169,6 +193,7 @@ def contrast(
     experiment_column: ExperimentColumnOption = None,
     sample_size_column: SampleSizeColumnOption = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
     report: ReportOption = True,
     force: ForceOption = False,
@@ -182,6 +207,11 @@ def contrast(
     """
     with _user_errors(), claim_output_dir(out):
         _finite(p=p_threshold, min_volume=min_volume, alpha=alpha, fwhm=fwhm)
+        if iters < 1:
+            # Not "0 permutations" said and 1 run: a contrast's p come from permutations.
+            raise ValueError(f"--iters {iters}: a contrast needs at least 1 permutation "
+                             f"(its p come from them; p < 0.001 needs 1,001); 0 (no Monte "
+                             f"Carlo) is for gpuale global")
         workers = _capped_workers(workers)
         if cluster_fwe and mode is not Mode.whole_brain:
             # Before any input is read: the options cannot go together.
@@ -193,21 +223,31 @@ def contrast(
                                                    *filter(None, (main_a, main_b))])
         columns = {"experiment_column": experiment_column,
                    "sample_size_column": sample_size_column, "fwhm": fwhm}
-        paths_a, dataset_a = _load([group_a], space, tal_transform, sample_size,
-                                   allow_duplicates=allow_duplicates, quiet=quiet, **columns)
-        paths_b, dataset_b = _load([group_b], space, tal_transform, sample_size,
-                                   allow_duplicates=allow_duplicates, quiet=quiet, **columns)
+        inputs_a, dataset_a, selection_a = _load_group(
+            "A", group_a, where_a, space, tal_transform, sample_size,
+            allow_duplicates=allow_duplicates, quiet=quiet, **columns)
+        inputs_b, dataset_b, selection_b = _load_group(
+            "B", group_b, where_b, space, tal_transform, sample_size,
+            allow_duplicates=allow_duplicates, quiet=quiet, **columns)
+        # Which experiments each group is, where that is more than its input: run.json
+        # and the report say so, as for a study's contrast.
+        extra = ({SELECTION_KEY: {"A": selection_a, "B": selection_b}}
+                 if selection_a or selection_b else None)
         grid = load_grid(mask)
         effects = [main_effect(p, grid) if p else None for p in (main_a, main_b)]
         chosen = resolve_device(device)
-        with _scheduler(scheduler, device) as cluster:
+        with _scheduler(scheduler, device, scheduler_timeout) as cluster:
             if not quiet:
                 err.print(
                     f"A: {len(dataset_a)} experiments, B: {len(dataset_b)} experiments; "
                     f"{mode.value}, {iters} permutations on {_where(chosen, cluster)}",
                     highlight=False,
                 )
-            with _progress_bar(iters, quiet, "Permutations") as progress:
+            _warn_ahead(contrast_unreachable(mode.value, max(iters, 1), p_threshold,
+                                             cluster_fwe=cluster_fwe, alpha=alpha))
+            preparing = ("observed maps and main effects first" if mode is Mode.gated
+                         and not (main_a and main_b) else PREPARING)
+            with _progress_bar(iters, quiet, "Permutations", preparing) as progress:
                 result = run_contrast(
                     dataset_a, dataset_b, mode=mode.value, grid=grid, n_iters=max(iters, 1),
                     seed=seed, p_threshold=p_threshold, min_volume_mm3=min_volume,
@@ -216,14 +256,16 @@ def contrast(
                     device=chosen, n_workers=workers, progress=progress, scheduler=cluster,
                     cluster_fwe=cluster_fwe, alpha=alpha, target_n=target_n,
                     balanced_null=balanced_null.value,
+                    mismatched_main_effects="warn" if allow_mismatched_main_effects
+                    else "error",
                     difference_iterations=difference_iterations, n_subsamples=subsamples,
                     mask_coverage=mask_coverage.value,
                 )
         save = save_contrast
         if mode is Mode.balanced:
             from gpuale.output import save_balanced_contrast as save
-        save(result, out, inputs_a=list(zip([group_a], paths_a)),
-             inputs_b=list(zip([group_b], paths_b)), command=_command(), force=force)
+        save(result, out, inputs_a=inputs_a, inputs_b=inputs_b, command=_command(),
+             force=force, extra=extra)
         _write_report(out, report, quiet)
         if not quiet:
             clusters = result.clusters()
@@ -232,8 +274,13 @@ def contrast(
                 err.print(
                     f"  #{c['cluster']} {c['direction']}: {c['size_voxels']} voxels, peak "
                     f"({c['peak_x']:.0f}, {c['peak_y']:.0f}, {c['peak_z']:.0f}), "
-                    f"ALE_A - ALE_B = {c['peak_diff']:.4f}, z = {c['peak_value']:.2f}"
+                    f"ALE_A - ALE_B = {c['peak_diff']:.4f}, z "
+                    + ("≥ " if c.get("z_capped") == "yes" else "= ")
+                    + f"{c['peak_value']:.2f}"
                     + (f", size FWE p = {c['p_fwe_size']:.3g}" if "p_fwe_size" in c else ""),
                     highlight=False,
                 )
+            if any(c.get("z_capped") == "yes" for c in clusters):
+                err.print("  (≥: z capped at the permutation floor, p = 1/iterations)",
+                          highlight=False)
             err.print(f"results in {out}", highlight=False)

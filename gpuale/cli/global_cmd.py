@@ -13,6 +13,7 @@ from gpuale.analysis import (
     DEFAULT_ITERS,
     DEFAULT_SEED,
     run_ale,
+    unreachable_message,
 )
 from gpuale.cli._shared import (
     _DEFAULT_TAL,
@@ -33,6 +34,7 @@ from gpuale.cli._shared import (
     SampleSizeColumnOption,
     SampleSizeOption,
     SchedulerOption,
+    SchedulerTimeoutOption,
     SeedOption,
     SpaceOption,
     TalOption,
@@ -43,20 +45,23 @@ from gpuale.cli._shared import (
     _input_paths,
     _iterations_text,
     _load,
+    _max_iters_used,
     _observed_status,
     _progress_bar,
     _scheduler,
     _summary,
     _user_errors,
+    _warn_ahead,
     _where,
     _write_report,
     app,
     err,
 )
+from gpuale.dataset import foci_text
 from gpuale.engines import resolve_device
 from gpuale.grid import load_grid
 from gpuale.output import save_ale
-from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
+from gpuale.stopping import AUTO
 
 
 @app.command("global")
@@ -64,7 +69,7 @@ def global_(
     inputs: Annotated[list[str], typer.Argument(help=INPUTS_HELP, show_default=False)],
     out: OutOption,
     iters: AutoIterationsOption = str(DEFAULT_ITERS),
-    max_iters: MaxItersOption = DEFAULT_MAX_ITERS,
+    max_iters: MaxItersOption = None,
     seed: SeedOption = DEFAULT_SEED,
     cluster_p: Annotated[
         float, typer.Option("--cluster-p", help="Cluster-forming (uncorrected) p.")
@@ -98,6 +103,7 @@ def global_(
                      "(a Neurosynth term loads only that term's column)."),
     ] = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
     report: ReportOption = True,
     force: ForceOption = False,
@@ -105,11 +111,12 @@ def global_(
 ) -> None:
     """ALE of all experiments in INPUTS, with cluster-level FWE correction.
 
-    Writes ale, p, z (and with --iters > 0 the FWE maps, a thresholded z map, cluster
+    Writes stat (the ALE), p, z (and with --iters > 0 the FWE maps, a thresholded z map, cluster
     labels, clusters.tsv, contributions.tsv, nulls.npz) and run.json into --out.
     """
     with _user_errors(), claim_output_dir(out):
         _finite(cluster_p=cluster_p, alpha=alpha, fwhm=fwhm, fdr=fdr)
+        max_iters = _max_iters_used(iters, max_iters)
         workers = _capped_workers(workers)
         check_output_dir(out, force=force, inputs=_input_paths(inputs))
         paths, dataset = _load(inputs, space, tal_transform, sample_size, where,
@@ -117,14 +124,15 @@ def global_(
                                fwhm)
         grid = load_grid(mask)
         chosen = resolve_device(device)
-        with _scheduler(scheduler if iters else None, device) as cluster:
+        with _scheduler(scheduler if iters else None, device, scheduler_timeout) as cluster:
             if not quiet:
                 err.print(
-                    f"{len(dataset)} experiments, {dataset.n_foci} foci, {grid.n_voxels} "
+                    f"{len(dataset)} experiments, {foci_text(dataset.n_foci)}, {grid.n_voxels} "
                     f"in-mask voxels; {_iterations_text(iters, max_iters)} on "
                     f"{_where(chosen, cluster)}",
                     highlight=False,
                 )
+            _warn_ahead(unreachable_message(max_iters if iters == AUTO else iters, alpha))
             # auto: the bar's target is the current checkpoint (the rule moves it on).
             with _progress_bar(max_iters if iters == AUTO else iters, quiet,
                                "Monte Carlo") as progress, _observed_status(iters, quiet):

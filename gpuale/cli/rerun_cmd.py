@@ -12,6 +12,7 @@ from gpuale.cli._shared import (
     DeviceOption,
     QuietOption,
     SchedulerOption,
+    SchedulerTimeoutOption,
     WorkersOption,
     _capped_workers,
     _command,
@@ -25,6 +26,7 @@ from gpuale.cli._shared import (
     err,
 )
 from gpuale.engines import resolve_device
+from gpuale.failsafe import MAX_NULL_STUDIES
 from gpuale.runfolder import REPORT_HTML
 
 RunDirArgument = Annotated[
@@ -51,6 +53,7 @@ def jackknife_(
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     report: DerivedReportOption = True,
     force: DerivedForceOption = False,
     quiet: QuietOption = False,
@@ -72,7 +75,7 @@ def jackknife_(
         analysis = load_recorded_analysis(run_dir)
         chosen = resolve_device(device)
         k, iters = len(analysis.dataset), analysis.settings.iterations
-        with _scheduler(scheduler, device) as cluster:
+        with _scheduler(scheduler, device, scheduler_timeout) as cluster:
             if not quiet:
                 err.print(f"{k} re-runs of {iters} iterations ({k} experiments, "
                           f"{len(analysis.clusters)} cluster(s)) on {_where(chosen, cluster)}",
@@ -99,12 +102,14 @@ def failsafe_(
     run_dir: RunDirArgument,
     minimum: Annotated[
         int | None, typer.Option("--min", help="Null studies of the first probe (default: "
-                                 "as many as the experiments).", min=0, show_default=False),
+                                 "as many as the experiments).", min=0, max=MAX_NULL_STUDIES,
+                                 show_default=False),
     ] = None,
     maximum: Annotated[
         int | None, typer.Option("--max", help="Most null studies tried (default: 5 times "
                                  "the experiments); a cluster significant with them is "
-                                 "reported as above it.", min=1, show_default=False),
+                                 "reported as above it.", min=1, max=MAX_NULL_STUDIES,
+                                 show_default=False),
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the null studies (default: the run's seed).",
@@ -113,6 +118,7 @@ def failsafe_(
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     report: DerivedReportOption = True,
     force: DerivedForceOption = False,
     quiet: QuietOption = False,
@@ -145,7 +151,7 @@ def failsafe_(
             raise ValueError(f"--min {minimum} must be smaller than --max {maximum}")
         chosen = resolve_device(device)
         runs = max_evaluations(len(analysis.clusters), minimum, maximum)
-        with _scheduler(scheduler, device) as cluster:
+        with _scheduler(scheduler, device, scheduler_timeout) as cluster:
             if not quiet:
                 err.print(f"{len(analysis.clusters)} cluster(s), {k} experiments: between "
                           f"{minimum} and {maximum} null studies, at most {runs} re-runs of "

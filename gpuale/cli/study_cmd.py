@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from gpuale.cli._shared import (
     DeviceOption,
     QuietOption,
     SchedulerOption,
+    SchedulerTimeoutOption,
     StudyForceOption,
     _command,
     _progress_bar,
@@ -30,7 +32,7 @@ from gpuale.contrast import (
 from gpuale.engines import resolve_device
 from gpuale.examples import example_path
 from gpuale.inference import iterations_to_reach
-from gpuale.nulls import DaskScheduler
+from gpuale.nulls import MAX_ITERATIONS, DaskScheduler
 from gpuale.runfolder import INDEX_HTML
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
 from gpuale.study import CONCURRENT_ANALYSES, run_study
@@ -57,12 +59,14 @@ def run_study_(
     ] = None,
     max_iters: Annotated[
         int | None,
-        typer.Option("--max-iters", min=1, help="Override the study's max_iters: the most "
+        typer.Option("--max-iters", min=1, max=MAX_ITERATIONS,
+                     help="Override the study's max_iters: the most "
                      f"iterations an auto analysis runs (default {DEFAULT_MAX_ITERS:,})."),
     ] = None,
     device: Annotated[str | None, typer.Option(metavar="DEVICE",
                                                help="Override the study's device.")] = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     concurrent_analyses: Annotated[
         int | None,
         typer.Option("--concurrent-analyses", metavar="N", min=1,
@@ -95,6 +99,7 @@ def run_study_(
     """
     with _user_errors(STUDY_NAMES):
         study = load_study(study_file)
+        _unused_study_options(study, iters, max_iters, scheduler, concurrent_analyses)
         if allow_duplicates:
             study = allowing_duplicates(study)
         out = out or study_file.parent / study.name
@@ -102,7 +107,7 @@ def run_study_(
         devices = ({device} if device is not None
                    else {a.settings.get("device") for a in study.analyses.values()})
         shared = devices.pop() if len(devices) == 1 else None
-        with _scheduler(scheduler, shared) as cluster:
+        with _scheduler(scheduler, shared, scheduler_timeout) as cluster:
             if cluster is not None and not quiet:
                 err.print(f"permutations on {cluster.describe()}", highlight=False)
             if iters == AUTO and not quiet:
@@ -125,7 +130,7 @@ def demo(
         int | None,
         typer.Option("--iters", help=f"Iterations (default: the study's 5,000 on a GPU; "
                      f"{DEMO_CPU_ITERS:,} on a CPU, except for contrasts whose threshold "
-                     "needs more).", min=1),
+                     "needs more).", min=1, max=MAX_ITERATIONS),
     ] = None,
     report: Annotated[
         bool, typer.Option(help="Write each analysis's report.html (needs the report extra); "
@@ -189,6 +194,23 @@ def _demo_on_cpu(study):
     return dataclasses.replace(study, analyses=analyses), kept
 
 
+def _unused_study_options(study, iters, max_iters: int | None, scheduler: str | None,
+                          concurrent_analyses: int | None) -> None:
+    """Options of `gpuale run` that would change nothing are said to, not ignored."""
+    if concurrent_analyses is not None and scheduler is None:
+        warnings.warn(f"--concurrent-analyses {concurrent_analyses} applies with --scheduler "
+                      "only; without a cluster the analyses run one after another (this "
+                      "machine's cores serve one at a time)", stacklevel=2)
+    if max_iters is None:
+        return
+    auto = [name for name, a in study.analyses.items() if a.type == "global"
+            and (iters == AUTO or (iters is None and a.settings["iterations"] == AUTO))]
+    if not auto:
+        fixed = f"--iters {iters:,}" if iters is not None else "the study's fixed iterations"
+        warnings.warn(f"--max-iters {max_iters:,} applies to iterations = \"auto\" only; no "
+                      f"global analysis runs auto here ({fixed})", stacklevel=2)
+
+
 def _run_study(study, out: Path, iters, device, force: bool, quiet: bool,
                scheduler: DaskScheduler | None = None, report: bool = True,
                max_iters: int | None = None,
@@ -201,6 +223,22 @@ def _run_study(study, out: Path, iters, device, force: bool, quiet: bool,
         scheduler=scheduler, report=report, concurrent_analyses=concurrent_analyses,
     )
     if not quiet:
+        for line in _study_table(entries):
+            err.print(line, highlight=False)
         ran = sum(entry["status"] == "ran" for entry in entries)
         err.print(f"{len(entries)} analyses ({ran} run, {len(entries) - ran} reused); "
                   f"open {out / INDEX_HTML}", highlight=False)
+
+
+def _study_table(entries: list[dict]) -> list[str]:
+    """The study's analyses at the end of a run, one line each: what each found and how
+    long it took (a log file's summary; the index.html has the same)."""
+    from gpuale.study import duration_text
+
+    header = ("analysis", "type", "status", "clusters", "time", "result")
+    rows = [(e["name"], e["kind"], e["status"], str(e.get("n_clusters", "-")),
+             "-" if e["status"] == "reused" or "seconds" not in e
+             else duration_text(e["seconds"]), e.get("summary", "")) for e in entries]
+    widths = [max(len(row[k]) for row in (header, *rows)) for k in range(len(header) - 1)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
+            for row in (header, *rows)]

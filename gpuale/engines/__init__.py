@@ -119,7 +119,8 @@ def resolve_device(device: str) -> str:
         if not gpu_available():
             raise DeviceUnavailable(
                 f"device {device!r} asked for a GPU, but CuPy sees none. Install the `gpu` "
-                "extra (pip install 'gpuale[gpu]') on a machine with an NVIDIA GPU, or "
+                "extra (pip install 'gpuale[gpu]', in a clone pip install '.[gpu]'; "
+                "'gpu-cuda13' for CUDA 13) on a machine with an NVIDIA GPU, or "
                 f"{DeviceUnavailable.hint}"
             )
         from gpuale.engines.cuda import device_count
@@ -135,7 +136,7 @@ def resolve_device(device: str) -> str:
     raise ValueError(f"unknown device {device!r}; choose {DEVICES_HELP}")
 
 
-def get_engine(device: str = "cpu") -> Engine:
+def get_engine(device: str = "auto") -> Engine:
     """The engine for a device string (see :func:`resolve_device`): on the CPU the numba
     engine (the numpy engine where numba cannot be imported), on a GPU the CUDA engine."""
     resolved = resolve_device(device)

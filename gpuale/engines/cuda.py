@@ -68,6 +68,9 @@ BLOCK_SIZE = 256
 #: Scatter launch shape: lanes per team (one warp), teams per block, and box-face columns
 #: per team (8 rounds of its lanes: resident teams then cover ~2 adults permutations).
 SCATTER_SHAPE = (32, 8, 256)
+#: Most threads in a scatter block on a GPU: the kernel's __launch_bounds__
+#: (GPUALE_SCATTER_THREADS in kernels/ale_null.cu), which a larger launch would fail.
+SCATTER_MAX_THREADS = 256
 #: Threads per permutation of the passes over the supra-threshold lists (they loop over
 #: longer lists): a null permutation has a few hundred supra-threshold voxels.
 LIST_THREADS = 1024
@@ -367,6 +370,9 @@ class _NullPipeline:
         self.block = (int(block_size),)
         self.max_grid = max_grid
         self.scatter_shape = tuple(int(s) for s in scatter_shape)
+        if xp is not np and self.scatter_shape[0] * self.scatter_shape[1] > SCATTER_MAX_THREADS:
+            raise ValueError(f"scatter blocks of {self.scatter_shape[:2]} threads exceed the "
+                             f"kernel's launch bounds ({SCATTER_MAX_THREADS} threads)")
         self.list_threads = int(list_threads)
         self.perm_columns = np.int32(face_columns(problem)[1])
         if int(self.perm_columns) + self.scatter_shape[2] + 1024 >= 2**31:  # int32 offsets

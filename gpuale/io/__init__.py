@@ -8,7 +8,9 @@ raises :class:`CoordinateFileError` (file, line, problem) for anything wrong wit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import warnings
 from collections import Counter
@@ -114,6 +116,59 @@ _UNKNOWN_FOLDER = (
     "release (one *coordinates.tsv[.gz] with its *metadata.tsv[.gz]) or a parquet Studyset "
     "(studyset.json with analyses.parquet, coordinates.parquet, ...)"
 )
+
+
+#: Tables of a parquet Studyset that its reader may read (beside its manifest).
+_PARQUET_TABLES = ("analyses", "coordinates", "metadata", "annotations", "studies")
+
+
+def input_files(path: PathLike) -> list[Path]:
+    """The files gpuale may read for an input, for its checksum (run.json, a study's
+    fingerprint): of a folder, those of its format, not a note or a figure kept beside
+    them; of a Neurosynth coordinates or metadata file, its release's files too. An
+    unknown folder gives every file below it, a plain file itself.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / SHEET_FILE).is_file():
+            return [path / SHEET_FILE,
+                    *sorted(p for p in (path / FOCI_DIR).rglob("*") if p.is_file())]
+        if is_parquet_studyset(path):
+            return _parquet_files(path)
+        if any(p.name.endswith(("coordinates.tsv", "coordinates.tsv.gz"))
+               for p in path.iterdir()):
+            with contextlib.suppress(CoordinateFileError):
+                return _release_files(path)
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    if path.is_file() and is_parquet_studyset(path):  # its manifest: the folder is read
+        return _parquet_files(path.parent)
+    if path.is_file() and path.name == SHEET_FILE and (path.parent / FOCI_DIR).is_dir():
+        return [path, *sorted(p for p in (path.parent / FOCI_DIR).rglob("*") if p.is_file())]
+    if path.is_file() and path.name.endswith((".tsv", ".tsv.gz")) and any(
+            role in path.name for role in ("coordinates", "metadata")):
+        with contextlib.suppress(CoordinateFileError):
+            return _release_files(path)
+    return [path]
+
+
+def _release_files(path: Path) -> list[Path]:
+    release = find_release(path)
+    files = [release.coordinates, release.metadata]
+    for feature_set in release.features:
+        files += [feature_set.features, *filter(None, [feature_set.vocabulary])]
+    return sorted(files)
+
+
+def _parquet_files(folder: Path) -> list[Path]:
+    manifest = folder / "studyset.json"
+    try:
+        tables = json.loads(manifest.read_text(encoding="utf-8")).get("tables") or {}
+    except (OSError, ValueError, AttributeError):
+        tables = {}
+    if not isinstance(tables, dict):
+        tables = {}
+    named = [folder / str(tables.get(name, f"{name}.parquet")) for name in _PARQUET_TABLES]
+    return [manifest, *sorted(p for p in named if p.is_file())]
 
 
 def detect_format(path: PathLike) -> str:
@@ -324,6 +379,10 @@ def load_dataset(
         raise ValueError("no input files given")
     normalize_space_argument(space)
     check_tal_transform(tal_transform)
+    if sample_size is not None:
+        from gpuale.io.neurosynth import _check_sample_size
+
+        _check_sample_size(sample_size)  # bounded before any file is read
     wanted = set(columns or ())
     if where is not None:
         wanted |= referenced_columns(where)

@@ -22,7 +22,7 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from gpuale.dataset import Dataset, Experiment
+from gpuale.dataset import Dataset, Experiment, foci_text
 from gpuale.io.errors import CoordinateFileWarning
 
 __all__ = [
@@ -175,7 +175,7 @@ def check_duplicates(dataset: Dataset, *, allow: bool = False,
     same_place = bool(first.source) and first.source == second.source
     why = " (the same input given twice)" if same_place else ""
     described = (f"experiments {_describe(first)} and {_describe(second)} are the same "
-                 f"experiment{why}: N = {first.n_subjects} and the same {first.n_foci} foci"
+                 f"experiment{why}: N = {first.n_subjects} and the same {foci_text(first.n_foci)}"
                  f"{more}")
     if not allow:
         raise DuplicateExperimentError(f"{described}; an experiment given twice counts "

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpuale.dataset import NO_SAMPLE_SIZE, Dataset, Experiment
+from gpuale.dataset import MAX_SAMPLE_SIZE, NO_SAMPLE_SIZE, SAMPLE_SIZE_RANGE, Dataset, Experiment
 from gpuale.io.errors import (
     SAMPLE_SIZE_HINT,
     SPACE_HINT,
@@ -601,5 +601,5 @@ def _check_sample_size(sample_size: object) -> None:
     if sample_size is NO_SAMPLE_SIZE:  # a fixed kernel FWHM: no N is needed
         return
     if (isinstance(sample_size, bool) or not isinstance(sample_size, int | np.integer)
-            or sample_size < 1):
-        raise ValueError(f"sample_size must be a whole number >= 1, got {sample_size!r}")
+            or sample_size < 1 or sample_size > MAX_SAMPLE_SIZE):
+        raise ValueError(f"sample_size must be {SAMPLE_SIZE_RANGE}, got {sample_size!r}")

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from gpuale.dataset import Dataset, Experiment
+from gpuale.dataset import MAX_SAMPLE_SIZE, SAMPLE_SIZE_RANGE, Dataset, Experiment
 from gpuale.io.errors import (
     SAMPLE_SIZE_HINT,
     CoordinateFileError,
@@ -110,9 +110,9 @@ class _Contrast:
         mean = float(np.mean([self._number(value, key) for value in values]))
         # NiMARE feeds the mean straight into the kernel width; gpuale's experiments
         # have whole sample sizes, so a fractional mean must be resolved by the user.
-        if mean != round(mean) or mean < 1:
+        if mean != round(mean) or mean < 1 or mean > MAX_SAMPLE_SIZE:
             raise self.error(
-                f"sample size {key}={raw!r} averages {mean:g}; expected a whole number >= 1"
+                f"sample size {key}={raw!r} averages {mean:g}; expected {SAMPLE_SIZE_RANGE}"
             )
         return round(mean)
 

@@ -45,7 +45,13 @@ from collections import defaultdict
 
 import numpy as np
 
-from gpuale.dataset import Dataset, Experiment
+from gpuale.dataset import (
+    MAX_SAMPLE_SIZE,
+    SAMPLE_SIZE_RANGE,
+    Dataset,
+    Experiment,
+    far_focus_problem,
+)
 from gpuale.io.errors import (
     SAMPLE_SIZE_HINT,
     SPACE_HINT,
@@ -189,9 +195,10 @@ class _SleuthParser:
             subjects = float(text)
         except ValueError:
             subjects = math.nan
-        if not math.isfinite(subjects) or subjects != int(subjects) or subjects < 1:
+        if (not math.isfinite(subjects) or subjects != int(subjects) or subjects < 1
+                or subjects > MAX_SAMPLE_SIZE):
             raise self.error(
-                number, f"Subjects={text} is not a sample size; expected a whole number >= 1"
+                number, f"Subjects={text} is not a sample size; expected {SAMPLE_SIZE_RANGE}"
             )
         return int(subjects)
 
@@ -214,7 +221,12 @@ class _SleuthParser:
                     f"{current.label!r}; add the line, or {SAMPLE_SIZE_HINT}",
                 )
             current.subjects = self.sample_size  # the caller's N for experiments without
-        current.foci.append(self._parse_row(number, text))
+        focus = self._parse_row(number, text)
+        far = far_focus_problem(focus)
+        if far:  # named at its own line, and its experiment where it starts
+            raise self.error(number, f"experiment {current.label!r} ({self.path}:"
+                                     f"{current.line}) has {far}")
+        current.foci.append(focus)
 
     def _decimal_comma_fields(self, text: str) -> list[str] | None:
         """The row's numbers with decimal points, where it unambiguously has decimal

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpuale.dataset import Dataset, Experiment
+from gpuale.dataset import MAX_SAMPLE_SIZE, SAMPLE_SIZE_RANGE, Dataset, Experiment
 from gpuale.io.errors import (
     SAMPLE_SIZE_HINT,
     SPACE_HINT,
@@ -78,7 +78,8 @@ MAX_MANIFEST_BYTES = 1 << 20
 #: coordinates), so that a small file of highly compressed rows (a "parquet bomb") is an
 #: error, not all of memory. Each row becomes Python objects (~100 bytes a cell).
 MAX_PARQUET_ROWS = 20_000_000
-PARQUET_EXTRA_HINT = "pip install 'gpuale[parquet]' (pyarrow)"
+PARQUET_EXTRA_HINT = ("pip install 'gpuale[parquet]' (pyarrow; in a clone of gpuale: "
+                      "pip install '.[parquet]')")
 SAMPLE_SIZE_KEYS = ("sample_sizes", "sample_size")
 #: Point spaces that state nothing about MNI or Talairach.
 UNSTATED_SPACES = frozenset({"", "unknown", "other", "none", "nan", "n/a"})
@@ -197,9 +198,9 @@ class _Analysis:
                 continue  # NiMARE treats a zero sample_size as missing
             # NiMARE feeds the mean straight into the kernel width; gpuale's experiments
             # have whole sample sizes, so a fractional mean must be resolved by the user.
-            if mean != round(mean) or mean < 1:
+            if mean != round(mean) or mean < 1 or mean > MAX_SAMPLE_SIZE:
                 raise self.error(
-                    f"{key} = {raw!r} averages {mean:g}; expected a whole number >= 1"
+                    f"{key} = {raw!r} averages {mean:g}; expected {SAMPLE_SIZE_RANGE}"
                 )
             return round(mean)
         return None
@@ -367,7 +368,7 @@ def read_studyset_json(
     for s_index, study in enumerate(data["studies"]):
         if not isinstance(study, Mapping):
             raise CoordinateFileError(path, None, f"study {s_index + 1} is not an object")
-        study_id = str(study.get("id", f"study-{s_index}"))
+        study_id = _given_id(path, study, f"study-{s_index}", f"study {s_index + 1}")
         study_md = study.get("metadata") or {}
         if not isinstance(study_md, Mapping):
             raise CoordinateFileError(path, None, f"study {study_id!r}: 'metadata' is not an "
@@ -381,7 +382,8 @@ def read_studyset_json(
                 raise CoordinateFileError(
                     path, None, f"study {study_id!r}: analysis {a_index + 1} is not an object"
                 )
-            analysis_id = str(body.get("id", f"analysis-{a_index}"))
+            analysis_id = _given_id(path, body, f"analysis-{a_index}",
+                                    f"study {study_id!r}: analysis {a_index + 1}")
             analysis = _Analysis(path, study_id, analysis_id)
             metadata = body.get("metadata") or {}
             if not isinstance(metadata, Mapping):
@@ -480,6 +482,41 @@ def _read_parquet(pq, file: Path, wanted_columns: list[str] | None):
             from None
 
 
+def _given_id(path: Path, body: Mapping, default: str, what: str) -> str:
+    """A study's or analysis's id: ``default`` where it has none, else a string or
+    number (``"id": null`` would name the experiment "None-...")."""
+    if "id" not in body:
+        return default
+    value = body["id"]
+    if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
+        raise CoordinateFileError(path, None, f"{what} has \"id\": {json.dumps(value)}; an id "
+                                              "is a non-empty string (it names the experiment)")
+    return str(value)
+
+
+def _id_column(table, name: str, path: Path) -> list[str]:
+    """A parquet table's id column as strings; an empty cell is an error naming its row."""
+    values = _column(table, name, path)
+    for row, value in enumerate(values):
+        if value is None or not str(value).strip():
+            raise CoordinateFileError(path, None, f"row {row + 1}: the {name} cell is empty")
+    return [str(v) for v in values]
+
+
+def _coordinate_column(table, name: str, path: Path) -> np.ndarray:
+    """Column x, y or z as numbers; one that is not is an error naming its file and row."""
+    values = _column(table, name, path)
+    try:
+        return np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        for row, value in enumerate(values):
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, numbers.Real) and math.isnan(_number(value))):
+                raise CoordinateFileError(path, None, f"row {row + 1}: {name} = {value!r} is "
+                                                      "not a number") from None
+        raise
+
+
 def _column(table, name: str, path: Path) -> list:
     if name not in table.schema.names:
         raise CoordinateFileError(
@@ -546,9 +583,9 @@ def read_studyset_parquet(
     n_file, notes_t = read("annotations", False, ["id", *wanted])
     s_file, studies_t = read("studies", False, ["study_id", "name", "authors", "publication"])
 
-    full_ids = [str(v) for v in _column(analyses, "id", a_file)]
-    study_ids = [str(v) for v in _column(analyses, "study_id", a_file)]
-    contrast_ids = [str(v) for v in _column(analyses, "contrast_id", a_file)]
+    full_ids = _id_column(analyses, "id", a_file)
+    study_ids = _id_column(analyses, "study_id", a_file)
+    contrast_ids = _id_column(analyses, "contrast_id", a_file)
     names = (_column(analyses, "name", a_file) if "name" in analyses.schema.names
              else [None] * len(full_ids))
     row_of = {}
@@ -568,11 +605,7 @@ def read_studyset_parquet(
                                   f"row {bad + 1}: analysis {c_ids[bad]!r} is not in "
                                   f"{a_file.name} (nor are {int((c_rows < 0).sum()) - 1} more "
                                   "rows' analyses)")
-    xyz = np.column_stack([
-        np.asarray([math.nan if v is None else v for v in _column(coords, a, c_file)],
-                   dtype=np.float64)
-        for a in ("x", "y", "z")
-    ])
+    xyz = np.column_stack([_coordinate_column(coords, a, c_file) for a in ("x", "y", "z")])
     c_space = (_column(coords, "space", c_file) if "space" in coords.schema.names
                else [None] * len(c_ids))
     order = np.argsort(c_rows, kind="stable")

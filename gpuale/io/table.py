@@ -53,7 +53,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gpuale.dataset import Dataset, Experiment
+from gpuale.dataset import (
+    MAX_SAMPLE_SIZE,
+    SAMPLE_SIZE_RANGE,
+    Dataset,
+    Experiment,
+    far_focus_problem,
+)
 from gpuale.io.errors import (
     SAMPLE_SIZE_HINT,
     CoordinateFileError,
@@ -314,11 +320,11 @@ def _parse_sample_size(table: _Table, row: _Row, column: str | None) -> int | No
     if column is None or row.cells[column].lower() in MISSING_VALUES:
         return None
     value = _parse_float(table, row, column)
-    if value != int(value) or value < 1:
+    if value != int(value) or value < 1 or value > MAX_SAMPLE_SIZE:
         raise CoordinateFileError(
             table.path,
             row.line,
-            f"column {column} is {row.cells[column]!r}; a sample size is a whole number >= 1",
+            f"column {column} is {row.cells[column]!r}; a sample size is {SAMPLE_SIZE_RANGE}",
         )
     return int(value)
 
@@ -506,6 +512,15 @@ class _Group:
     values: list[dict[str, float | str | None]] = dataclasses.field(default_factory=list)
 
 
+def _focus(table: _Table, row: _Row, columns) -> tuple[float, float, float]:
+    """A row's x, y, z; a focus far outside any brain is an error naming its line."""
+    xyz = tuple(_parse_float(table, row, axis) for axis in columns)
+    far = far_focus_problem(xyz)
+    if far:
+        raise CoordinateFileError(table.path, row.line, far)
+    return xyz
+
+
 def _group_rows(table: _Table, columns: _Columns) -> dict[str, _Group]:
     """Rows by experiment id, checking that N and space are constant and ids distinct."""
     groups: dict[str, _Group] = {}
@@ -513,7 +528,7 @@ def _group_rows(table: _Table, columns: _Columns) -> dict[str, _Group]:
         key = _experiment_key(table, row, columns.experiment)
         exp_id = _experiment_id(key)
         fields = _row_fields(table, row, columns)
-        xyz = tuple(_parse_float(table, row, axis) for axis in table.find(COORDINATE_COLUMNS))
+        xyz = _focus(table, row, table.find(COORDINATE_COLUMNS))
         group = groups.get(exp_id)
         if group is None:
             group = groups[exp_id] = _Group(key, row.line, fields)
@@ -615,7 +630,7 @@ def _read_foci_file(path: Path) -> tuple[list[tuple[float, float, float]], dict,
     if not table.rows:
         raise CoordinateFileError(path, None, "no foci (the file has only a header)")
     columns = table.find(COORDINATE_COLUMNS)
-    foci = [tuple(_parse_float(table, row, c) for c in columns) for row in table.rows]
+    foci = [_focus(table, row, columns) for row in table.rows]
     attributes = {
         name: [table.value(row.cells[name]) for row in table.rows]
         for name in table.columns if name not in columns

@@ -9,6 +9,7 @@ from gpuale.report.html import (
     INSTALL_HINT,
     ReportUnavailable,
     report_available,
+    report_is_current,
     write_report,
     write_study_index,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "INSTALL_HINT",
     "ReportUnavailable",
     "report_available",
+    "report_is_current",
     "write_report",
     "write_study_index",
 ]

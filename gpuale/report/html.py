@@ -9,7 +9,9 @@ objects.
 from __future__ import annotations
 
 import dataclasses
+import html
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -19,9 +21,11 @@ from urllib.parse import quote
 
 import numpy as np
 
+from gpuale.dataset import foci_text
 from gpuale.report.methods import (
     CONNECTIVITY_TEXT,
     RECOMMENDED_ITERATIONS,
+    gate_text,
     methods_conjunction,
     methods_contrast,
     methods_global,
@@ -35,19 +39,16 @@ from gpuale.report.parts import (
     Page,
     Section,
     _cards,
-    _cluster_table,
-    _ClusterColumn,
     _environment_rows,
     _esc,
     _figure,
     _fmt,
     _group_selection_text,
     _Html,
-    _labels,
+    _macm_section,
     _methods_section,
     _note,
-    _peak,
-    _peak_text,
+    _results_sections,
     _seconds,
     _selection_text,
     _settings_table,
@@ -60,13 +61,12 @@ from gpuale.runfolder import (
     INDEX_HTML,
     JACKKNIFE_JSON,
     REPORT_HTML,
+    RUN_JSON,
     SELECTION_KEY,
     TFCE_KEY,
     Z_THRESHOLDED,
     RunFolder,
     input_name,
-    is_cluster_row,
-    map_file,
     open_run,
 )
 
@@ -81,11 +81,9 @@ __all__ = [
 REPORT_FILE = REPORT_HTML
 INDEX_FILE = INDEX_HTML
 #: How to get what reports need.
-INSTALL_HINT = "pip install 'gpuale[report]'"
+INSTALL_HINT = "pip install 'gpuale[report]' (in a clone of gpuale: pip install '.[report]')"
 UNAVAILABLE_MESSAGE = f"HTML reports need matplotlib, which is not installed: {INSTALL_HINT}"
 UNKNOWN_KIND_MESSAGE = "{run_json}: unknown analysis kind {kind!r}; reports exist for {known}"
-#: Slice figures are drawn for this many clusters at most, the largest first.
-MAX_SLICE_CLUSTERS = 10
 #: Contributors listed per cluster.
 TOP_CONTRIBUTORS = 5
 TITLES = {
@@ -95,8 +93,6 @@ TITLES = {
     "conjunction": "Conjunction (minimum statistic)",
 }
 INDEX_TITLE = "gpuale study"
-NO_FIGURES_TEXT = "No figures: {reason}."
-NO_MAP_TEXT = "This run has no thresholded map (no Monte Carlo iterations), so no figures."
 FEW_ITERATIONS_TEXT = (
     "{n:,} Monte Carlo iterations: thresholds are imprecise (see their 95% intervals); "
     "Eickhoff et al. (2016) recommend at least {recommended:,}."
@@ -115,7 +111,8 @@ OLD_CONTRIBUTIONS_TEXT = (
     "are in contributions.tsv."
 )
 MAIN_EFFECT_COMPUTED = "computed for this contrast"
-CONTRAST_PEAKS_TEXT = "largest |ALE_A - ALE_B| (z saturates at the permutation floor)"
+CONTRAST_PEAKS_TEXT = ("largest |ALE_A - ALE_B|; sub-peaks: local maxima of |ALE_A - ALE_B|, "
+                       "by decreasing difference (z is capped at the permutation floor)")
 CONJUNCTION_DIRECTIONS_TEXT = (
     "positive: every input > 0 (A > B where inputs are contrasts); negative: every input < 0 "
     "(B > A), as separate clusters"
@@ -140,83 +137,6 @@ def report_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def _map_figures(run: RunFolder, map_name: str, labels: dict[str, list[str]],
-                 colorbar_labels: tuple[str, str]) -> tuple[str, str]:
-    """Glass brain and per-cluster slices of ``map_name``: (glass brain HTML, slices HTML)."""
-    from gpuale.grid import default_mask_path
-    from gpuale.report import figures
-    from gpuale.report.atlas import template_path
-
-    if not run.has_map(map_name):
-        return f"<p>{_esc(NO_MAP_TEXT)}</p>", ""
-    out = run.path / FIGURES_DIR
-    out.mkdir(exist_ok=True)
-    for stale in out.glob("cluster_*_slices.png"):
-        stale.unlink()  # a re-written report may have fewer clusters than the last one
-    background = figures.load_background(template_path(), default_mask_path())
-    try:
-        overlay = figures.load_volume(run.map_path(map_name))
-    except figures.FigureError as error:
-        # An oblique user mask: the tables and text still make a useful report.
-        return f"<p>{_esc(NO_FIGURES_TEXT.format(reason=error))}</p>", ""
-    peaks = [(str(int(c["cluster"])), _peak(c)) for c in run.clusters()]
-    figures.glass_brain_figure(background, overlay, peaks, out / "glass_brain.png",
-                               colorbar_labels=colorbar_labels)
-    glass = _figure(
-        f"{FIGURES_DIR}/glass_brain.png",
-        f"Maximum-intensity projections of {map_file(map_name)} over the outline of the brain "
-        "(numbers: cluster peaks).",
-        "glass brain",
-    )
-    return glass, _slice_figures(run, background, overlay, labels, colorbar_labels)
-
-
-def _slice_figures(run: RunFolder, background, overlay, labels: dict[str, list[str]],
-                   colorbar_labels: tuple[str, str]) -> str:
-    from gpuale.report import figures
-
-    clusters = run.clusters()
-    order = sorted(range(len(clusters)), key=lambda k: (-float(clusters[k]["size_voxels"]), k))
-    parts = []
-    for k in order[:MAX_SLICE_CLUSTERS]:
-        row = clusters[k]
-        number = int(row["cluster"])
-        name = f"cluster_{number:02d}_slices.png"
-        label = labels[LABEL_ATLASES[0]][k]
-        title = f"Cluster {number}: peak {_peak_text(row)}, {int(row['size_voxels'])} voxels"
-        figures.slice_figure(background, overlay, _peak(row), run.path / FIGURES_DIR / name,
-                             title=title, colorbar_labels=colorbar_labels)
-        parts.append(_figure(f"{FIGURES_DIR}/{name}", f"{title}. {label}.", f"cluster {number}",
-                             link=True))
-    if not parts:
-        return ""
-    shown = (f" the {MAX_SLICE_CLUSTERS} largest of {len(order)} clusters"
-             if len(order) > MAX_SLICE_CLUSTERS else " each cluster")
-    caption = (f'<p class="lead">Thresholded map over the {_esc(background.description)} '
-               f"template, through the peak (green cross) of{shown}; click to enlarge.</p>")
-    return caption + '<div class="slices">' + "\n".join(parts) + "</div>"
-
-
-def _results_sections(run: RunFolder, map_name: str, columns: Sequence[_ClusterColumn],
-                      colorbar_labels: tuple[str, str]) -> tuple[list[Section], dict]:
-    # Labels at every peak and sub-peak, in one pass over each atlas; figures and
-    # contributions take those of the clusters' own peaks.
-    peaks = run.peaks()
-    peak_labels = _labels(peaks)
-    mains = [k for k, row in enumerate(peaks) if is_cluster_row(row)]
-    labels = {atlas: [found[k] for k in mains] for atlas, found in peak_labels.items()}
-    glass, slices = _map_figures(run, map_name, labels, colorbar_labels)
-    # Without a thresholded map there are no clusters to tabulate either.
-    table = _cluster_table(peaks, peak_labels, columns) if run.has_map(map_name) else ""
-    sections = [Section("clusters", "Clusters", glass + table)]
-    if slices:
-        sections.append(Section("slices", "Cluster slices", slices))
-    return sections, labels
 
 
 # --------------------------------------------------------------------------- global ALE
@@ -282,48 +202,6 @@ def _global_dataset(run: RunFolder) -> Section:
     return Section("dataset", "Dataset", body)
 
 
-def _macm_section(run: RunFolder) -> Section | None:
-    """A MACM's seed region (on the glass brain), database and selection."""
-    macm = run.record.get("macm")
-    if not macm:
-        return None
-    from gpuale.grid import default_mask_path
-    from gpuale.report import figures
-    from gpuale.report.atlas import template_path
-
-    roi, database, selected = macm["roi"], macm["database"], macm["selected"]
-    if roi.get("kind") == "sphere":
-        c = roi["center_mm"]
-        seed = f"sphere, centre ({c[0]:g}, {c[1]:g}, {c[2]:g}) mm, radius {roi['radius_mm']:g} mm"
-    else:
-        seed = (f"{roi.get('path')} (sha256 {str(roi.get('sha256', ''))[:12]})"
-                + ("; resampled to the analysis grid by nearest neighbour"
-                   if roi.get("resampled") else ""))
-    rows = [
-        ("Seed region", seed),
-        ("Seed voxels", f"{roi.get('n_voxels', 0):,} ({roi.get('n_voxels_in_mask', 0):,} in "
-                        f"the brain mask; {roi.get('volume_mm3', 0):,.0f} mm³)"),
-        ("Database", f"{database['n_experiments']:,} experiments, {database['n_foci']:,} foci"),
-        ("Selected", f"{selected['n_experiments']:,} experiments, {selected['n_foci']:,} foci "
-                     "(at least one focus in the seed; NiMARE's get_studies_by_mask)"),
-        ("Null", macm.get("null")),
-    ]
-    body = _settings_table(rows)
-    out = run.path / FIGURES_DIR
-    out.mkdir(exist_ok=True)
-    try:
-        background = figures.load_background(template_path(), default_mask_path())
-        overlay = figures.load_volume(run.map_path("roi"))
-        figures.glass_brain_figure(background, overlay, [], out / "roi_glass_brain.png",
-                                   colorbar_labels=("ROI", "-"))
-        body += _figure(f"{FIGURES_DIR}/roi_glass_brain.png",
-                        "The seed region (roi.nii.gz) over the outline of the brain.",
-                        "seed region")
-    except figures.FigureError as error:
-        body += f"<p>{_esc(NO_FIGURES_TEXT.format(reason=error))}</p>"
-    return Section("macm", "MACM seed and selection", body)
-
-
 def _experiment_details(experiments: Sequence[dict]) -> str:
     rows = [(e.get("id"), e.get("n_subjects"), e.get("n_foci"), e.get("space"),
              f"{e.get('fwhm_mm', float('nan')):.2f}") for e in experiments]
@@ -354,7 +232,8 @@ def _contributions(run: RunFolder, labels: dict[str, list[str]]) -> Section | No
             f'<span class="contributor"><b>{float(r["contribution_pct"]):.1f}%</b> '
             f"{_esc(r['experiment'])} <span class=\"muted\">("
             + (f"jackknife {float(r['jackknife']):.3f}, " if jackknife else "")
-            + f"{int(r['foci_in_cluster'])} foci, N = {_count(r['n_subjects'])})</span></span>"
+            + f"{foci_text(int(r['foci_in_cluster']))}, N = {_count(r['n_subjects'])})"
+            + "</span></span>"
             for r in mine[:TOP_CONTRIBUTORS]
         )
         table_rows.append((int(cluster["cluster"]), labels[LABEL_ATLASES[0]][k], with_foci,
@@ -601,6 +480,8 @@ def _contrast_groups(run: RunFolder) -> Section:
     for name, group in run.record.get("groups", {}).items():
         inputs = "<br>".join(_esc(input_name(i)) for i in group.get("inputs", [])) or "-"
         main = group.get("main_effect") or (MAIN_EFFECT_COMPUTED if gated else MAIN_EFFECT_UNUSED)
+        if gated and group.get("main_effect_settings"):
+            main = f"{main} ({gate_text(group['main_effect_settings'])})"
         row = (name, group.get("n_experiments"), group.get("n_foci"), _Html(inputs), main)
         if selections:
             row += (_group_selection_text(selections.get(name)),)
@@ -612,10 +493,26 @@ def _contrast_groups(run: RunFolder) -> Section:
     return Section("groups", "Groups", table)
 
 
+def _capped_z_text(record: dict) -> str:
+    """What a contrast's cluster table's z means at the permutation floor."""
+    from gpuale.contrast import smallest_p
+
+    n = int(record.get("settings", {}).get("iterations", 0))
+    floor = smallest_p(record.get("mode"), n) if n >= 1 else None
+    where = f" (p = {floor:.3g} with {n:,} splits)" if floor is not None else ""
+    return ("Peaks are ordered by |ALE_A − ALE_B|, not z: z is capped at the permutation "
+            f"floor{where}, where no random split reaches the observed difference; "
+            "“≥” marks a z at that floor, which says only “at least this”, so a sub-peak's "
+            "z may exceed its cluster peak's.")
+
+
 def _contrast_page(run: RunFolder) -> Page:
     record = run.record
     results, _ = _results_sections(run, Z_THRESHOLDED, CONTRAST_CLUSTER_COLUMNS,
                                    CONTRAST_COLORBARS)
+    if results and any("z_capped" in row for row in run.peaks()):
+        results[0] = dataclasses.replace(
+            results[0], body=results[0].body + _note([_capped_z_text(record)]))
     settings_section = _contrast_settings(run)
     settings_section = dataclasses.replace(
         settings_section, body=_note(_contrast_notes(record)) + settings_section.body)
@@ -637,6 +534,30 @@ def _contrast_page(run: RunFolder) -> Page:
 # --------------------------------------------------------------------------- conjunction
 
 
+def _empty_conjunction_text(record: dict) -> str:
+    """Why a conjunction has no cluster: how many voxels each input has, and how many
+    each pair shares (read from the input maps where they are still there)."""
+    import nibabel as nib
+
+    text = ("No cluster: no voxel lies in every input at once (or not enough of them for "
+            "the minimum volume), so the minimum statistic is zero everywhere and the "
+            "brains below are blank.")
+    names, masks = [], []
+    for entry in record.get("inputs", []):
+        path = Path(str(entry.get("path", "")))
+        try:
+            masks.append(np.asanyarray(nib.load(path).dataobj) != 0)
+        except (OSError, ValueError, nib.filebasedimages.ImageFileError):
+            return text
+        names.append(path.parent.name if path.name.startswith(Z_THRESHOLDED) else path.name)
+    if len(masks) < 2 or len({m.shape for m in masks}) != 1:
+        return text
+    each = "; ".join(f"{n} {int(m.sum()):,}" for n, m in zip(names, masks))
+    pairs = "; ".join(f"{names[i]} and {names[j]} {int((masks[i] & masks[j]).sum()):,}"
+                      for i in range(len(masks)) for j in range(i + 1, len(masks)))
+    return f"{text} Voxels on in each input: {each}. Shared by two of them: {pairs}."
+
+
 def _conjunction_page(run: RunFolder) -> Page:
     record = run.record
     inputs = "<br>".join(_esc(input_name(i)) for i in record.get("inputs", [])) or "-"
@@ -652,6 +573,9 @@ def _conjunction_page(run: RunFolder) -> Page:
     ]
     results, _ = _results_sections(run, CONJUNCTION_MAP, CONJUNCTION_CLUSTER_COLUMNS,
                                    GLOSSARY_Z)
+    if not run.clusters() and results:  # say why the brains are blank
+        results[0] = dataclasses.replace(
+            results[0], body=_note([_empty_conjunction_text(record)]) + results[0].body)
     body = _note(list(record.get("warnings", []))) + _settings_table(rows)
     sections = [Section("settings", "Settings", body), *results,
                 _methods_section(*methods_conjunction(record))]
@@ -770,6 +694,35 @@ def write_report(run_dir: str | Path) -> Path:
     out = run.path / REPORT_FILE
     _write_atomic(out, _render(page, _footer(str(run.path)), __version__))
     return out
+
+
+def report_is_current(run_dir: str | Path) -> bool:
+    """Whether ``run_dir``'s report.html can be kept as it is: written (with its figures)
+    after the run's run.json, by this gpuale version (its ``generator`` meta tag).
+
+    A study keeps the reports of the analyses it reuses when they are current, rather
+    than drawing every figure again (seconds each)."""
+    from gpuale._version import __version__
+
+    folder = Path(run_dir)
+    report = folder / REPORT_FILE
+    try:
+        drawn = report.stat().st_mtime
+        # The run, or a jackknife or fail-safe N written since, is newer than its report.
+        if any((folder / name).exists() and (folder / name).stat().st_mtime > drawn
+               for name in (RUN_JSON, JACKKNIFE_JSON, FAILSAFE_JSON)):
+            return False
+        head = report.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return False
+    found = re.search(r'<meta name="generator" content="gpuale ([^"]*)">', head)
+    if found is None or html.unescape(found[1]) != __version__:
+        return False
+    # Every figure the page shows is still there.
+    text = report.read_text(encoding="utf-8", errors="replace")
+    return all((folder / html.unescape(src)).is_file()
+               for src in re.findall(r'<img src="([^"]+)"', text)
+               if not src.startswith(("data:", "http:", "https:")))
 
 
 #: Keys each entry of ``write_study_index`` needs.

