@@ -31,7 +31,7 @@ def main(out: Path, scale_iters: int) -> dict:
     result["database"] = run["macm"]["database"]
     result["selected_foci"] = run["macm"]["selected"]["n_foci"]
     theirs = np.load(out / "nimare_macm0.npz")
-    ale = _vector(out / "g_macm0" / "ale.nii.gz", grid)
+    ale = _vector(out / "g_macm0" / "stat.nii.gz", grid)
     z = _vector(out / "g_macm0" / "z.nii.gz", grid)
     result["max_abs_dALE"] = float(np.max(np.abs(ale - theirs["stat"])))
     result["max_abs_dz"] = float(np.max(np.abs(z - theirs["z"])))

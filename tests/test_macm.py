@@ -122,7 +122,8 @@ def test_cli_macm_writes_the_roi_and_the_selection(release, tmp_path):
     assert macm["roi"]["kind"] == "sphere" and macm["roi"]["radius_mm"] == 30
     assert macm["database"]["n_experiments"] == 40
     assert macm["selected"]["n_experiments"] == record["n_experiments"]
-    assert (out / "roi.nii.gz").is_file() and (out / "z_desc-size_level-cluster.nii.gz").exists()
+    assert (out / "roi.nii.gz").is_file()
+    assert (out / "z_desc-size_level-cluster_corr-FWE_method-montecarlo.nii.gz").exists()
     assert "selected" in result.output
 
 
@@ -152,8 +153,11 @@ def test_cli_scale_writes_nimare_map_names_and_the_same_counts_on_both_cpu_engin
         assert "no cluster-level FWE for SCALE" in " ".join(result.output.split())
         folders[device] = out
     names = {p.name for p in folders["cpu-numpy"].iterdir()}
-    assert {"stat.nii.gz", "logp.nii.gz", "z.nii.gz", "logp_level-voxel.nii.gz",
-            "z_level-voxel.nii.gz", "roi.nii.gz", "run.json", "nulls.npz"} <= names
+    # NiMARE's names: SCALE's fit, then FWECorrector(method="montecarlo")'s suffix.
+    assert {"stat.nii.gz", "logp.nii.gz", "z.nii.gz",
+            "logp_level-voxel_corr-FWE_method-montecarlo.nii.gz",
+            "z_level-voxel_corr-FWE_method-montecarlo.nii.gz", "roi.nii.gz", "run.json",
+            "nulls.npz"} <= names
     a, b = (np.load(folders[d] / "nulls.npz") for d in folders)
     np.testing.assert_array_equal(a["exceedance_counts"], b["exceedance_counts"])
     np.testing.assert_array_equal(a["max_ale"], b["max_ale"])

@@ -605,7 +605,8 @@ def _scale_page(run: RunFolder) -> Page:
                             f"permutation): {scale['n_voxels_p_fwe_below_alpha']:,} voxels"),
         ("Cluster-level FWE", "none for SCALE: its voxel-specific nulls give no single null "
                               "for cluster sizes (NiMARE's SCALE has none either)"),
-        ("Maps", "stat, logp, z, logp_level-voxel, z_level-voxel (NiMARE's names), roi"),
+        ("Maps", "stat, logp, z, logp_level-voxel_corr-FWE_method-montecarlo, "
+                 "z_level-voxel_corr-FWE_method-montecarlo (NiMARE's names), roi"),
     ]
     settings = Section("settings", "SCALE", _note(list(record.get("warnings", [])))
                        + _settings_table(rows))
