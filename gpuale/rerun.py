@@ -31,7 +31,7 @@ from gpuale.failsafe import (
 )
 from gpuale.grid import Grid, load_grid
 from gpuale.io import load_dataset
-from gpuale.io.checksum import file_checksum
+from gpuale.io.checksum import earlier_file_checksum, file_checksum
 from gpuale.jackknife import (
     JACKKNIFE_COLUMNS,
     JACKKNIFE_METHOD,
@@ -330,7 +330,9 @@ def _check_unchanged(run: RunFolder, paths: list[Path]) -> None:
         if not path.exists():
             raise ValueError(f"input {str(path)!r} of {run.run_json} no longer exists; "
                              "the run cannot be repeated without it")
-        if entry.get("sha256") and file_checksum(path) != entry["sha256"]:
+        # A run.json of an earlier gpuale may hold the checksum it took then.
+        if entry.get("sha256") and file_checksum(path) != entry["sha256"] \
+                and earlier_file_checksum(path) != entry["sha256"]:
             raise ValueError(f"input {str(path)!r} changed since {run.run_json} was "
                              "written (checksum); the run cannot be repeated on it")
 

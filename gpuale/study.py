@@ -41,7 +41,7 @@ from gpuale.contrast import (
     run_contrast,
 )
 from gpuale.contrast import unreachable_message as contrast_unreachable
-from gpuale.dataset import Dataset
+from gpuale.dataset import Dataset, foci_text
 from gpuale.grid import Grid, load_grid
 from gpuale.io import DuplicateExperimentWarning, load_dataset
 from gpuale.macm import roi_from_image, roi_from_sphere, run_macm
@@ -51,9 +51,10 @@ from gpuale.schedulers import RunInterrupted, Scheduler
 from gpuale.selection import median_split, referenced_columns, select
 from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
 from gpuale.studyfile import (
+    _EARLIER,
     Analysis,
     Study,
-    _fingerprint,
+    _fingerprints,
     _input_paths,
     _named_inputs,
     _problem,
@@ -324,8 +325,9 @@ def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
         settings["device"] = device
     analysis = dataclasses.replace(analysis, settings=settings)
     folder = out_dir / analysis.name
-    fingerprint = _fingerprint(analysis, study, fingerprints)
+    fingerprint, earlier = _fingerprints(analysis, study, fingerprints)
     fingerprints[analysis.name] = fingerprint
+    fingerprints[_EARLIER + analysis.name] = earlier
     extra = {runfolder.STUDY_FINGERPRINT_KEY: fingerprint,
              runfolder.STUDY_NAME_KEY: study.name,
              runfolder.STUDY_ANALYSIS_KEY: analysis.name,
@@ -337,7 +339,8 @@ def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
     if analysis.type in ("global", "macm") and analysis.name not in datasets:
         datasets[analysis.name] = _global_dataset(analysis, study)
     started = time.perf_counter()
-    reuse = not force and runfolder.finished_with(folder, fingerprint)
+    reuse = not force and (runfolder.finished_with(folder, fingerprint) or (
+        earlier != fingerprint and runfolder.finished_with(folder, earlier)))
     if not reuse:
         log(f"{analysis.name}: {analysis.type} ...")
         total = (settings["max_iters"] or DEFAULT_MAX_ITERS if settings["iterations"] == AUTO
@@ -737,7 +740,7 @@ def _summarise(folder: Path) -> dict:
     run = runfolder.open_run(folder)
     record, n = run.record, run.n_clusters
     if run.kind == "ale":
-        text = (f"{record['n_experiments']} experiments, {record['n_foci']} foci; "
+        text = (f"{record['n_experiments']} experiments, {foci_text(record['n_foci'])}; "
                 f"{n} significant cluster(s)")
         stopping = record.get(runfolder.STOPPING_KEY)
         if stopping:  # iterations = "auto": where the rule stopped, and why

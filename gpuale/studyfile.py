@@ -64,7 +64,7 @@ from gpuale.contrast import (
     BALANCED_MODE,
 )
 from gpuale.examples import example_name, resolve_input
-from gpuale.io.checksum import file_checksum
+from gpuale.io.checksum import earlier_file_checksum, file_checksum
 from gpuale.nullspecs import BALANCED_NULLS
 from gpuale.stopping import AUTO
 
@@ -586,7 +586,33 @@ def _check_balanced_keys(path: Path, key: str, table: dict) -> None:
                                  "number of at least 1")
 
 
+#: Where ``fingerprints`` keeps an analysis's fingerprint as an earlier gpuale took it.
+_EARLIER = "\0earlier:"
+
+
 def _fingerprint(analysis: Analysis, study: Study, upstream: dict[str, str]) -> str:
+    return _fingerprints(analysis, study, upstream)[0]
+
+
+def _fingerprints(analysis: Analysis, study: Study,
+                  upstream: dict[str, str]) -> tuple[str, str]:
+    """The analysis's fingerprint, and the one an earlier gpuale recorded for it (before a
+    folder's checksum covered only the files its reader reads; the same where nothing
+    it depends on is such a folder), so that a study written then is still reused."""
+    checksums = {name: [file_checksum(p) for p in study.inputs[name]]
+                 for name in analysis.spec.get("inputs", [])}
+    earlier = {name: [earlier_file_checksum(p) or checksum
+                      for p, checksum in zip(study.inputs[name], checksums[name])]
+               for name in checksums}
+    return (_fingerprint_of(analysis, study, checksums,
+                            {dep: upstream[dep] for dep in analysis.depends_on}),
+            _fingerprint_of(analysis, study, earlier,
+                            {dep: upstream.get(_EARLIER + dep, upstream[dep])
+                             for dep in analysis.depends_on}))
+
+
+def _fingerprint_of(analysis: Analysis, study: Study, checksums: dict[str, list[str]],
+                    upstream: dict[str, str]) -> str:
     payload = {
         "gpuale": __version__,
         "type": analysis.type,
@@ -595,11 +621,8 @@ def _fingerprint(analysis: Analysis, study: Study, upstream: dict[str, str]) -> 
         # finished before the setting existed is reused.
         "settings": {k: v for k, v in analysis.settings.items() if k != "allow_duplicates"
                      and not (k == "max_iters" and not _max_iters_used(analysis.settings))},
-        "inputs": {
-            name: [file_checksum(p) for p in study.inputs[name]]
-            for name in analysis.spec.get("inputs", [])
-        },
-        "upstream": {dep: upstream[dep] for dep in analysis.depends_on},
+        "inputs": checksums,
+        "upstream": upstream,
     }
     if analysis.spec.get("roi"):  # a MACM's seed image: its contents, not its name
         payload["roi"] = file_checksum(analysis.spec["roi"])
