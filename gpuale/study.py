@@ -92,7 +92,7 @@ from gpuale.contrast import (
     run_contrast,
 )
 from gpuale.contrast import unreachable_message as contrast_unreachable
-from gpuale.dataset import Dataset
+from gpuale.dataset import Dataset, foci_text
 from gpuale.examples import example_name, resolve_input
 from gpuale.grid import Grid, load_grid
 from gpuale.io import DuplicateExperimentWarning, load_dataset
@@ -1392,7 +1392,7 @@ def _summarise(folder: Path) -> dict:
     run = runfolder.open_run(folder)
     record, n = run.record, run.n_clusters
     if run.kind == "ale":
-        text = (f"{record['n_experiments']} experiments, {record['n_foci']} foci; "
+        text = (f"{record['n_experiments']} experiments, {foci_text(record['n_foci'])}; "
                 f"{n} significant cluster(s)")
         stopping = record.get(runfolder.STOPPING_KEY)
         if stopping:  # iterations = "auto": where the rule stopped, and why

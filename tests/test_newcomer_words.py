@@ -37,6 +37,19 @@ def test_one_focus_is_a_focus():
     assert (foci_text(1), foci_text(0), foci_text(2)) == ("1 focus", "0 foci", "2 foci")
 
 
+def test_a_study_line_and_table_say_1_focus(tmp_path):
+    """Each analysis's result line and the summary table of `gpuale run` (issue 26,
+    item 8) count foci in words too: "1 focus", never "1 foci"."""
+    (tmp_path / "one.txt").write_text("// Reference=MNI\n// One\n// Subjects=10\n10 10 10\n")
+    (tmp_path / "s.toml").write_text('[study]\nname = "one"\niterations = 5\n'
+                                     '[inputs]\na = "one.txt"\n'
+                                     '[analyses.g]\ntype = "global"\ninput = "a"\n')
+    result = runner.invoke(cli.app, ["run", str(tmp_path / "s.toml"), "--device", "cpu",
+                                     "--no-report", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "1 focus;" in result.output and "1 foci" not in result.output
+
+
 def test_the_command_line_hints_in_options_not_python_arguments(tmp_path):
     table = tmp_path / "t.csv"
     table.write_text("publication,contrast,x,y,z,n\nA,c1,1,2,3,5\nA,c2,4,5,6,5\n")
