@@ -605,7 +605,8 @@ def main(
 #: ``force=True``); the command line says the same with its flags.
 FLAG_HINTS = {
     "force": "choose another --out or pass --force to replace it",
-    "space": "state the space with --space MNI|TAL",
+    "space": "state the space with --space MNI|TAL (in a study file: space = \"MNI\" "
+             "or \"TAL\")",
     "overlap": "pass --overlap keep or --overlap drop",
     "device": "use --device cpu",
     "main_effect": "pass each group's own `gpuale global` run folder as --main-a and --main-b",

@@ -50,6 +50,19 @@ def test_a_study_line_and_table_say_1_focus(tmp_path):
     assert "1 focus;" in result.output and "1 foci" not in result.output
 
 
+def test_gpuale_run_is_told_the_study_key_for_an_unknown_space(tmp_path):
+    """`gpuale run` has no --space option: a study that needs the space is told the study
+    file's key as well (as for allow_duplicates), not only the flag of `gpuale global`."""
+    (tmp_path / "t.csv").write_text("experiment,x,y,z,n\ne1,1,2,3,5\ne2,4,5,6,5\n")
+    (tmp_path / "s.toml").write_text('[study]\nname = "s"\niterations = 5\n'
+                                     '[inputs]\na = "t.csv"\n'
+                                     '[analyses.g]\ntype = "global"\ninput = "a"\n')
+    result = runner.invoke(cli.app, ["run", str(tmp_path / "s.toml"), "--device", "cpu",
+                                     "--no-report", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert 'space = "MNI"' in result.output
+
+
 def test_the_command_line_hints_in_options_not_python_arguments(tmp_path):
     table = tmp_path / "t.csv"
     table.write_text("publication,contrast,x,y,z,n\nA,c1,1,2,3,5\nA,c2,4,5,6,5\n")
