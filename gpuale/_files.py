@@ -28,6 +28,7 @@ __all__ = [
     "check_name",
     "check_output_dir",
     "claim_output_dir",
+    "earlier_file_checksum",
     "file_checksum",
     "write_json",
     "write_tsv",
@@ -67,6 +68,33 @@ def file_checksum(path: str | Path) -> str:
     for file in files:
         if named:
             digest.update(str(file.relative_to(base)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def earlier_file_checksum(path: str | Path) -> str | None:
+    """The checksum gpuale recorded before :func:`file_checksum` covered only the files its
+    readers read: of a folder, every file below it (sorted by relative path); of a
+    Neurosynth coordinates or metadata file, that file alone. ``None`` where it is the
+    same as today's (a plain file, a pipe), so that nothing is read twice.
+
+    Run folders and studies written then record it: without it their inputs would read
+    as changed (jackknife and fail-safe N refusing them, a study recomputing them).
+    """
+    path = Path(path)
+    if not (path.is_dir() or path.is_file()):
+        return None
+    from gpuale.io import input_files
+
+    if not path.is_dir() and input_files(path) == [path]:
+        return None
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpuale._files import environment, file_checksum, write_json
+from gpuale._files import earlier_file_checksum, environment, file_checksum, write_json
 from gpuale.analysis import ALEResult, run_ale
 from gpuale.clusters import cluster_contributions
 from gpuale.dataset import Dataset
@@ -424,7 +424,9 @@ def _check_unchanged(run: RunFolder, paths: list[Path]) -> None:
         if not path.exists():
             raise ValueError(f"input {str(path)!r} of {run.run_json} no longer exists; "
                              "the run cannot be repeated without it")
-        if entry.get("sha256") and file_checksum(path) != entry["sha256"]:
+        # A run.json of an earlier gpuale may hold the checksum it took then.
+        if entry.get("sha256") and file_checksum(path) != entry["sha256"] \
+                and earlier_file_checksum(path) != entry["sha256"]:
             raise ValueError(f"input {str(path)!r} changed since {run.run_json} was "
                              "written (checksum); the run cannot be repeated on it")
 

@@ -76,6 +76,7 @@ from gpuale._files import (
     check_name,
     check_output_dir,
     claim_output_dir,
+    earlier_file_checksum,
     file_checksum,
     folder_key,
     write_json,
@@ -586,7 +587,33 @@ def _check_balanced_keys(path: Path, key: str, table: dict) -> None:
                                  "number of at least 1")
 
 
+#: Where ``fingerprints`` keeps an analysis's fingerprint as an earlier gpuale took it.
+_EARLIER = "\0earlier:"
+
+
 def _fingerprint(analysis: Analysis, study: Study, upstream: dict[str, str]) -> str:
+    return _fingerprints(analysis, study, upstream)[0]
+
+
+def _fingerprints(analysis: Analysis, study: Study,
+                  upstream: dict[str, str]) -> tuple[str, str]:
+    """The analysis's fingerprint, and the one an earlier gpuale recorded for it (before a
+    folder's checksum covered only the files its reader reads; the same where nothing
+    it depends on is such a folder), so that a study written then is still reused."""
+    checksums = {name: [file_checksum(p) for p in study.inputs[name]]
+                 for name in analysis.spec.get("inputs", [])}
+    earlier = {name: [earlier_file_checksum(p) or checksum
+                      for p, checksum in zip(study.inputs[name], checksums[name])]
+               for name in checksums}
+    return (_fingerprint_of(analysis, study, checksums,
+                            {dep: upstream[dep] for dep in analysis.depends_on}),
+            _fingerprint_of(analysis, study, earlier,
+                            {dep: upstream.get(_EARLIER + dep, upstream[dep])
+                             for dep in analysis.depends_on}))
+
+
+def _fingerprint_of(analysis: Analysis, study: Study, checksums: dict[str, list[str]],
+                    upstream: dict[str, str]) -> str:
     payload = {
         "gpuale": __version__,
         "type": analysis.type,
@@ -595,11 +622,8 @@ def _fingerprint(analysis: Analysis, study: Study, upstream: dict[str, str]) -> 
         # finished before the setting existed is reused.
         "settings": {k: v for k, v in analysis.settings.items() if k != "allow_duplicates"
                      and not (k == "max_iters" and not _max_iters_used(analysis.settings))},
-        "inputs": {
-            name: [file_checksum(p) for p in study.inputs[name]]
-            for name in analysis.spec.get("inputs", [])
-        },
-        "upstream": {dep: upstream[dep] for dep in analysis.depends_on},
+        "inputs": checksums,
+        "upstream": upstream,
     }
     options = {name: study.input_options[name] for name in analysis.spec.get("inputs", [])
                if study.input_options.get(name)}
@@ -952,8 +976,9 @@ def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
         settings["device"] = device
     analysis = dataclasses.replace(analysis, settings=settings)
     folder = out_dir / analysis.name
-    fingerprint = _fingerprint(analysis, study, fingerprints)
+    fingerprint, earlier = _fingerprints(analysis, study, fingerprints)
     fingerprints[analysis.name] = fingerprint
+    fingerprints[_EARLIER + analysis.name] = earlier
     extra = {runfolder.STUDY_FINGERPRINT_KEY: fingerprint,
              runfolder.STUDY_NAME_KEY: study.name,
              runfolder.STUDY_ANALYSIS_KEY: analysis.name,
@@ -965,7 +990,8 @@ def _run_or_reuse(analysis: Analysis, study: Study, out_dir: Path, grid: Grid,
     if analysis.type == "global" and analysis.name not in datasets:
         datasets[analysis.name] = _global_dataset(analysis, study)
     started = time.perf_counter()
-    reuse = not force and runfolder.finished_with(folder, fingerprint)
+    reuse = not force and (runfolder.finished_with(folder, fingerprint) or (
+        earlier != fingerprint and runfolder.finished_with(folder, earlier)))
     if not reuse:
         log(f"{analysis.name}: {analysis.type} ...")
         total = (settings["max_iters"] or DEFAULT_MAX_ITERS if settings["iterations"] == AUTO

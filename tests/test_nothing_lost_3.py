@@ -421,6 +421,87 @@ def test_a_note_in_a_release_folder_changes_no_checksum(tmp_path):
     assert file_checksum(folder) != before
 
 
+def _checksum_before_issue_28(path):
+    """file_checksum as gpuale took it before item 10: every file below a folder, by
+    relative path; a file's bytes alone."""
+    import hashlib
+    from pathlib import Path
+
+    path, digest = Path(path), hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def test_a_run_of_an_earlier_gpuale_on_a_folder_is_not_taken_as_changed(tmp_path):
+    """Run folders written before item 10 record a folder input's checksum over every
+    file in it (the bundled examples' LICENSE too): jackknife, fail-safe N and a contrast
+    of run folders still accept them (issue 26 item 6: earlier folders still open)."""
+    import types
+
+    from _releases import write_release
+
+    from gpuale._files import earlier_file_checksum, file_checksum
+    from gpuale.examples import resolve_input
+    from gpuale.jackknife import _check_unchanged
+
+    children = resolve_input("example:semantic-children")
+    release = tmp_path / "nsf"
+    write_release(release, gz=False)
+    (release / "README.txt").write_text("where this release came from\n")
+    coordinates = next(release.glob("*coordinates.tsv"))
+    (tmp_path / "a.txt").write_text(SLEUTH_GROUP_A)
+    for path in (children, release, coordinates):
+        assert earlier_file_checksum(path) == _checksum_before_issue_28(path)
+        assert _checksum_before_issue_28(path) != file_checksum(path)
+        run = types.SimpleNamespace(run_json=tmp_path / "run.json", record={"inputs": [
+            {"path": str(path), "sha256": _checksum_before_issue_28(path)}]})
+        _check_unchanged(run, [path])
+        run.record["inputs"][0]["sha256"] = "0" * 64
+        with pytest.raises(ValueError, match="changed since"):
+            _check_unchanged(run, [path])
+    assert earlier_file_checksum(tmp_path / "a.txt") is None  # a plain file: as today
+
+
+def test_a_study_of_an_earlier_gpuale_on_a_folder_is_reused(tmp_path, monkeypatch):
+    """A study written before item 10 (its fingerprints from the earlier folder
+    checksums) is reused, contrasts too, instead of recomputed on unchanged inputs."""
+    import gpuale.study
+
+    path = tmp_path / "study.toml"
+    path.write_text(textwrap.dedent("""
+        [study]
+        iterations = 3
+        workers = 1
+        [inputs]
+        children = "example:semantic-children"
+        [analyses.knowledge]
+        type = "global"
+        input = "children"
+        where = "task_type == knowledge"
+        [analyses.objects]
+        type = "global"
+        input = "children"
+        where = "task_type == objects"
+        [analyses.kvo]
+        type = "contrast"
+        a = "knowledge"
+        b = "objects"
+        """))
+    args = ("run", path, "--out", tmp_path / "out", "--device", "cpu", "--no-report")
+    with monkeypatch.context() as patch:  # as an earlier gpuale fingerprinted it
+        patch.setattr(gpuale.study, "file_checksum", _checksum_before_issue_28)
+        result = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "(3 run, 0 reused)" in result.output
+    result = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "(0 run, 3 reused)" in result.output
+
+
 def test_a_neurosynth_coordinates_file_is_checksummed_with_its_metadata(tmp_path):
     from _releases import write_release
 
