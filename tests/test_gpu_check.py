@@ -159,6 +159,8 @@ esac
 args=" $* "
 case "$args" in
     *" --small "*) echo "small run done: 32 permutations"; exit 0 ;;
+    *"scale_gpu.py"*)
+        echo 'scale: {"iterations": 64, "counts_equal_numba_first_8": true}' ;;
     *" --projection "*)
         echo "projection: cuda engine (gpu:0): 14,371 studies, 507,891 foci; stand-in"
         echo "| GPUs | 10,000 permutations | speed-up |"
@@ -214,7 +216,7 @@ def test_the_gpu_run_path_with_stand_ins(tmp_path, ncu_misses):
     assert done.returncode == (1 if ncu_misses else 0), said
     summary = (out / "gpu-check.md").read_text()
     for step in ("env", "probe-nibabel", "probe-gpuale", "probe-cupy", "probe-device",
-                 "gpu-tests", "memcheck", "initcheck", "throughput", "projection"):
+                 "gpu-tests", "memcheck", "initcheck", "throughput", "projection", "scale"):
         assert re.search(rf"^\| {step} \| \d+s \| ok \|", summary, re.M), step
     assert "Stand-in GPU, 1 device(s), compute capability 9.0, 132 SMs" in summary
     assert "| semantic-adults | 272 | 3606 |" in summary
@@ -226,8 +228,9 @@ def test_the_gpu_run_path_with_stand_ins(tmp_path, ncu_misses):
     else:
         assert re.search(r"^\| ncu \| 30s \| ok \|", summary, re.M)
         assert "gpuale_log_sum_scatter (1, 1, 1)" in summary
+    assert '"counts_equal_numba_first_8": true' in summary.split("## SCALE")[1]
     assert set(_files(out)) == {"gpu-check.md", "gpu-check-logs.txt", "throughput.json",
-                                "projection.json"}
+                                "projection.json", "scale.json"}
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +249,7 @@ def test_dry_run_leaves_at_most_8_files_with_the_summary(dry_run):
     files = _files(out)
     assert len(files) <= MAX_FILES, files
     assert set(files) == {"gpu-check.md", "gpu-check-logs.txt", "throughput.json",
-                          "projection.json"}
+                          "projection.json", "scale.json"}
     logs = (out / "gpu-check-logs.txt").read_text()
     for step in ("probe-nibabel", "probe-gpuale", "throughput", "projection"):
         assert f"==== {step}: ok" in logs, step
