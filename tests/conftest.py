@@ -101,6 +101,28 @@ SLEUTH_FOUR = """// Reference=MNI
 #: Its first two experiments (A, B).
 SLEUTH_TWO = SLEUTH_FOUR[: SLEUTH_FOUR.index("\n\n// C") + 1]
 
+#: The last analysis of :func:`two_group_study` by default: the two groups contrasted.
+CONTRAST_LEFT_RIGHT = """
+[analyses.left_vs_right]
+type = "contrast"
+a = "left"
+b = "right"
+"""
+
+
+def two_group_study(iterations, last: str = CONTRAST_LEFT_RIGHT, *, each: str = "",
+                    min_volume: bool = True) -> str:
+    """A study file over ``foci.txt`` (:data:`SLEUTH_FOUR`): global analyses ``left``
+    (A, B) and ``right`` (C, D), each ending with the lines ``each``, then ``last``.
+    ``min_volume=False`` leaves out ``min_volume = 0``."""
+    head = f"\n[study]\niterations = {iterations}\nworkers = 1\n"
+    head += "min_volume = 0\n" if min_volume else ""
+    head += 'device = "cpu"\n\n[inputs]\ndata = "foci.txt"\n'
+    groups = "".join(f'\n[analyses.{name}]\ntype = "global"\ninput = "data"\n'
+                     f'where = "id in [{ids}]"\n{each}'
+                     for name, ids in (("left", "A, B"), ("right", "C, D")))
+    return head + groups + last
+
 
 def cuda_host_engine():
     """The CUDA engine with its kernels run on the CPU through the host shim. Small blocks,

@@ -9,38 +9,14 @@ import textwrap
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SLEUTH_FOUR
+from conftest import SLEUTH_FOUR, two_group_study
 from typer.testing import CliRunner
 
 from gpuale import cli
 
 runner = CliRunner()
 
-STUDY = """
-[study]
-iterations = 40
-workers = 1
-min_volume = 0
-device = "cpu"
-
-[inputs]
-data = "foci.txt"
-
-[analyses.left]
-type = "global"
-input = "data"
-where = "id in [A, B]"
-
-[analyses.right]
-type = "global"
-input = "data"
-where = "id in [C, D]"
-
-[analyses.left_vs_right]
-type = "contrast"
-a = "left"
-b = "right"
-"""
+STUDY = two_group_study(40)
 
 SAME = ["--iters", "40", "--min-volume", "0", "--device", "cpu", "--workers", "1",
         "--no-report", "--quiet"]

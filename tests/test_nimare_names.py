@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import textwrap
 
 import numpy as np
 import pytest
-from conftest import SLEUTH_FOUR
+from conftest import SLEUTH_FOUR, two_group_study
 from typer.testing import CliRunner
 
 from gpuale import cli, runfolder
@@ -139,30 +138,11 @@ def test_folders_of_earlier_versions_still_open(runs, tmp_path):
 
 def test_a_study_written_with_old_names_is_reused(tmp_path):
     (tmp_path / "foci.txt").write_text(SLEUTH_FOUR)
-    (tmp_path / "study.toml").write_text(textwrap.dedent("""
-        [study]
-        iterations = 20
-        workers = 1
-        min_volume = 0
-        device = "cpu"
-
-        [inputs]
-        data = "foci.txt"
-
-        [analyses.left]
-        type = "global"
-        input = "data"
-        where = "id in [A, B]"
-
-        [analyses.right]
-        type = "global"
-        input = "data"
-        where = "id in [C, D]"
-
-        [analyses.both]
-        type = "conjunction"
-        of = ["left", "right"]
-    """))
+    (tmp_path / "study.toml").write_text(two_group_study(20, """
+[analyses.both]
+type = "conjunction"
+of = ["left", "right"]
+"""))
     out = tmp_path / "out"
     _invoke("run", tmp_path / "study.toml", "--out", out, "--no-report")
     for name in ("left", "right"):

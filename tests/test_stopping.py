@@ -10,7 +10,14 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import SLEUTH, SLEUTH_FOUR, make_small_grid, random_dataset
+from conftest import (
+    CONTRAST_LEFT_RIGHT,
+    SLEUTH,
+    SLEUTH_FOUR,
+    make_small_grid,
+    random_dataset,
+    two_group_study,
+)
 from scipy import stats as sp_stats
 from typer.testing import CliRunner
 
@@ -431,31 +438,8 @@ def test_progress_bar_moves_its_target_to_each_checkpoint():
 # --- Whole studies (`gpuale run --iters auto`, max_iters) and contrasts ---------------------
 
 #: Two global analyses and a whole-brain contrast with cluster-level FWE between them.
-CONTRAST_STUDY = """
-[study]
-iterations = 5
-workers = 1
-device = "cpu"
-
-[inputs]
-data = "foci.txt"
-
-[analyses.left]
-type = "global"
-input = "data"
-where = "id in [A, B]"
-
-[analyses.right]
-type = "global"
-input = "data"
-where = "id in [C, D]"
-
-[analyses.left_vs_right]
-type = "contrast"
-a = "left"
-b = "right"
-cluster_fwe = true
-"""
+CONTRAST_STUDY = two_group_study(5, CONTRAST_LEFT_RIGHT + "cluster_fwe = true\n",
+                                 min_volume=False)
 
 
 def _study_file(tmp_path, text):

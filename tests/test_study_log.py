@@ -6,39 +6,14 @@ from __future__ import annotations
 import re
 import textwrap
 
-from conftest import SLEUTH_FOUR
+from conftest import CONTRAST_LEFT_RIGHT, SLEUTH_FOUR, two_group_study
 from typer.testing import CliRunner
 
 from gpuale import cli
 
 runner = CliRunner()
 
-STUDY = """
-[study]
-iterations = 25
-workers = 1
-min_volume = 0
-device = "cpu"
-
-[inputs]
-data = "foci.txt"
-
-[analyses.left]
-type = "global"
-input = "data"
-where = "id in [A, B]"
-
-[analyses.right]
-type = "global"
-input = "data"
-where = "id in [C, D]"
-
-[analyses.left_vs_right]
-type = "contrast"
-a = "left"
-b = "right"
-p = 0.05
-"""
+STUDY = two_group_study(25, CONTRAST_LEFT_RIGHT + "p = 0.05\n")
 #: A focus far outside the brain in each group.
 FOCI = SLEUTH_FOUR.replace("38\t22\t8", "38\t22\t8\n88\t0\t0").replace(
     "40\t-60\t30", "40\t-60\t30\n-88\t0\t0")

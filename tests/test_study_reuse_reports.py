@@ -11,7 +11,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import SLEUTH_FOUR
+from conftest import CONTRAST_LEFT_RIGHT, SLEUTH_FOUR, two_group_study
 
 from gpuale.report import report_available, report_is_current
 from gpuale.study import run_study
@@ -19,32 +19,7 @@ from gpuale.studyfile import load_study
 
 pytestmark = pytest.mark.skipif(not report_available(), reason="matplotlib missing")
 
-STUDY = """
-[study]
-iterations = 20
-workers = 1
-min_volume = 0
-device = "cpu"
-
-[inputs]
-data = "foci.txt"
-
-[analyses.left]
-type = "global"
-input = "data"
-where = "id in [A, B]"
-
-[analyses.right]
-type = "global"
-input = "data"
-where = "id in [C, D]"
-
-[analyses.left_vs_right]
-type = "contrast"
-a = "left"
-b = "right"
-p = 0.1
-"""
+STUDY = two_group_study(20, CONTRAST_LEFT_RIGHT + "p = 0.1\n")
 
 
 def test_reused_analyses_keep_their_current_reports(tmp_path):

@@ -9,7 +9,7 @@ import io
 import textwrap
 
 import pytest
-from conftest import SLEUTH_FOUR
+from conftest import SLEUTH_FOUR, two_group_study
 from typer.testing import CliRunner
 
 from gpuale.cli import _shared as cli
@@ -55,33 +55,7 @@ def test_unreachable_threshold_is_said_before_the_bar_and_once(tmp_path, termina
     assert "cannot be reached" in (tmp_path / "out" / "run.json").read_text()
 
 
-STUDY = """
-[study]
-iterations = 30
-workers = 1
-min_volume = 0
-device = "cpu"
-
-[inputs]
-data = "foci.txt"
-
-[analyses.left]
-type = "global"
-input = "data"
-where = "id in [A, B]"
-iterations = 0
-
-[analyses.right]
-type = "global"
-input = "data"
-where = "id in [C, D]"
-iterations = 0
-
-[analyses.left_vs_right]
-type = "contrast"
-a = "left"
-b = "right"
-"""
+STUDY = two_group_study(30, each="iterations = 0\n")
 
 
 def test_a_study_says_it_before_the_analysis_runs_and_once(tmp_path):
