@@ -193,6 +193,13 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ba
 ReportOption = Annotated[
     bool, typer.Option(help="Write report.html with figures (needs the report extra).")
 ]
+ClusterPOption = Annotated[
+    float, typer.Option("--cluster-p", help="Cluster-forming (uncorrected) p.")
+]
+AlphaOption = Annotated[float, typer.Option(help="Cluster-level FWE alpha.")]
+MinVolumeOption = Annotated[
+    float, typer.Option("--min-volume", help="Smallest reported cluster in mm^3.")
+]
 
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")]

@@ -15,6 +15,7 @@ from gpuale.analysis import (
 from gpuale.cli._shared import (
     _DEFAULT_TAL,
     AllowDuplicatesOption,
+    AlphaOption,
     ExperimentColumnOption,
     ForceOption,
     FwhmOption,
@@ -64,7 +65,7 @@ def compare_(
         float, typer.Option("--cluster-p", help="Cluster-forming p, and the p of the "
                             "compared uncorrected voxel sets.")
     ] = DEFAULT_CLUSTER_FORMING_P,
-    alpha: Annotated[float, typer.Option(help="Cluster-level FWE alpha.")] = DEFAULT_ALPHA,
+    alpha: AlphaOption = DEFAULT_ALPHA,
     fwhm: FwhmOption = None,
     sample_size: SampleSizeOption = None,
     experiment_column: ExperimentColumnOption = None,

@@ -11,6 +11,7 @@ from gpuale.cli._shared import (
     Connectivity,
     ConnectivityOption,
     ForceOption,
+    MinVolumeOption,
     OutOption,
     QuietOption,
     ReportOption,
@@ -36,9 +37,7 @@ def conjunction_(
                        show_default=False),
     ],
     out: OutOption,
-    min_volume: Annotated[
-        float, typer.Option("--min-volume", help="Smallest reported cluster in mm^3.")
-    ] = 0.0,
+    min_volume: MinVolumeOption = 0.0,
     threshold: Annotated[
         float | None,
         typer.Option("--threshold", help="Keep only |values| >= T in every input (values >= T, "

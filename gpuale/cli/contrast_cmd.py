@@ -26,6 +26,7 @@ from gpuale.cli._shared import (
     FwhmOption,
     IterationsOption,
     MaskOption,
+    MinVolumeOption,
     OutOption,
     QuietOption,
     ReportOption,
@@ -117,9 +118,7 @@ def contrast(
         typer.Option("--p", help="Threshold of the reported map (default: 0.001 whole-brain, "
                      "0.05 i.e. P > 0.95 gated)."),
     ] = None,
-    min_volume: Annotated[
-        float, typer.Option("--min-volume", help="Smallest reported cluster in mm^3.")
-    ] = DEFAULT_MIN_VOLUME_MM3,
+    min_volume: MinVolumeOption = DEFAULT_MIN_VOLUME_MM3,
     main_a: Annotated[
         Path | None,
         typer.Option(help="Gated: `gpuale global` run folder of group A, run on exactly A's "

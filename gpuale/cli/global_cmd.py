@@ -19,7 +19,9 @@ from gpuale.cli._shared import (
     _DEFAULT_TAL,
     INPUTS_HELP,
     AllowDuplicatesOption,
+    AlphaOption,
     AutoIterationsOption,
+    ClusterPOption,
     Connectivity,
     ConnectivityOption,
     DeviceOption,
@@ -71,10 +73,8 @@ def global_(
     iters: AutoIterationsOption = str(DEFAULT_ITERS),
     max_iters: MaxItersOption = None,
     seed: SeedOption = DEFAULT_SEED,
-    cluster_p: Annotated[
-        float, typer.Option("--cluster-p", help="Cluster-forming (uncorrected) p.")
-    ] = DEFAULT_CLUSTER_FORMING_P,
-    alpha: Annotated[float, typer.Option(help="Cluster-level FWE alpha.")] = DEFAULT_ALPHA,
+    cluster_p: ClusterPOption = DEFAULT_CLUSTER_FORMING_P,
+    alpha: AlphaOption = DEFAULT_ALPHA,
     connectivity: ConnectivityOption = Connectivity.faces,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,

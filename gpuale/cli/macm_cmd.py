@@ -20,6 +20,7 @@ from gpuale.cli._shared import (
     INPUTS_HELP,
     AllowDuplicatesOption,
     AutoIterationsOption,
+    ClusterPOption,
     Connectivity,
     ConnectivityOption,
     DeviceOption,
@@ -99,9 +100,7 @@ def macm(
     iters: AutoIterationsOption = str(DEFAULT_ITERS),
     max_iters: MaxItersOption = DEFAULT_MAX_ITERS,
     seed: SeedOption = DEFAULT_SEED,
-    cluster_p: Annotated[
-        float, typer.Option("--cluster-p", help="Cluster-forming (uncorrected) p.")
-    ] = DEFAULT_CLUSTER_FORMING_P,
+    cluster_p: ClusterPOption = DEFAULT_CLUSTER_FORMING_P,
     alpha: Annotated[float, typer.Option(help="FWE alpha.")] = DEFAULT_ALPHA,
     connectivity: ConnectivityOption = Connectivity.faces,
     device: DeviceOption = "auto",

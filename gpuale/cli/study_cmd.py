@@ -41,6 +41,12 @@ from gpuale.studyfile import allowing_duplicates, load_study
 #: Monte Carlo iterations of the demo on a CPU, so it finishes within a few minutes.
 DEMO_CPU_ITERS = 1000
 
+#: `run` and `demo` write a report per analysis and an index.
+StudyReportOption = Annotated[
+    bool, typer.Option(help="Write each analysis's report.html (needs the report extra); "
+                       "index.html links the folders either way.")
+]
+
 
 @app.command("run")
 def run_study_(
@@ -79,10 +85,7 @@ def run_study_(
                      help="Keep experiments given twice in every analysis (as the study "
                      "setting allow_duplicates = true); by default they are an error."),
     ] = False,
-    report: Annotated[
-        bool, typer.Option(help="Write each analysis's report.html (needs the report extra); "
-                           "index.html links the folders either way.")
-    ] = True,
+    report: StudyReportOption = True,
     force: StudyForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -132,10 +135,7 @@ def demo(
                      f"{DEMO_CPU_ITERS:,} on a CPU, except for contrasts whose threshold "
                      "needs more).", min=1, max=MAX_ITERATIONS),
     ] = None,
-    report: Annotated[
-        bool, typer.Option(help="Write each analysis's report.html (needs the report extra); "
-                           "index.html links the folders either way.")
-    ] = True,
+    report: StudyReportOption = True,
     force: StudyForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
