@@ -272,7 +272,7 @@ def run_macm(
     cluster_forming_p: float = DEFAULT_CLUSTER_FORMING_P,
     alpha: float = DEFAULT_ALPHA,
     connectivity: int = 6,
-    device: str = "cpu",
+    device: str = "auto",
     n_workers: int | None = None,
     fdr_q: float | None = None,
     progress: Callable[[int], None] | None = None,
