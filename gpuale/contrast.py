@@ -131,9 +131,9 @@ def contrast_cluster_inference(diff: np.ndarray, grid: Grid, null: ContrastNull,
     """Cluster-level FWE of an observed difference map, as NiMARE 0.22.1's
     ``ALESubtraction.correct_fwe_montecarlo(vfwe_only=False)``.
 
-    Clusters are voxels with |ALE_A - ALE_B| > the null's cluster-forming threshold,
+    Clusters are voxels with ``|ALE_A - ALE_B|`` > the null's cluster-forming threshold,
     compared in float32 as NiMARE thresholds its float32 map, positive and negative
-    differences labelled apart; a cluster's mass sums |difference| - threshold over its
+    differences labelled apart; a cluster's mass sums ``|difference|`` - threshold over its
     voxels. Corrected p is the share of permutations whose largest cluster reaches it
     (:func:`~gpuale.stats.fwe_p_values`); voxels outside every cluster get the p of size
     0 (1 - 1/n), as in NiMARE.
@@ -444,7 +444,7 @@ class ContrastResult:
     #: run.json and the report.
     warnings: list[str] = dataclasses.field(default_factory=list)
     #: Cluster-level FWE (whole-brain only): the reported map keeps the clusters formed
-    #: at the null's cluster-forming |difference| whose cluster-size FWE p < ``alpha``.
+    #: at the null's cluster-forming ``|difference|`` whose cluster-size FWE p < ``alpha``.
     cluster_fwe: bool = False
     alpha: float = 0.05
 
@@ -528,9 +528,9 @@ class ContrastResult:
     def clusters(self) -> list[dict]:
         """One row per cluster of the thresholded map (see :func:`map_cluster_table`).
 
-        The peak is the cluster's voxel of largest |ALE_A - ALE_B| (``peak_diff``) and its
-        sub-peaks the local maxima of |ALE_A - ALE_B| over the whole map, in decreasing
-        |difference|; not of z, which saturates at the permutation floor so that most of a
+        The peak is the cluster's voxel of largest ``|ALE_A - ALE_B|`` (``peak_diff``) and its
+        sub-peaks the local maxima of ``|ALE_A - ALE_B|`` over the whole map, in decreasing
+        ``|difference|``; not of z, which saturates at the permutation floor so that most of a
         cluster ties. ``peak_value`` is the thresholded map's z there, and ``z_capped``
         ("yes"/"no") whether its p is the smallest the random splits can give (1/n), where
         z says only "at least this" (so a sub-peak's z may exceed the peak's).
@@ -619,8 +619,8 @@ def run_contrast(
     cluster_fwe : bool
         Whole-brain only: cluster-level FWE as NiMARE 0.22.1's
         ``ALESubtraction.correct_fwe_montecarlo(vfwe_only=False)``. Clusters form where
-        |ALE_A - ALE_B| exceeds the (1 - ``p_threshold``) quantile of every permuted
-        |difference| pooled over the mask and the splits; the null keeps each split's
+        ``|ALE_A - ALE_B|`` exceeds the (1 - ``p_threshold``) quantile of every permuted
+        ``|difference|`` pooled over the mask and the splits; the null keeps each split's
         largest cluster size and mass (:func:`gpuale.nulls.contrast_cluster_null`, three
         passes over the same splits, a little over three times the time). Adds
         cluster-size and cluster-mass FWE p, z and logp maps, and the reported map keeps

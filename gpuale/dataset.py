@@ -72,7 +72,7 @@ class Experiment:
     id : str
         Identifier, unique within a :class:`Dataset`.
     label : str
-        Human-readable description (e.g. the Sleuth label lines joined by `` | ``).
+        Human-readable description (e.g. the Sleuth label lines joined by ``" | "``).
     n_subjects : int or None
         Sample size; sets the width of the ALE kernel (Eickhoff et al. 2009). None where
         the input states none and none is needed (a fixed kernel FWHM); passing

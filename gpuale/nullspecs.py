@@ -15,9 +15,9 @@ Three nulls exist:
 ``ContrastNullSpec``
     pooled experiments split at random into groups of the observed sizes (Eickhoff et
     al. 2011); per voxel how often the permuted ALE_A - ALE_B reaches the observed one
-    (both ways), and per permutation the largest |ALE_A - ALE_B|; on request a histogram
-    of every permuted |ALE_A - ALE_B| and the largest cluster size and mass above a
-    cluster-forming |ALE_A - ALE_B|.
+    (both ways), and per permutation the largest ``|ALE_A - ALE_B|``; on request a histogram
+    of every permuted ``|ALE_A - ALE_B|`` and the largest cluster size and mass above a
+    cluster-forming ``|ALE_A - ALE_B|``.
 ``BalancedNullSpec``
     the null extrema of a balanced contrast's mean difference (:mod:`gpuale.balanced`).
 ``ScaleNullSpec``
@@ -73,16 +73,16 @@ TFCE_STATISTIC = "max_tfce"
 
 
 #: What a contrast null collects: per-voxel exceedance counts and the per-permutation
-#: largest |ALE_A - ALE_B|.
+#: largest ``|ALE_A - ALE_B|``.
 CONTRAST_STATISTICS = ("exceedance", "max_abs_difference")
 
 
-#: A histogram of every permuted float32 |ALE_A - ALE_B| (see ``ContrastNullSpec``).
+#: A histogram of every permuted float32 ``|ALE_A - ALE_B|`` (see ``ContrastNullSpec``).
 ABS_DIFFERENCE_HISTOGRAM = "abs_difference_histogram"
 
 
 #: Per permutation, the largest cluster size and mass above the cluster-forming
-#: |ALE_A - ALE_B| (NiMARE's cluster-level FWE of ``ALESubtraction``).
+#: ``|ALE_A - ALE_B|`` (NiMARE's cluster-level FWE of ``ALESubtraction``).
 CONTRAST_CLUSTER_STATISTICS = ("max_cluster_size", "max_cluster_mass")
 
 
@@ -92,7 +92,7 @@ CONTRAST_ALL_STATISTICS = (
 )
 
 
-#: Bins of an |ALE_A - ALE_B| histogram: half of a float32's 32 bits. A non-negative
+#: Bins of an ``|ALE_A - ALE_B|`` histogram: half of a float32's 32 bits. A non-negative
 #: float32's bit pattern rises with its value, so its high half (sign, exponent and 7
 #: mantissa bits) bins it coarsely and, within one coarse bin, its low half exactly.
 HISTOGRAM_BINS = 1 << 16
@@ -169,14 +169,14 @@ class ContrastNullSpec:
         ``max_abs_difference`` (every chunk holds it, so a pass's permutations can be
         checked against another's). ``exceedance``: per voxel, the permutations whose
         difference is >= / <= the observed one. ``abs_difference_histogram``: counts of
-        every permuted float32 |ALE_A - ALE_B| of the columns by the high half of its bits
+        every permuted float32 ``|ALE_A - ALE_B|`` of the columns by the high half of its bits
         (``histogram_bin`` None; those whose high half is below ``histogram_floor`` all
         in bin 0), or by the low half among those whose high half is ``histogram_bin``,
         with the smallest value above that bin. ``max_cluster_size``
         and ``max_cluster_mass`` (together): per permutation the largest cluster of
-        voxels with |ALE_A - ALE_B| > ``cluster_forming_abs_difference``, positive and
+        voxels with ``|ALE_A - ALE_B|`` > ``cluster_forming_abs_difference``, positive and
         negative differences labelled apart (NiMARE's ``_calculate_cluster_measures``,
-        ``tail="two"``); mass sums |ALE_A - ALE_B| - threshold over a cluster.
+        ``tail="two"``); mass sums ``|ALE_A - ALE_B|`` - threshold over a cluster.
     voxel_flat : ndarray of int64, optional
         Flat index in the volume ``shape`` of each column, ascending (the columns'
         places, for labelling clusters).
@@ -255,7 +255,7 @@ class ContrastNullSpec:
                 )
             # As Python floats: numpy would compare a Python float with float32 in float32.
             if float(np.float32(threshold)) != float(threshold):
-                raise ValueError(f"the cluster-forming |difference| {threshold!r} is not a "
+                raise ValueError(f"the cluster-forming ``|difference|`` {threshold!r} is not a "
                                  "float32 value, as the permuted differences are")
             if self.voxel_flat is None or self.shape is None:
                 raise ValueError("cluster statistics need the voxels' places (voxel_flat, "
@@ -347,8 +347,8 @@ class ContrastNullPartial:
 
     ``upper``, ``lower``: exceedance counts per voxel (None unless collected);
     ``chunks[first]``: the per-permutation arrays of ``spec.per_permutation`` (largest
-    |difference|, then the largest cluster size and mass when collected); ``histogram``
-    (int64, ``HISTOGRAM_BINS``) and ``above`` (the smallest |difference| above
+    ``|difference|``, then the largest cluster size and mass when collected); ``histogram``
+    (int64, ``HISTOGRAM_BINS``) and ``above`` (the smallest ``|difference|`` above
     ``spec.histogram_bin``, inf if none) of ``abs_difference_histogram``.
     """
 
@@ -432,12 +432,12 @@ class ContrastNull:
     upper, lower : ndarray of int64 (support voxels)
         Permutations with a difference >= / <= the observed one.
     max_abs : ndarray of float64, shape (n_iters,)
-        Largest |difference| of each permutation (voxel-level FWE).
+        Largest ``|difference|`` of each permutation (voxel-level FWE).
     max_cluster_size, max_cluster_mass : ndarray, shape (n_iters,), optional
         Largest cluster size (int64) and mass (float64) of each permutation above
         ``cluster_forming_abs_difference`` (cluster-level FWE; None when not collected).
     cluster_forming_abs_difference : float, optional
-        The (1 - ``voxel_thresh``) quantile of every permuted |difference| pooled over the
+        The (1 - ``voxel_thresh``) quantile of every permuted ``|difference|`` pooled over the
         mask's voxels and the permutations (NiMARE's ``ss_thresh``).
     voxel_thresh : float, optional
         The quantile's tail, NiMARE's ``voxel_thresh``.
