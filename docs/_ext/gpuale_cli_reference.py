@@ -10,11 +10,6 @@ from __future__ import annotations
 
 import re
 
-from docutils import nodes
-from docutils.parsers.rst import Directive
-from docutils.statemachine import StringList
-from sphinx.util.nodes import nested_parse_with_titles
-
 COLUMNS = 100
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -82,17 +77,22 @@ def reference_rst() -> list[str]:
     return lines
 
 
-class GpualeCli(Directive):
-    has_content = False
-
-    def run(self):
-        container = nodes.section()
-        container.document = self.state.document
-        nested_parse_with_titles(self.state, StringList(reference_rst(), "gpuale-cli"),
-                                 container)
-        return container.children
-
-
 def setup(app):
+    # Sphinx and docutils only here: tests/test_docs.py imports this module without them.
+    from docutils import nodes
+    from docutils.parsers.rst import Directive
+    from docutils.statemachine import StringList
+    from sphinx.util.nodes import nested_parse_with_titles
+
+    class GpualeCli(Directive):
+        has_content = False
+
+        def run(self):
+            container = nodes.section()
+            container.document = self.state.document
+            nested_parse_with_titles(self.state, StringList(reference_rst(), "gpuale-cli"),
+                                     container)
+            return container.children
+
     app.add_directive("gpuale-cli", GpualeCli)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
