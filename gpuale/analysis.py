@@ -70,7 +70,51 @@ class MonteCarloPrecisionWarning(UserWarning):
 
 @dataclasses.dataclass(eq=False)
 class ALEResult:
-    """Everything an ALE run produced. Maps are in-mask vectors; see :meth:`images`."""
+    """Everything an ALE run produced. Maps are in-mask vectors; see :meth:`images`.
+
+    Made by :func:`gpuale.run_ale`, never by hand; the fields are read.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The experiments analysed.
+    grid : Grid
+        The analysis grid and mask.
+    problem : Problem
+        What the engine computed on: foci as voxel indices, kernels, the mask.
+    observed : ObservedALE
+        The observed ALE (``ale``) and the experiments' MA values.
+    analytic_null : AnalyticNull
+        The analytic null histogram (Eickhoff et al. 2012).
+    p, z : ndarray
+        Voxel-wise analytic p and z, in-mask vectors.
+    cluster_forming_p : float
+        The uncorrected p that forms clusters.
+    threshold : float
+        The ALE value of ``cluster_forming_p`` on the analytic null.
+    alpha : float
+        The FWE level of the thresholded map and the cluster table.
+    connectivity : int
+        The cluster neighbourhood (6, 18 or 26).
+    device : str
+        The engine's device (``cpu``, ``gpu:0``, ...).
+    montecarlo : MonteCarloNull or None
+        The per-permutation maxima (None without permutations).
+    inference : ClusterInference or None
+        FWE p of voxels and clusters, thresholds with Monte Carlo intervals.
+    fdr_q : float or None
+        The FDR level, where one was asked for.
+    fwhm_mm : float or None
+        The fixed kernel FWHM, where one was given.
+    timings : dict
+        Seconds per step.
+    warnings : list of str
+        Warnings of the run, as run.json records them.
+    stopping : StoppingRecord or None
+        Where ``n_iters="auto"`` stopped and why.
+    tfce : TfceInference or None
+        The TFCE map and its voxel-level FWE (``tfce=True``).
+    """
 
     dataset: Dataset
     grid: Grid

@@ -641,6 +641,24 @@ def run_contrast(
         :func:`gpuale.balanced.run_balanced_contrast` (which returns a
         :class:`~gpuale.balanced.BalancedContrastResult`; ``n_iters`` null iterations).
 
+    grid : Grid, optional
+        Analysis mask and grid; the MNI152 2 mm brain mask by default.
+    fwhm_mm : float, optional
+        Fixed kernel FWHM; by default it follows each experiment's sample size.
+    connectivity : {6, 18, 26}
+        Neighbourhood for clusters (6, faces, as NiMARE).
+    device : str
+        ``auto``, ``cpu``, ``gpu`` or ``gpu:N``.
+    n_workers : int, optional
+        CPU threads for the permutations (default: every core this process may use).
+    progress : callable, optional
+        Called with the number of permutations finished since the last call.
+
+    Returns
+    -------
+    ContrastResult
+        Or a :class:`~gpuale.balanced.BalancedContrastResult` for ``mode="balanced"``.
+
     Raises
     ------
     MainEffectMismatch

@@ -156,6 +156,11 @@ class Dataset:
 
     The order is the analysis order: MA maps are combined, and the analytic null is
     convolved, experiment by experiment in this order.
+
+    Parameters
+    ----------
+    experiments : tuple of Experiment
+        The experiments, in analysis order.
     """
 
     experiments: tuple[Experiment, ...]

@@ -36,7 +36,7 @@ def gm_prior_path() -> Path:
 class Grid:
     """A 3-D voxel lattice with a brain mask.
 
-    Attributes
+    Parameters
     ----------
     mask : ndarray of bool, shape (X, Y, Z)
         In-mask voxels.
@@ -162,6 +162,16 @@ def read_volume(path: str | Path, what: str = "image") -> tuple[nib.Nifti1Image,
 
 def load_grid(path: str | Path | None = None) -> Grid:
     """Load a mask NIfTI as the analysis grid (the bundled MNI152 2 mm mask by default).
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A 3-D NIfTI mask (its non-zero voxels are the analysis mask); by default the
+        bundled MNI152 2 mm brain mask.
+
+    Returns
+    -------
+    Grid
 
     Raises
     ------

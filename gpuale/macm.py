@@ -121,6 +121,17 @@ def roi_from_image(path: str | Path, grid: Grid) -> Roi:
     nearest neighbour (each grid voxel takes the ROI voxel nearest to its centre);
     ``record["resampled"]`` says so.
 
+    Parameters
+    ----------
+    path : str or Path
+        A NIfTI image; its non-zero voxels are the ROI.
+    grid : Grid
+        The analysis grid (:func:`gpuale.load_grid`).
+
+    Returns
+    -------
+    Roi
+
     Raises
     ------
     RoiError
@@ -149,6 +160,19 @@ def roi_from_image(path: str | Path, grid: Grid) -> Roi:
 
 def roi_from_sphere(center_mm, radius_mm: float, grid: Grid) -> Roi:
     """A sphere: the grid voxels whose centres lie within ``radius_mm`` of the centre.
+
+    Parameters
+    ----------
+    center_mm : sequence of 3 float
+        The centre, MNI x, y, z in mm.
+    radius_mm : float
+        The radius in mm.
+    grid : Grid
+        The analysis grid (:func:`gpuale.load_grid`).
+
+    Returns
+    -------
+    Roi
 
     Raises
     ------
@@ -221,7 +245,26 @@ class ScaleResult:
 @dataclasses.dataclass(eq=False)
 class MACMResult:
     """A MACM: the ROI, the selection and the analysis of the selected experiments
-    (``ale`` for the uniform null, ``scale`` for SCALE)."""
+    (``ale`` for the uniform null, ``scale`` for SCALE).
+
+    Parameters
+    ----------
+    roi : Roi
+        The seed region.
+    database : Dataset
+        Every experiment of the database.
+    selected : Dataset
+        The experiments with a focus in the ROI.
+    null : {"uniform", "scale"}
+        The null that was run.
+    ale : ALEResult
+        The global ALE of the selected experiments (its maps and clusters with the
+        uniform null; the observed ALE with SCALE).
+    scale : ScaleResult or None
+        SCALE's p, z and voxel-level FWE (``null="scale"``).
+    warnings : list of str
+        Warnings of the selection and the analysis.
+    """
 
     roi: Roi
     database: Dataset
@@ -284,6 +327,27 @@ def run_macm(
     ``null="uniform"``: a global ALE (:func:`gpuale.analysis.run_ale`, every option of
     it) over the selected experiments. ``null="scale"``: SCALE with ``n_iters``
     permutations (a number; voxel-level FWE only, so no ``tfce`` or ``"auto"``).
+
+    Parameters
+    ----------
+    database : Dataset
+        The database: a Neurosynth or NeuroQuery release, a Studyset, or any input
+        (:func:`gpuale.load_dataset`).
+    roi : Roi
+        The seed region (:func:`gpuale.roi_from_sphere`, :func:`gpuale.roi_from_image`).
+    grid : Grid, optional
+        Analysis mask and grid; the MNI152 2 mm brain mask by default.
+    null : {"uniform", "scale"}
+        ``uniform``: a global ALE with cluster-level FWE; ``scale``: SCALE (Langner et
+        al. 2014), foci drawn from the database's foci, voxel-level FWE.
+    fwhm_mm, n_iters, max_iters, seed, cluster_forming_p, alpha, connectivity
+        As for :func:`gpuale.run_ale` (SCALE takes a number of iterations, no ``"auto"``).
+    device, n_workers, fdr_q, progress, scheduler, tfce
+        As for :func:`gpuale.run_ale` (SCALE has no TFCE).
+
+    Returns
+    -------
+    MACMResult
 
     Raises
     ------

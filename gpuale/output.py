@@ -117,6 +117,31 @@ def save_ale(
     and the per-permutation maxima, so thresholds can be changed without re-running) and
     ``run.json`` (settings, inputs with checksums, timings), written last. An input is a
     path, or ``(name, path)`` where the user named it otherwise (``example:NAME``).
+
+    Parameters
+    ----------
+    result : ALEResult
+        What :func:`gpuale.run_ale` returned.
+    out_dir : str or Path
+        The run folder to write (created; written to a hidden folder and renamed into
+        place when complete).
+    inputs : sequence of path or (name, path)
+        The inputs, recorded in run.json with their checksums (what ``gpuale
+        jackknife`` and ``failsafe`` read again).
+    command : str, optional
+        The command line that made the result, recorded in run.json.
+    force : bool
+        Replace an earlier gpuale result in ``out_dir`` (never anything else); without it
+        an existing folder is an error.
+    extra : dict, optional
+        More entries for run.json.
+    extra_images : dict, optional
+        More NIfTI images to write beside the maps, by name.
+
+    Returns
+    -------
+    Path
+        The run folder.
     """
     with atomic_output_dir(out_dir, force=force, inputs=_input_paths(inputs)) as tmp:
         written = []
@@ -149,7 +174,29 @@ def save_macm(
     file of :func:`save_ale`) with ``roi.nii.gz`` and run.json's ``macm``; with SCALE,
     NiMARE's SCALE maps (``stat``, ``logp``, ``z``, ``logp_level-voxel``,
     ``z_level-voxel``), ``roi.nii.gz``, ``nulls.npz`` (the exceedance counts and each
-    permutation's largest ALE) and run.json (analysis ``scale``)."""
+    permutation's largest ALE) and run.json (analysis ``scale``).
+
+    Parameters
+    ----------
+    result : MACMResult
+        What :func:`gpuale.run_macm` returned.
+    out_dir : str or Path
+        The run folder to write (created, all or nothing).
+    inputs : sequence of path or (name, path)
+        The database's inputs, recorded in run.json with their checksums.
+    command : str, optional
+        The command line that made the result, recorded in run.json.
+    force : bool
+        Replace an earlier gpuale result in ``out_dir`` (never anything else); without it
+        an existing folder is an error.
+    extra : dict, optional
+        More entries for run.json.
+
+    Returns
+    -------
+    Path
+        The run folder.
+    """
     roi = _roi_image(result)
     macm = {MACM_KEY: result.record()}
     if result.scale is None:
@@ -383,7 +430,29 @@ def save_contrast(
     result, out_dir: str | Path, *, inputs_a: Sequence = (), inputs_b: Sequence = (),
     command: str | None = None, force: bool = False, extra: dict | None = None,
 ) -> Path:
-    """Write a contrast: group ALE maps, difference, p, signed z, thresholded z, clusters."""
+    """Write a contrast: group ALE maps, difference, p, signed z, thresholded z, clusters.
+
+    Parameters
+    ----------
+    result : ContrastResult
+        What :func:`gpuale.run_contrast` returned.
+    out_dir : str or Path
+        The run folder to write (created, all or nothing).
+    inputs_a, inputs_b : sequence of path or (name, path)
+        Each group's inputs, recorded in run.json with their checksums.
+    command : str, optional
+        The command line that made the result, recorded in run.json.
+    force : bool
+        Replace an earlier gpuale result in ``out_dir`` (never anything else); without it
+        an existing folder is an error.
+    extra : dict, optional
+        More entries for run.json.
+
+    Returns
+    -------
+    Path
+        The run folder.
+    """
     with atomic_output_dir(out_dir, force=force,
                            inputs=_input_paths([*inputs_a, *inputs_b])) as tmp:
         written = write_contrast_maps(result, tmp)
@@ -436,7 +505,27 @@ def save_conjunction(
     result, out_dir: str | Path, *, command: str | None = None, force: bool = False,
     extra: dict | None = None,
 ) -> Path:
-    """Write a conjunction: the minimum-statistic map, its clusters and run.json."""
+    """Write a conjunction: the minimum-statistic map, its clusters and run.json.
+
+    Parameters
+    ----------
+    result : ConjunctionResult
+        What :func:`gpuale.conjunction` returned.
+    out_dir : str or Path
+        The run folder to write (created, all or nothing).
+    command : str, optional
+        The command line that made the result, recorded in run.json.
+    force : bool
+        Replace an earlier gpuale result in ``out_dir`` (never anything else); without it
+        an existing folder is an error.
+    extra : dict, optional
+        More entries for run.json.
+
+    Returns
+    -------
+    Path
+        The run folder.
+    """
     import nibabel as nib
 
     with atomic_output_dir(out_dir, force=force,

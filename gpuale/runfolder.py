@@ -449,6 +449,16 @@ class RunFolder:
 def open_run(path: str | Path) -> RunFolder:
     """The finished run in folder ``path``.
 
+    Parameters
+    ----------
+    path : str or Path
+        A folder written by gpuale (a command, a study or a ``save_*`` function).
+
+    Returns
+    -------
+    RunFolder
+        Its run.json record, and its tables, nulls and maps on demand.
+
     Raises
     ------
     NotARunFolder

@@ -189,6 +189,20 @@ def referenced_columns(where: str) -> set[str]:
 def select(dataset: Dataset, where: str) -> Dataset:
     """The experiments for which ``where`` holds, in the dataset's order.
 
+    Parameters
+    ----------
+    dataset : Dataset
+        The experiments to select from.
+    where : str
+        A selection over experiment metadata: comparisons (``== != < <= > >=``),
+        ``in [a, b]``, ``and``, ``or``, ``not`` and parentheses, e.g.
+        ``"task_type == knowledge and age_mean < 10"``.
+
+    Returns
+    -------
+    Dataset
+        The selected experiments.
+
     Raises
     ------
     ValueError
@@ -217,6 +231,18 @@ def select(dataset: Dataset, where: str) -> Dataset:
 
 def median_split(dataset: Dataset, column: str) -> tuple[Dataset, Dataset]:
     """Experiments at or below the median of a numeric column, and those above it.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The experiments to split.
+    column : str
+        A numeric metadata column every experiment has a number in.
+
+    Returns
+    -------
+    low, high : Dataset
+        The experiments at or below the median, and those above it.
 
     Raises
     ------

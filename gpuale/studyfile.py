@@ -172,7 +172,18 @@ def _problem(path: Path, message: str) -> ValueError:
 
 
 def load_study(path: str | Path) -> Study:
-    """Read and check a study file; every mistake is an error naming the file and entry."""
+    """Read and check a study file; every mistake is an error naming the file and entry.
+
+    Parameters
+    ----------
+    path : str or Path
+        A study file (TOML): ``[study]`` settings, ``[inputs]`` and ``[analyses.NAME]``.
+
+    Returns
+    -------
+    Study
+        The checked study, for :func:`gpuale.run_study`.
+    """
     from gpuale.io.errors import read_text
 
     path = Path(path)

@@ -138,7 +138,18 @@ def resolve_device(device: str) -> str:
 
 def get_engine(device: str = "auto") -> Engine:
     """The engine for a device string (see :func:`resolve_device`): on the CPU the numba
-    engine (the numpy engine where numba cannot be imported), on a GPU the CUDA engine."""
+    engine (the numpy engine where numba cannot be imported), on a GPU the CUDA engine.
+
+    Parameters
+    ----------
+    device : str
+        ``"auto"`` (a GPU when CuPy sees one, else the CPU), ``"cpu"``, ``"gpu"`` or
+        ``"gpu:N"``; ``"cpu-numpy"`` and ``"cpu-numba"`` pick a CPU engine.
+
+    Returns
+    -------
+    Engine
+    """
     resolved = resolve_device(device)
     if resolved == "cpu-numpy":
         from gpuale.engines.numpy_ import NumpyEngine
