@@ -150,7 +150,8 @@ class ALE(_nimare_ale.ALE):
     scheduler : gpuale.nulls.Scheduler, optional
         Who runs the permutation chunks, e.g. ``gpuale.nulls.DaskScheduler(client)``;
         default: ``n_cores`` threads of this machine (or the GPU).
-    kernel_transformer, null_method, n_iters, memory, memory_level, n_cores,
+    kernel_transformer, null_method, n_iters, memory, memory_level, n_cores
+        As NiMARE's :class:`nimare.meta.cbma.ale.ALE`.
     random_state, **kwargs
         As NiMARE's :class:`nimare.meta.cbma.ale.ALE` (``kernel__sample_size``,
         ``kernel__fwhm``, ``mask``, ``mask_coverage``). ``random_state`` seeds gpuale's
@@ -386,11 +387,23 @@ class ALESubtraction(_nimare_ale.ALESubtraction):
 
     The random splits of the pooled experiments run on a gpuale engine; with
     ``vfwe_only=False`` the cluster-level null forms clusters at the same pooled quantile
-    of |differences| as NiMARE without keeping every permuted map
+    of ``|differences|`` as NiMARE without keeping every permuted map
     (:mod:`gpuale.cluster_null`). ``device`` and ``scheduler`` as in :class:`ALE`; the
     other parameters as NiMARE's. Inference maps, another kernel, and
     ``correct_fwe_montecarlo(target="main-effects"|"all")`` run NiMARE's own code, with a
     warning.
+
+    Parameters
+    ----------
+    device : str
+        ``auto`` (a GPU when CuPy sees one, else the CPU), ``cpu``, ``gpu`` or ``gpu:N``.
+    scheduler : gpuale.nulls.Scheduler, optional
+        Who runs the permutation chunks, as for :class:`ALE`.
+    kernel_transformer, n_iters, voxel_thresh, low_memory, vfwe_only
+        As NiMARE's :class:`nimare.meta.cbma.ale.ALESubtraction`.
+    restrict_to_inference_mask, memory, memory_level, n_cores, random_state, **kwargs
+        As NiMARE's :class:`nimare.meta.cbma.ale.ALESubtraction`; ``random_state`` seeds
+        gpuale's generator.
     """
 
     def __init__(
