@@ -36,6 +36,8 @@ extensions = [
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build", "examples/GALLERY_HEADER.rst", "**.ipynb_checkpoints"]
 root_doc = "index"
+# Untagged code blocks are command synopses: plain text, not guessed Python.
+highlight_language = "text"
 nitpicky = False
 myst_heading_anchors = 3
 myst_enable_extensions = ["deflist"]
