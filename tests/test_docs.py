@@ -131,7 +131,9 @@ def test_no_page_states_a_figure_that_bench_results_does_not_hold():
         for match in FIGURE.finditer(page.read_text(encoding="utf-8")):
             if match.group(0) in COMMAND_DURATIONS:
                 continue
-            if match.group(1).replace(",", "") not in results:
+            # A range (1.55-1.89x) takes both ends from RESULTS.md.
+            ends = match.group(1).replace(",", "").split("-")
+            if any(end not in results for end in ends):
                 unknown.append(f"{page.relative_to(REPO)}: {match.group(0)}")
     assert not unknown, unknown
 
