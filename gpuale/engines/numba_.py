@@ -88,7 +88,13 @@ try:
     import numba
 
     from gpuale.engines import _numba_contrast
-    from gpuale.engines._numba_slab import SlabWork, permuted_log_sum, scale_pass, slab_layout
+    from gpuale.engines._numba_slab import (
+        SlabWork,
+        padded_table,
+        permuted_log_sum,
+        scale_pass,
+        slab_layout,
+    )
 except ImportError:  # pragma: no cover - numba is a dependency; this guards broken installs
     numba = None
 
@@ -283,13 +289,12 @@ def _rank_tables(problem: Problem) -> tuple[list, tuple]:
 def _scale_pass(ijk: np.ndarray, prepared: tuple, work: SlabWork, observed: np.ndarray,
                 counts: np.ndarray, values: np.ndarray) -> int:
     """SCALE's ``-S`` of foci at ``ijk`` (see :func:`~gpuale.engines._numba_slab.scale_pass`):
-    ``prepared`` is (offsets, focus_side, focus_start, table, nx, ny, nz, in_mask_flat,
-    slab_planes, slab_mask_start, row_lo, row_hi)."""
-    offsets, side, start, table, nx, ny, nz, in_mask, planes, mask_start, lo, hi = prepared
-    slab, buf, cover, box, parent, order, group_start, group_box = work.arrays()
-    return scale_pass(ijk, offsets, side, start, table, nx, ny, nz, in_mask, mask_start,
-                      planes, slab, buf, cover, box, parent, order, group_start, group_box,
-                      lo, hi, observed, counts, values)
+    ``prepared`` is (offsets, focus_side, focus_start, focus_width, table, nx, ny, nz,
+    in_mask_flat, slab_planes, slab_mask_start, row_lo, row_hi)."""
+    (offsets, side, start, width, table, nx, ny, nz, in_mask, planes, mask_start, lo,
+     hi) = prepared
+    return scale_pass(ijk, offsets, side, start, width, table, nx, ny, nz, in_mask,
+                      mask_start, planes, *work.arrays(), lo, hi, observed, counts, values)
 
 
 def earlier_neighbours(connectivity: int) -> np.ndarray:
@@ -315,12 +320,12 @@ class _GlobalTables:
         self.shape = tuple(int(s) for s in grid.shape)
         self.in_mask_flat = np.ascontiguousarray(grid.in_mask_flat, dtype=np.int64)
         # float32 log1p (as NiMARE), held as float64, as the numpy engine does.
-        logs = [np.log1p(-k).astype(np.float64).ravel() for k in problem.kernels]
-        starts = np.concatenate([[0], np.cumsum([t.size for t in logs])[:-1]])
+        logs = [np.log1p(-k).astype(np.float64) for k in problem.kernels]
         sides = np.array([k.shape[0] for k in problem.kernels], dtype=np.int64)
         kernel_of_focus = problem.kernel_index[problem.focus_experiment]
-        self.log_table = np.concatenate(logs)
-        self.focus_start = starts[kernel_of_focus].astype(np.int64)
+        self.log_table, starts, widths = padded_table(logs, np.float64)
+        self.focus_start = starts[kernel_of_focus]
+        self.focus_width = widths[kernel_of_focus]
         self.focus_side = sides[kernel_of_focus]
         self.offsets = np.ascontiguousarray(problem.experiment_offsets, dtype=np.int64)
         self.threshold = np.float64(spec.threshold)
@@ -477,8 +482,9 @@ class NumbaEngine:
             flat = tables.in_mask_flat[choices[b]]
             ijk = np.stack(np.unravel_index(flat, tables.shape), axis=1)
             smallest, n = permuted_log_sum(
-                ijk, tables.offsets, tables.focus_side, tables.focus_start, tables.log_table,
-                nx, ny, nz, tables.in_mask_flat, tables.slab_mask_start, tables.slab_planes,
+                ijk, tables.offsets, tables.focus_side, tables.focus_start,
+                tables.focus_width, tables.log_table, nx, ny, nz, tables.in_mask_flat,
+                tables.slab_mask_start, tables.slab_planes,
                 tables.log_cut, *scratch.slab.arrays(), scratch.candidates,
                 scratch.candidate_log, tables.row_lo, tables.row_hi,
             )
@@ -498,18 +504,18 @@ class NumbaEngine:
         nx, ny, nz = (int(n) for n in grid.shape)
         with self._lock:
             if self._scale is None or self._scale[0] is not spec:
-                tables = [fixed_neg_log_kernel(k).ravel() for k in problem.kernels]
-                starts = np.concatenate([[0], np.cumsum([t.size for t in tables])[:-1]])
+                table, starts, widths = padded_table(
+                    [fixed_neg_log_kernel(k) for k in problem.kernels], np.int64)
                 sides = np.array([k.shape[0] for k in problem.kernels], dtype=np.int64)
                 of_focus = problem.kernel_index[problem.focus_experiment]
                 in_mask = np.ascontiguousarray(grid.in_mask_flat, dtype=np.int64)
                 prepared = (
                     np.ascontiguousarray(problem.experiment_offsets, dtype=np.int64),
-                    sides[of_focus], starts[of_focus].astype(np.int64), np.concatenate(tables),
+                    sides[of_focus], starts[of_focus], widths[of_focus], table,
                     nx, ny, nz, in_mask,
                     *slab_layout(grid.mask, in_mask, SLAB_BYTES, 8),
                 )
-                work = SlabWork((nx, ny, nz), prepared[8], problem.n_foci, np.int64)
+                work = SlabWork((nx, ny, nz), prepared[9], problem.n_foci, np.int64)
                 observed = np.empty(in_mask.size, dtype=np.int64)
                 _scale_pass(np.ascontiguousarray(problem.focus_ijk, dtype=np.int64), prepared,
                             work, np.zeros(in_mask.size, dtype=np.int64),
@@ -518,7 +524,7 @@ class NumbaEngine:
             _, prepared, observed = self._scale
         cached = getattr(self._local, "scale_scratch", None)
         if cached is None or cached[0] is not prepared:
-            cached = (prepared, SlabWork((nx, ny, nz), prepared[8], problem.n_foci, np.int64))
+            cached = (prepared, SlabWork((nx, ny, nz), prepared[9], problem.n_foci, np.int64))
             self._local.scale_scratch = cached
         work = cached[1]
         counts = np.zeros(observed.size, dtype=np.int64)
