@@ -50,7 +50,7 @@ def box_groups(ijk, offsets, focus_side, nx, ny, nz, box, parent, order, group_s
                group_box):
     """Clip each focus's box to the volume (``box[f] = x0, x1, y0, y1, z0, z1``) and
     group the overlapping boxes of each experiment: group g is the foci
-    ``order[group_start[g]:group_start[g + 1]]`` (by their first y), with the union of their
+    ``order[group_start[g]:group_start[g + 1]]`` (ascending), with the union of their
     x and y ranges in ``group_box[g]``; groups come experiment by experiment.
 
     Returns the number of groups.
@@ -71,10 +71,12 @@ def box_groups(ijk, offsets, focus_side, nx, ny, nz, box, parent, order, group_s
     for e in range(offsets.size - 1):
         first, stop = offsets[e], offsets[e + 1]
         for f in range(first, stop):
+            x0, x1, y0, y1 = box[f, 0], box[f, 1], box[f, 2], box[f, 3]
+            z0, z1 = box[f, 4], box[f, 5]
             for g in range(f + 1, stop):
-                if (max(box[f, 0], box[g, 0]) < min(box[f, 1], box[g, 1])
-                        and max(box[f, 2], box[g, 2]) < min(box[f, 3], box[g, 3])
-                        and max(box[f, 4], box[g, 4]) < min(box[f, 5], box[g, 5])):
+                if (max(x0, box[g, 0]) < min(x1, box[g, 1])
+                        and max(y0, box[g, 2]) < min(y1, box[g, 3])
+                        and max(z0, box[g, 4]) < min(z1, box[g, 5])):
                     a, b = _root(parent, f), _root(parent, g)
                     if a != b:  # the smaller index is the root: a group's first focus
                         parent[max(a, b)] = min(a, b)
@@ -86,15 +88,9 @@ def box_groups(ijk, offsets, focus_side, nx, ny, nz, box, parent, order, group_s
             group_box[n_groups, 1] = box[f, 1]
             group_box[n_groups, 2] = box[f, 2]
             group_box[n_groups, 3] = box[f, 3]
-            begin = n
             for g in range(f, stop):
                 if _root(parent, g) == f:
-                    # By first y (insertion sort: groups are small), for the sweep.
-                    at = n
-                    while at > begin and box[order[at - 1], 2] > box[g, 2]:
-                        order[at] = order[at - 1]
-                        at -= 1
-                    order[at] = g
+                    order[n] = g
                     n += 1
                     group_box[n_groups, 0] = min(group_box[n_groups, 0], box[g, 0])
                     group_box[n_groups, 1] = max(group_box[n_groups, 1], box[g, 1])
