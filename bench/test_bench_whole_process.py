@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,10 @@ CORES = os.environ.get("BENCH_CORES", "2")
 CASES = {
     # case: (data, gpuale task, NiMARE task, extra arguments)
     "adults-fwe-200": ("semantic-adults", "gpuale-mc", "nimare-mc", ("200", CORES)),
+    # Issue 29's other two goals: --iters 0 <= 1.2 s, 5,000 iterations >= 8x NiMARE
+    # (NiMARE's part of the latter takes ~15 min on 2 cores).
+    "adults-ale-0": ("semantic-adults", "gpuale-mc", "nimare-ale", ("0", CORES)),
+    "adults-fwe-5000": ("semantic-adults", "gpuale-mc", "nimare-mc", ("5000", CORES)),
     "children-fwe-1000": ("semantic-children", "gpuale-mc", "nimare-mc", ("1000", CORES)),
     "children-contrast-2000": ("contrast-children", "gpuale-contrast", "nimare-contrast",
                                ("2000", CORES)),
@@ -39,12 +44,20 @@ CASES = {
 
 
 def run_task(task: str, data: str, *args: str) -> dict:
-    """Run one task in a fresh interpreter: wall time and peak memory."""
+    """Run one task in a fresh interpreter: wall time, CPU time (user + system, the task's
+    process and the workers it reaped), peak memory and the 1-minute load average before
+    and after (issue 29: on a shared machine a figure is only read beside its load)."""
+    load_before = os.getloadavg()[0]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, str(HERE / "_tasks.py"), task, data, *args],
                           check=True, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    return {"wall_s": wall, **json.loads(done.stdout.strip().splitlines()[-1])}
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu, "load_before": load_before,
+            "load_after": os.getloadavg()[0],
+            **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 RESULTS: dict[tuple[str, str], dict] = {}

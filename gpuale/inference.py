@@ -105,6 +105,19 @@ def unreachable_threshold_message(
     )
 
 
+def _binom_ppf(level: float, n: int, p: float) -> float:
+    """``scipy.stats.binom.ppf`` for 0 < level < 1: the ufunc it calls there, from
+    scipy.special (imported already), without importing scipy.stats (~0.35 s of a
+    run's fixed cost). Falls back to scipy.stats where scipy lacks that ufunc."""
+    try:
+        from scipy.special._ufuncs import _binom_ppf
+    except ImportError:  # pragma: no cover - a scipy without it
+        from scipy import stats as sp_stats
+
+        return float(sp_stats.binom.ppf(level, n, p))
+    return float(_binom_ppf(level, n, p))
+
+
 def threshold_interval(
     null_maxima: np.ndarray, alpha: float, confidence: float = 0.95
 ) -> tuple[float, float, float]:
@@ -117,15 +130,13 @@ def threshold_interval(
     -------
     estimate, low, high : float
     """
-    from scipy import stats as sp_stats  # imported when needed: it costs ~0.35 s
-
     null = np.sort(np.asarray(null_maxima, dtype=np.float64))
     n = null.size
     q = 1.0 - alpha
     tail = (1.0 - confidence) / 2.0
     k = min(n - 1, int(np.ceil(q * n)) - 1)
-    lo = int(sp_stats.binom.ppf(tail, n, q)) - 1
-    hi = int(sp_stats.binom.ppf(1.0 - tail, n, q))
+    lo = int(_binom_ppf(tail, n, q)) - 1
+    hi = int(_binom_ppf(1.0 - tail, n, q))
     return float(null[max(k, 0)]), float(null[max(lo, 0)]), float(null[min(hi, n - 1)])
 
 

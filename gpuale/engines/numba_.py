@@ -10,13 +10,12 @@ from numpy's in the last bit. The largest TFCE of a permutation (``--tfce``) is 
 compiled union-find of :mod:`gpuale.tfce` on those voxels' z; it agrees with the numpy
 engine's definition (100 labellings) to rounding, as its sums run in another order.
 
-What makes it fast: a permutation is one compiled pass over the kernel boxes. A box that
-no other box of its experiment touches adds its kernel directly; only boxes that do
-(found by comparing the foci of each experiment pairwise) go through a scratch volume
-that takes the maximum within the experiment. Labelling is a union-find over the
-supra-threshold voxels only. The compiled functions release the GIL, so permutations
-run on threads (one scratch volume per thread): no worker processes, no pickling, and
-the same behaviour from a script, a notebook or standard input.
+What makes it fast: a permutation is one compiled pass over the kernel boxes, a slab of
+x-planes at a time (:mod:`gpuale.engines._numba_slab`), so the sum being built stays in
+cache; overlapping boxes of an experiment take their maximum in a row buffer. Labelling
+is a union-find over the supra-threshold voxels only. The compiled functions release the
+GIL, so permutations run on threads (one slab per thread): no worker processes, no
+pickling, and the same behaviour from a script, a notebook or standard input.
 
 The compiled code is cached on disk (``cache=True``); where the package folder is not
 writable the cache goes to the user's cache folder (see :func:`_cache_dir`).
@@ -89,6 +88,13 @@ try:
     import numba
 
     from gpuale.engines import _numba_contrast
+    from gpuale.engines._numba_slab import (
+        SlabWork,
+        padded_table,
+        permuted_log_sum,
+        scale_pass,
+        slab_layout,
+    )
 except ImportError:  # pragma: no cover - numba is a dependency; this guards broken installs
     numba = None
 
@@ -103,184 +109,6 @@ def _njit(function):
 
 
 # --- Compiled kernels -----------------------------------------------------------------------
-
-
-@_njit
-def _touching(ijk, offsets, focus_side, shared):
-    """Whether each focus's box touches another box of its experiment. Boxes of
-    half-widths r_f, r_g touch when every axis is within r_f + r_g + 1 (adjacent boxes
-    count too: a superset is harmless)."""
-    for e in range(offsets.size - 1):
-        first, stop = offsets[e], offsets[e + 1]
-        for f in range(first, stop):
-            shared[f] = False
-        for f in range(first, stop):
-            for g in range(f + 1, stop):
-                reach = (focus_side[f] + focus_side[g]) // 2
-                if (abs(ijk[f, 0] - ijk[g, 0]) <= reach and abs(ijk[f, 1] - ijk[g, 1]) <= reach
-                        and abs(ijk[f, 2] - ijk[g, 2]) <= reach):
-                    shared[f] = True
-                    shared[g] = True
-
-
-@_njit
-def _box_in_slab(f, ijk, focus_side, x_first, x_stop, ny, nz):
-    """The box of focus f clipped to the volume and the slab: x0, x1, y0, y1, z0, z1."""
-    r = focus_side[f] // 2
-    x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
-    return (max(x - r, x_first), min(x + r + 1, x_stop), max(y - r, 0), min(y + r + 1, ny),
-            max(z - r, 0), min(z + r + 1, nz))
-
-
-@_njit
-def _stamp_slab(slab, scratch, x_first, x_stop, ijk, offsets, focus_side, focus_start,
-                log_table, ny, nz, shared, row_lo, row_hi):
-    """Add every experiment's ``log1p(-MA)`` into the x-planes ``x_first .. x_stop - 1``
-    (``slab``, zeroed here), experiment by experiment, so that every voxel receives its
-    experiments' terms in experiment order, as the numpy engine adds them.
-
-    A box no other box of its experiment touches adds its kernel. Boxes that touch take
-    their minimum ``log1p(-kernel)`` (maximum MA) in ``scratch`` (a slab of zeros), which
-    is then added once and cleared: a voxel covered by several boxes counts once. Only the
-    in-mask stretch ``row_lo .. row_hi - 1`` of each row is visited: nothing reads the
-    log-sum outside the mask.
-    """
-    slab[:] = 0.0
-    plane = ny * nz
-    for e in range(offsets.size - 1):
-        any_shared = False
-        for f in range(offsets[e], offsets[e + 1]):
-            x0, x1, y0, y1, z0, z1 = _box_in_slab(f, ijk, focus_side, x_first, x_stop, ny, nz)
-            if x0 >= x1:
-                continue
-            side = focus_side[f]
-            r = side // 2
-            x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
-            touched = shared[f]
-            any_shared = any_shared or touched
-            for i in range(x0, x1):
-                for j in range(y0, y1):
-                    lo = max(z0, row_lo[i * ny + j])
-                    hi = min(z1, row_hi[i * ny + j])
-                    row = (i - x_first) * plane + j * nz
-                    krow = focus_start[f] + ((i - x + r) * side + j - y + r) * side - z + r
-                    if touched:
-                        for k in range(lo, hi):
-                            scratch[row + k] = min(scratch[row + k], log_table[krow + k])
-                    else:
-                        for k in range(lo, hi):
-                            slab[row + k] += log_table[krow + k]
-        if not any_shared:
-            continue
-        for f in range(offsets[e], offsets[e + 1]):
-            if not shared[f]:
-                continue
-            x0, x1, y0, y1, z0, z1 = _box_in_slab(f, ijk, focus_side, x_first, x_stop, ny, nz)
-            for i in range(x0, x1):
-                for j in range(y0, y1):
-                    lo = max(z0, row_lo[i * ny + j])
-                    hi = min(z1, row_hi[i * ny + j])
-                    row = (i - x_first) * plane + j * nz
-                    for k in range(lo, hi):
-                        # Where an earlier box was already added this adds 0.0, which
-                        # changes no sum but the sign of a zero.
-                        slab[row + k] += scratch[row + k]
-                        scratch[row + k] = 0.0
-
-
-@_njit
-def _permuted_log_sum(ijk, offsets, focus_side, focus_start, log_table, nx, ny, nz,
-                      in_mask_flat, slab_mask_start, slab_planes, log_cut, slab, scratch,
-                      shared, candidates, candidate_log, row_lo, row_hi):
-    """One permutation's log-sum, slab of x-planes by slab (a slab stays in cache): its
-    smallest in-mask value, and the in-mask voxels below ``log_cut`` (indices into the
-    mask, ascending) with their log-sums.
-
-    Returns ``(min_log_sum, n_candidates)``.
-    """
-    _touching(ijk, offsets, focus_side, shared)
-    plane = ny * nz
-    smallest = 0.0
-    n = 0
-    for s in range(slab_mask_start.size - 1):
-        x_first = s * slab_planes
-        x_stop = min(x_first + slab_planes, nx)
-        _stamp_slab(slab, scratch, x_first, x_stop, ijk, offsets, focus_side, focus_start,
-                    log_table, ny, nz, shared, row_lo, row_hi)
-        base = x_first * plane
-        for m in range(slab_mask_start[s], slab_mask_start[s + 1]):
-            value = slab[in_mask_flat[m] - base]
-            if value < smallest:
-                smallest = value
-            # Written always, kept (n moves on) below the cut: without a branch, as
-            # TFCE's cut keeps about half the voxels, where a branch is mispredicted often.
-            candidates[n] = m
-            candidate_log[n] = value
-            n += value < log_cut
-    return smallest, n
-
-
-@_njit
-def _scale_neg_log_sum(ijk, offsets, focus_side, focus_start, table, nx, ny, nz, scratch,
-                       total, shared, row_lo, row_hi):
-    """SCALE's fixed-point ``-S`` volume (the numpy engine's ``_ScaleScratch``): per
-    experiment the largest kernel term of its foci at each voxel, added once. Integer
-    sums, so the order of the additions cannot change a bit. A box no other box of its
-    experiment touches adds its kernel directly; boxes that touch take their maximum in
-    ``scratch`` first. Only the in-mask stretch of each row is visited (nothing reads the
-    rest)."""
-    total[:] = 0
-    _touching(ijk, offsets, focus_side, shared)
-    for e in range(offsets.size - 1):
-        any_shared = False
-        for f in range(offsets[e], offsets[e + 1]):
-            side = focus_side[f]
-            r = side // 2
-            x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
-            touched = shared[f]
-            any_shared = any_shared or touched
-            for i in range(max(x - r, 0), min(x + r + 1, nx)):
-                for j in range(max(y - r, 0), min(y + r + 1, ny)):
-                    row = (i * ny + j) * nz
-                    krow = focus_start[f] + ((i - x + r) * side + j - y + r) * side - z + r
-                    lo = max(z - r, row_lo[i * ny + j])
-                    hi = min(z + r + 1, row_hi[i * ny + j])
-                    if touched:
-                        for k in range(lo, hi):
-                            if table[krow + k] > scratch[row + k]:
-                                scratch[row + k] = table[krow + k]
-                    else:
-                        for k in range(lo, hi):
-                            total[row + k] += table[krow + k]
-        if not any_shared:
-            continue
-        for f in range(offsets[e], offsets[e + 1]):
-            if not shared[f]:
-                continue
-            side = focus_side[f]
-            r = side // 2
-            x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
-            for i in range(max(x - r, 0), min(x + r + 1, nx)):
-                for j in range(max(y - r, 0), min(y + r + 1, ny)):
-                    row = (i * ny + j) * nz
-                    lo = max(z - r, row_lo[i * ny + j])
-                    hi = min(z + r + 1, row_hi[i * ny + j])
-                    for k in range(lo, hi):
-                        total[row + k] += scratch[row + k]
-                        scratch[row + k] = 0
-
-
-@_njit
-def _scale_exceed(total, in_mask_flat, observed, counts):
-    """``counts[m] += -S[m] >= observed[m]`` at every in-mask voxel; the largest -S."""
-    largest = 0
-    for m in range(in_mask_flat.size):
-        value = total[in_mask_flat[m]]
-        if value > largest:
-            largest = value
-        if value >= observed[m]:
-            counts[m] += 1
-    return largest
 
 
 @_njit
@@ -458,6 +286,17 @@ def _rank_tables(problem: Problem) -> tuple[list, tuple]:
     )
 
 
+def _scale_pass(ijk: np.ndarray, prepared: tuple, work: SlabWork, observed: np.ndarray,
+                counts: np.ndarray, values: np.ndarray) -> int:
+    """SCALE's ``-S`` of foci at ``ijk`` (see :func:`~gpuale.engines._numba_slab.scale_pass`):
+    ``prepared`` is (offsets, focus_side, focus_start, focus_width, table, nx, ny, nz,
+    in_mask_flat, slab_planes, slab_mask_start, row_lo, row_hi)."""
+    (offsets, side, start, width, table, nx, ny, nz, in_mask, planes, mask_start, lo,
+     hi) = prepared
+    return scale_pass(ijk, offsets, side, start, width, table, nx, ny, nz, in_mask,
+                      mask_start, planes, *work.arrays(), lo, hi, observed, counts, values)
+
+
 def earlier_neighbours(connectivity: int) -> np.ndarray:
     """Offsets (dx, dy, dz) of the neighbours that come before a voxel in C order."""
     rank = CONNECTIVITY_RANK[connectivity]
@@ -481,12 +320,12 @@ class _GlobalTables:
         self.shape = tuple(int(s) for s in grid.shape)
         self.in_mask_flat = np.ascontiguousarray(grid.in_mask_flat, dtype=np.int64)
         # float32 log1p (as NiMARE), held as float64, as the numpy engine does.
-        logs = [np.log1p(-k).astype(np.float64).ravel() for k in problem.kernels]
-        starts = np.concatenate([[0], np.cumsum([t.size for t in logs])[:-1]])
+        logs = [np.log1p(-k).astype(np.float64) for k in problem.kernels]
         sides = np.array([k.shape[0] for k in problem.kernels], dtype=np.int64)
         kernel_of_focus = problem.kernel_index[problem.focus_experiment]
-        self.log_table = np.concatenate(logs)
-        self.focus_start = starts[kernel_of_focus].astype(np.int64)
+        self.log_table, starts, widths = padded_table(logs, np.float64)
+        self.focus_start = starts[kernel_of_focus]
+        self.focus_width = widths[kernel_of_focus]
         self.focus_side = sides[kernel_of_focus]
         self.offsets = np.ascontiguousarray(problem.experiment_offsets, dtype=np.int64)
         self.threshold = np.float64(spec.threshold)
@@ -498,18 +337,8 @@ class _GlobalTables:
         self._tfce_work: TfceWork | None = None
         self._mask = grid.mask
         self.neighbours = earlier_neighbours(spec.connectivity)
-        nx, ny, nz = self.shape
-        self.slab_planes = max(1, min(nx, SLAB_BYTES // (ny * nz * 8)))
-        plane_starts = np.arange(0, nx + self.slab_planes, self.slab_planes)
-        plane_starts = np.minimum(plane_starts, nx)
-        plane_starts = np.unique(plane_starts)
-        self.slab_mask_start = np.searchsorted(self.in_mask_flat, plane_starts * ny * nz)
-        # The in-mask stretch of every row (i, j) along z; empty rows get lo = hi = 0.
-        rows = grid.mask.reshape(nx * ny, nz)
-        inside = rows.any(axis=1)
-        self.row_lo = np.where(inside, rows.argmax(axis=1), 0).astype(np.int64)
-        self.row_hi = np.where(inside, nz - rows[:, ::-1].argmax(axis=1), 0).astype(np.int64)
-
+        self.slab_planes, self.slab_mask_start, self.row_lo, self.row_hi = slab_layout(
+            grid.mask, self.in_mask_flat, SLAB_BYTES, 8)
 
     def tfce_work(self) -> TfceWork:
         """The mask's TFCE neighbour table, made once (threads take their own scratch)."""
@@ -526,10 +355,8 @@ class _Scratch:
         n_mask = tables.in_mask_flat.size
         n_foci = problem.n_foci
         nx, ny, nz = tables.shape
-        self.slab = np.zeros(tables.slab_planes * ny * nz, dtype=np.float64)
+        self.slab = SlabWork(tables.shape, tables.slab_planes, n_foci, np.float64)
         self.label = np.full(n_volume, -1, dtype=np.int64)
-        self.scratch = np.zeros(tables.slab_planes * ny * nz, dtype=np.float64)
-        self.shared = np.zeros(n_foci, dtype=np.bool_)
         self.candidates = np.empty(n_mask, dtype=np.int64)
         self.candidate_log = np.empty(n_mask, dtype=np.float64)
         self.parent = np.empty(n_mask, dtype=np.int64)
@@ -654,11 +481,12 @@ class NumbaEngine:
         for b in range(count):
             flat = tables.in_mask_flat[choices[b]]
             ijk = np.stack(np.unravel_index(flat, tables.shape), axis=1)
-            smallest, n = _permuted_log_sum(
-                ijk, tables.offsets, tables.focus_side, tables.focus_start, tables.log_table,
-                nx, ny, nz, tables.in_mask_flat, tables.slab_mask_start, tables.slab_planes,
-                tables.log_cut, scratch.slab, scratch.scratch, scratch.shared,
-                scratch.candidates, scratch.candidate_log, tables.row_lo, tables.row_hi,
+            smallest, n = permuted_log_sum(
+                ijk, tables.offsets, tables.focus_side, tables.focus_start,
+                tables.focus_width, tables.log_table, nx, ny, nz, tables.in_mask_flat,
+                tables.slab_mask_start, tables.slab_planes,
+                tables.log_cut, *scratch.slab.arrays(), scratch.candidates,
+                scratch.candidate_log, tables.row_lo, tables.row_hi,
             )
             out[0][b] = ale_from_log_sum(np.array([smallest]))[0]
             ale = ale_from_log_sum(scratch.candidate_log[:n]) if spec.tfce else None
@@ -676,43 +504,36 @@ class NumbaEngine:
         nx, ny, nz = (int(n) for n in grid.shape)
         with self._lock:
             if self._scale is None or self._scale[0] is not spec:
-                tables = [fixed_neg_log_kernel(k).ravel() for k in problem.kernels]
-                starts = np.concatenate([[0], np.cumsum([t.size for t in tables])[:-1]])
+                table, starts, widths = padded_table(
+                    [fixed_neg_log_kernel(k) for k in problem.kernels], np.int64)
                 sides = np.array([k.shape[0] for k in problem.kernels], dtype=np.int64)
                 of_focus = problem.kernel_index[problem.focus_experiment]
-                prepared = (np.concatenate(tables), starts[of_focus].astype(np.int64),
-                            sides[of_focus],
-                            np.ascontiguousarray(problem.experiment_offsets, dtype=np.int64),
-                            np.ascontiguousarray(grid.in_mask_flat, dtype=np.int64))
-                table, focus_start, focus_side, offsets, in_mask = prepared
-                rows = grid.mask.reshape(nx * ny, nz)
-                inside = rows.any(axis=1)
-                row_lo = np.where(inside, rows.argmax(axis=1), 0).astype(np.int64)
-                row_hi = np.where(inside, nz - rows[:, ::-1].argmax(axis=1), 0).astype(np.int64)
-                prepared += (row_lo, row_hi)
-                volume = np.zeros(nx * ny * nz, dtype=np.int64)
-                _scale_neg_log_sum(np.ascontiguousarray(problem.focus_ijk, dtype=np.int64),
-                                   offsets, focus_side, focus_start, table, nx, ny, nz,
-                                   np.zeros_like(volume), volume,
-                                   np.zeros(problem.n_foci, dtype=np.bool_), row_lo, row_hi)
-                self._scale = (spec, prepared, volume[in_mask])
+                in_mask = np.ascontiguousarray(grid.in_mask_flat, dtype=np.int64)
+                prepared = (
+                    np.ascontiguousarray(problem.experiment_offsets, dtype=np.int64),
+                    sides[of_focus], starts[of_focus], widths[of_focus], table,
+                    nx, ny, nz, in_mask,
+                    *slab_layout(grid.mask, in_mask, SLAB_BYTES, 8),
+                )
+                work = SlabWork((nx, ny, nz), prepared[9], problem.n_foci, np.int64)
+                observed = np.empty(in_mask.size, dtype=np.int64)
+                _scale_pass(np.ascontiguousarray(problem.focus_ijk, dtype=np.int64), prepared,
+                            work, np.zeros(in_mask.size, dtype=np.int64),
+                            np.zeros(in_mask.size, dtype=np.int64), observed)
+                self._scale = (spec, prepared, observed)
             _, prepared, observed = self._scale
-        table, focus_start, focus_side, offsets, in_mask, row_lo, row_hi = prepared
         cached = getattr(self._local, "scale_scratch", None)
         if cached is None or cached[0] is not prepared:
-            cached = (prepared, np.zeros(nx * ny * nz, dtype=np.int64),
-                      np.zeros(nx * ny * nz, dtype=np.int64),
-                      np.zeros(problem.n_foci, dtype=np.bool_))
+            cached = (prepared, SlabWork((nx, ny, nz), prepared[9], problem.n_foci, np.int64))
             self._local.scale_scratch = cached
-        _, scratch, volume, shared = cached
-        counts = np.zeros(in_mask.size, dtype=np.int64)
+        work = cached[1]
+        counts = np.zeros(observed.size, dtype=np.int64)
         largest = np.empty(count, dtype=np.int64)
         draws = pool_draws(seed, first, count, problem.n_foci, spec.n_pool)
+        nothing = np.empty(0, dtype=np.int64)
         for b in range(count):
             ijk = np.ascontiguousarray(spec.pool_ijk[draws[b]], dtype=np.int64)
-            _scale_neg_log_sum(ijk, offsets, focus_side, focus_start, table, nx, ny, nz,
-                               scratch, volume, shared, row_lo, row_hi)
-            largest[b] = _scale_exceed(volume, in_mask, observed, counts)
+            largest[b] = _scale_pass(ijk, prepared, work, observed, counts, nothing)
         return ScaleNullPartial.of(first, counts, ale_of_fixed(largest))
 
     def _largest_tfce(self, spec: GlobalNullSpec, tables: _GlobalTables, scratch: _Scratch,
