@@ -172,7 +172,7 @@ def save_macm(
         record.update(record_header("scale"))
         record["settings"].update({"iterations": scale.null.n_iters, "seed": scale.null.seed,
                                    "null_method": "SCALE (Langner et al. 2014)",
-                                   "cluster_level_fwe": None})
+                                   "fdr_q": scale.fdr_q, "cluster_level_fwe": None})
         record["timings_s"] = {**ale.timings, **scale.timings}
         record["warnings"] = list(dict.fromkeys(ale.warnings + result.warnings))
         write_json(tmp / RUN_JSON, {**record, **macm, **(extra or {})})
