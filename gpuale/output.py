@@ -592,5 +592,10 @@ def derived_record(analysis: RecordedAnalysis, method: str, device: str,
         "device": device,
         "n_experiments": len(analysis.dataset),
         "settings": analysis.settings.to_json(),
+        # A MACM's re-runs hold its ROI's selection fixed: they are ALEs of the selected
+        # experiments (less one, or with null studies added), not new selections.
+        **({MACM_KEY: {"selection": "held fixed (the ROI's selection of the run)",
+                       "selected": analysis.run.record[MACM_KEY].get("selected")}}
+           if isinstance(analysis.run.record.get(MACM_KEY), dict) else {}),
         **extra,
     }

@@ -200,3 +200,89 @@ def test_scheduler_timeout_bounds_a_silent_scheduler(release, tmp_path, silent_p
     assert result.exit_code == 2, result.output
     assert "no Dask scheduler answered" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def _read_tsv(path) -> list[dict]:
+    header, *rows = path.read_text().splitlines()
+    return [dict(zip(header.split("\t"), row.split("\t"))) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def macm_folder(table, tmp_path_factory):
+    """A MACM of the table (uniform null, 40 iterations): 17 of 40 experiments selected,
+    one significant cluster at the convergence near (30, 20, 40)."""
+    path, _ = table
+    out = tmp_path_factory.mktemp("macm") / "run"
+    args = ["macm", str(path), "--sphere", SPHERE, "--space", "MNI", "--experiment-column",
+            "paper,contrast", "--sample-size-column", "subjects", "--iters", "40",
+            "--device", "cpu", "--no-report", "--out", str(out)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", ["gpuale", *args])  # run.json's command, as typed
+        result = runner.invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_jackknife_of_a_macm_folder_leaves_out_each_selected_experiment(table, macm_folder):
+    from gpuale.analysis import run_ale
+
+    result = runner.invoke(cli.app, ["jackknife", str(macm_folder), "--device", "cpu",
+                                     "--no-report", "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((macm_folder / "run.json").read_text())
+    selected = [e["id"] for e in record["experiments"]]
+    assert len(selected) == 17 and record["macm"]["database"]["n_experiments"] == 40
+    rows = _read_tsv(macm_folder / "jackknife.tsv")
+    assert [r["experiment"] for r in rows] == selected  # the selection, not the database
+    # Brute force for three of them: the ALE of the other selected experiments with the
+    # run's settings, and its significant clusters overlapping the run's cluster 1.
+    path, _ = table
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        chosen = load_dataset(path, space="MNI", experiment_column="paper,contrast",
+                              sample_size_column="subjects").subset(selected)
+    grid = load_grid()
+    cluster = np.asarray(nib.load(str(macm_folder / "cluster_labels.nii.gz")).dataobj
+                         )[grid.mask] == 1
+    s = record["settings"]
+    for row in rows[:3]:
+        rest = chosen.subset([i for i in selected if i != row["experiment"]])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            again = run_ale(rest, grid=grid, n_iters=s["iterations"], seed=s["seed"],
+                            cluster_forming_p=s["cluster_forming_p"], alpha=s["alpha"],
+                            connectivity=s["connectivity"], device="cpu")
+        significant = again.significant_clusters[again.inference.labels]
+        hit = np.unique(again.inference.labels[cluster & significant])
+        assert row["survives_without"] == ("yes" if hit.size else "no")
+        assert int(row["overlap_voxels_without"]) == int(np.sum(cluster & significant))
+        if hit.size:
+            assert float(row["p_fwe_size_without"]) == pytest.approx(
+                float(again.inference.p_size[hit].min()))
+
+
+def test_failsafe_of_a_macm_folder_adds_null_studies_to_the_selection(macm_folder):
+    result = runner.invoke(cli.app, ["failsafe", str(macm_folder), "--device", "cpu",
+                                     "--min", "5", "--max", "20", "--no-report", "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((macm_folder / "failsafe.json").read_text())
+    assert record["n_experiments"] == 17  # the selected experiments, not the 40
+    assert record["macm"]["selected"]["n_experiments"] == 17
+    counts = [e["n_null_studies"] for e in record["evaluations"]]
+    assert 5 in counts and 20 in counts
+    rows = _read_tsv(macm_folder / "failsafe.tsv")
+    assert [r["cluster"] for r in rows] == ["1"]
+
+
+def test_jackknife_and_failsafe_refuse_a_scale_folder_saying_why(release, tmp_path):
+    out = tmp_path / "scale"
+    made = runner.invoke(cli.app, [
+        "macm", str(release), "--sphere", SPHERE, "--sample-size", "20", "--null", "scale",
+        "--iters", "5", "--device", "cpu", "--no-report", "--out", str(out)])
+    assert made.exit_code == 0, made.output
+    for command in ("jackknife", "failsafe"):
+        result = runner.invoke(cli.app, [command, str(out), "--device", "cpu"])
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert "is a SCALE run" in text and "voxel-level FWE only" in text, text
+        assert not (out / f"{command}.tsv").exists()
