@@ -45,7 +45,12 @@ from gpuale.analysis import (
 from gpuale.dataset import Dataset
 from gpuale.engines import get_engine, resolve_device
 from gpuale.grid import Grid, load_grid, read_volume, same_space
-from gpuale.inference import fdr_threshold
+from gpuale.inference import (
+    UnreachableThresholdWarning,
+    fdr_threshold,
+    smallest_fwe_p,
+    unreachable_threshold_message,
+)
 from gpuale.io.checksum import file_checksum
 from gpuale.nulls import Scheduler, run_null
 from gpuale.nullspecs import ScaleNull, ScaleNullSpec
@@ -61,6 +66,7 @@ __all__ = [
     "roi_from_image",
     "roi_from_sphere",
     "run_macm",
+    "scale_unreachable_message",
     "select_by_roi",
 ]
 
@@ -270,6 +276,13 @@ class MACMResult:
         }
 
 
+def scale_unreachable_message(n_iters: int, alpha: float = DEFAULT_ALPHA) -> str | None:
+    """The warning for a SCALE whose voxel-level FWE alpha ``n_iters`` permutations cannot
+    reach (None if they can); :func:`run_macm` gives it before any work."""
+    return unreachable_threshold_message("SCALE's voxel-level FWE threshold", n_iters,
+                                         alpha, smallest_fwe_p)
+
+
 def run_macm(
     database: Dataset,
     roi: Roi,
@@ -327,6 +340,10 @@ def run_macm(
         raise ValueError(f"SCALE needs a number of permutations >= 1, got {n_iters!r}")
     if tfce:
         raise ValueError("SCALE has voxel-level FWE only: no TFCE (NiMARE's SCALE neither)")
+    unreachable = scale_unreachable_message(int(n_iters), alpha)
+    if unreachable:
+        warnings.warn(unreachable, UnreachableThresholdWarning, stacklevel=2)
+        caught.append(unreachable)
     if fdr_q is not None:
         _check_probability("fdr_q", fdr_q)
         caught.append("an FDR map of SCALE's p controls false voxels, not the location "

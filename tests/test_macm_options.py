@@ -286,3 +286,17 @@ def test_jackknife_and_failsafe_refuse_a_scale_folder_saying_why(release, tmp_pa
         text = " ".join(result.output.split())
         assert "is a SCALE run" in text and "voxel-level FWE only" in text, text
         assert not (out / f"{command}.tsv").exists()
+
+
+def test_scale_warns_once_when_its_iterations_cannot_reach_alpha(release, tmp_path):
+    out = tmp_path / "few"
+    result = runner.invoke(cli.app, [
+        "macm", str(release), "--sphere", SPHERE, "--sample-size", "20", "--null", "scale",
+        "--iters", "10", "--device", "cpu", "--no-report", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    # 10 permutations give p >= 1/10: voxel-level FWE p < 0.05 is out of reach.
+    assert text.count("SCALE's voxel-level FWE threshold (p < 0.05) cannot be reached "
+                      "with 10 iterations") == 1, text
+    record = json.loads((out / "run.json").read_text())
+    assert any("cannot be reached" in w for w in record["warnings"])

@@ -61,7 +61,13 @@ from gpuale.cli._shared import (
 )
 from gpuale.engines import resolve_device
 from gpuale.grid import load_grid
-from gpuale.macm import RoiError, roi_from_image, roi_from_sphere, run_macm
+from gpuale.macm import (
+    RoiError,
+    roi_from_image,
+    roi_from_sphere,
+    run_macm,
+    scale_unreachable_message,
+)
 from gpuale.output import save_macm
 from gpuale.stopping import AUTO
 
@@ -196,9 +202,9 @@ def macm(
                     f"{_iterations_text(iters, max_iters)} on {_where(chosen, cluster)}",
                     highlight=False,
                 )
-            if null == Null.uniform:
-                _warn_ahead(unreachable_message(max_iters if iters == AUTO else iterations,
-                                                alpha))
+            _warn_ahead(unreachable_message(max_iters if iters == AUTO else iterations, alpha)
+                        if null == Null.uniform
+                        else scale_unreachable_message(iterations, alpha))
             with _progress_bar(max_iters if iters == AUTO else iterations, quiet,
                                "SCALE" if null == Null.scale else "Monte Carlo") as progress, \
                     _observed_status(iters, quiet):
