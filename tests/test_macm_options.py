@@ -300,3 +300,40 @@ def test_scale_warns_once_when_its_iterations_cannot_reach_alpha(release, tmp_pa
                       "with 10 iterations") == 1, text
     record = json.loads((out / "run.json").read_text())
     assert any("cannot be reached" in w for w in record["warnings"])
+
+
+def test_jackknife_of_a_study_files_macm(table, macm_folder, tmp_path):
+    """A study's MACM folder is read back through its study file (the table options of
+    its input), and gives the jackknife of the same MACM run from the command line."""
+    path, _ = table
+    study = tmp_path / "study.toml"
+    study.write_text(f"""
+[study]
+iterations = 40
+device = "cpu"
+workers = 1
+space = "MNI"
+
+[inputs.db]
+path = "{path}"
+experiment_column = "paper,contrast"
+sample_size_column = "subjects"
+
+[analyses.seed]
+type = "macm"
+input = "db"
+sphere = [0, -20, 10, 30]
+""")
+    ran = runner.invoke(cli.app, ["run", str(study), "--out", str(tmp_path / "out"),
+                                  "--no-report"])
+    assert ran.exit_code == 0, ran.output
+    folder = tmp_path / "out" / "seed"
+    result = runner.invoke(cli.app, ["jackknife", str(folder), "--device", "cpu",
+                                     "--no-report", "--quiet"])
+    assert result.exit_code == 0, result.output
+    if not (macm_folder / "jackknife.tsv").exists():
+        again = runner.invoke(cli.app, ["jackknife", str(macm_folder), "--device", "cpu",
+                                        "--no-report", "--quiet"])
+        assert again.exit_code == 0, again.output
+    assert (_read_tsv(folder / "jackknife.tsv")
+            == _read_tsv(macm_folder / "jackknife.tsv"))
