@@ -103,11 +103,16 @@ class Tolerances:
     p_rtol : float
         Voxels whose p differs from the p-set threshold by at most this fraction of it
         may fall on either side (NiMARE stores p as float32: relative precision 6e-8).
+    scale_r : float
+        Smallest correlation over the mask of two SCALE z (and logp) maps from different
+        permutations (NiMARE's, another seed) that counts as agreement within Monte
+        Carlo error (issue 23's 0.95; fewer iterations need a lower one).
     """
 
     ale: float = 1e-6
     z: float = 1e-3
     p_rtol: float = 1e-6
+    scale_r: float = 0.95
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """``gpuale compare RUN_A RUN_B``: two finished run folders, map by map, cluster by cluster
-and null by null (the tolerances are :class:`gpuale.compare.Tolerances`)."""
+and null by null (the tolerances are :class:`gpuale.compare.Tolerances`); a SCALE run
+against NiMARE's SCALE maps or a SCALE run of another seed, within Monte Carlo error
+(:func:`compare_scale`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from gpuale.compare import (
     Tolerances,
 )
 
-__all__ = ["compare_runs"]
+__all__ = ["SCALE_MIN_R", "compare_runs", "compare_scale", "compare_scale_maps",
+           "is_nimare_maps"]
 
 
 def _map_tolerance(name: str, tolerances: Tolerances) -> float:
@@ -121,6 +124,10 @@ def compare_runs(run_a: str | Path, run_b: str | Path,
     """Two finished run folders (two versions, two machines): map by map, experiment by
     experiment, cluster by cluster, and the nulls permutation by permutation.
 
+    ``run_b`` may be a folder of NiMARE's SCALE maps, and two SCALE runs may differ in
+    seed or iterations: both are compared within Monte Carlo error by
+    :func:`compare_scale`.
+
     Returns
     -------
     dict
@@ -137,7 +144,13 @@ def compare_runs(run_a: str | Path, run_b: str | Path,
     """
     from gpuale.runfolder import MAP_SUFFIX, gpuale_map_name, map_file, open_run
 
+    if is_nimare_maps(run_b):
+        return compare_scale(run_a, run_b, tolerances)
     a, b = open_run(run_a), open_run(run_b)
+    if a.kind == b.kind == "scale" and any(
+            a.record.get("settings", {}).get(key) != b.record.get("settings", {}).get(key)
+            for key in ("seed", "iterations")):
+        return compare_scale(run_a, run_b, tolerances)  # other permutations: Monte Carlo
     if a.kind != b.kind:
         raise ValueError(f"{a.path} is a {a.kind} run and {b.path} a {b.kind} run; compare "
                          "runs of the same kind")
@@ -185,6 +198,157 @@ def compare_runs(run_a: str | Path, run_b: str | Path,
         "maps": maps,
         "clusters": clusters,
         "nulls": nulls,
+        "failures": failures,
+        "passed": not failures,
+    }
+
+
+# --------------------------------------------------------------------------- SCALE
+
+#: Smallest Pearson r over the mask of two SCALE z (and -log10 p) maps drawn by different
+#: generators (NiMARE's, or another seed) that counts as the same result within Monte
+#: Carlo error, by default (``Tolerances.scale_r``): issue 23's goal. gpuale's and
+#: NiMARE's SCALE gave r = 0.985 at 100 iterations on the whole Neurosynth release
+#: (bench/RESULTS.md).
+SCALE_MIN_R = Tolerances().scale_r
+#: NiMARE 0.22.1's SCALE maps by file name: ``fit``'s, then ``FWECorrector``'s (which a
+#: folder of NiMARE's maps may lack). The first two are needed.
+SCALE_MAP_FILES = ("stat", "z", "logp", "z_level-voxel_corr-FWE_method-montecarlo",
+                   "logp_level-voxel_corr-FWE_method-montecarlo")
+#: What a SCALE comparison across generators cannot expect: the same permutations.
+SCALE_MONTE_CARLO_NOTE = (
+    "SCALE's p, z and voxel-level FWE come from permutations drawn by different generators "
+    "(NiMARE's, or another seed): they agree within Monte Carlo error, judged by the "
+    "correlation of the maps over the mask (--scale-r), not voxel by voxel; "
+    "the observed ALE (stat) must be the same")
+
+
+def is_nimare_maps(folder: str | Path) -> bool:
+    """A folder of NiMARE's maps (``MetaResult.save_maps``): no run.json, a stat and a z
+    map."""
+    from gpuale.runfolder import MAP_SUFFIX, RUN_JSON
+
+    folder = Path(folder)
+    return (folder.is_dir() and not (folder / RUN_JSON).exists()
+            and all((folder / f"{name}{MAP_SUFFIX}").is_file() for name in ("stat", "z")))
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    if x.size < 2 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def compare_scale_maps(maps_a: dict[str, np.ndarray], maps_b: dict[str, np.ndarray],
+                       tolerances: Tolerances = Tolerances(),  # noqa: B008 (frozen)
+                       alpha: float = 0.05) -> tuple[dict, list]:
+    """Two SCALE results' in-mask maps (by NiMARE's file names) within Monte Carlo error.
+
+    ``stat`` (the observed ALE) must agree within ``tolerances.ale``; ``z`` and ``logp``
+    must correlate with r >= ``tolerances.scale_r`` over the mask; the voxel-level FWE maps are
+    reported (their correlation, and the Dice of the voxels with FWE p < ``alpha``), not
+    judged: near alpha they move with the permutations.
+
+    Returns
+    -------
+    maps : dict
+        Per map name: what was compared and whether it passed.
+    failures : list of str
+    """
+    maps, failures, min_r = {}, [], tolerances.scale_r
+    for name in SCALE_MAP_FILES:
+        if name not in maps_a or name not in maps_b:
+            side = "A" if name not in maps_a else "B"
+            maps[name] = {"missing_in": side}
+            if name in ("stat", "z"):
+                failures.append(f"map {name} not in {side}")
+            continue
+        a, b = maps_a[name], maps_b[name]
+        entry: dict = {"max_abs_diff": float(np.max(np.abs(a - b), initial=0.0))}
+        if name == "stat":
+            entry.update(tolerance=tolerances.ale,
+                         passed=entry["max_abs_diff"] <= tolerances.ale)
+            if not entry["passed"]:
+                failures.append(f"map stat (the observed ALE): max |difference| "
+                                f"{entry['max_abs_diff']:.3g} exceeds {tolerances.ale:g}")
+        else:
+            entry["r"] = _pearson(a, b)
+            reached = (a > 0) | (b > 0)
+            entry["r_where_either_above_0"] = _pearson(a[reached], b[reached])
+            if name.startswith("logp_level-voxel"):
+                cut = -np.log10(alpha)
+                sig_a, sig_b = a > cut, b > cut
+                both = int(np.sum(sig_a & sig_b))
+                entry.update(fwe_alpha=alpha, significant_a=int(sig_a.sum()),
+                             significant_b=int(sig_b.sum()),
+                             dice=(2 * both / (sig_a.sum() + sig_b.sum())
+                                   if sig_a.any() or sig_b.any() else None))
+            if name in ("z", "logp"):
+                entry.update(min_r=min_r, passed=entry["r"] is not None
+                             and entry["r"] >= min_r)
+                if not entry["passed"]:
+                    failures.append(f"map {name}: r = {_fmt_r(entry['r'])} over the mask, "
+                                    f"below {min_r:g} (beyond Monte Carlo error)")
+        maps[name] = entry
+    return maps, failures
+
+
+def _fmt_r(r: float | None) -> str:
+    return "undefined (a constant map)" if r is None else f"{r:.4f}"
+
+
+def _scale_maps(folder: Path, grid) -> dict[str, np.ndarray]:
+    from gpuale.runfolder import MAP_SUFFIX, read_map
+
+    return {name: read_map(folder / f"{name}{MAP_SUFFIX}", grid) for name in SCALE_MAP_FILES
+            if (folder / f"{name}{MAP_SUFFIX}").is_file()}
+
+
+def compare_scale(run_a: str | Path, other: str | Path,
+                  tolerances: Tolerances = Tolerances()) -> dict:  # noqa: B008 (frozen)
+    """A gpuale SCALE run folder against NiMARE's SCALE maps (a folder that
+    ``MetaResult.save_maps`` wrote, after ``FWECorrector`` or not) or against another
+    SCALE run folder of another seed or number of iterations, within Monte Carlo error
+    (:func:`compare_scale_maps`).
+
+    Raises
+    ------
+    ValueError
+        ``run_a`` is not a SCALE run (or ``other`` a run of another kind), or a map is
+        on another grid than the run's.
+    """
+    from gpuale.rerun import _recorded_grid
+    from gpuale.runfolder import open_run
+
+    a = open_run(run_a)
+    if a.kind != "scale":
+        raise ValueError(f"{a.path} is a {a.kind} run; a folder of NiMARE's maps is "
+                         "compared with a SCALE run (`gpuale macm --null scale`); for a "
+                         "global ALE use `gpuale compare INPUT... --against nimare`")
+    grid = _recorded_grid(a)
+    other = Path(other)
+    nimare = is_nimare_maps(other)
+    b = None if nimare else open_run(other)
+    if b is not None and b.kind != "scale":
+        raise ValueError(f"{a.path} is a scale run and {b.path} a {b.kind} run; compare "
+                         "runs of the same kind")
+    maps, failures = compare_scale_maps(_scale_maps(a.path, grid),
+                                        _scale_maps(other, grid), tolerances,
+                                        alpha=float(a.record["settings"]["alpha"]))
+    settings_a = a.record.get("settings", {})
+    settings_b = {} if b is None else b.record.get("settings", {})
+    if b is not None:
+        failures = _experiments_difference(a.record.get("experiments") or [],
+                                           b.record.get("experiments") or []) + failures
+    return {
+        "form": "scale",
+        "a": str(a.path), "b": str(other),
+        "b_is": "NiMARE's SCALE maps" if nimare else "a gpuale SCALE run",
+        "kind": "scale",
+        "iterations": [settings_a.get("iterations"), settings_b.get("iterations")],
+        "seed": [settings_a.get("seed"), settings_b.get("seed")],
+        "maps": maps,
+        "note": SCALE_MONTE_CARLO_NOTE,
         "failures": failures,
         "passed": not failures,
     }

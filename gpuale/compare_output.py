@@ -58,7 +58,9 @@ def summary_lines(record: dict) -> list[str]:
         lines.append(f"{len(record['maps'])} maps in both runs, {within} of them within "
                      "tolerance")
         c = record["clusters"]
-        lines.append(f"clusters: {c['clusters_a']} in A, {c['clusters_b']} in B")
+        lines.append("clusters: none (SCALE has voxel-level FWE only)"
+                     if record["kind"] == "scale" else
+                     f"clusters: {c['clusters_a']} in A, {c['clusters_b']} in B")
         differ = [key for key, entry in record["nulls"].items()
                   if not entry.get("passed", entry.get("identical"))]
         missing = [f for f in record["failures"] if f.startswith("nulls.npz only in")]
@@ -67,6 +69,8 @@ def summary_lines(record: dict) -> list[str]:
         elif record["nulls"]:
             lines.append("nulls.npz: " + (f"{', '.join(differ)} differ" if differ else
                                           "identical"))
+    elif record["form"] == "scale":
+        lines += _scale_lines(record)
     else:
         maps = record["uncorrected"]
         pset = maps["p_set"]
@@ -113,6 +117,28 @@ def summary_lines(record: dict) -> list[str]:
     return lines
 
 
+def _scale_lines(record: dict) -> list[str]:
+    """A SCALE run against NiMARE's maps or another seed's run (Monte Carlo)."""
+    (it_a, it_b), (seed_a, seed_b) = record["iterations"], record["seed"]
+    lines = [f"A = {record['a']} (SCALE, {it_a} iterations, seed {seed_a}), B = "
+             f"{record['b']} ({record['b_is']}"
+             + (f", {it_b} iterations, seed {seed_b})" if it_b is not None else ")")]
+    for name, entry in record["maps"].items():
+        if "missing_in" in entry:
+            lines.append(f"map {name}: not in {entry['missing_in']}")
+        elif name == "stat":
+            lines.append(f"map stat (observed ALE): max |d| = {entry['max_abs_diff']:.3g} "
+                         f"(tolerance {entry['tolerance']:g})")
+        else:
+            text = f"map {name}: r = {_fmt(entry['r'])} over the mask"
+            if entry.get("dice") is not None or "significant_a" in entry:
+                text += (f"; FWE p < {entry['fwe_alpha']:g}: {entry['significant_a']} and "
+                         f"{entry['significant_b']} voxels, Dice {_fmt(entry['dice'])}")
+            lines.append(text)
+    lines.append("  " + record["note"])
+    return lines
+
+
 def _report_html(record: dict) -> str:
     """A report page of the comparison, built from the run reports' own page parts (no
     matplotlib needed: the page has tables and text only)."""
@@ -128,7 +154,8 @@ def _report_html(record: dict) -> str:
     )
 
     titles = {"against-nimare": "gpuale against NiMARE 0.22.1",
-              "devices": "gpuale on two engines", "runs": "Two gpuale runs"}
+              "devices": "gpuale on two engines", "runs": "Two gpuale runs",
+              "scale": "A gpuale SCALE run within Monte Carlo error"}
     text = summary_lines(record)
     body = _settings_table([(k, ", ".join(v) if isinstance(v, list) else _fmt(v))
                             for k, v in record.get("settings", {}).items()])

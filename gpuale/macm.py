@@ -39,11 +39,18 @@ from gpuale.analysis import (
     DEFAULT_ITERS,
     DEFAULT_SEED,
     ALEResult,
+    _check_probability,
     run_ale,
 )
 from gpuale.dataset import Dataset
 from gpuale.engines import get_engine, resolve_device
 from gpuale.grid import Grid, load_grid, read_volume, same_space
+from gpuale.inference import (
+    UnreachableThresholdWarning,
+    fdr_threshold,
+    smallest_fwe_p,
+    unreachable_threshold_message,
+)
 from gpuale.io.checksum import file_checksum
 from gpuale.nulls import Scheduler, run_null
 from gpuale.nullspecs import ScaleNull, ScaleNullSpec
@@ -59,6 +66,7 @@ __all__ = [
     "roi_from_image",
     "roi_from_sphere",
     "run_macm",
+    "scale_unreachable_message",
     "select_by_roi",
 ]
 
@@ -218,6 +226,8 @@ class ScaleResult:
     pool_size: int
     alpha: float
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Also a voxel-wise FDR map (``z_fdr``) of SCALE's p at this q (None: none).
+    fdr_q: float | None = None
 
     @property
     def p(self) -> np.ndarray:
@@ -229,13 +239,20 @@ class ScaleResult:
 
     def maps(self) -> dict[str, np.ndarray]:
         p, p_fwe = self.p, self.p_voxel_fwe
-        return {
+        z = p_to_z(p).astype(np.float32)
+        maps = {
             "stat": self.ale.ale,
             "logp": (-np.log10(p)).astype(np.float32),
-            "z": p_to_z(p).astype(np.float32),
+            "z": z,
             "logp_level-voxel": (-np.log10(p_fwe)).astype(np.float32),
             "z_level-voxel": p_to_z(p_fwe).astype(np.float32),
         }
+        if self.fdr_q is not None:  # Benjamini-Hochberg on SCALE's permutation p
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # run_macm warned once, in SCALE's words
+                cut = fdr_threshold(p, self.fdr_q)
+            maps["z_fdr"] = np.where(p <= cut, z, 0.0).astype(np.float32)
+        return maps
 
     def max_ale_threshold(self) -> float:
         """The voxel-level FWE ALE threshold: the 1 - alpha quantile of the maxima."""
@@ -302,6 +319,13 @@ class MACMResult:
         }
 
 
+def scale_unreachable_message(n_iters: int, alpha: float = DEFAULT_ALPHA) -> str | None:
+    """The warning for a SCALE whose voxel-level FWE alpha ``n_iters`` permutations cannot
+    reach (None if they can); :func:`run_macm` gives it before any work."""
+    return unreachable_threshold_message("SCALE's voxel-level FWE threshold", n_iters,
+                                         alpha, smallest_fwe_p)
+
+
 def run_macm(
     database: Dataset,
     roi: Roi,
@@ -326,7 +350,8 @@ def run_macm(
 
     ``null="uniform"``: a global ALE (:func:`gpuale.analysis.run_ale`, every option of
     it) over the selected experiments. ``null="scale"``: SCALE with ``n_iters``
-    permutations (a number; voxel-level FWE only, so no ``tfce`` or ``"auto"``).
+    permutations (a number; voxel-level FWE only, so no ``tfce`` or ``"auto"``);
+    ``fdr_q`` then thresholds SCALE's permutation p (``z_fdr``).
 
     Parameters
     ----------
@@ -379,6 +404,16 @@ def run_macm(
         raise ValueError(f"SCALE needs a number of permutations >= 1, got {n_iters!r}")
     if tfce:
         raise ValueError("SCALE has voxel-level FWE only: no TFCE (NiMARE's SCALE neither)")
+    unreachable = scale_unreachable_message(int(n_iters), alpha)
+    if unreachable:
+        warnings.warn(unreachable, UnreachableThresholdWarning, stacklevel=2)
+        caught.append(unreachable)
+    if fdr_q is not None:
+        _check_probability("fdr_q", fdr_q)
+        caught.append("an FDR map of SCALE's p controls false voxels, not the location "
+                      "claims of a smooth ALE map (Eickhoff et al. 2016); report SCALE's "
+                      "voxel-level FWE")
+        warnings.warn(caught[-1], UserWarning, stacklevel=2)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         observed = run_ale(selected, grid=grid, fwhm_mm=fwhm_mm, n_iters=0, seed=seed,
@@ -395,7 +430,8 @@ def run_macm(
                           n_workers=n_workers, progress=progress)
     timings = {"scale_s": time.perf_counter() - start}
     observed.timings.update(timings)
-    scale = ScaleResult(observed, scale_null, int(pool_ijk.shape[0]), alpha, timings)
+    scale = ScaleResult(observed, scale_null, int(pool_ijk.shape[0]), alpha, timings,
+                        fdr_q=fdr_q)
     return MACMResult(roi, database, selected, null, observed, scale=scale, warnings=caught)
 
 

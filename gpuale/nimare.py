@@ -20,13 +20,16 @@ Permutations draw random foci with gpuale's counter-based generator (Philox, see
 ``random_state``), not NiMARE's: the null distributions follow the same procedure but are
 other draws, so Monte Carlo p differ from NiMARE's within Monte Carlo error.
 
-Needs NiMARE (``pip install 'gpuale[nimare]'``, tested with 0.22.1). ``SCALE`` is not here
-yet (gpuale's SCALE is being built).
+``gpuale.nimare.SCALE`` subclasses NiMARE's ``SCALE`` the same way: its permutations
+(foci moved to foci of the reference pool) run on a gpuale engine.
+
+Needs NiMARE (``pip install 'gpuale[nimare]'``, tested with 0.22.1).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 
 import numpy as np
@@ -36,7 +39,12 @@ try:
     from nimare.meta.kernel import ALEKernel
     from nimare.stats import null_to_p
     from nimare.transforms import p_to_z as nimare_p_to_z
-    from nimare.utils import _check_ncores, _nlogp_to_logp_values, _p_to_logp_values
+    from nimare.utils import (
+        _check_ncores,
+        _nlogp_to_logp_values,
+        _p_to_logp_values,
+        mm2vox,
+    )
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "gpuale.nimare needs NiMARE: pip install 'gpuale[nimare]'"
@@ -50,11 +58,14 @@ from gpuale.engines import get_engine, resolve_device
 from gpuale.grid import Grid
 from gpuale.kernel import ale_kernel, fwhm_from_sample_size, kernel_sigma
 from gpuale.nulls import run_null
-from gpuale.nullspecs import ContrastNullSpec, GlobalNullSpec
+from gpuale.nullspecs import ContrastNullSpec, GlobalNullSpec, ScaleNullSpec
 from gpuale.problem import Problem
 from gpuale.stats import analytic_null
 
-__all__ = ["ALE", "ALESubtraction", "NiMAREFallbackWarning"]
+__all__ = ["ALE", "SCALE", "ALESubtraction", "NiMAREFallbackWarning"]
+
+#: NiMARE's logger of its ALE estimators: SCALE's notes go where NiMARE's own would.
+_LGR = logging.getLogger("nimare.meta.cbma.ale")
 
 #: NiMARE's float type for maps and null values (``nimare.utils.DEFAULT_FLOAT_DTYPE``).
 FLOAT = np.float32
@@ -562,3 +573,154 @@ class ALESubtraction(_nimare_ale.ALESubtraction):
         description += (f" The {n_iters} random splits ran on gpuale {__version__} "
                         f"({self._engine().describe()}).")
         return maps, tables, description
+
+
+class SCALE(_nimare_ale.SCALE):
+    """NiMARE's SCALE on gpuale's engines (``isinstance(est, nimare.meta.cbma.ale.SCALE)``).
+
+    Specific coactivation likelihood estimation (Langner et al. 2014) as NiMARE 0.22.1
+    defines it: in each permutation every focus takes the position of a focus drawn
+    uniformly from the reference pool ``xyz`` (NiMARE's ``mm2vox``, not clamped); a
+    voxel's p is its exceedance count over the permutations, clipped to [1/n, 1 - 1/n],
+    with one-sided z. The permutations run on a gpuale engine
+    (:class:`gpuale.nullspecs.ScaleNullSpec`), their draws depending only on the seed, the
+    permutation and the focus, so every engine, thread count and Dask split gives the
+    same counts. ``fit`` returns NiMARE's ``stat``, ``logp`` and ``z``;
+    ``correct_fwe_montecarlo`` (voxel-level only, as NiMARE's) returns
+    ``logp_level-voxel`` and ``z_level-voxel`` from each permutation's largest ALE, the
+    fit's own maxima where ``n_iters`` is the fit's (NiMARE draws the same permutations
+    again from the same seed).
+
+    Parameters
+    ----------
+    xyz, n_iters, n_cores, kernel_transformer, memory, memory_level, random_state, **kwargs
+        As NiMARE's :class:`nimare.meta.cbma.ale.SCALE` (``kernel__sample_size``,
+        ``kernel__fwhm``). ``random_state`` seeds gpuale's generator (Philox), so the
+        permutations are other draws than NiMARE's: the p agree within Monte Carlo error.
+        Another kernel than ``ALEKernel``, or precomputed MA maps, run NiMARE's own code,
+        with a :class:`NiMAREFallbackWarning`.
+    device, scheduler
+        As :class:`ALE`.
+    """
+
+    def __init__(
+        self,
+        xyz,
+        n_iters=5000,
+        n_cores=1,
+        kernel_transformer=ALEKernel,
+        memory=Memory(location=None, verbose=0),  # noqa: B008 - NiMARE's default
+        memory_level=0,
+        random_state=None,
+        device="auto",
+        scheduler=None,
+        **kwargs,
+    ):
+        super().__init__(
+            xyz=xyz,
+            n_iters=n_iters,
+            n_cores=n_cores,
+            kernel_transformer=kernel_transformer,
+            memory=memory,
+            memory_level=memory_level,
+            random_state=random_state,
+            **kwargs,
+        )
+        self.device = device
+        self.scheduler = scheduler
+        self._gpuale_problem = None
+        self._gpuale_engine = None
+
+    _engine = ALE._engine
+    __getstate__ = ALE.__getstate__
+    __deepcopy__ = ALE.__deepcopy__
+
+    def _fit_reason(self) -> str | None:
+        if self.inputs_.get("ma_maps") is not None:
+            return "precomputed MA maps were given (gpuale computes them from the foci)"
+        return _kernel_reason(self.kernel_transformer)
+
+    def _scale_null(self, n_iters, n_cores):
+        spec = ScaleNullSpec(self._gpuale_problem, self._gpuale_pool)
+        return run_null(spec, self._engine(), seed=self._gpuale_seed, n_iters=int(n_iters),
+                        scheduler=self.scheduler, n_workers=_check_ncores(n_cores))
+
+    def _fit(self, dataset):
+        reason = self._fit_reason()
+        if reason:
+            self._gpuale_problem = None
+            _fallback(self, "fit", reason)
+            return super()._fit(dataset)
+        self.dataset = dataset
+        self.masker = self.masker or dataset.masker
+        self.null_distributions_ = {}
+        grid = _grid_of(self.masker)
+        self._gpuale_problem = _problem_of(self.inputs_["coordinates"],
+                                           self.kernel_transformer, grid)
+        self._gpuale_pool = mm2vox(self.xyz, self.masker.mask_img.affine).astype(np.int32)
+        self._gpuale_seed = _seed_of(self.random_state)
+        stat = self._engine().observed_ale(self._gpuale_problem).ale.astype(FLOAT)
+        null = self._scale_null(self.n_iters, self.n_cores)
+        self._gpuale_max = null.max_ale.astype(FLOAT)
+        # NiMARE's _scale_to_p: float32 counts / n, clipped to [1/n, 1 - 1/n].
+        smallest = 1.0 / self.n_iters
+        p = np.maximum(smallest, np.minimum(null.counts.astype(FLOAT) / self.n_iters,
+                                            1.0 - smallest)).astype(FLOAT)
+        maps = {"stat": stat, "logp": _p_to_logp_values(p, dtype=FLOAT),
+                "z": nimare_p_to_z(p, tail="one")}
+        return maps, {}, self._description_text()
+
+    def _generate_description(self):
+        text = super()._generate_description()
+        if getattr(self, "_gpuale_problem", None) is not None:
+            text += _credit(self._gpuale_device, self._engine()).replace(
+                "its Monte Carlo permutations", "its SCALE permutations")
+        return text
+
+    def correct_fwe_montecarlo(self, result, voxel_thresh=None, n_iters=5000, n_cores=1,
+                               vfwe_only=True):
+        """NiMARE's voxel-level Monte Carlo FWE correction of SCALE, on gpuale's engine.
+
+        Each permutation's largest ALE under SCALE's null (the fit's, where ``n_iters`` is
+        the fit's: the same seed draws the same permutations); see
+        :meth:`nimare.meta.cbma.ale.SCALE.correct_fwe_montecarlo`.
+
+        Raises
+        ------
+        NotImplementedError
+            For ``vfwe_only=False``, as NiMARE's SCALE: voxel-specific nulls give no single
+            null for cluster sizes.
+        """
+        if not vfwe_only:
+            raise NotImplementedError(
+                "SCALE only supports voxel-level Monte Carlo FWE correction. "
+                "Cluster-level FWE is not implemented.")
+        if getattr(self, "_gpuale_problem", None) is None:
+            _fallback(self, "Monte Carlo FWE correction", "the estimator was fitted by "
+                      "NiMARE's code")
+            return super().correct_fwe_montecarlo(result, voxel_thresh=voxel_thresh,
+                                                  n_iters=n_iters, n_cores=n_cores,
+                                                  vfwe_only=vfwe_only)
+        if voxel_thresh is not None:
+            _LGR.warning("Ignoring voxel_thresh for SCALE Monte Carlo FWE correction; "
+                         "only voxel-level max-stat inference is supported.")
+        stat = result.get_map("stat", return_type="array")
+        if int(n_iters) == int(self.n_iters):
+            maxima = self._gpuale_max
+        else:
+            maxima = self._scale_null(n_iters, n_cores).max_ale.astype(FLOAT)
+        p_fwe = null_to_p(stat, maxima, tail="upper")
+        self.null_distributions_["values_level-voxel_corr-fwe_method-montecarlo"] = maxima
+        maps = {"logp_level-voxel": _p_to_logp_values(p_fwe, dtype=FLOAT),
+                "z_level-voxel": nimare_p_to_z(p_fwe, tail="one")}
+        description = (
+            "Family-wise error correction was performed for SCALE using a voxel-level Monte "
+            "Carlo max-statistic procedure. In this procedure, null datasets are generated "
+            "by replacing dataset coordinates with coordinates randomly sampled from the "
+            "SCALE reference coordinate pool, and the maximum ALE summary statistic is "
+            f"retained. This procedure was repeated {n_iters} times to build a voxel-level "
+            "FWE null distribution. Cluster-level Monte Carlo FWE correction is not "
+            f"implemented for SCALE. The {n_iters} permutations ran on gpuale "
+            f"{__version__} ({self._engine().describe()}; pool draws from gpuale's "
+            "counter-based generator, Philox).")
+        return maps, {}, description

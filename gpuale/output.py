@@ -219,7 +219,7 @@ def save_macm(
         record.update(record_header("scale"))
         record["settings"].update({"iterations": scale.null.n_iters, "seed": scale.null.seed,
                                    "null_method": "SCALE (Langner et al. 2014)",
-                                   "cluster_level_fwe": None})
+                                   "fdr_q": scale.fdr_q, "cluster_level_fwe": None})
         record["timings_s"] = {**ale.timings, **scale.timings}
         record["warnings"] = list(dict.fromkeys(ale.warnings + result.warnings))
         write_json(tmp / RUN_JSON, {**record, **macm, **(extra or {})})
@@ -681,5 +681,10 @@ def derived_record(analysis: RecordedAnalysis, method: str, device: str,
         "device": device,
         "n_experiments": len(analysis.dataset),
         "settings": analysis.settings.to_json(),
+        # A MACM's re-runs hold its ROI's selection fixed: they are ALEs of the selected
+        # experiments (less one, or with null studies added), not new selections.
+        **({MACM_KEY: {"selection": "held fixed (the ROI's selection of the run)",
+                       "selected": analysis.run.record[MACM_KEY].get("selected")}}
+           if isinstance(analysis.run.record.get(MACM_KEY), dict) else {}),
         **extra,
     }

@@ -98,6 +98,12 @@ class RecordedAnalysis:
 def load_recorded_analysis(run_dir: str | Path, *, grid: Grid | None = None) -> RecordedAnalysis:
     """Read a finished ``gpuale global`` run folder back into what re-running it needs.
 
+    A MACM's folder (``gpuale macm``, uniform null) is one too: its experiments are the
+    ones its ROI selected (run.json lists them), read back out of the database, and the
+    re-runs hold that selection fixed (a jackknife leaves out one selected experiment; a
+    fail-safe N adds null studies to the selected ones). A SCALE folder is refused: it
+    has no cluster-level FWE clusters to test.
+
     The inputs are read again from the paths run.json records (their checksums must be
     unchanged), with the loading options of the recorded command (``--space``,
     ``--tal-transform``, ``--sample-size``, ``--where``) or of the study analysis that
@@ -120,9 +126,14 @@ def load_recorded_analysis(run_dir: str | Path, *, grid: Grid | None = None) -> 
         from the run's).
     """
     run = open_run(run_dir)
+    if run.kind == "scale":
+        raise ValueError(f"{run.path} is a SCALE run (`gpuale macm --null scale`); jackknife "
+                         "and fail-safe N test cluster-level FWE clusters, which SCALE does "
+                         "not have (voxel-level FWE only); run them on a MACM with the "
+                         "uniform null (`gpuale macm` without --null scale)")
     if run.kind != "ale":
         raise ValueError(f"{run.path} is a {run.kind} run; jackknife and fail-safe N take a "
-                         "`gpuale global` run folder")
+                         "`gpuale global` or `gpuale macm` run folder")
     _check_record(run)
     settings = ALESettings.from_record(run.record)
     if settings.iterations <= 0:
@@ -292,12 +303,14 @@ def _recorded_grid(run: RunFolder) -> Grid:
 
 def _loading_options(run: RunFolder) -> dict:
     """``space``, ``tal_transform``, ``sample_size`` and ``where`` the run loaded with,
-    from its recorded ``gpuale global`` command (defaults where it does not say)."""
+    from its recorded ``gpuale global`` or ``gpuale macm`` command (defaults where it does
+    not say)."""
     command = run.record.get("command")
     if not command:
         return {}
     words = shlex.split(command)
-    if "global" not in words:
+    name = next((w for w in words if w in ("global", "macm")), None)
+    if name is None:
         return {}
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     parser.add_argument("--space")
@@ -309,7 +322,7 @@ def _loading_options(run: RunFolder) -> dict:
     parser.add_argument("--allow-duplicates", dest="allow_duplicates", action="store_true",
                         default=None)
     try:
-        known, _ = parser.parse_known_args(words[words.index("global") + 1:])
+        known, _ = parser.parse_known_args(words[words.index(name) + 1:])
     except argparse.ArgumentError as exc:
         raise ValueError(f"the command {run.run_json} records cannot be read back: {exc}; "
                          "the run cannot be repeated") from None

@@ -38,7 +38,8 @@ def compare_(
     inputs: Annotated[
         list[str],
         typer.Argument(help="Inputs of one analysis (as `gpuale global` takes them) with "
-                       "--against or --devices; else two finished run folders.",
+                       "--against or --devices; else two finished run folders (or a SCALE "
+                       "run folder and a folder of NiMARE's SCALE maps).",
                        show_default=False),
     ],
     against: Annotated[
@@ -83,6 +84,12 @@ def compare_(
     z_tol: Annotated[
         float, typer.Option("--z-tol", help="Largest |dz| that counts as equal.", min=0)
     ] = 1e-3,
+    scale_r: Annotated[
+        float, typer.Option("--scale-r", help="Smallest r over the mask of two SCALE z maps "
+                            "from other permutations (NiMARE's, another seed) that counts "
+                            "as agreement (Monte Carlo error; fewer iterations need less).",
+                            min=-1, max=1)
+    ] = 0.95,
     force: ForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -91,7 +98,10 @@ def compare_(
     gpuale compare INPUT... --against nimare: both tools on the same experiments, each in a
     fresh process (whole-process time and peak memory). gpuale compare INPUT... --devices
     cpu,gpu: two engines with the same seed. gpuale compare RUN_A RUN_B: map by map and
-    cluster by cluster. Exits 1 when the results differ beyond the tolerances.
+    cluster by cluster. gpuale compare SCALE_RUN NIMARE_MAPS (a folder NiMARE's
+    MetaResult.save_maps wrote) or two SCALE runs of other seeds: the observed ALE
+    exactly, z and logp within Monte Carlo error (r >= --scale-r). Exits 1 when the results
+    differ beyond the tolerances.
     """
     from gpuale import compare as cmp
     from gpuale import compare_output
@@ -104,7 +114,7 @@ def compare_(
             raise ValueError(f"--against {against!r}: the reference gpuale runs is nimare")
         if out is not None:
             compare_output.check_compare_out(out, force=force, inputs=inputs)
-        tolerances = cmp.Tolerances(ale=ale_tol, z=z_tol)
+        tolerances = cmp.Tolerances(ale=ale_tol, z=z_tol, scale_r=scale_r)
         log = (lambda message: None) if quiet else (lambda m: err.print(m, highlight=False))
         if against is None and devices is None:
             if len(inputs) != 2:

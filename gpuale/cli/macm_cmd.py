@@ -14,6 +14,7 @@ from gpuale.analysis import (
     DEFAULT_CLUSTER_FORMING_P,
     DEFAULT_ITERS,
     DEFAULT_SEED,
+    unreachable_message,
 )
 from gpuale.cli._shared import (
     _DEFAULT_TAL,
@@ -24,6 +25,7 @@ from gpuale.cli._shared import (
     Connectivity,
     ConnectivityOption,
     DeviceOption,
+    ExperimentColumnOption,
     ForceOption,
     FwhmOption,
     MaskOption,
@@ -31,8 +33,10 @@ from gpuale.cli._shared import (
     OutOption,
     QuietOption,
     ReportOption,
+    SampleSizeColumnOption,
     SampleSizeOption,
     SchedulerOption,
+    SchedulerTimeoutOption,
     SeedOption,
     SpaceOption,
     TalOption,
@@ -43,11 +47,13 @@ from gpuale.cli._shared import (
     _input_paths,
     _iterations_text,
     _load,
+    _max_iters_used,
     _observed_status,
     _progress_bar,
     _scheduler,
     _summary,
     _user_errors,
+    _warn_ahead,
     _where,
     _write_report,
     app,
@@ -55,9 +61,25 @@ from gpuale.cli._shared import (
 )
 from gpuale.engines import resolve_device
 from gpuale.grid import load_grid
-from gpuale.macm import RoiError, roi_from_image, roi_from_sphere, run_macm
+from gpuale.macm import (
+    RoiError,
+    roi_from_image,
+    roi_from_sphere,
+    run_macm,
+    scale_unreachable_message,
+)
 from gpuale.output import save_macm
-from gpuale.stopping import AUTO, DEFAULT_MAX_ITERS
+from gpuale.stopping import AUTO
+
+#: Options of `gpuale global` that SCALE has no use for, and why (refused when given).
+SCALE_REFUSES = {
+    "tfce": "--tfce: SCALE has voxel-level FWE only (NiMARE's SCALE has no TFCE)",
+    "cluster_p": "--cluster-p: SCALE forms no clusters (voxel-level FWE only: its "
+                 "voxel-specific nulls give no single null for cluster sizes, as NiMARE "
+                 "says)",
+    "connectivity": "--connectivity: SCALE forms no clusters (voxel-level FWE only)",
+    "max_iters": "--max-iters: SCALE takes a fixed number of --iters (no auto stopping)",
+}
 
 
 class Null(StrEnum):
@@ -78,6 +100,7 @@ def _sphere(text: str) -> tuple[list[float], float]:
 
 @app.command("macm")
 def macm(
+    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="The database: " + INPUTS_HELP,
                                                 show_default=False)],
     out: OutOption,
@@ -98,10 +121,11 @@ def macm(
                      "et al. 2014), foci at the database's own foci, voxel-level FWE only."),
     ] = Null.uniform,
     iters: AutoIterationsOption = str(DEFAULT_ITERS),
-    max_iters: MaxItersOption = DEFAULT_MAX_ITERS,
+    max_iters: MaxItersOption = None,
     seed: SeedOption = DEFAULT_SEED,
     cluster_p: ClusterPOption = DEFAULT_CLUSTER_FORMING_P,
-    alpha: Annotated[float, typer.Option(help="FWE alpha.")] = DEFAULT_ALPHA,
+    alpha: Annotated[float, typer.Option(help="FWE alpha (cluster-level; voxel-level with "
+                                         "--null scale).")] = DEFAULT_ALPHA,
     connectivity: ConnectivityOption = Connectivity.faces,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
@@ -109,15 +133,23 @@ def macm(
     tal_transform: TalOption = _DEFAULT_TAL,
     mask: MaskOption = None,
     fwhm: FwhmOption = None,
+    fdr: Annotated[
+        float | None,
+        typer.Option(help="Also write a voxel-wise FDR map (z_fdr) at this q, of the "
+                     "analytic p (uniform) or SCALE's p (discouraged for ALE)."),
+    ] = None,
     tfce: Annotated[
         bool, typer.Option("--tfce", help="Also TFCE (uniform null only), as gpuale global.")
     ] = False,
     sample_size: SampleSizeOption = None,
+    experiment_column: ExperimentColumnOption = None,
+    sample_size_column: SampleSizeColumnOption = None,
     where: Annotated[
         str | None,
         typer.Option(help="The database is the experiments for which this holds."),
     ] = None,
     scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
     report: ReportOption = True,
     force: ForceOption = False,
@@ -128,16 +160,24 @@ def macm(
     Selects as NiMARE's get_studies_by_mask (Robinson et al. 2010; Eickhoff et al.
     2010), then a global ALE with cluster-level FWE (--null uniform) or SCALE (--null
     scale: NiMARE's stat, logp, z, logp_level-voxel and z_level-voxel maps). Writes the
-    maps, roi.nii.gz and run.json (ROI, database and selection) into --out.
+    maps, roi.nii.gz and run.json (ROI, database and selection) into --out. Takes the
+    options of `gpuale global`; with --null scale those about clusters, TFCE and auto
+    stopping are refused, saying why.
     """
     with _user_errors(), claim_output_dir(out):
-        _finite(cluster_p=cluster_p, alpha=alpha, fwhm=fwhm)
+        _finite(cluster_p=cluster_p, alpha=alpha, fwhm=fwhm, fdr=fdr)
         if (roi is None) == (sphere is None):
             raise RoiError("give the seed region as exactly one of --roi ROI.nii.gz and "
                            "--sphere X,Y,Z,R")
-        if null == Null.scale and (iters == AUTO or tfce):
-            raise ValueError("--null scale takes a number of --iters (voxel-level FWE "
-                             "only: no auto stopping, no --tfce)")
+        if null == Null.scale:
+            if iters == AUTO:
+                raise ValueError("--null scale takes a number of --iters (voxel-level FWE "
+                                 "only: no auto stopping)")
+            given = [name for name in SCALE_REFUSES if _given(ctx, name)]
+            if given:
+                raise ValueError("with --null scale, " + "; ".join(
+                    SCALE_REFUSES[name] for name in given))
+        max_iters = _max_iters_used(iters, max_iters)
         workers = _capped_workers(workers)
         check_output_dir(out, force=force, inputs=_input_paths(inputs)
                          + ([_input_paths([roi])[0]] if roi else []))
@@ -149,10 +189,12 @@ def macm(
                       f"by nearest neighbour ({seed_region.n_voxels} voxels)",
                       highlight=False)
         paths, database = _load(inputs, space, tal_transform, sample_size, where,
-                                allow_duplicates, quiet, None, None, fwhm)
+                                allow_duplicates, quiet, experiment_column,
+                                sample_size_column, fwhm)
         chosen = resolve_device(device)
         iterations = iters if iters == AUTO else int(iters)
-        with _scheduler(scheduler if iterations else None, device) as cluster:
+        with _scheduler(scheduler if iterations else None, device,
+                        scheduler_timeout) as cluster:
             if not quiet:
                 err.print(
                     f"database: {len(database)} experiments, {database.n_foci} foci; ROI "
@@ -160,6 +202,9 @@ def macm(
                     f"{_iterations_text(iters, max_iters)} on {_where(chosen, cluster)}",
                     highlight=False,
                 )
+            _warn_ahead(unreachable_message(max_iters if iters == AUTO else iterations, alpha)
+                        if null == Null.uniform
+                        else scale_unreachable_message(iterations, alpha))
             with _progress_bar(max_iters if iters == AUTO else iterations, quiet,
                                "SCALE" if null == Null.scale else "Monte Carlo") as progress, \
                     _observed_status(iters, quiet):
@@ -168,7 +213,7 @@ def macm(
                     n_iters=iterations, max_iters=max_iters, seed=seed,
                     cluster_forming_p=cluster_p, alpha=alpha,
                     connectivity=int(connectivity.value), device=chosen, n_workers=workers,
-                    progress=progress, scheduler=cluster, tfce=tfce,
+                    fdr_q=fdr, progress=progress, scheduler=cluster, tfce=tfce,
                 )
         inputs_record = list(zip(inputs, paths))
         save_macm(result, out, inputs=inputs_record, command=_command(), force=force)
@@ -188,3 +233,10 @@ def macm(
                       f"give no single null for cluster sizes, as NiMARE says)",
                       highlight=False)
             err.print(f"results in {out}", highlight=False)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given on the command line or the environment (not its
+    default). By the source's name: typer may carry its own copy of click's enum."""
+    source = ctx.get_parameter_source(name)
+    return getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT")

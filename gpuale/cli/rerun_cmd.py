@@ -1,4 +1,5 @@
-"""`gpuale jackknife` and `gpuale failsafe`: re-runs of a finished global run folder."""
+"""`gpuale jackknife` and `gpuale failsafe`: re-runs of a finished global ALE or MACM run
+folder."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ from gpuale.failsafe import MAX_NULL_STUDIES
 from gpuale.runfolder import REPORT_HTML
 
 RunDirArgument = Annotated[
-    Path, typer.Argument(help="A finished `gpuale global` run folder (with --iters > 0).",
-                         show_default=False)
+    Path, typer.Argument(help="A finished `gpuale global` run folder, or a `gpuale macm` "
+                         "one with the uniform null (with --iters > 0).", show_default=False)
 ]
 
 

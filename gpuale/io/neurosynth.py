@@ -330,6 +330,97 @@ def _float_column(table: _Tsv, name: str) -> np.ndarray:
     raise AssertionError("unreachable: a bad cell was not found")  # pragma: no cover
 
 
+#: Characters of a coordinates file split into lines and cells at a time (about 25,000
+#: rows): each cell is a Python string of ~55 bytes, so a whole release's ~500,000 rows at
+#: once would hold ~200 MB of them, more than the whole loaded database.
+COORDINATE_CHUNK_CHARS = 1 << 20
+
+
+@dataclasses.dataclass
+class _Coordinates:
+    """A coordinates file's rows: each row's study id (one string object per study),
+    its x, y, z and its physical line."""
+
+    path: Path
+    ids: list[str]
+    xyz: np.ndarray  # float64, (n_rows, 3)
+    lines: np.ndarray  # int64, (n_rows,)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.ids)
+
+
+def _text_chunks(text: str):
+    """``text`` in pieces that end just after a ``\n`` (the last one excepted), so that
+    no line, and no Windows ``\r\n``, is cut."""
+    start = 0
+    while start < len(text):
+        cut = text.find("\n", start + COORDINATE_CHUNK_CHARS)
+        end = len(text) if cut < 0 else cut + 1
+        yield text[start:end], end == len(text)
+        start = end
+
+
+def _read_coordinates(path: Path) -> _Coordinates:
+    """A release's coordinates file: id, x, y, z of every row, parsed a chunk at a time so
+    that only the numbers are kept (the errors and their lines are :func:`_read_tsv`'s
+    and :func:`_float_column`'s). A file with quotes, or with no ``\n`` line break, goes
+    through :func:`_read_tsv`."""
+    required = ("id", "x", "y", "z")
+    text = read_text(path)
+    if '"' in text or "\n" not in text:  # quotes, or old Mac line breaks (\r alone)
+        table = _read_tsv(path, "coordinates", set(required), keep=set(required))
+        xyz = np.column_stack([_float_column(table, axis) for axis in ("x", "y", "z")])
+        ids = table.data["id"]
+        shared = {}
+        return _Coordinates(path, [shared.setdefault(i, i) for i in ids], xyz,
+                            np.asarray(table.lines, np.int64))
+    newline = text.find("\n")
+    head = text[:newline + 1]
+    header = [name.strip().lower() for name in split_lines(head)[0].split("\t")]
+    repeated = sorted({c for c in header if c and header.count(c) > 1})
+    if repeated:
+        raise CoordinateFileError(path, 1, f"repeated column name(s): {', '.join(repeated)}")
+    _missing_columns(path, header, set(required), "coordinates")
+    at = [header.index(name) for name in required]
+    width = len(header)
+    ids: list[str] = []
+    shared: dict[str, str] = {}
+    blocks: list[np.ndarray] = []
+    numbered: list[np.ndarray] = []
+    line = 1
+    body = text[newline + 1:]
+    del text, head
+    for chunk, last in _text_chunks(body):
+        rows = split_lines(chunk)
+        if not last and rows and rows[-1] == "":
+            rows.pop()  # the piece ends with its line break
+        cells = {name: [] for name in required}
+        where: list[int] = []
+        for row in rows:
+            line += 1
+            parts = row.split("\t")
+            if not "".join(parts).strip():
+                continue  # blank lines carry nothing
+            if len(parts) > width and "".join(parts[width:]).strip():
+                raise CoordinateFileError(
+                    path, line, f"row has {len(parts)} cells, but the header names {width}")
+            n = len(parts)
+            for name, j in zip(required, at):  # spreadsheets drop trailing empty cells
+                cells[name].append(parts[j].strip() if j < n else "")
+            where.append(line)
+        for study in cells["id"]:
+            ids.append(shared.setdefault(study, study))
+        piece = _Tsv(path, header, cells, where)
+        blocks.append(np.column_stack([_float_column(piece, axis) for axis in "xyz"])
+                      if where else np.empty((0, 3)))
+        numbered.append(np.asarray(where, dtype=np.int64))
+    xyz = np.concatenate(blocks) if blocks else np.empty((0, 3))
+    lines = np.concatenate(numbered) if numbered else np.empty(0, np.int64)
+    return _Coordinates(path, ids, xyz, lines)
+
+
 # --- Features -------------------------------------------------------------------------------
 
 
@@ -533,15 +624,14 @@ def read_neurosynth(
         raise CoordinateFileError(metadata.path, None, "the metadata has a header but no rows")
     spaces = _study_spaces(metadata, given)
 
-    coords = _read_tsv(release.coordinates, "coordinates", {"id", "x", "y", "z"},
-                       keep={"id", "x", "y", "z"})
+    coords = _read_coordinates(release.coordinates)
     if not coords.n_rows:
         raise CoordinateFileError(coords.path, None, "the coordinates have a header but no rows")
-    xyz = np.column_stack([_float_column(coords, axis) for axis in ("x", "y", "z")])
+    xyz = coords.xyz
     row_of_study = {study: k for k, study in enumerate(study_ids)}
     study_of_row = np.empty(coords.n_rows, dtype=np.int64)
     unlisted: list[int] = []
-    for r, study in enumerate(coords.data["id"]):
+    for r, study in enumerate(coords.ids):
         k = row_of_study.get(study, -1)
         if k < 0:
             unlisted.append(r)
@@ -549,8 +639,8 @@ def read_neurosynth(
     if unlisted:
         r = unlisted[0]
         raise CoordinateFileError(
-            coords.path, coords.lines[r],
-            f"study {coords.data['id'][r]!r} is not in {release.metadata.name} (nor "
+            coords.path, int(coords.lines[r]),
+            f"study {coords.ids[r]!r} is not in {release.metadata.name} (nor "
             f"are the studies of {len(unlisted) - 1} more row(s)); a study's space comes from "
             "the metadata",
         )
@@ -581,7 +671,7 @@ def read_neurosynth(
                 n_subjects=sample_size,  # checked whole (or NO_SAMPLE_SIZE: no N needed)
                 foci=to_mni(xyz[rows], spaces[k], tal_transform),
                 space=spaces[k],
-                source=f"{release.coordinates}:{coords.lines[rows[0]]}",
+                source=f"{release.coordinates}:{int(coords.lines[rows[0]])}",
                 metadata=meta,
             )
         )
