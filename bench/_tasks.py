@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from gpuale.compare import PeakMemory  # the same sampler as `gpuale compare`
+from gpuale._memory import PeakMemory  # the sampler of `gpuale compare`; imports no analysis
 
 warnings.simplefilter("ignore")
 HERE = Path(__file__).resolve().parent

@@ -36,7 +36,7 @@ def main(tool: str, n_iters: str, cores: str, data: str = "semantic-adults") -> 
     from nimare.correct import FWECorrector
     from test_reference_nimare import nimare_dataset
 
-    from gpuale.compare import PeakMemory
+    from gpuale._memory import PeakMemory
 
     if tool == "nimare":
         from nimare.meta.cbma.ale import ALE  # before

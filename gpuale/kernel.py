@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "BETWEEN_SUBJECT_UNCERTAINTY_MM",
@@ -24,6 +23,9 @@ BETWEEN_SUBJECT_UNCERTAINTY_MM = 11.6
 #: The impulse that is blurred into the kernel lives in a box of this many voxels a side,
 #: as in NiMARE 0.22.1 (`nimare.meta.utils.get_ale_kernel`).
 _IMPULSE_BOX = 31
+
+#: scipy.ndimage's Gaussian filters cut their weights at this many sigmas (``truncate``).
+GAUSSIAN_TRUNCATE_SIGMAS = 4.0
 
 
 def _distance_to_fwhm(mean_distance_mm: float) -> float:
@@ -95,6 +97,35 @@ def kernel_sigma(
     return fwhm_to_sigma_voxels(fwhm_from_sample_size(n_subjects), voxel_sizes)
 
 
+def impulse_blur_1d(sigma_voxels: float, box: int) -> np.ndarray:
+    """One axis of a unit impulse at the centre of ``box`` voxels, Gaussian-blurred.
+
+    The weights of ``scipy.ndimage.gaussian_filter1d`` (truncated at 4 sigma, normalised
+    to sum 1) placed around the centre and cut at the box's edges, as the filter's
+    ``mode="constant"`` leaves them.
+
+    Parameters
+    ----------
+    sigma_voxels : float
+        Gaussian sigma in voxels.
+    box : int
+        Number of voxels along the axis; the impulse sits at ``box // 2``.
+
+    Returns
+    -------
+    ndarray of shape (box,), float64
+    """
+    radius = int(GAUSSIAN_TRUNCATE_SIGMAS * sigma_voxels + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 / (sigma_voxels * sigma_voxels) * offsets**2)
+    weights = weights / weights.sum()
+    mid = box // 2
+    line = np.zeros(box)
+    lo, hi = max(0, mid - radius), min(box, mid + radius + 1)
+    line[lo:hi] = weights[lo - (mid - radius) : hi - (mid - radius)]
+    return line
+
+
 @functools.lru_cache(maxsize=256)
 def ale_kernel(sigma_voxels: float) -> np.ndarray:
     """The 3-D ALE kernel, as float32 values in a cube of odd side centred on the focus.
@@ -115,10 +146,13 @@ def ale_kernel(sigma_voxels: float) -> np.ndarray:
     """
     if not np.isfinite(sigma_voxels) or sigma_voxels <= 0:
         raise ValueError(f"sigma_voxels must be a positive finite number, got {sigma_voxels!r}")
-    impulse = np.zeros((_IMPULSE_BOX,) * 3)
-    mid = _IMPULSE_BOX // 2
-    impulse[mid, mid, mid] = 1.0
-    kernel = ndimage.gaussian_filter(impulse, sigma_voxels, mode="constant")
+    line = impulse_blur_1d(sigma_voxels, _IMPULSE_BOX)
+    # scipy.ndimage.gaussian_filter of a unit impulse, mode "constant", is three 1-D
+    # passes (axis 0, 1, 2), each multiplying the one non-zero input by a weight and adding
+    # zeros: bit for bit ((w_i * w_j) * w_k). Building it so spares every run the import
+    # of scipy.ndimage (~0.1 s of an uncorrected ALE); tests/test_kernel.py checks the
+    # equality against scipy for thousands of sigmas.
+    kernel = (line[:, None, None] * line[None, :, None]) * line[None, None, :]
     above = np.where(kernel > np.spacing(1))[0]
     lo, hi = int(above.min()), int(above.max())
     kernel = kernel[lo : hi + 1, lo : hi + 1, lo : hi + 1].astype(np.float32)

@@ -47,7 +47,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy import ndimage
 
 from gpuale.grid import Grid
 from gpuale.stats import AnalyticNull, _round_half_away, fwe_p_values, p_to_z
@@ -213,6 +212,7 @@ def tfce_definition(z: np.ndarray) -> np.ndarray:
     if not max_z > 0:
         return out
     dh, heights = tfce_heights(max_z)
+    from scipy import ndimage  # here: a run that labels nothing saves ~0.1 s
     structure = ndimage.generate_binary_structure(z.ndim, 1)
     for h in heights:
         labels, n = ndimage.label(z > h, structure)

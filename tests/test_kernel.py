@@ -56,3 +56,25 @@ def test_fixed_fwhm_and_sample_size_are_exclusive():
         kernel_sigma((2.0, 2.0, 2.0), n_subjects=20, fwhm_mm=8.0)
     with pytest.raises(ValueError, match="positive"):
         kernel_sigma((2.0, 2.0, 2.0), fwhm_mm=-1.0)
+
+
+def test_kernel_equals_scipy_gaussian_filter_of_an_impulse_bit_for_bit():
+    """ale_kernel builds scipy's blur of an impulse in closed form; NiMARE blurs with scipy."""
+    from scipy import ndimage
+
+    from gpuale.kernel import _IMPULSE_BOX
+
+    impulse = np.zeros((_IMPULSE_BOX,) * 3)
+    impulse[(_IMPULSE_BOX // 2,) * 3] = 1.0
+    voxel = (2.0, 2.0, 2.0)
+    sigmas = [kernel_sigma(voxel, n_subjects=n) for n in (*range(1, 200), 500, 1000, 5000)]
+    # Fixed FWHMs up to the widest allowed, whose 4-sigma reach crosses the impulse's box.
+    sigmas += [kernel_sigma(voxel, fwhm_mm=f) for f in np.linspace(2.5, 60.0, 60)]
+    for sigma in sigmas:
+        blurred = ndimage.gaussian_filter(impulse, sigma, mode="constant")
+        above = np.where(blurred > np.spacing(1))[0]
+        lo, hi = int(above.min()), int(above.max())
+        expected = blurred[lo : hi + 1, lo : hi + 1, lo : hi + 1].astype(np.float32)
+        got = ale_kernel(sigma)
+        assert got.shape == expected.shape, sigma
+        assert np.array_equal(got, expected), sigma

@@ -22,6 +22,7 @@ LAYERS = {
     # 1 data and maths: inputs, experiments, the grid, kernels, statistics, random draws
     "gpuale._version": 1,
     "gpuale._cores": 1,
+    "gpuale._memory": 1,
     "gpuale.io": 1,
     "gpuale.space": 1,
     "gpuale.examples": 1,
