@@ -1,0 +1,335 @@
+"""Many observed ALE maps at once: nested subsets of a pool of experiments (CBP).
+
+A co-activation-based parcellation needs, for every seed voxel of a region and every
+filter size, the ALE map of the experiments nearest to the seed: thousands of maps whose
+experiment sets are *nested* (the 20 nearest are among the 40 nearest). A
+:class:`CoactivationSpec` holds a pool of experiments (a :class:`Problem`), each seed's
+experiments in the order they join its sets (``order``) and the sizes of the sets
+(``counts``): the map of seed ``s`` at filter ``f`` is the ALE of
+``order[s, :counts[s, f]]``. The log-sum of a larger set is the smaller set's plus the
+added experiments' ``log1p(-MA)``, so a seed's maps cost one pass over its largest set.
+
+Exactness across engines. Each experiment's ``log1p(-MA)`` (float32, as every engine
+computes it) is held in integer units of ``2**-40`` (float64), as contrasts hold it
+(:data:`gpuale.stats.LOG_SCALE`): every partial log-sum is then an integer below
+``2**53``, exact in any summation order, so the numpy engine's running sums, the numba
+engine's and the CUDA engine's matrix products (cuBLAS) give the same log-sums bit for
+bit; the rounding costs at most ``2**-41`` per experiment (below 1e-10 in ALE).
+
+Chunks run over the *columns* (in-mask voxels reached by some pool experiment): a chunk
+gives every seed's maps at its columns, and :func:`coactivation_partial` reduces them to
+the sums and cross-products of the maps (per filter size), which add up over chunks into
+the voxel-by-voxel correlation of the maps. Memory is bounded by one chunk's maps.
+Columns no pool experiment reaches hold ALE 0 in every map: they add nothing to the
+sums and are counted in the number of voxels only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+
+from gpuale.problem import Problem
+from gpuale.stats import LOG_SCALE
+
+__all__ = [
+    "COACTIVATION",
+    "CoactivationPartial",
+    "CoactivationSpec",
+    "coactivation_partial",
+    "increments",
+    "matmul_subset_maps",
+    "pool_log_maps",
+    "remember_pool",
+    "subset_maps_definition",
+]
+
+#: The ``kind`` of a :class:`CoactivationSpec` (engines' ``null_chunk`` dispatch on it).
+COACTIVATION = "coactivation"
+#: Bytes of one chunk's maps (seeds x filters x columns float32) by default.
+CHUNK_BYTES = 2**26
+#: Experiments per call of an engine's ``experiment_log_maps`` when the pool is read.
+POOL_BLOCK = 64
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CoactivationSpec:
+    """Nested experiment subsets of a pool, one list per seed.
+
+    Attributes
+    ----------
+    problem : Problem
+        The pool: every experiment some seed uses.
+    order : ndarray of int64, shape (n_seeds, depth)
+        Row ``s``: pool indices in the order they join seed ``s``'s sets (only the first
+        ``counts[s, -1]`` are read; the rest may be -1).
+    counts : ndarray of int64, shape (n_seeds, n_filters)
+        Set sizes, non-decreasing along each row, from 1 to ``depth``.
+    columns : ndarray of int64
+        In-mask voxel indices the maps are computed at (ascending): the voxels some pool
+        experiment reaches (:func:`pool_log_maps` finds them).
+    chunk_columns : int
+        Columns per chunk (default: one chunk's maps in :data:`CHUNK_BYTES`).
+    """
+
+    problem: Problem
+    order: np.ndarray
+    counts: np.ndarray
+    columns: np.ndarray
+    chunk_columns: int = 0
+    kind: str = COACTIVATION
+
+    def __post_init__(self) -> None:
+        order = np.asarray(self.order, dtype=np.int64)
+        counts = np.asarray(self.counts, dtype=np.int64)
+        if order.ndim != 2 or counts.ndim != 2 or counts.shape[0] != order.shape[0]:
+            raise ValueError(f"order {order.shape} and counts {counts.shape} must be 2-D "
+                             "with a row per seed")
+        if counts.size and (counts.min() < 1 or counts.max() > order.shape[1]
+                            or np.any(np.diff(counts, axis=1) < 0)):
+            raise ValueError(f"counts must be non-decreasing along each row, within 1 .. "
+                             f"{order.shape[1]}")
+        for s in range(order.shape[0]):
+            used = order[s, : counts[s, -1]]
+            if used.size and (used.min() < 0 or used.max() >= self.problem.n_experiments
+                              or np.unique(used).size != used.size):
+                raise ValueError(f"seed {s}: its experiments must be distinct pool indices "
+                                 f"in 0 .. {self.problem.n_experiments - 1}")
+        columns = np.asarray(self.columns, dtype=np.int64)
+        if self.chunk_columns < 1:
+            per_column = 4 * max(1, counts.size)
+            object.__setattr__(self, "chunk_columns", max(256, CHUNK_BYTES // per_column))
+        for name, value in (("order", order), ("counts", counts), ("columns", columns)):
+            value.setflags(write=False)
+            object.__setattr__(self, name, value)
+
+    @property
+    def n_seeds(self) -> int:
+        return int(self.order.shape[0])
+
+    @property
+    def n_filters(self) -> int:
+        return int(self.counts.shape[1])
+
+    @property
+    def n_columns(self) -> int:
+        return int(self.columns.size)
+
+    @property
+    def n_voxels(self) -> int:
+        """Voxels of the brain mask: the length of every map (columns and the rest)."""
+        return int(self.problem.grid.n_voxels)
+
+
+@dataclasses.dataclass(eq=False)
+class CoactivationPartial:
+    """Sums and cross-products of the maps at some chunks of columns.
+
+    Attributes
+    ----------
+    chunks : dict of int to int
+        First column -> number of columns, of every chunk merged in.
+    sums : ndarray of float64, shape (n_filters, n_seeds)
+    products : ndarray of float64, shape (n_filters, n_seeds, n_seeds)
+    """
+
+    chunks: dict[int, int]
+    sums: np.ndarray
+    products: np.ndarray
+
+    @property
+    def n_permutations(self) -> int:
+        """Columns done (what a scheduler's progress callback counts)."""
+        return int(sum(self.chunks.values()))
+
+    def merge(self, other: CoactivationPartial) -> CoactivationPartial:
+        overlap = self.chunks.keys() & other.chunks.keys()
+        if overlap:
+            raise ValueError(f"chunks starting at {sorted(overlap)} were merged twice")
+        return CoactivationPartial({**self.chunks, **other.chunks}, self.sums + other.sums,
+                                   self.products + other.products)
+
+    def correlations(self, spec: CoactivationSpec) -> np.ndarray:
+        """Pearson correlation between the seeds' maps over the brain mask, per filter
+        size (n_filters x n_seeds x n_seeds).
+
+        Raises
+        ------
+        ValueError
+            Unless every column of ``spec`` was computed exactly once.
+        """
+        done = sorted(self.chunks.items())
+        covered = sum(count for _, count in done)
+        contiguous = all(a + n == b for (a, n), (b, _) in zip(done, done[1:]))
+        if covered != spec.n_columns or not contiguous or (done and done[0][0] != 0):
+            raise ValueError(f"the chunks cover {covered} of {spec.n_columns} columns "
+                             f"({done[:3]}...): every column must be computed once")
+        n = float(spec.n_voxels)
+        mean = self.sums / n
+        cov = self.products / n - mean[:, :, None] * mean[:, None, :]
+        sd = np.sqrt(np.clip(np.einsum("fss->fs", cov), 0.0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = cov / (sd[:, :, None] * sd[:, None, :])
+        r = np.clip(r, -1.0, 1.0)
+        idx = np.arange(spec.n_seeds)
+        r[:, idx, idx] = 1.0
+        return r
+
+
+# --- The pool's log maps, shared by every engine of a process ----------------------------
+
+_POOL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_POOL_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PoolLogMaps:
+    """Every pool experiment's ``log1p(-MA)`` in units of 2**-40, as compressed rows.
+
+    ``indices[indptr[e]:indptr[e + 1]]`` are the in-mask voxels experiment ``e`` reaches
+    (ascending), ``values`` the matching integer-valued float64 log terms (negative).
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+
+    def support(self) -> np.ndarray:
+        """In-mask voxels some experiment reaches (ascending)."""
+        return np.unique(self.indices)
+
+    def block_bounds(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per experiment, the positions in ``indices`` of its voxels in ``[lo, hi)``."""
+        n = self.indptr.size - 1
+        start = np.empty(n, dtype=np.int64)
+        stop = np.empty(n, dtype=np.int64)
+        for e in range(n):
+            a, b = self.indptr[e], self.indptr[e + 1]
+            row = self.indices[a:b]
+            start[e] = a + np.searchsorted(row, lo)
+            stop[e] = a + np.searchsorted(row, hi)
+        return start, stop
+
+
+def pool_log_maps(problem: Problem,
+                  experiment_log_maps: Callable[[Problem], tuple[np.ndarray, np.ndarray]],
+                  key: object | None = None) -> PoolLogMaps:
+    """The pool's log maps from an engine's ``experiment_log_maps`` (float32, exact),
+    :data:`POOL_BLOCK` experiments at a time; cached per ``key`` (a spec) in this process.
+    """
+    if key is not None:
+        with _POOL_LOCK:
+            cached = _POOL_CACHE.get(key)
+        if cached is not None:
+            return cached
+    indptr = [0]
+    indices, values = [], []
+    for first in range(0, problem.n_experiments, POOL_BLOCK):
+        block = np.arange(first, min(first + POOL_BLOCK, problem.n_experiments))
+        support, log_maps = experiment_log_maps(problem.subset(block))
+        for row in log_maps:
+            nonzero = np.flatnonzero(row)
+            indices.append(support[nonzero])
+            values.append(np.round(row[nonzero].astype(np.float64) * LOG_SCALE))
+            indptr.append(indptr[-1] + nonzero.size)
+    pool = PoolLogMaps(np.asarray(indptr, dtype=np.int64),
+                       np.concatenate(indices).astype(np.int64) if indices else
+                       np.zeros(0, np.int64),
+                       np.concatenate(values) if values else np.zeros(0))
+    if key is not None:
+        with _POOL_LOCK:
+            _POOL_CACHE[key] = pool
+    return pool
+
+
+def remember_pool(spec: CoactivationSpec, pool: PoolLogMaps) -> None:
+    """Let this process's engines reuse a pool read before its spec was made."""
+    with _POOL_LOCK:
+        _POOL_CACHE[spec] = pool
+
+
+def dense_block(pool: PoolLogMaps, columns: np.ndarray) -> np.ndarray:
+    """The pool's log terms at some columns (ascending in-mask indices), dense:
+    n_experiments x columns.size float64."""
+    out = np.zeros((pool.indptr.size - 1, columns.size), dtype=np.float64)
+    if columns.size == 0:
+        return out
+    start, stop = pool.block_bounds(int(columns[0]), int(columns[-1]) + 1)
+    for e in range(out.shape[0]):
+        voxels = pool.indices[start[e]:stop[e]]
+        at = np.searchsorted(columns, voxels)
+        hit = columns[np.minimum(at, columns.size - 1)] == voxels
+        out[e, at[hit]] = pool.values[start[e]:stop[e]][hit]
+    return out
+
+
+def ale_from_units(log_sum, xp=np):
+    """ALE (float32) from a log-sum in units of 2**-40 (numpy or CuPy arrays)."""
+    return (1.0 - xp.exp(log_sum / LOG_SCALE)).astype(xp.float32)
+
+
+def subset_maps_definition(spec: CoactivationSpec, pool: PoolLogMaps, first: int,
+                           count: int) -> np.ndarray:
+    """The definition: seed ``s``'s map at filter ``f`` is the ALE of the sum of the log
+    terms of ``order[s, :counts[s, f]]``, at columns ``first .. first + count - 1``.
+
+    Returns
+    -------
+    ndarray of float32, shape (n_seeds, n_filters, count)
+    """
+    block = dense_block(pool, spec.columns[first:first + count])
+    out = np.empty((spec.n_seeds, spec.n_filters, count), dtype=np.float32)
+    for s in range(spec.n_seeds):
+        for f in range(spec.n_filters):
+            chosen = spec.order[s, : spec.counts[s, f]]
+            out[s, f] = ale_from_units(block[chosen].sum(axis=0))
+    return out
+
+
+def increments(spec: CoactivationSpec) -> list[np.ndarray]:
+    """Per filter size, the 0/1 matrix (n_seeds x pool, float64) of the experiments each
+    seed's set gains at that size (the first: its whole set)."""
+    out = []
+    previous = np.zeros(spec.n_seeds, dtype=np.int64)
+    for f in range(spec.n_filters):
+        gained = np.zeros((spec.n_seeds, spec.problem.n_experiments))
+        for s in range(spec.n_seeds):
+            gained[s, spec.order[s, previous[s]:spec.counts[s, f]]] = 1.0
+        out.append(gained)
+        previous = spec.counts[:, f]
+    return out
+
+
+def matmul_subset_maps(xp, spec: CoactivationSpec, pool: PoolLogMaps, gained: list,
+                       first: int, count: int):
+    """The maps as matrix products (a GPU's way): at each filter size the log-sums grow
+    by ``gained[f] @ block``; integer-valued terms make the products exact, so the maps
+    are :func:`subset_maps_definition`'s. ``gained``: :func:`increments` as ``xp``
+    arrays. Returns an ``xp`` array (n_seeds x n_filters x count float32)."""
+    block = xp.asarray(dense_block(pool, spec.columns[first:first + count]))
+    out = xp.empty((spec.n_seeds, spec.n_filters, count), dtype=xp.float32)
+    log_sum = xp.zeros((spec.n_seeds, count), dtype=xp.float64)
+    for f in range(spec.n_filters):
+        log_sum += gained[f] @ block
+        out[:, f, :] = ale_from_units(log_sum, xp)
+    return out
+
+
+def check_chunk(spec: CoactivationSpec, first: int, count: int) -> None:
+    if count < 1 or first < 0 or first + count > spec.n_columns:
+        raise ValueError(f"columns {first} .. {first + count - 1} lie outside 0 .. "
+                         f"{spec.n_columns - 1}")
+
+
+def coactivation_partial(xp, maps, first: int, count: int) -> CoactivationPartial:
+    """Reduce one chunk's maps (n_seeds x n_filters x count, numpy or CuPy) to their sums
+    and cross-products per filter size (float64)."""
+    x = xp.asarray(maps, dtype=xp.float64).transpose(1, 0, 2)  # filters x seeds x columns
+    sums = x.sum(axis=2)
+    products = xp.stack([part @ part.T for part in x])  # BLAS's syrk on the CPU
+    to_host = getattr(xp, "asnumpy", np.asarray)
+    return CoactivationPartial({int(first): int(count)}, to_host(sums), to_host(products))

@@ -1,0 +1,273 @@
+"""Co-activation-based parcellation: nested-subset ALE maps on every engine, the seeds'
+sets, the correlations, the clustering criteria, a planted structure, bad input."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from gpuale.dataset import Dataset, Experiment
+from gpuale.engines._subsets import CoactivationSpec, pool_log_maps
+from gpuale.engines.numpy_ import NumpyEngine
+from gpuale.macm import Roi
+from gpuale.nulls import _merged_partial
+from gpuale.parcellate import (
+    MAX_ROI_VOXELS,
+    ParcellateError,
+    parse_filter,
+    parse_k,
+    run_parcellation,
+    seed_distances,
+    seed_sets,
+)
+from gpuale.partitions import (
+    align_to,
+    consensus,
+    favoured_k,
+    hierarchy_index,
+    variation_of_information,
+)
+from gpuale.problem import compile_problem
+from tests.conftest import ENGINES, dense_ma_maps, make_small_grid, random_dataset
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="needs the parcellate extra")
+
+
+def planted(grid, rng, per_group=100):
+    """Two halves of a box region (x voxels 8-11 and 12-15): each experiment of group g
+    has one focus in half g and two near target g (far from the box and each other), in
+    shuffled database order. Returns the database, the ROI and each ROI voxel's half."""
+    roi = np.zeros(grid.shape, bool)
+    roi[8:16, 11:15, 9:13] = True
+    targets = (np.array([-12.0, 16, 6]), np.array([10.0, -16, -6]))
+    experiments = []
+    for g, (lo, hi) in enumerate(((8, 12), (12, 16))):
+        for e in range(per_group):
+            ijk = np.array([rng.integers(lo, hi), rng.integers(11, 15), rng.integers(9, 13)])
+            foci = [grid.voxel_to_mm(ijk[None])[0]]
+            foci += [targets[g] + rng.normal(0, 2, 3) for _ in range(2)]
+            experiments.append(Experiment(id=f"g{g}e{e:03d}", label="",
+                                          n_subjects=int(rng.integers(10, 30)),
+                                          foci=np.array(foci)))
+    order = rng.permutation(len(experiments))
+    truth = (np.argwhere(roi)[:, 0] >= 12).astype(int)
+    database = Dataset(tuple(experiments[i] for i in order))
+    return database, Roi(roi, "box", {"kind": "box", "n_voxels": int(roi.sum())}), truth
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return make_small_grid()
+
+
+@pytest.fixture(scope="module")
+def pool(grid):
+    dataset = random_dataset(grid, 12, np.random.default_rng(11))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compile_problem(dataset, grid)
+
+
+def _spec(problem, chunk_columns=0, seed=3):
+    """Five seeds with random orders of the 12 pool experiments, three nested sizes
+    (one repeated), and the pool's support as columns."""
+    rng = np.random.default_rng(seed)
+    order = np.stack([rng.permutation(problem.n_experiments) for _ in range(5)])
+    counts = np.sort(rng.integers(1, problem.n_experiments + 1, size=(5, 3)), axis=1)
+    counts[0] = [2, 2, 7]
+    support = pool_log_maps(problem, NumpyEngine().experiment_log_maps).support()
+    return CoactivationSpec(problem, order, counts, support, chunk_columns)
+
+
+def _brute_maps(problem, spec):
+    """Every map from direct kernel evaluation (conftest.dense_ma_maps), float64."""
+    ma = dense_ma_maps(problem).astype(np.float64)[:, problem.grid.mask]
+    out = np.zeros((spec.n_seeds, spec.n_filters, problem.grid.n_voxels))
+    for s in range(spec.n_seeds):
+        for f in range(spec.n_filters):
+            chosen = spec.order[s, : spec.counts[s, f]]
+            out[s, f] = 1.0 - np.prod(1.0 - ma[chosen], axis=0)
+    return out
+
+
+@pytest.mark.parametrize("make_engine", ENGINES)
+def test_subset_maps_are_the_ale_of_each_set(make_engine, pool):
+    spec = _spec(pool, chunk_columns=700)
+    want = _brute_maps(pool, spec)
+    engine = make_engine()
+    got = np.concatenate([engine.subset_ale_maps(spec, a, min(700, spec.n_columns - a))
+                          for a in range(0, spec.n_columns, 700)], axis=2)
+    assert got.dtype == np.float32 and got.shape == (5, 3, spec.n_columns)
+    np.testing.assert_allclose(got, want[:, :, spec.columns], atol=2e-7)
+    outside = np.setdiff1d(np.arange(pool.grid.n_voxels), spec.columns)
+    assert np.all(want[:, :, outside] == 0)  # the columns left out hold ALE 0 everywhere
+    reference = NumpyEngine().subset_ale_maps(spec, 0, spec.n_columns)
+    np.testing.assert_array_equal(got, reference)  # exact integer log-sums: same bits
+
+
+@pytest.mark.parametrize("make_engine", ENGINES)
+def test_chunked_correlations_are_the_maps_correlations(make_engine, pool):
+    spec = _spec(pool, chunk_columns=333)
+    partial = _merged_partial(spec, make_engine(), 0, spec.n_columns, None, 2, None)
+    assert sorted(partial.chunks) == list(range(0, spec.n_columns, 333))
+    r = partial.correlations(spec)
+    maps = _brute_maps(pool, spec)
+    for f in range(3):
+        np.testing.assert_allclose(r[f], np.corrcoef(maps[:, f]), atol=1e-6)
+
+
+def test_correlations_refuse_missing_or_twice_counted_chunks(pool):
+    spec = _spec(pool, chunk_columns=500)
+    engine = NumpyEngine()
+    first = engine.null_chunk(spec, 0, 0, 500)
+    with pytest.raises(ValueError, match="cover 500 of"):
+        first.correlations(spec)
+    with pytest.raises(ValueError, match="merged twice"):
+        first.merge(engine.null_chunk(spec, 0, 0, 500))
+
+
+def test_spec_refuses_bad_sets(pool):
+    support = np.arange(10)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        CoactivationSpec(pool, np.zeros((1, 3)), [[3, 2]], support)
+    with pytest.raises(ValueError, match="distinct pool indices"):
+        CoactivationSpec(pool, [[0, 0, 1]], [[1, 3]], support)
+
+
+def test_sets_are_the_nearest_experiments_ties_by_database_order(grid):
+    rng = np.random.default_rng(5)
+    database = random_dataset(grid, 30, rng)
+    # Two experiments with the same foci: equal distances everywhere.
+    twin = database[3]
+    database = Dataset((*database.experiments[:10],
+                        Experiment(id="twin", label="", n_subjects=10, foci=twin.foci),
+                        *database.experiments[10:]))
+    seeds = grid.voxel_to_mm(np.argwhere(grid.mask)[::500])
+    d = seed_distances(database, seeds, block=3)
+    for s, xyz in enumerate(seeds):
+        for e, exp in enumerate(database):
+            assert d[s, e] == pytest.approx(np.min(np.linalg.norm(exp.foci - xyz, axis=1)))
+    order, counts = seed_sets(d, parse_filter("n:4-31:9"))
+    assert counts.tolist() == [[4, 13, 22, 31]] * len(seeds)
+    for s in range(len(seeds)):
+        brute = sorted(range(len(database)), key=lambda e: (d[s, e], e))
+        assert order[s].tolist() == brute
+        assert d[s, 3] == d[s, 10] and order[s].tolist().index(3) < order[s].tolist().index(10)
+    order_r, counts_r = seed_sets(d, parse_filter("r:10-30:10"))
+    for s in range(len(seeds)):
+        for f, radius in enumerate((10, 20, 30)):
+            assert set(order_r[s, :counts_r[s, f]]) == set(np.flatnonzero(d[s] <= radius))
+
+
+def test_filter_and_k_parsing():
+    assert parse_filter("n:20-200:20").values == tuple(float(v) for v in range(20, 201, 20))
+    assert parse_filter("r:4-12:2").values == (4.0, 6.0, 8.0, 10.0, 12.0)
+    assert parse_filter("n:50").values == (50.0,)
+    assert parse_k("2-9") == tuple(range(2, 10)) and parse_k("4,2") == (2, 4)
+    for bad in ("x:1-2", "n:20-10:5", "n:2.5-5:2.5", "n:0-10:5"):
+        with pytest.raises(ParcellateError):
+            parse_filter(bad)
+    with pytest.raises(ParcellateError, match="K values >= 2"):
+        parse_k("1-3")
+
+
+def test_criteria_closed_forms():
+    a = np.array([0, 0, 1, 1])
+    b = np.array([0, 1, 2, 3])
+    # VI(a, b) = H(a) + H(b) - 2 I = ln 2 + ln 4 - 2 ln 2 = ln 2.
+    assert variation_of_information(a, b) == pytest.approx(math.log(2))
+    assert variation_of_information(a, 1 - a) == pytest.approx(0.0, abs=1e-12)
+    assert hierarchy_index(b, a) == 1.0  # b splits a's clusters
+    assert hierarchy_index(np.array([0, 1, 1, 0]), a) == 0.5
+    assert align_to(np.array([1, 1, 0, 0]), a, 2, 2).tolist() == [0, 0, 1, 1]
+    per_filter = np.array([[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 1, 0]])
+    assert consensus(per_filter, 2).tolist() == [0, 0, 1, 1]
+    rows = [{"k": 2, "misclassified": 0.1, "vi_next": 0.2, "silhouette": 0.5,
+             "hierarchy": math.nan},
+            {"k": 3, "misclassified": 0.3, "vi_next": 0.6, "silhouette": 0.7,
+             "hierarchy": 0.95},
+            {"k": 4, "misclassified": 0.1, "vi_next": math.nan, "silhouette": 0.2,
+             "hierarchy": 0.5}]
+    assert favoured_k(rows) == {"misclassified": [2, 4], "vi_next": [3],
+                                "silhouette": [3], "hierarchy": [3]}
+
+
+def test_planted_halves_are_recovered_at_k2(grid):
+    database, roi, truth = planted(grid, np.random.default_rng(0))
+    result = run_parcellation(database, roi, grid=grid, filters=parse_filter("n:10-30:10"),
+                              ks=(2, 3), device="cpu", restarts=10, seed=4)
+    assert sklearn_metrics.adjusted_rand_score(truth, result.labels[2]) >= 0.9
+    assert set(result.labels[2]) == {1, 2} and set(result.labels[3]) == {1, 2, 3}
+    assert result.labels[2][0] == 1  # the first ROI voxel's cluster is numbered 1
+    # K = 3 splits one of K = 2's clusters: its labels keep K = 2's numbers where they can.
+    assert np.mean(result.labels[3][result.labels[2] == 1] == 1) > 0.5
+    volume = result.label_volume(2, grid)
+    assert volume[~roi.volume].max() == 0 and set(np.unique(volume[roi.volume])) == {1, 2}
+    rows = {row["k"]: row for row in result.criteria}
+    assert rows[2]["silhouette"] > rows[3]["silhouette"]
+    assert 2 in result.favoured["silhouette"]
+    assert result.set_sizes.tolist() == [[10, 20, 30]] * roi.n_voxels
+
+
+def test_same_labels_on_every_engine_and_on_dask(grid):
+    from gpuale.nulls import DaskScheduler
+    from tests.conftest import cuda_host_engine
+
+    database, roi, _ = planted(grid, np.random.default_rng(1), per_group=40)
+    kwargs = dict(grid=grid, filters=parse_filter("n:8-16:8"), ks=(2, 3), restarts=4,
+                  seed=9, chunk_columns=900, keep_correlations=True)
+    results = {device: run_parcellation(database, roi, device=device, **kwargs)
+               for device in ("cpu-numpy", "cpu-numba")}
+    import gpuale.parcellate as parcellate
+
+    real = parcellate.get_engine
+    parcellate.get_engine = lambda device: cuda_host_engine()
+    try:
+        results["cuda-host"] = run_parcellation(database, roi, device="cpu", **kwargs)
+    finally:
+        parcellate.get_engine = real
+    from distributed import Client, LocalCluster
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=2, processes=False, threads_per_worker=1,
+                               dashboard_address=None)
+    with cluster, Client(cluster, set_as_default=False) as client:
+        results["dask"] = run_parcellation(database, roi, device="cpu",
+                                           scheduler=DaskScheduler(client), **kwargs)
+    reference = results.pop("cpu-numpy")
+    for name, result in results.items():
+        np.testing.assert_allclose(result.correlations, reference.correlations, atol=1e-12,
+                                   err_msg=name)
+        for k in (2, 3):
+            assert result.labels[k].tolist() == reference.labels[k].tolist(), name
+
+
+def test_bad_input_is_named_before_any_work(grid):
+    database, roi, _ = planted(grid, np.random.default_rng(2), per_group=10)
+    filters = parse_filter("n:5-10:5")
+    big = np.zeros(grid.shape, bool)
+    big.reshape(-1)[: MAX_ROI_VOXELS + 1] = True
+    with pytest.raises(ParcellateError, match=f"holds {MAX_ROI_VOXELS + 1} voxels"):
+        run_parcellation(database, Roi(big, "big", {}), grid=grid, filters=filters, ks=(2,))
+    with pytest.raises(ParcellateError, match="larger than the database \\(20 experiments"):
+        run_parcellation(database, roi, grid=grid, filters=parse_filter("n:10-30:10"),
+                         ks=(2,))
+    tiny = np.zeros(grid.shape, bool)
+    tiny[10, 12, 10:13] = True
+    with pytest.raises(ParcellateError, match="K = 3 needs more voxels than the ROI's 3"):
+        run_parcellation(database, Roi(tiny, "tiny", {}), grid=grid, filters=filters,
+                         ks=(2, 3))
+    with pytest.raises(ParcellateError, match=r"no experiment within r=0.5 mm.*\(-?\d"):
+        run_parcellation(database, roi, grid=grid, filters=parse_filter("r:0.5-4:0.5"),
+                         ks=(2,))
+    far = np.zeros(grid.shape, bool)
+    far[3:5, 12, 19] = True  # over 15 mm from every focus
+    far[3, 13, 19] = True
+    with pytest.warns(UserWarning, match=r"fewer experiments within 15 mm than the "
+                                         r"smallest filter n=5.*\(-18, -2, 16\): 0"):
+        run_parcellation(database, Roi(far, "far", {}), grid=grid, filters=filters,
+                         ks=(2,), restarts=2, device="cpu-numpy")
