@@ -50,7 +50,7 @@ from gpuale.dataset import Dataset
 from gpuale.engines import get_engine
 from gpuale.engines._subsets import CoactivationSpec, pool_log_maps, remember_pool
 from gpuale.grid import Grid
-from gpuale.macm import Roi
+from gpuale.macm import MACMResult, Roi, RoiError, run_macm
 from gpuale.nulls import Scheduler, _merged_partial
 from gpuale.problem import compile_problem
 
@@ -61,6 +61,7 @@ __all__ = [
     "Parcellation",
     "parse_filter",
     "parse_k",
+    "describe_clusters",
     "run_parcellation",
     "seed_distances",
     "seed_sets",
@@ -206,7 +207,8 @@ class Parcellation:
             "n_seed_voxels": int(len(self.seeds_ijk)),
             "filter": {"kind": self.filters.kind, "sizes": list(self.filters.values)},
             "experiments_per_voxel": {
-                str(v): {"min": int(sizes[:, f].min()), "median": float(np.median(sizes[:, f])),
+                f"{self.filters.kind}={v:g}": {
+                    "min": int(sizes[:, f].min()), "median": float(np.median(sizes[:, f])),
                          "max": int(sizes[:, f].max()),
                          "reach_mm_median": float(np.median(self.reach_mm[:, f])),
                          "reach_mm_max": float(self.reach_mm[:, f].max())}
@@ -278,6 +280,7 @@ def run_parcellation(
     progress: Callable[[int], None] | None = None,
     chunk_columns: int = 0,
     keep_correlations: bool = False,
+    on_columns: Callable[[int], None] | None = None,
 ) -> Parcellation:
     """A CBP of ``roi`` over ``database`` (see the module docstring).
 
@@ -288,6 +291,9 @@ def run_parcellation(
         the ROI's voxel count, a filter larger than the database, or (radius filters) a
         voxel with no experiment at the smallest radius. A voxel whose smallest set
         reaches beyond :data:`NEAR_MM` mm is named in a warning.
+
+    ``progress`` is called with the columns (mask voxels) each chunk finished, after
+    ``on_columns`` with their total.
     """
     from gpuale.partitions import cluster_all
 
@@ -320,6 +326,8 @@ def run_parcellation(
     spec = CoactivationSpec(problem, np.where(order >= 0, position[order], -1), counts,
                             logs.support(), chunk_columns)
     remember_pool(spec, logs)
+    if on_columns is not None:
+        on_columns(spec.n_columns)
     partial = _merged_partial(spec, engine, 0, spec.n_columns, scheduler, n_workers, progress)
     r = partial.correlations(spec)
     timings["maps_and_correlation_s"] = time.perf_counter() - start
@@ -333,3 +341,35 @@ def run_parcellation(
         set_sizes=counts, reach_mm=reach, n_database=len(database), n_pool=len(pool),
         seed=seed, restarts=restarts, engine=engine.name,
         correlations=r if keep_correlations else None, warnings=caught, timings=timings)
+
+
+def describe_clusters(result: Parcellation, database: Dataset, k: int, *, grid: Grid,
+                      fwhm_mm: float | None = None, n_iters: int = 10000, seed: int = 0,
+                      device: str = "auto", n_workers: int | None = None,
+                      scheduler: Scheduler | None = None) -> dict[int, MACMResult | str]:
+    """A MACM of each cluster of K (:func:`gpuale.macm.run_macm`, uniform null with
+    cluster-level FWE): the cluster's voxels as the seed region, so its experiments are
+    those with a focus in the cluster, pooled over its voxels. A cluster that selects no
+    experiment gets the reason instead of a result.
+
+    Raises
+    ------
+    ParcellateError
+        Where K was not among the parcellation's.
+    """
+    if k not in result.labels:
+        raise ParcellateError(f"--describe {k}: the parcellation has K = "
+                              f"{', '.join(map(str, result.ks))}")
+    out: dict[int, MACMResult | str] = {}
+    for label in range(1, k + 1):
+        volume = result.label_volume(k, grid) == label
+        region = Roi(volume, f"cluster {label} of K = {k}",
+                     {"kind": "cbp cluster", "k": k, "cluster": label,
+                      "n_voxels": int(volume.sum())})
+        try:
+            out[label] = run_macm(database, region, grid=grid, fwhm_mm=fwhm_mm,
+                                  n_iters=n_iters, seed=seed, device=device,
+                                  n_workers=n_workers, scheduler=scheduler)
+        except RoiError as exc:
+            out[label] = str(exc)
+    return out

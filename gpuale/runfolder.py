@@ -199,7 +199,7 @@ SCHEMA_VERSION = 3
 SCHEMA_VERSION_KEY = "schema_version"
 #: Which analysis wrote the folder: one of ``KINDS``.
 KIND_KEY = "analysis"
-KINDS = ("ale", "contrast", "conjunction", "scale")
+KINDS = ("ale", "contrast", "conjunction", "scale", "parcellate")
 #: run.json's record of a MACM (:mod:`gpuale.macm`): the ROI, database and selection.
 MACM_KEY = "macm"
 #: A MACM's seed region on the analysis grid (1 inside).

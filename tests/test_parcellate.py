@@ -271,3 +271,57 @@ def test_bad_input_is_named_before_any_work(grid):
                                          r"smallest filter n=5.*\(-18, -2, 16\): 0"):
         run_parcellation(database, Roi(far, "far", {}), grid=grid, filters=filters,
                          ks=(2,), restarts=2, device="cpu-numpy")
+
+
+def _write_inputs(folder, grid, database, roi):
+    """The database as a Sleuth file (MNI), the small grid's mask and the ROI as NIfTI."""
+    import nibabel as nib
+
+    lines = ["// Reference=MNI"]
+    for exp in database:
+        lines += [f"// {exp.id}", f"// Subjects={exp.n_subjects}"]
+        lines += ["\t".join(f"{c:.3f}" for c in xyz) for xyz in exp.foci] + [""]
+    (folder / "db.txt").write_text("\n".join(lines), encoding="utf-8")
+    nib.Nifti1Image(grid.mask.astype(np.uint8), grid.affine).to_filename(folder / "mask.nii.gz")
+    nib.Nifti1Image(roi.volume.astype(np.uint8), grid.affine).to_filename(folder / "roi.nii.gz")
+
+
+def test_cli_writes_labels_criteria_voxels_and_run_json(tmp_path, grid):
+    import json
+
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from gpuale import cli
+
+    database, roi, truth = planted(grid, np.random.default_rng(0), per_group=60)
+    _write_inputs(tmp_path, grid, database, roi)
+    out = tmp_path / "cbp"
+    base = ["parcellate", str(tmp_path / "db.txt"), "--roi", str(tmp_path / "roi.nii.gz"),
+            "--mask", str(tmp_path / "mask.nii.gz"), "--out", str(out), "--device", "cpu",
+            "--workers", "1", "--quiet", "--no-report", "--restarts", "4"]
+    result = CliRunner().invoke(cli.app, [*base, "--k", "2-3", "--filter", "n:5-15:5"])
+    assert result.exit_code == 0, result.output
+    labels = nib.load(out / "labels_k-2.nii.gz").get_fdata()
+    assert labels[~roi.volume].max() == 0
+    inside = labels[tuple(np.argwhere(roi.volume).T)].astype(int)
+    assert sklearn_metrics.adjusted_rand_score(truth, inside) >= 0.9
+    criteria = (out / "criteria.tsv").read_text().splitlines()
+    assert criteria[0].split("\t") == ["k", "misclassified", "deviant_assignments",
+                                       "vi_next", "silhouette", "hierarchy"]
+    assert [row.split("\t")[0] for row in criteria[1:]] == ["2", "3"]
+    assert criteria[2].split("\t")[3] == "n/a"  # no K + 1 after the last K
+    record = json.loads((out / "run.json").read_text())
+    assert record["analysis"] == "parcellate"
+    cbp = record["parcellation"]
+    assert cbp["filter"] == {"kind": "n", "sizes": [5.0, 10.0, 15.0]}
+    assert cbp["experiments_per_voxel"]["n=10"]["min"] == 10
+    assert cbp["n_seed_voxels"] == roi.n_voxels
+    voxels = (out / "voxels.tsv").read_text().splitlines()
+    assert len(voxels) == roi.n_voxels + 1 and "label_k-3_n-15" in voxels[0]
+    # A failing run (K too large for the ROI) leaves the finished folder as it was.
+    before = sorted(p.name for p in out.iterdir())
+    failed = CliRunner().invoke(cli.app, [*base, "--k", "2-200", "--force"])
+    assert failed.exit_code != 0 and "K = 200 needs more voxels" in failed.output
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert not list(tmp_path.glob(".cbp.partial*"))
