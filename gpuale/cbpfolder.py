@@ -102,10 +102,10 @@ def save_parcellation(result: Parcellation, out_dir: str | Path, *, grid: Grid,
                     continue
                 (tmp / describe_folder(k)).mkdir(exist_ok=True)
                 save_macm(macm, tmp / folder, inputs=inputs, command=command)
+                written.append(f"{folder}/")  # a run folder of its own
                 describe["clusters"][str(label)] = {
                     "folder": folder, "n_experiments": len(macm.selected),
                     "n_clusters_fwe": len(macm.ale.clusters())}
-            written.append(describe_folder(k))
         record = {
             **record_header("parcellate"),
             "describe": describe,

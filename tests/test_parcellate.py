@@ -300,7 +300,8 @@ def test_cli_writes_labels_criteria_voxels_and_run_json(tmp_path, grid):
     base = ["parcellate", str(tmp_path / "db.txt"), "--roi", str(tmp_path / "roi.nii.gz"),
             "--mask", str(tmp_path / "mask.nii.gz"), "--out", str(out), "--device", "cpu",
             "--workers", "1", "--quiet", "--no-report", "--restarts", "4"]
-    result = CliRunner().invoke(cli.app, [*base, "--k", "2-3", "--filter", "n:5-15:5"])
+    result = CliRunner().invoke(cli.app, [*base, "--k", "2-3", "--filter", "n:5-15:5",
+                                          "--describe", "2", "--iters", "20"])
     assert result.exit_code == 0, result.output
     labels = nib.load(out / "labels_k-2.nii.gz").get_fdata()
     assert labels[~roi.volume].max() == 0
@@ -319,6 +320,25 @@ def test_cli_writes_labels_criteria_voxels_and_run_json(tmp_path, grid):
     assert cbp["n_seed_voxels"] == roi.n_voxels
     voxels = (out / "voxels.tsv").read_text().splitlines()
     assert len(voxels) == roi.n_voxels + 1 and "label_k-3_n-15" in voxels[0]
+    # --describe 2: a MACM per cluster of the experiments with a focus in the cluster.
+    assert record["describe"]["k"] == 2
+    for label in (1, 2):
+        cluster = labels == label
+        brute = [exp.id for exp in database
+                 if any(cluster[tuple(np.round(np.linalg.solve(grid.affine, [*xyz, 1])[:3])
+                                      .astype(int))] for xyz in exp.foci)]
+        macm = json.loads((out / f"describe_k-2/cluster-{label}/run.json").read_text())
+        assert macm["macm"]["selected"]["n_experiments"] == len(brute) > 0
+        assert record["describe"]["clusters"][str(label)]["n_experiments"] == len(brute)
+    # The report: criteria plotted with the K each favours, the labels, the methods.
+    from gpuale.report import write_report
+
+    page = write_report(out).read_text()
+    assert "gpuale does not pick K" in page and "Choosing K" in page
+    for citation in ("NeuroImage 57:938", "Human Brain Mapping 34:3247", "NeuroImage 83:174"):
+        assert citation in page
+    assert (out / "figures" / "criteria.png").stat().st_size > 0
+    assert (out / "figures" / "labels.png").stat().st_size > 0
     # A failing run (K too large for the ROI) leaves the finished folder as it was.
     before = sorted(p.name for p in out.iterdir())
     failed = CliRunner().invoke(cli.app, [*base, "--k", "2-200", "--force"])

@@ -97,7 +97,7 @@ def parcellate(
     criteria.tsv (misclassified voxels, variation of information, silhouette, hierarchy
     index: gpuale does not pick K), voxels.tsv and run.json into --out.
     """
-    from gpuale.cbpfolder import save_parcellation
+    from gpuale.cbpfolder import describe_folder, save_parcellation
 
     with _user_errors(), claim_output_dir(out):
         _finite(fwhm=fwhm)
@@ -142,5 +142,9 @@ def parcellate(
             err.print(f"criteria favour {favoured} (see criteria.tsv; gpuale does not pick "
                       "K)", highlight=False)
         _write_report(out, report, quiet)
+        for label, macm in (described or {}).items():
+            if not isinstance(macm, str):  # each cluster's MACM folder gets its report too
+                _write_report(out / describe_folder(describe) / f"cluster-{label}", report,
+                              quiet)
         if not quiet:
             err.print(f"results in {out}", highlight=False)

@@ -52,8 +52,11 @@ __all__ = [
 COACTIVATION = "coactivation"
 #: Bytes of one chunk's maps (seeds x filters x columns float32) by default.
 CHUNK_BYTES = 2**26
-#: Experiments per call of an engine's ``experiment_log_maps`` when the pool is read.
+#: Experiments per call of an engine's ``experiment_log_maps`` when the pool is read, and
+#: the kernel-box voxels of their foci together (the numba engine's scratch: 24 bytes
+#: each).
 POOL_BLOCK = 64
+POOL_BOX_VOXELS = 2**22
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -215,6 +218,23 @@ class PoolLogMaps:
         return start, stop
 
 
+def _pool_blocks(problem: Problem) -> list[np.ndarray]:
+    """Consecutive experiments in blocks of at most :data:`POOL_BLOCK` whose kernel boxes
+    hold at most :data:`POOL_BOX_VOXELS` voxels together (an engine's scratch for
+    ``experiment_log_maps`` grows with them), one experiment at least."""
+    sides = np.array([k.shape[0] for k in problem.kernels], dtype=np.int64)
+    boxes = problem.foci_per_experiment * sides[problem.kernel_index] ** 3
+    blocks, start, total = [], 0, 0
+    for e, size in enumerate(boxes.tolist()):
+        if e > start and (total + size > POOL_BOX_VOXELS or e - start >= POOL_BLOCK):
+            blocks.append(np.arange(start, e))
+            start, total = e, 0
+        total += size
+    if problem.n_experiments:
+        blocks.append(np.arange(start, problem.n_experiments))
+    return blocks
+
+
 def pool_log_maps(problem: Problem,
                   experiment_log_maps: Callable[[Problem], tuple[np.ndarray, np.ndarray]],
                   key: object | None = None) -> PoolLogMaps:
@@ -228,8 +248,7 @@ def pool_log_maps(problem: Problem,
             return cached
     indptr = [0]
     indices, values = [], []
-    for first in range(0, problem.n_experiments, POOL_BLOCK):
-        block = np.arange(first, min(first + POOL_BLOCK, problem.n_experiments))
+    for block in _pool_blocks(problem):
         support, log_maps = experiment_log_maps(problem.subset(block))
         for row in log_maps:
             nonzero = np.flatnonzero(row)
