@@ -48,7 +48,7 @@ import numpy as np
 
 from gpuale.dataset import Dataset
 from gpuale.engines import get_engine
-from gpuale.engines._subsets import CoactivationSpec, pool_log_maps, remember_pool
+from gpuale.engines._subsets import CoactivationSpec
 from gpuale.grid import Grid
 from gpuale.macm import MACMResult, Roi, RoiError, run_macm
 from gpuale.nulls import Scheduler, _merged_partial
@@ -322,10 +322,8 @@ def run_parcellation(
     timings["sets_s"] = time.perf_counter() - start
     engine = get_engine(device)
     start = time.perf_counter()
-    logs = pool_log_maps(problem, engine.experiment_log_maps)
     spec = CoactivationSpec(problem, np.where(order >= 0, position[order], -1), counts,
-                            logs.support(), chunk_columns)
-    remember_pool(spec, logs)
+                            chunk_columns)
     if on_columns is not None:
         on_columns(spec.n_columns)
     partial = _merged_partial(spec, engine, 0, spec.n_columns, scheduler, n_workers, progress)

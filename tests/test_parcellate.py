@@ -71,15 +71,14 @@ def pool(grid):
         return compile_problem(dataset, grid)
 
 
-def _spec(problem, chunk_columns=0, seed=3):
+def _spec(problem, chunk_columns=0, block_columns=0, seed=3):
     """Five seeds with random orders of the 12 pool experiments, three nested sizes
-    (one repeated), and the pool's support as columns."""
+    (one repeated)."""
     rng = np.random.default_rng(seed)
     order = np.stack([rng.permutation(problem.n_experiments) for _ in range(5)])
     counts = np.sort(rng.integers(1, problem.n_experiments + 1, size=(5, 3)), axis=1)
     counts[0] = [2, 2, 7]
-    support = pool_log_maps(problem, NumpyEngine().experiment_log_maps).support()
-    return CoactivationSpec(problem, order, counts, support, chunk_columns)
+    return CoactivationSpec(problem, order, counts, chunk_columns, block_columns)
 
 
 def _brute_maps(problem, spec):
@@ -100,17 +99,15 @@ def test_subset_maps_are_the_ale_of_each_set(make_engine, pool):
     engine = make_engine()
     got = np.concatenate([engine.subset_ale_maps(spec, a, min(700, spec.n_columns - a))
                           for a in range(0, spec.n_columns, 700)], axis=2)
-    assert got.dtype == np.float32 and got.shape == (5, 3, spec.n_columns)
-    np.testing.assert_allclose(got, want[:, :, spec.columns], atol=2e-7)
-    outside = np.setdiff1d(np.arange(pool.grid.n_voxels), spec.columns)
-    assert np.all(want[:, :, outside] == 0)  # the columns left out hold ALE 0 everywhere
+    assert got.dtype == np.float32 and got.shape == (5, 3, pool.grid.n_voxels)
+    np.testing.assert_allclose(got, want, atol=2e-7)
     reference = NumpyEngine().subset_ale_maps(spec, 0, spec.n_columns)
     np.testing.assert_array_equal(got, reference)  # exact integer log-sums: same bits
 
 
 @pytest.mark.parametrize("make_engine", ENGINES)
 def test_chunked_correlations_are_the_maps_correlations(make_engine, pool):
-    spec = _spec(pool, chunk_columns=333)
+    spec = _spec(pool, chunk_columns=333, block_columns=100)
     partial = _merged_partial(spec, make_engine(), 0, spec.n_columns, None, 2, None)
     assert sorted(partial.chunks) == list(range(0, spec.n_columns, 333))
     r = partial.correlations(spec)
@@ -130,11 +127,23 @@ def test_correlations_refuse_missing_or_twice_counted_chunks(pool):
 
 
 def test_spec_refuses_bad_sets(pool):
-    support = np.arange(10)
     with pytest.raises(ValueError, match="non-decreasing"):
-        CoactivationSpec(pool, np.zeros((1, 3)), [[3, 2]], support)
+        CoactivationSpec(pool, np.zeros((1, 3)), [[3, 2]])
     with pytest.raises(ValueError, match="distinct pool indices"):
-        CoactivationSpec(pool, [[0, 0, 1]], [[1, 3]], support)
+        CoactivationSpec(pool, [[0, 0, 1]], [[1, 3]])
+
+
+def test_pool_read_in_small_blocks_gives_the_same_terms(pool, monkeypatch):
+    from gpuale.engines import _subsets
+
+    engine = NumpyEngine()
+    whole = pool_log_maps(pool, 1000, 2000, engine.experiment_log_maps)
+    monkeypatch.setattr(_subsets, "POOL_BOX_VOXELS", 1)  # one experiment per block
+    assert len(_subsets._pool_blocks(pool)) == pool.n_experiments
+    small = pool_log_maps(pool, 1000, 2000, engine.experiment_log_maps)
+    for name in ("indptr", "indices", "values"):
+        np.testing.assert_array_equal(getattr(small, name), getattr(whole, name))
+    assert whole.indices.max() < 2000 and whole.values.max() <= 0
 
 
 def test_sets_are_the_nearest_experiments_ties_by_database_order(grid):

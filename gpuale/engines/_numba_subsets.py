@@ -9,26 +9,24 @@ releases the GIL, so chunks run on threads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from gpuale.engines._subsets import (
     CoactivationPartial,
     CoactivationSpec,
+    PoolLogMaps,
     ale_from_units,
     check_chunk,
     coactivation_partial,
     pool_log_maps,
 )
-from gpuale.problem import Problem
 
 try:
     import numba
 except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
-__all__ = ["coactivation_chunk", "engine_subset_ale_maps", "subset_ale_maps"]
+__all__ = ["block_maps", "coactivation_chunk", "engine_subset_ale_maps"]
 
 
 def _njit(function):
@@ -36,7 +34,7 @@ def _njit(function):
 
 
 @_njit
-def _prefix_log_sums(start, stop, indices, values, position, order, counts, acc, out):
+def _prefix_log_sums(start, stop, indices, values, lo, order, counts, acc, out):
     n_seeds, n_filters = counts.shape
     for s in range(n_seeds):
         acc[:] = 0.0
@@ -44,42 +42,36 @@ def _prefix_log_sums(start, stop, indices, values, position, order, counts, acc,
         for k in range(counts[s, n_filters - 1]):
             e = order[s, k]
             for j in range(start[e], stop[e]):
-                acc[position[indices[j]]] += values[j]
+                acc[indices[j] - lo] += values[j]
             while f < n_filters and counts[s, f] == k + 1:
                 out[s, f, :] = acc
                 f += 1
 
 
-def subset_ale_maps(spec: CoactivationSpec, first: int, count: int,
-                    experiment_log_maps: Callable[[Problem], tuple[np.ndarray, np.ndarray]]
-                    ) -> np.ndarray:
-    """Every seed's maps at columns ``first .. first + count - 1`` (n_seeds x n_filters x
-    count float32), as :func:`gpuale.engines._subsets.subset_maps_definition` defines them.
-    """
-    check_chunk(spec, first, count)
-    pool = pool_log_maps(spec.problem, experiment_log_maps, key=spec)
-    columns = spec.columns[first:first + count]
-    start, stop = pool.block_bounds(int(columns[0]), int(columns[-1]) + 1)
-    position = np.full(spec.n_voxels, -1, dtype=np.int64)
-    position[columns] = np.arange(count)
-    if np.any(position[pool.indices[np.concatenate(
-            [np.arange(a, b) for a, b in zip(start, stop)] or [np.zeros(0, np.int64)])]] < 0):
-        raise ValueError("the chunk's columns must hold every pool voxel between its first "
-                         "and last column (spec.columns is the pool's support)")
-    log_sums = np.empty((spec.n_seeds, spec.n_filters, count))
-    _prefix_log_sums(start, stop, pool.indices, pool.values, position, spec.order,
-                     spec.counts, np.zeros(count), log_sums)
+def block_maps(spec: CoactivationSpec, pool: PoolLogMaps, lo: int, hi: int) -> np.ndarray:
+    """Every seed's maps at chunk columns ``lo .. hi - 1`` (n_seeds x n_filters x
+    (hi - lo) float32), as :func:`gpuale.engines._subsets.subset_maps_definition` defines
+    them."""
+    start, stop = pool.block_bounds(lo, hi)
+    log_sums = np.empty((spec.n_seeds, spec.n_filters, hi - lo))
+    _prefix_log_sums(start, stop, pool.indices, pool.values, lo, spec.order, spec.counts,
+                     np.zeros(hi - lo), log_sums)
     return ale_from_units(log_sums)  # numpy's exp: the numpy engine's maps bit for bit
 
 
 def engine_subset_ale_maps(engine, spec: CoactivationSpec, first: int,
                            count: int) -> np.ndarray:
     """:meth:`NumbaEngine.subset_ale_maps`: ALE maps of nested experiment subsets at
-    columns ``first .. first + count - 1`` (see :func:`subset_ale_maps`)."""
-    return subset_ale_maps(spec, first, count, engine.experiment_log_maps)
+    columns ``first .. first + count - 1``."""
+    check_chunk(spec, first, count)
+    pool = pool_log_maps(spec.problem, first, count, engine.experiment_log_maps)
+    return block_maps(spec, pool, 0, count)
 
 
 def coactivation_chunk(engine, spec: CoactivationSpec, first: int,
                        count: int) -> CoactivationPartial:
     """One chunk of columns of a co-activation spec on the numba engine."""
-    return coactivation_partial(np, engine.subset_ale_maps(spec, first, count), first, count)
+    check_chunk(spec, first, count)
+    pool = pool_log_maps(spec.problem, first, count, engine.experiment_log_maps)
+    return coactivation_partial(np, spec, first, count,
+                                lambda lo, hi: block_maps(spec, pool, lo, hi))

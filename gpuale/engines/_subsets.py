@@ -16,23 +16,22 @@ computes it) is held in integer units of ``2**-40`` (float64), as contrasts hold
 engine's and the CUDA engine's matrix products (cuBLAS) give the same log-sums bit for
 bit; the rounding costs at most ``2**-41`` per experiment (below 1e-10 in ALE).
 
-Chunks run over the *columns* (in-mask voxels reached by some pool experiment): a chunk
-gives every seed's maps at its columns, and :func:`coactivation_partial` reduces them to
-the sums and cross-products of the maps (per filter size), which add up over chunks into
-the voxel-by-voxel correlation of the maps. Memory is bounded by one chunk's maps.
-Columns no pool experiment reaches hold ALE 0 in every map: they add nothing to the
-sums and are counted in the number of voxels only.
+Chunks run over the *columns* (the brain mask's voxels, in order): a chunk reads the
+pool's log terms there (:func:`pool_log_maps`, on a crop of the grid around the chunk's
+x-planes) and reduces every seed's maps, a block of columns at a time, to the sums and
+cross-products of the maps per filter size (:func:`coactivation_partial`); these add up
+over chunks into the voxel-by-voxel correlation of the maps. Memory is bounded by one
+chunk's log terms and one block's maps, never all maps at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
-import weakref
 from collections.abc import Callable
 
 import numpy as np
 
+from gpuale.grid import Grid
 from gpuale.problem import Problem
 from gpuale.stats import LOG_SCALE
 
@@ -44,14 +43,16 @@ __all__ = [
     "increments",
     "matmul_subset_maps",
     "pool_log_maps",
-    "remember_pool",
+    "chunk_problem",
     "subset_maps_definition",
 ]
 
 #: The ``kind`` of a :class:`CoactivationSpec` (engines' ``null_chunk`` dispatch on it).
 COACTIVATION = "coactivation"
-#: Bytes of one chunk's maps (seeds x filters x columns float32) by default.
-CHUNK_BYTES = 2**26
+#: Columns per chunk by default (the pool's log terms are held for a chunk at a time).
+CHUNK_COLUMNS = 16384
+#: Bytes of the maps held at once (seeds x filters x columns float32) by default.
+BLOCK_BYTES = 2**26
 #: Experiments per call of an engine's ``experiment_log_maps`` when the pool is read, and
 #: the kernel-box voxels of their foci together (the numba engine's scratch: 24 bytes
 #: each).
@@ -72,18 +73,19 @@ class CoactivationSpec:
         ``counts[s, -1]`` are read; the rest may be -1).
     counts : ndarray of int64, shape (n_seeds, n_filters)
         Set sizes, non-decreasing along each row, from 1 to ``depth``.
-    columns : ndarray of int64
-        In-mask voxel indices the maps are computed at (ascending): the voxels some pool
-        experiment reaches (:func:`pool_log_maps` finds them).
     chunk_columns : int
-        Columns per chunk (default: one chunk's maps in :data:`CHUNK_BYTES`).
+        In-mask voxels (columns) per chunk: the pool's log terms are read for one chunk
+        at a time (default :data:`CHUNK_COLUMNS`).
+    block_columns : int
+        Columns whose maps are held at once within a chunk (default: the maps of a block
+        in :data:`BLOCK_BYTES`).
     """
 
     problem: Problem
     order: np.ndarray
     counts: np.ndarray
-    columns: np.ndarray
     chunk_columns: int = 0
+    block_columns: int = 0
     kind: str = COACTIVATION
 
     def __post_init__(self) -> None:
@@ -102,11 +104,12 @@ class CoactivationSpec:
                               or np.unique(used).size != used.size):
                 raise ValueError(f"seed {s}: its experiments must be distinct pool indices "
                                  f"in 0 .. {self.problem.n_experiments - 1}")
-        columns = np.asarray(self.columns, dtype=np.int64)
         if self.chunk_columns < 1:
+            object.__setattr__(self, "chunk_columns", CHUNK_COLUMNS)
+        if self.block_columns < 1:
             per_column = 4 * max(1, counts.size)
-            object.__setattr__(self, "chunk_columns", max(256, CHUNK_BYTES // per_column))
-        for name, value in (("order", order), ("counts", counts), ("columns", columns)):
+            object.__setattr__(self, "block_columns", max(64, BLOCK_BYTES // per_column))
+        for name, value in (("order", order), ("counts", counts)):
             value.setflags(write=False)
             object.__setattr__(self, name, value)
 
@@ -120,12 +123,12 @@ class CoactivationSpec:
 
     @property
     def n_columns(self) -> int:
-        return int(self.columns.size)
+        """Voxels of the brain mask: the length of every map."""
+        return int(self.problem.grid.n_voxels)
 
     @property
     def n_voxels(self) -> int:
-        """Voxels of the brain mask: the length of every map (columns and the rest)."""
-        return int(self.problem.grid.n_voxels)
+        return self.n_columns
 
 
 @dataclasses.dataclass(eq=False)
@@ -183,30 +186,22 @@ class CoactivationPartial:
         return r
 
 
-# --- The pool's log maps, shared by every engine of a process ----------------------------
-
-_POOL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_POOL_LOCK = threading.Lock()
+# --- The pool's log terms at a chunk of columns --------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PoolLogMaps:
-    """Every pool experiment's ``log1p(-MA)`` in units of 2**-40, as compressed rows.
-
-    ``indices[indptr[e]:indptr[e + 1]]`` are the in-mask voxels experiment ``e`` reaches
-    (ascending), ``values`` the matching integer-valued float64 log terms (negative).
-    """
+    """Every pool experiment's ``log1p(-MA)`` at a chunk of columns, in units of 2**-40,
+    as compressed rows: ``indices[indptr[e]:indptr[e + 1]]`` are the chunk's columns
+    (0-based within the chunk, ascending) that experiment ``e`` reaches, ``values`` the
+    matching integer-valued float64 terms (negative)."""
 
     indptr: np.ndarray
     indices: np.ndarray
     values: np.ndarray
 
-    def support(self) -> np.ndarray:
-        """In-mask voxels some experiment reaches (ascending)."""
-        return np.unique(self.indices)
-
     def block_bounds(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per experiment, the positions in ``indices`` of its voxels in ``[lo, hi)``."""
+        """Per experiment, the positions in ``indices`` of its columns in ``[lo, hi)``."""
         n = self.indptr.size - 1
         start = np.empty(n, dtype=np.int64)
         stop = np.empty(n, dtype=np.int64)
@@ -235,54 +230,68 @@ def _pool_blocks(problem: Problem) -> list[np.ndarray]:
     return blocks
 
 
-def pool_log_maps(problem: Problem,
-                  experiment_log_maps: Callable[[Problem], tuple[np.ndarray, np.ndarray]],
-                  key: object | None = None) -> PoolLogMaps:
-    """The pool's log maps from an engine's ``experiment_log_maps`` (float32, exact),
-    :data:`POOL_BLOCK` experiments at a time; cached per ``key`` (a spec) in this process.
-    """
-    if key is not None:
-        with _POOL_LOCK:
-            cached = _POOL_CACHE.get(key)
-        if cached is not None:
-            return cached
+def chunk_problem(problem: Problem, first: int, count: int) -> Problem:
+    """The pool on a crop of the grid whose mask holds only in-mask voxels ``first ..
+    first + count - 1`` (x-planes around them, as wide as the largest kernel reaches),
+    with the foci whose kernel boxes reach those planes, shifted into the crop.
+
+    The crop's in-mask voxels are the chunk's, in the same order (both C order), and an
+    experiment's MA there is the maximum over those foci, as on the whole grid."""
+    grid = problem.grid
+    nx, ny, nz = grid.shape
+    flat = grid.in_mask_flat[first:first + count]
+    x_lo, x_hi = int(flat[0]) // (ny * nz), int(flat[-1]) // (ny * nz)
+    reach = max(k.shape[0] for k in problem.kernels) // 2
+    a, b = max(x_lo - reach, 0), min(x_hi + reach + 1, nx)
+    mask = np.zeros((b - a) * ny * nz, dtype=bool)
+    mask[flat - a * ny * nz] = True
+    affine = grid.affine.copy()
+    affine[:3, 3] = affine[:3, :3] @ np.array([a, 0, 0]) + affine[:3, 3]
+    crop = Grid(mask=mask.reshape(b - a, ny, nz), affine=affine,
+                voxel_sizes=grid.voxel_sizes, source=f"{grid.source} (x {a}-{b - 1})")
+    sides = np.array([k.shape[0] for k in problem.kernels], dtype=np.int64)
+    half = sides[problem.kernel_index[problem.focus_experiment]] // 2
+    x = problem.focus_ijk[:, 0].astype(np.int64)
+    keep = (x + half >= x_lo) & (x - half <= x_hi)
+    per_experiment = np.add.reduceat(keep.astype(np.int64), problem.experiment_offsets[:-1]) \
+        if problem.n_foci else np.zeros(problem.n_experiments, np.int64)
+    per_experiment[problem.foci_per_experiment == 0] = 0
+    ijk = problem.focus_ijk[keep].astype(np.int64) - np.array([a, 0, 0])
+    return Problem(grid=crop, focus_ijk=ijk.astype(np.int32),
+                   experiment_offsets=np.concatenate([[0], np.cumsum(per_experiment)]
+                                                     ).astype(np.int64),
+                   kernel_index=problem.kernel_index, kernels=problem.kernels,
+                   fwhm_mm=problem.fwhm_mm, experiment_ids=problem.experiment_ids)
+
+
+def pool_log_maps(problem: Problem, first: int, count: int,
+                  experiment_log_maps: Callable[[Problem], tuple[np.ndarray, np.ndarray]]
+                  ) -> PoolLogMaps:
+    """The pool's log terms at columns ``first .. first + count - 1`` from an engine's
+    ``experiment_log_maps`` (float32, exact) on :func:`chunk_problem`, a few experiments
+    at a time (:func:`_pool_blocks`)."""
+    crop = chunk_problem(problem, first, count)
     indptr = [0]
     indices, values = [], []
-    for block in _pool_blocks(problem):
-        support, log_maps = experiment_log_maps(problem.subset(block))
+    for block in _pool_blocks(crop):
+        support, log_maps = experiment_log_maps(crop.subset(block))
         for row in log_maps:
             nonzero = np.flatnonzero(row)
-            indices.append(support[nonzero])
+            indices.append(support[nonzero].astype(np.int32))
             values.append(np.round(row[nonzero].astype(np.float64) * LOG_SCALE))
             indptr.append(indptr[-1] + nonzero.size)
-    pool = PoolLogMaps(np.asarray(indptr, dtype=np.int64),
-                       np.concatenate(indices).astype(np.int64) if indices else
-                       np.zeros(0, np.int64),
+    return PoolLogMaps(np.asarray(indptr, dtype=np.int64),
+                       np.concatenate(indices) if indices else np.zeros(0, np.int32),
                        np.concatenate(values) if values else np.zeros(0))
-    if key is not None:
-        with _POOL_LOCK:
-            _POOL_CACHE[key] = pool
-    return pool
 
 
-def remember_pool(spec: CoactivationSpec, pool: PoolLogMaps) -> None:
-    """Let this process's engines reuse a pool read before its spec was made."""
-    with _POOL_LOCK:
-        _POOL_CACHE[spec] = pool
-
-
-def dense_block(pool: PoolLogMaps, columns: np.ndarray) -> np.ndarray:
-    """The pool's log terms at some columns (ascending in-mask indices), dense:
-    n_experiments x columns.size float64."""
-    out = np.zeros((pool.indptr.size - 1, columns.size), dtype=np.float64)
-    if columns.size == 0:
-        return out
-    start, stop = pool.block_bounds(int(columns[0]), int(columns[-1]) + 1)
+def dense_block(pool: PoolLogMaps, lo: int, hi: int) -> np.ndarray:
+    """The pool's log terms at chunk columns ``lo .. hi - 1``, dense: n_experiments x
+    (hi - lo) float64."""
+    out = np.zeros((pool.indptr.size - 1, hi - lo), dtype=np.float64)
+    start, stop = pool.block_bounds(lo, hi)
     for e in range(out.shape[0]):
-        voxels = pool.indices[start[e]:stop[e]]
-        at = np.searchsorted(columns, voxels)
-        hit = columns[np.minimum(at, columns.size - 1)] == voxels
-        out[e, at[hit]] = pool.values[start[e]:stop[e]][hit]
+        out[e, pool.indices[start[e]:stop[e]] - lo] = pool.values[start[e]:stop[e]]
     return out
 
 
@@ -291,17 +300,17 @@ def ale_from_units(log_sum, xp=np):
     return (1.0 - xp.exp(log_sum / LOG_SCALE)).astype(xp.float32)
 
 
-def subset_maps_definition(spec: CoactivationSpec, pool: PoolLogMaps, first: int,
-                           count: int) -> np.ndarray:
+def subset_maps_definition(spec: CoactivationSpec, pool: PoolLogMaps, lo: int,
+                           hi: int) -> np.ndarray:
     """The definition: seed ``s``'s map at filter ``f`` is the ALE of the sum of the log
-    terms of ``order[s, :counts[s, f]]``, at columns ``first .. first + count - 1``.
+    terms of ``order[s, :counts[s, f]]``, here at chunk columns ``lo .. hi - 1``.
 
     Returns
     -------
-    ndarray of float32, shape (n_seeds, n_filters, count)
+    ndarray of float32, shape (n_seeds, n_filters, hi - lo)
     """
-    block = dense_block(pool, spec.columns[first:first + count])
-    out = np.empty((spec.n_seeds, spec.n_filters, count), dtype=np.float32)
+    block = dense_block(pool, lo, hi)
+    out = np.empty((spec.n_seeds, spec.n_filters, hi - lo), dtype=np.float32)
     for s in range(spec.n_seeds):
         for f in range(spec.n_filters):
             chosen = spec.order[s, : spec.counts[s, f]]
@@ -324,14 +333,14 @@ def increments(spec: CoactivationSpec) -> list[np.ndarray]:
 
 
 def matmul_subset_maps(xp, spec: CoactivationSpec, pool: PoolLogMaps, gained: list,
-                       first: int, count: int):
+                       lo: int, hi: int):
     """The maps as matrix products (a GPU's way): at each filter size the log-sums grow
     by ``gained[f] @ block``; integer-valued terms make the products exact, so the maps
     are :func:`subset_maps_definition`'s. ``gained``: :func:`increments` as ``xp``
     arrays. Returns an ``xp`` array (n_seeds x n_filters x count float32)."""
-    block = xp.asarray(dense_block(pool, spec.columns[first:first + count]))
-    out = xp.empty((spec.n_seeds, spec.n_filters, count), dtype=xp.float32)
-    log_sum = xp.zeros((spec.n_seeds, count), dtype=xp.float64)
+    block = xp.asarray(dense_block(pool, lo, hi))
+    out = xp.empty((spec.n_seeds, spec.n_filters, hi - lo), dtype=xp.float32)
+    log_sum = xp.zeros((spec.n_seeds, hi - lo), dtype=xp.float64)
     for f in range(spec.n_filters):
         log_sum += gained[f] @ block
         out[:, f, :] = ale_from_units(log_sum, xp)
@@ -344,11 +353,20 @@ def check_chunk(spec: CoactivationSpec, first: int, count: int) -> None:
                          f"{spec.n_columns - 1}")
 
 
-def coactivation_partial(xp, maps, first: int, count: int) -> CoactivationPartial:
-    """Reduce one chunk's maps (n_seeds x n_filters x count, numpy or CuPy) to their sums
-    and cross-products per filter size (float64)."""
-    x = xp.asarray(maps, dtype=xp.float64).transpose(1, 0, 2)  # filters x seeds x columns
-    sums = x.sum(axis=2)
-    products = xp.stack([part @ part.T for part in x])  # BLAS's syrk on the CPU
+def coactivation_partial(xp, spec: CoactivationSpec, first: int, count: int,
+                         maps: Callable[[int, int], object]) -> CoactivationPartial:
+    """Columns ``first .. first + count - 1`` reduced to the sums and cross-products of the
+    maps per filter size (float64), ``spec.block_columns`` at a time: ``maps(lo, hi)``
+    gives the maps (numpy or CuPy, n_seeds x n_filters x (hi - lo)) at chunk columns
+    ``lo .. hi - 1``."""
+    sums = xp.zeros((spec.n_filters, spec.n_seeds))
+    products = xp.zeros((spec.n_filters, spec.n_seeds, spec.n_seeds))
+    for lo in range(0, count, spec.block_columns):
+        hi = min(lo + spec.block_columns, count)
+        x = xp.asarray(maps(lo, hi), dtype=xp.float64)
+        for f in range(spec.n_filters):
+            part = x[:, f, :]
+            sums[f] += part.sum(axis=1)
+            products[f] += part @ part.T  # BLAS's syrk on the CPU
     to_host = getattr(xp, "asnumpy", np.asarray)
     return CoactivationPartial({int(first): int(count)}, to_host(sums), to_host(products))

@@ -660,7 +660,7 @@ class CudaEngine:
         self._contrast: tuple[ContrastNullSpec, list] | None = None
         self._tfce: tuple | None = None
         self._scale: tuple | None = None  # (spec, pipeline, observed -S, pool) of SCALE
-        self._subsets: tuple | None = None  # (spec, pool, gained) of a co-activation spec
+        self._subsets: tuple | None = None  # (spec, gained) of a co-activation spec
         self._lock = threading.Lock()
 
     @classmethod
@@ -742,8 +742,8 @@ class CudaEngine:
             raise ValueError(f"count must be positive, got {count}")
         with self._lock, self._on_device():
             if getattr(spec, "kind", None) == _subsets.COACTIVATION:  # columns of a CBP
-                return _subsets.coactivation_partial(
-                    self._xp(), self._subset_maps(spec, first, count), first, count)
+                _, maps = self._subset_maps(spec, first, count)
+                return _subsets.coactivation_partial(self._xp(), spec, first, count, maps)
             if getattr(spec, "kind", None) == "balanced":
                 # Subsample products on the device; relocated foci's maps on the host,
                 # compiled (the numpy engine's maps bit for bit, about 10x faster).
@@ -765,20 +765,23 @@ class CudaEngine:
         """ALE maps of nested experiment subsets at columns ``first .. first + count - 1``
         (:mod:`gpuale.engines._subsets`): exact matrix products on the device."""
         with self._lock, self._on_device():
-            return _to_host(self._subset_maps(spec, first, count))
+            pool, maps = self._subset_maps(spec, first, count)
+            return _to_host(maps(0, count))
 
     def _subset_maps(self, spec: _subsets.CoactivationSpec, first: int, count: int):
+        """The chunk's pool log terms (read on the host, compiled where numba is: the
+        same terms) and ``maps(lo, hi)`` of its columns on the device."""
         _subsets.check_chunk(spec, first, count)
         xp = self._xp()
         if self._subsets is None or self._subsets[0] is not spec:
-            from gpuale.engines.numba_ import NumbaEngine, numba_available
+            self._subsets = (spec, [xp.asarray(g) for g in _subsets.increments(spec)])
+        gained = self._subsets[1]
+        from gpuale.engines.numba_ import NumbaEngine, numba_available
 
-            host = NumbaEngine() if numba_available() else NumpyEngine()  # the same maps
-            pool = _subsets.pool_log_maps(spec.problem, host.experiment_log_maps, key=spec)
-            gained = [xp.asarray(g) for g in _subsets.increments(spec)]
-            self._subsets = (spec, pool, gained)
-        _, pool, gained = self._subsets
-        return _subsets.matmul_subset_maps(xp, spec, pool, gained, first, count)
+        host = NumbaEngine() if numba_available() else NumpyEngine()
+        pool = _subsets.pool_log_maps(spec.problem, first, count, host.experiment_log_maps)
+        return pool, lambda lo, hi: _subsets.matmul_subset_maps(xp, spec, pool, gained, lo,
+                                                                hi)
 
     def _contrast_chunk(self, spec: ContrastNullSpec, seed: int, first: int,
                         count: int) -> ContrastNullPartial:

@@ -158,8 +158,8 @@ class NumpyEngine:
         """ALE maps of nested experiment subsets at columns ``first .. first + count - 1``
         (:mod:`gpuale.engines._subsets`; this is its definition)."""
         _subsets.check_chunk(spec, first, count)
-        pool = _subsets.pool_log_maps(spec.problem, self.experiment_log_maps, key=spec)
-        return _subsets.subset_maps_definition(spec, pool, first, count)
+        pool = _subsets.pool_log_maps(spec.problem, first, count, self.experiment_log_maps)
+        return _subsets.subset_maps_definition(spec, pool, 0, count)
 
     def null_chunk(self, spec, seed: int, first: int, count: int):
         """Permutations ``first .. first + count - 1`` of a global or contrast null (or
@@ -167,8 +167,12 @@ class NumpyEngine:
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
         if getattr(spec, "kind", None) == _subsets.COACTIVATION:
+            _subsets.check_chunk(spec, first, count)
+            pool = _subsets.pool_log_maps(spec.problem, first, count,
+                                          self.experiment_log_maps)
             return _subsets.coactivation_partial(
-                np, self.subset_ale_maps(spec, first, count), first, count)
+                np, spec, first, count,
+                lambda lo, hi: _subsets.subset_maps_definition(spec, pool, lo, hi))
         if getattr(spec, "kind", None) == "balanced":
             from gpuale.engines._balanced_chunk import balanced_null_chunk
 
