@@ -21,13 +21,19 @@ from gpuale._files import atomic_output_dir, environment, write_json, write_tsv
 from gpuale.grid import Grid
 from gpuale.output import save_macm
 from gpuale.parcellate import Parcellation
-from gpuale.runfolder import RUN_JSON, input_record, map_file, record_header
+from gpuale.runfolder import (
+    CRITERIA_TSV,
+    ROI_MAP,
+    RUN_JSON,
+    VOXELS_TSV,
+    input_record,
+    map_file,
+    record_header,
+)
 
 __all__ = ["CRITERIA_COLUMNS", "CRITERIA_TSV", "VOXELS_TSV", "labels_file",
            "save_parcellation"]
 
-CRITERIA_TSV = "criteria.tsv"
-VOXELS_TSV = "voxels.tsv"
 CRITERIA_COLUMNS = ("k", "misclassified", "deviant_assignments", "vi_next", "silhouette",
                     "hierarchy")
 #: run.json's key for the parcellation's record.
@@ -36,7 +42,7 @@ PARCELLATION_KEY = "parcellation"
 
 def labels_file(k: int) -> str:
     """``labels_k-K.nii.gz``."""
-    return f"labels_k-{int(k)}.nii.gz"
+    return map_file(f"labels_k-{int(k)}")
 
 
 def describe_folder(k: int) -> str:
@@ -67,8 +73,8 @@ def save_parcellation(result: Parcellation, out_dir: str | Path, *, grid: Grid,
             written.append(labels_file(k))
         roi = nib.Nifti1Image(result.roi.volume.astype(np.uint8), grid.affine)
         roi.header["descrip"] = b"gpuale:roi"
-        roi.to_filename(str(tmp / map_file("roi")))
-        written.append(map_file("roi"))
+        roi.to_filename(str(tmp / map_file(ROI_MAP)))
+        written.append(map_file(ROI_MAP))
         write_tsv(tmp / CRITERIA_TSV,
                   [{c: _tsv_value(row[c]) for c in CRITERIA_COLUMNS} for row in result.criteria],
                   CRITERIA_COLUMNS)

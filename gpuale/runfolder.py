@@ -129,6 +129,9 @@ RUN_JSON = "run.json"
 CLUSTERS_TSV = "clusters.tsv"
 CONTRIBUTIONS_TSV = "contributions.tsv"
 NULLS_NPZ = "nulls.npz"
+#: A parcellation's (``gpuale parcellate``) criteria per K and table of its voxels.
+CRITERIA_TSV = "criteria.tsv"
+VOXELS_TSV = "voxels.tsv"
 #: A study's folder: its record of analyses, and the page linking their reports.
 STUDY_JSON = "study.json"
 INDEX_HTML = "index.html"

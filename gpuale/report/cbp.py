@@ -19,7 +19,7 @@ from gpuale.report.parts import (
     _settings_table,
     _table,
 )
-from gpuale.runfolder import FIGURES_DIR, RunFolder
+from gpuale.runfolder import CRITERIA_TSV, FIGURES_DIR, ROI_MAP, RunFolder, map_file
 
 __all__ = ["CBP_REFERENCES", "methods_parcellation", "parcellation_page"]
 
@@ -62,7 +62,7 @@ def _number(text: str) -> float:
 
 
 def _criteria_rows(run: RunFolder) -> list[dict]:
-    with open(run.path / "criteria.tsv", encoding="utf-8", newline="") as handle:
+    with open(run.path / CRITERIA_TSV, encoding="utf-8", newline="") as handle:
         return [{k: _number(v) for k, v in row.items()}
                 for row in csv.DictReader(handle, delimiter="\t")]
 
@@ -93,7 +93,7 @@ def _labels_figure(run: RunFolder, ks: list[int], path: Path) -> None:
 
     from gpuale.report.figures import _new_figure
 
-    roi = nib.load(run.path / "roi.nii.gz")
+    roi = nib.load(run.path / map_file(ROI_MAP))
     inside = np.argwhere(np.asarray(roi.dataobj) > 0)
     centre = np.round(inside.mean(axis=0)).astype(int)
     lo = np.maximum(inside.min(axis=0) - 3, 0)
@@ -103,7 +103,7 @@ def _labels_figure(run: RunFolder, ks: list[int], path: Path) -> None:
     views = (("sagittal x", 0), ("coronal y", 1), ("axial z", 2))
     affine = roi.affine
     for row, k in enumerate(ks):
-        data = np.asarray(nib.load(run.path / f"labels_k-{k}.nii.gz").dataobj).astype(int)
+        data = np.asarray(nib.load(run.path / map_file(f"labels_k-{k}")).dataobj).astype(int)
         for col, (name, axis) in enumerate(views):
             ax = fig.add_subplot(len(ks), 3, row * 3 + col + 1)
             index = [slice(lo[d], hi[d]) for d in range(3)]
