@@ -63,6 +63,7 @@ __all__ = [
     "parse_k",
     "describe_clusters",
     "run_parcellation",
+    "nearest_experiments",
     "seed_distances",
     "seed_sets",
 ]
@@ -153,6 +154,78 @@ def seed_distances(database: Dataset, seeds_mm: np.ndarray, block: int = 16) -> 
     return out
 
 
+def _focus_table(database: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    xyz = np.concatenate([exp.foci for exp in database])
+    offsets = np.concatenate([[0], np.cumsum([exp.n_foci for exp in database])])
+    return xyz, offsets, np.repeat(np.arange(len(database)), np.diff(offsets))
+
+
+def nearest_experiments(database: Dataset, seeds_mm: np.ndarray, filters: FilterRange
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, distance)``: per seed, the experiments its largest set can hold (the
+    ``max n`` nearest, or all within ``max r`` mm), nearest first, ties by database order,
+    with their distances; rows padded with -1 and inf. The same sets as
+    :func:`seed_sets` of :func:`seed_distances`, found with a k-d tree of the foci: an
+    experiment is a candidate where one of its foci is among a seed's k nearest foci, and
+    only candidates nearer than the k-th focus count (k doubles until there are enough),
+    their distances computed as :func:`seed_distances` computes them."""
+    from scipy.spatial import cKDTree
+
+    xyz, offsets, experiment = _focus_table(database)
+    tree = cKDTree(xyz)
+    rows: list[tuple[np.ndarray, np.ndarray]] = []
+    largest = max(filters.values)
+    for seed in seeds_mm:
+        if filters.kind == "r":
+            found = np.asarray(tree.query_ball_point(seed, largest * (1 + 1e-9) + 1e-9),
+                               dtype=np.int64)
+            candidates = np.unique(experiment[found])
+            exact = _exact(xyz, offsets, candidates, seed)
+            keep = exact <= largest
+            rows.append((candidates[keep], exact[keep]))
+            continue
+        depth, k = int(largest), min(int(largest) * 8, len(xyz))
+        while True:
+            near, found = tree.query(seed, k)
+            found = np.atleast_1d(found)
+            candidates = np.unique(experiment[found])
+            exact = _exact(xyz, offsets, candidates, seed)
+            bound = np.atleast_1d(near)[-1]
+            trusted = exact < bound * (1 - 1e-9) - 1e-9 if k < len(xyz) else exact <= np.inf
+            if trusted.sum() >= depth or k == len(xyz):
+                rows.append((candidates[trusted], exact[trusted]))
+                break
+            k = min(2 * k, len(xyz))
+    width = max(row[0].size for row in rows) if filters.kind == "r" else int(largest)
+    order = np.full((len(rows), width), -1, dtype=np.int64)
+    distance = np.full((len(rows), width), np.inf)
+    for s, (ids, exact) in enumerate(rows):
+        sort = np.lexsort((ids, exact))[:width]
+        order[s, :sort.size] = ids[sort]
+        distance[s, :sort.size] = exact[sort]
+    return order, distance
+
+
+def _exact(xyz, offsets, experiments, seed) -> np.ndarray:
+    """Distance from ``seed`` to each experiment's nearest focus, as seed_distances."""
+    if experiments.size == 0:
+        return np.zeros(0)
+    starts, stops = offsets[experiments], offsets[experiments + 1]
+    index = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
+    d2 = ((xyz[index][None, :, :] - seed[None, None, :]) ** 2).sum(axis=2)[0]
+    return np.sqrt(np.minimum.reduceat(d2, np.concatenate([[0], np.cumsum(stops - starts)[:-1]])))
+
+
+def within(database: Dataset, seeds_mm: np.ndarray, radius: float) -> np.ndarray:
+    """Per seed, how many experiments have a focus within ``radius`` mm."""
+    from scipy.spatial import cKDTree
+
+    xyz, _, experiment = _focus_table(database)
+    tree = cKDTree(xyz)
+    return np.array([np.unique(experiment[np.asarray(found, dtype=np.int64)]).size
+                     for found in tree.query_ball_point(seeds_mm, radius)])
+
+
 def seed_sets(distances: np.ndarray, filters: FilterRange) -> tuple[np.ndarray, np.ndarray]:
     """``(order, counts)``: each seed's experiments nearest first (ties by database order)
     and the size of its set at each filter size (see the module docstring)."""
@@ -239,8 +312,7 @@ def _check_inputs(roi: Roi, database: Dataset, filters: FilterRange,
                               f"database ({len(database)} experiments)")
 
 
-def _sets_warnings(distances, order, counts, filters, seeds_mm) -> list[str]:
-    rows = np.arange(len(order))
+def _sets_warnings(database, distance, counts, filters, seeds_mm) -> list[str]:
     out = []
     if filters.kind == "r":
         empty = np.flatnonzero(counts[:, 0] == 0)
@@ -252,12 +324,12 @@ def _sets_warnings(distances, order, counts, filters, seeds_mm) -> list[str]:
                 f" mm, the smallest filter: {where}{' ...' if empty.size > 10 else ''}")
         return out
     n = int(filters.values[0])
-    reach = distances[rows, order[:, n - 1]]
+    reach = distance[:, n - 1]
     far = np.flatnonzero(reach > NEAR_MM)
     if far.size:
-        within = (distances <= NEAR_MM).sum(axis=1)
-        named = "; ".join(f"({', '.join(f'{c:g}' for c in seeds_mm[i])}): {within[i]}"
-                          for i in far[:10])
+        near = within(database, seeds_mm[far[:10]], NEAR_MM)
+        named = "; ".join(f"({', '.join(f'{c:g}' for c in seeds_mm[i])}): {near[j]}"
+                          for j, i in enumerate(far[:10]))
         out.append(f"{far.size} ROI voxel(s) have fewer experiments within {NEAR_MM:g} mm "
                    f"than the smallest filter n={n} (their sets reach up to "
                    f"{reach.max():.1f} mm): {named}{' ...' if far.size > 10 else ''}")
@@ -302,13 +374,16 @@ def run_parcellation(
     start = time.perf_counter()
     seeds_ijk = np.argwhere(roi.volume)  # C order: the ROI's voxel order everywhere
     seeds_mm = grid.voxel_to_mm(seeds_ijk)
-    distances = seed_distances(database, seeds_mm)
-    order, counts = seed_sets(distances, filters)
-    caught = _sets_warnings(distances, order, counts, filters, seeds_mm)
+    order, distance = nearest_experiments(database, seeds_mm, filters)
+    if filters.kind == "n":
+        counts = np.tile(np.array(filters.values, dtype=np.int64), (len(order), 1))
+    else:
+        counts = np.stack([(distance <= r).sum(axis=1) for r in filters.values], axis=1)
+    caught = _sets_warnings(database, distance, counts, filters, seeds_mm)
     for message in caught:
         warnings.warn(message, UserWarning, stacklevel=2)
     rows = np.arange(len(order))[:, None]
-    reach = distances[rows, order[rows, np.maximum(counts - 1, 0)]]
+    reach = distance[rows, np.maximum(counts - 1, 0)]
     used = np.zeros(len(database), dtype=bool)
     for s in range(len(order)):
         used[order[s, :counts[s, -1]]] = True

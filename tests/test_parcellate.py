@@ -17,6 +17,7 @@ from gpuale.nulls import _merged_partial
 from gpuale.parcellate import (
     MAX_ROI_VOXELS,
     ParcellateError,
+    nearest_experiments,
     parse_filter,
     parse_k,
     run_parcellation,
@@ -169,6 +170,16 @@ def test_sets_are_the_nearest_experiments_ties_by_database_order(grid):
     for s in range(len(seeds)):
         for f, radius in enumerate((10, 20, 30)):
             assert set(order_r[s, :counts_r[s, f]]) == set(np.flatnonzero(d[s] <= radius))
+    # The k-d tree search finds the same sets, in the same order, with the same distances.
+    for text in ("n:4-12:4", "n:1-31:30", "r:10-30:10", "r:2-4:2"):
+        filters = parse_filter(text)
+        want_order, want_counts = seed_sets(d, filters)
+        got_order, got_distance = nearest_experiments(database, seeds, filters)
+        for s in range(len(seeds)):
+            n = want_counts[s, -1]
+            assert got_order[s, :n].tolist() == want_order[s, :n].tolist(), (text, s)
+            assert np.all(got_order[s, n:] == -1)
+            np.testing.assert_array_equal(got_distance[s, :n], d[s, want_order[s, :n]])
 
 
 def test_filter_and_k_parsing():

@@ -50,7 +50,7 @@ __all__ = [
 #: The ``kind`` of a :class:`CoactivationSpec` (engines' ``null_chunk`` dispatch on it).
 COACTIVATION = "coactivation"
 #: Columns per chunk by default (the pool's log terms are held for a chunk at a time).
-CHUNK_COLUMNS = 16384
+CHUNK_COLUMNS = 2**16
 #: Bytes of the maps held at once (seeds x filters x columns float32) by default.
 BLOCK_BYTES = 2**26
 #: Experiments per call of an engine's ``experiment_log_maps`` when the pool is read, and
