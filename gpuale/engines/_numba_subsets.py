@@ -20,6 +20,7 @@ from gpuale.engines._subsets import (
     coactivation_partial,
     pool_log_maps,
 )
+from gpuale.stats import LOG_SCALE
 
 try:
     import numba
@@ -34,7 +35,7 @@ def _njit(function):
 
 
 @_njit
-def _prefix_log_sums(start, stop, indices, values, lo, order, counts, acc, out):
+def _prefix_log_sums(start, stop, indices, values, lo, order, counts, scale, acc, out):
     n_seeds, n_filters = counts.shape
     for s in range(n_seeds):
         acc[:] = 0.0
@@ -42,7 +43,8 @@ def _prefix_log_sums(start, stop, indices, values, lo, order, counts, acc, out):
         for k in range(counts[s, n_filters - 1]):
             e = order[s, k]
             for j in range(start[e], stop[e]):
-                acc[indices[j] - lo] += values[j]
+                # Integer units, as _subsets.units: exact float64, half to even.
+                acc[indices[j] - lo] += np.rint(np.float64(values[j]) * scale)
             while f < n_filters and counts[s, f] == k + 1:
                 out[s, f, :] = acc
                 f += 1
@@ -55,7 +57,7 @@ def block_maps(spec: CoactivationSpec, pool: PoolLogMaps, lo: int, hi: int) -> n
     start, stop = pool.block_bounds(lo, hi)
     log_sums = np.empty((spec.n_seeds, spec.n_filters, hi - lo))
     _prefix_log_sums(start, stop, pool.indices, pool.values, lo, spec.order, spec.counts,
-                     np.zeros(hi - lo), log_sums)
+                     LOG_SCALE, np.zeros(hi - lo), log_sums)
     return ale_from_units(log_sums)  # numpy's exp: the numpy engine's maps bit for bit
 
 

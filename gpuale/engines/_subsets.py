@@ -43,6 +43,7 @@ __all__ = [
     "increments",
     "matmul_subset_maps",
     "pool_log_maps",
+    "units",
     "chunk_problem",
     "subset_maps_definition",
 ]
@@ -50,7 +51,7 @@ __all__ = [
 #: The ``kind`` of a :class:`CoactivationSpec` (engines' ``null_chunk`` dispatch on it).
 COACTIVATION = "coactivation"
 #: Columns per chunk by default (the pool's log terms are held for a chunk at a time).
-CHUNK_COLUMNS = 2**16
+CHUNK_COLUMNS = 2**15
 #: Bytes of the maps held at once (seeds x filters x columns float32) by default.
 BLOCK_BYTES = 2**26
 #: Experiments per call of an engine's ``experiment_log_maps`` when the pool is read, and
@@ -191,10 +192,10 @@ class CoactivationPartial:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PoolLogMaps:
-    """Every pool experiment's ``log1p(-MA)`` at a chunk of columns, in units of 2**-40,
-    as compressed rows: ``indices[indptr[e]:indptr[e + 1]]`` are the chunk's columns
-    (0-based within the chunk, ascending) that experiment ``e`` reaches, ``values`` the
-    matching integer-valued float64 terms (negative)."""
+    """Every pool experiment's ``log1p(-MA)`` at a chunk of columns, as compressed
+    rows: ``indices[indptr[e]:indptr[e + 1]]`` are the chunk's columns (0-based within
+    the chunk, ascending) that experiment ``e`` reaches, ``values`` the matching float32
+    ``log1p(-MA)`` (negative; :func:`units` turns them into integers)."""
 
     indptr: np.ndarray
     indices: np.ndarray
@@ -278,11 +279,16 @@ def pool_log_maps(problem: Problem, first: int, count: int,
         for row in log_maps:
             nonzero = np.flatnonzero(row)
             indices.append(support[nonzero].astype(np.int32))
-            values.append(np.round(row[nonzero].astype(np.float64) * LOG_SCALE))
+            values.append(row[nonzero])
             indptr.append(indptr[-1] + nonzero.size)
     return PoolLogMaps(np.asarray(indptr, dtype=np.int64),
                        np.concatenate(indices) if indices else np.zeros(0, np.int32),
-                       np.concatenate(values) if values else np.zeros(0))
+                       np.concatenate(values) if values else np.zeros(0, np.float32))
+
+
+def units(log_terms: np.ndarray) -> np.ndarray:
+    """float32 ``log1p(-MA)`` in integer units of 2**-40 (float64; exact below 2**53)."""
+    return np.round(log_terms.astype(np.float64) * LOG_SCALE)
 
 
 def dense_block(pool: PoolLogMaps, lo: int, hi: int) -> np.ndarray:
@@ -291,7 +297,7 @@ def dense_block(pool: PoolLogMaps, lo: int, hi: int) -> np.ndarray:
     out = np.zeros((pool.indptr.size - 1, hi - lo), dtype=np.float64)
     start, stop = pool.block_bounds(lo, hi)
     for e in range(out.shape[0]):
-        out[e, pool.indices[start[e]:stop[e]] - lo] = pool.values[start[e]:stop[e]]
+        out[e, pool.indices[start[e]:stop[e]] - lo] = units(pool.values[start[e]:stop[e]])
     return out
 
 
