@@ -367,3 +367,18 @@ def test_cli_writes_labels_criteria_voxels_and_run_json(tmp_path, grid):
     assert failed.exit_code != 0 and "K = 200 needs more voxels" in failed.output
     assert sorted(p.name for p in out.iterdir()) == before
     assert not list(tmp_path.glob(".cbp.partial*"))
+
+
+def test_cli_refuses_bad_options_before_reading_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from gpuale import cli
+
+    base = ["parcellate", str(tmp_path / "missing.txt"), "--roi", str(tmp_path / "r.nii.gz"),
+            "--out", str(tmp_path / "out"), "--quiet"]
+    for extra, message in ((["--k", "2-4", "--describe", "5"], "--describe 5: K must be one of"),
+                           (["--filter", "n:20-10:5"], "B >= A"),
+                           (["--k", "1-3"], "K values >= 2")):
+        result = CliRunner().invoke(cli.app, [*base, *extra])
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert not (tmp_path / "out").exists()
