@@ -15,14 +15,15 @@ Clos et al. 2013 (NeuroImage 83:174):
 3. **Similarity.** Per filter size, the Pearson correlation ``r`` between the seeds' maps
    over the brain mask, from sums and cross-products accumulated chunk by chunk.
 4. **Clustering.** Per K and filter size, k-means with the distance 1 - r: scikit-learn's
-   ``KMeans`` (``n_init`` restarts, ``random_state`` = the seed) on the rows of
-   ``V sqrt(L)`` (the eigen-decomposition of the correlation matrix), whose squared
-   Euclidean distances are ``2 (1 - r)``, i.e. k-means on the standardised MACM maps
-   themselves (components below 1e-9 of the largest eigenvalue dropped, at most
-   :data:`MAX_COMPONENTS`). Labels are aligned (Hungarian matching of overlaps) across
-   filter sizes to the middle filter size, the consensus is each voxel's most frequent
-   label (ties: the smaller), and each K's labels are matched to K - 1's consensus (the
-   smallest K numbered in the order its clusters first appear along the ROI's voxels).
+   ``KMeans`` (``n_init`` restarts, ``random_state`` = the seed) on the rows of ``V
+   sqrt(L)`` (the eigen-decomposition of the correlation matrix), whose squared Euclidean
+   distances are ``2 (1 - r)``, i.e. k-means on the standardised MACM maps themselves
+   (components below 1e-9 of the largest eigenvalue dropped, at most 256:
+   :data:`gpuale.partitions.MAX_COMPONENTS`). Labels are aligned (Hungarian matching of
+   overlaps) across filter sizes to the middle filter size, the consensus is each voxel's
+   most frequent label (ties: the smaller), and each K's labels are matched to K - 1's
+   consensus (the smallest K numbered in the order its clusters first appear along the
+   ROI's voxels).
 5. **Criteria** per K (never a silent choice): ``misclassified`` (Clos et al. 2013: share
    of voxels assigned, at some filter size, to another cluster than their most frequent
    one; favoured: the lowest), ``vi_next`` (variation of information, Meila 2007, in
@@ -70,8 +71,6 @@ __all__ = [
 
 #: Largest ROI (voxels) a parcellation takes: the correlation matrices are voxels².
 MAX_ROI_VOXELS = 5000
-#: Most eigen-components kept for k-means (the tail holds < 1e-9 of the variance mostly).
-MAX_COMPONENTS = 256
 #: k-means restarts per K and filter size.
 DEFAULT_RESTARTS = 50
 #: A voxel whose smallest set reaches farther than this (mm) is named in a warning.
