@@ -64,9 +64,22 @@ def main(argv: list[str]) -> int:
     roi = Roi(volume, f"{args.voxels} voxels nearest {CENTRE}",
               {"kind": "bench", "n_voxels": int(volume.sum())})
     wall, cpu = time.perf_counter(), _cpu()
+    done = {"columns": 0, "total": 1}
+
+    def total(n: int) -> None:
+        done["total"] = n
+        print(f"{time.perf_counter() - wall:7.1f} s: sets chosen, {n:,} columns",
+              flush=True)
+
+    def progress(n: int) -> None:
+        done["columns"] += n
+        print(f"{time.perf_counter() - wall:7.1f} s: {done['columns']:,} of "
+              f"{done['total']:,} columns, load {os.getloadavg()[0]:.1f}", flush=True)
+
     result = run_parcellation(database, roi, grid=grid, filters=parse_filter(args.filter),
                               ks=parse_k(args.k), device=args.device,
-                              n_workers=args.workers, restarts=args.restarts)
+                              n_workers=args.workers, restarts=args.restarts,
+                              progress=progress, on_columns=total)
     stats["parcellate"] = {"wall_s": time.perf_counter() - wall, "cpu_s": _cpu() - cpu,
                            "stages_s": result.timings, "n_pool": result.n_pool,
                            "n_maps": int(roi.n_voxels * len(result.filters.values))}

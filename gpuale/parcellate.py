@@ -18,8 +18,8 @@ Clos et al. 2013 (NeuroImage 83:174):
    ``KMeans`` (``n_init`` restarts, ``random_state`` = the seed) on the rows of ``V
    sqrt(L)`` (the eigen-decomposition of the correlation matrix), whose squared Euclidean
    distances are ``2 (1 - r)``, i.e. k-means on the standardised MACM maps themselves
-   (components below 1e-9 of the largest eigenvalue dropped, at most 256:
-   :data:`gpuale.partitions.MAX_COMPONENTS`). Labels are aligned (Hungarian matching of
+   (the leading components holding 99.9% of the variance, at most 256:
+   :mod:`gpuale.partitions`). Labels are aligned (Hungarian matching of
    overlaps) across filter sizes to the middle filter size, the consensus is each voxel's
    most frequent label (ties: the smaller), and each K's labels are matched to K - 1's
    consensus (the smallest K numbered in the order its clusters first appear along the

@@ -25,6 +25,9 @@ __all__ = [
 #: Hierarchy index at or above which a K counts as nested in K - 1 (favoured).
 HIERARCHY_FAVOURED = 0.9
 MAX_COMPONENTS = 256
+#: Share of the correlation matrix's variance its embedding keeps (k-means runs in fewer
+#: dimensions: the same clusters, minutes less on 1,000 voxels).
+VARIANCE_KEPT = 0.999
 
 
 def _sklearn():
@@ -40,10 +43,15 @@ def _sklearn():
 
 def embedding(r: np.ndarray) -> np.ndarray:
     """Rows whose squared Euclidean distances are ``2 (1 - r)``: ``V sqrt(L)`` of the
-    correlation matrix (eigenvalues below 1e-9 of the largest dropped, at most
-    :data:`MAX_COMPONENTS` kept; each vector's largest entry made positive)."""
+    correlation matrix, its leading components up to :data:`VARIANCE_KEPT` of the total
+    variance (the trace; the rest shifts squared distances by at most that share of it;
+    at most :data:`MAX_COMPONENTS`, eigenvalues below 1e-9 of the largest dropped), each
+    vector's largest entry made positive."""
     values, vectors = np.linalg.eigh((r + r.T) / 2)
-    keep = np.flatnonzero(values > 1e-9 * max(values[-1], 1e-300))[::-1][:MAX_COMPONENTS]
+    order = np.flatnonzero(values > 1e-9 * max(values[-1], 1e-300))[::-1]
+    share = np.cumsum(values[order]) / values[order].sum()
+    enough = int(np.searchsorted(share, VARIANCE_KEPT)) + 1
+    keep = order[:min(enough, MAX_COMPONENTS)]
     vectors = vectors[:, keep]
     signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(keep.size)])
     return vectors * signs * np.sqrt(values[keep])
