@@ -47,6 +47,7 @@ def main(argv: list[str]) -> int:
     from gpuale.io import load_dataset
     from gpuale.macm import Roi
     from gpuale.parcellate import parse_filter, parse_k, run_parcellation
+    from gpuale.partitions import cluster_all
 
     args.out.mkdir(parents=True, exist_ok=True)
     stats: dict = {"load_average_before": os.getloadavg(), "voxels": args.voxels,
@@ -76,17 +77,28 @@ def main(argv: list[str]) -> int:
         print(f"{time.perf_counter() - wall:7.1f} s: {done['columns']:,} of "
               f"{done['total']:,} columns, load {os.getloadavg()[0]:.1f}", flush=True)
 
+    # The maps and their correlations (with a token clustering), then the clustering of
+    # every K timed on its own: together, run_parcellation's work.
     result = run_parcellation(database, roi, grid=grid, filters=parse_filter(args.filter),
-                              ks=parse_k(args.k), device=args.device,
-                              n_workers=args.workers, restarts=args.restarts,
-                              progress=progress, on_columns=total)
-    stats["parcellate"] = {"wall_s": time.perf_counter() - wall, "cpu_s": _cpu() - cpu,
-                           "stages_s": result.timings, "n_pool": result.n_pool,
-                           "n_maps": int(roi.n_voxels * len(result.filters.values))}
+                              ks=(2,), device=args.device, n_workers=args.workers,
+                              restarts=1, progress=progress, on_columns=total,
+                              keep_correlations=True)
+    maps_wall, maps_cpu = time.perf_counter() - wall, _cpu() - cpu
+    np.save(args.out / "correlations.npy", result.correlations.astype(np.float32))
+    wall, cpu = time.perf_counter(), _cpu()
+    labels, _, criteria, favoured = cluster_all(result.correlations, parse_k(args.k),
+                                                seed=0, restarts=args.restarts)
+    stats["parcellate"] = {
+        "maps_and_correlation": {"wall_s": maps_wall, "cpu_s": maps_cpu,
+                                 "stages_s": result.timings},
+        "clustering": {"wall_s": time.perf_counter() - wall, "cpu_s": _cpu() - cpu},
+        "n_pool": result.n_pool, "n_maps": int(roi.n_voxels * len(result.filters.values))}
+    print(f"clustering {stats['parcellate']['clustering']}", flush=True)
     stats["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     stats["load_average_after"] = os.getloadavg()
-    stats["criteria"] = result.criteria
-    stats["favoured"] = result.favoured
+    stats["criteria"] = criteria
+    stats["favoured"] = favoured
+    stats["cluster_sizes"] = {k: np.bincount(v).tolist() for k, v in labels.items()}
     (args.out / "results.json").write_text(json.dumps(stats, indent=2, default=float))
     print(json.dumps({k: v for k, v in stats.items() if k != "criteria"}, indent=2,
                      default=float))
