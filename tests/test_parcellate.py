@@ -232,7 +232,6 @@ def test_planted_halves_are_recovered_at_k2(grid):
     assert result.set_sizes.tolist() == [[10, 20, 30]] * roi.n_voxels
 
 
-@pytest.mark.slow  # a Dask cluster and four parcellations: 10-18 s on 2 shared cores
 def test_same_labels_on_every_engine_and_on_dask(grid):
     from gpuale.nulls import DaskScheduler
     from tests.conftest import cuda_host_engine
@@ -307,7 +306,6 @@ def _write_inputs(folder, grid, database, roi):
     nib.Nifti1Image(roi.volume.astype(np.uint8), grid.affine).to_filename(folder / "roi.nii.gz")
 
 
-@pytest.mark.slow  # two MACMs (--describe) and a report: 10-16 s on 2 shared cores
 def test_cli_writes_labels_criteria_voxels_and_run_json(tmp_path, grid):
     import json
 
