@@ -53,7 +53,7 @@ COACTIVATION = "coactivation"
 #: Columns per chunk by default (the pool's log terms are held for a chunk at a time).
 CHUNK_COLUMNS = 2**15
 #: Bytes of the maps held at once (seeds x filters x columns float32) by default.
-BLOCK_BYTES = 2**26
+BLOCK_BYTES = 2**25
 #: Experiments per call of an engine's ``experiment_log_maps`` when the pool is read, and
 #: the kernel-box voxels of their foci together (the numba engine's scratch: 24 bytes
 #: each).
