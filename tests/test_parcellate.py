@@ -380,3 +380,15 @@ def test_cli_refuses_bad_options_before_reading_anything(tmp_path):
         result = CliRunner().invoke(cli.app, [*base, *extra])
         assert result.exit_code != 0 and message in result.output, result.output
         assert not (tmp_path / "out").exists()
+
+
+def test_radius_filters_take_every_experiment_within_r(grid):
+    database, roi, truth = planted(grid, np.random.default_rng(3), per_group=60)
+    result = run_parcellation(database, roi, grid=grid, filters=parse_filter("r:4-8:2"),
+                              ks=(2,), restarts=4, device="cpu-numba")
+    seeds = grid.voxel_to_mm(np.argwhere(roi.volume))
+    brute = seed_distances(database, seeds)
+    for f, radius in enumerate((4, 6, 8)):
+        assert result.set_sizes[:, f].tolist() == (brute <= radius).sum(axis=1).tolist()
+    assert np.all(result.reach_mm <= np.array([4, 6, 8]))
+    assert sklearn_metrics.adjusted_rand_score(truth, result.labels[2]) >= 0.9
