@@ -101,7 +101,8 @@ def _foreign_files(out_dir: Path) -> list[str] | None:
 
     gpuale writes the files run.json lists under ``outputs``, run.json, the report and its
     figures, the jackknife and fail-safe N results, and hidden ``.NAME.tmp`` files while
-    replacing one.
+    replacing one. An output ending in ``/`` is a run folder inside this one (a
+    parcellation's MACM of each cluster), judged by its own run.json.
     """
     from gpuale.runfolder import DERIVED_FILES, FIGURES_DIR, OUTPUTS_KEY, REPORT_HTML, RUN_JSON
 
@@ -114,8 +115,17 @@ def _foreign_files(out_dir: Path) -> list[str] | None:
     # folder, by `gpuale jackknife` and `gpuale failsafe`.
     ours = outputs | {RUN_JSON, REPORT_HTML} | DERIVED_FILES
     foreign = []
+    nested = sorted(str(o).rstrip("/") for o in outputs if str(o).endswith("/"))
+    for sub in nested:
+        inner = _foreign_files(out_dir / sub) if (out_dir / sub).is_dir() else []
+        foreign += [sub] if inner is None else [f"{sub}/{name}" for name in inner]
     for path in sorted(out_dir.rglob("*")):
         relative = path.relative_to(out_dir)
+        posix = relative.as_posix()
+        if any(posix == sub or posix.startswith(sub + "/") for sub in nested) or (
+                path.is_dir() and not path.is_symlink()
+                and any(sub.startswith(posix + "/") for sub in nested)):
+            continue
         if path.is_dir() and not path.is_symlink() and relative.parts == (FIGURES_DIR,):
             continue
         top = relative.parts[0]

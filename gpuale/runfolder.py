@@ -129,6 +129,9 @@ RUN_JSON = "run.json"
 CLUSTERS_TSV = "clusters.tsv"
 CONTRIBUTIONS_TSV = "contributions.tsv"
 NULLS_NPZ = "nulls.npz"
+#: A parcellation's (``gpuale parcellate``) criteria per K and table of its voxels.
+CRITERIA_TSV = "criteria.tsv"
+VOXELS_TSV = "voxels.tsv"
 #: A study's folder: its record of analyses, and the page linking their reports.
 STUDY_JSON = "study.json"
 INDEX_HTML = "index.html"
@@ -199,7 +202,7 @@ SCHEMA_VERSION = 3
 SCHEMA_VERSION_KEY = "schema_version"
 #: Which analysis wrote the folder: one of ``KINDS``.
 KIND_KEY = "analysis"
-KINDS = ("ale", "contrast", "conjunction", "scale")
+KINDS = ("ale", "contrast", "conjunction", "scale", "parcellate")
 #: run.json's record of a MACM (:mod:`gpuale.macm`): the ROI, database and selection.
 MACM_KEY = "macm"
 #: A MACM's seed region on the analysis grid (1 inside).

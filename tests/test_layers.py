@@ -36,6 +36,7 @@ LAYERS = {
     "gpuale.clusters": 1,
     "gpuale.tfce": 1,
     "gpuale.maps": 1,
+    "gpuale.partitions": 1,
     # 2 null specs and partials, and the arithmetic of finished nulls
     "gpuale.nullspecs": 2,
     "gpuale.inference": 2,
@@ -56,10 +57,12 @@ LAYERS = {
     "gpuale.jackknife": 5,
     "gpuale.failsafe": 5,
     "gpuale.macm": 5,
+    "gpuale.parcellate": 5,
     # 6 run folders: every writer and reader of a run folder
     "gpuale.runfolder": 6,
     "gpuale._files": 6,
     "gpuale.output": 6,
+    "gpuale.cbpfolder": 6,
     # 7 applications
     "gpuale.rerun": 7,
     "gpuale.studyfile": 7,

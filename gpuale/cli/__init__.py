@@ -7,7 +7,7 @@ own that registers itself on it when imported here, in the order ``--help`` list
 
 # isort: off
 from gpuale.cli import global_cmd, contrast_cmd, conjunction_cmd, compare_cmd  # noqa: F401
-from gpuale.cli import macm_cmd, rerun_cmd, study_cmd  # noqa: F401
+from gpuale.cli import macm_cmd, parcellate_cmd, rerun_cmd, study_cmd  # noqa: F401
 # isort: on
 from gpuale.cli._help import _Typer
 from gpuale.cli._shared import (

@@ -70,6 +70,14 @@ class Engine(Protocol):
         ``log1p(-MA)`` of every experiment there (n_experiments x support.size)."""
         ...
 
+    def subset_ale_maps(self, spec, first: int, count: int) -> np.ndarray:
+        """ALE maps of nested subsets of a pool of experiments (a
+        :class:`gpuale.engines._subsets.CoactivationSpec`: every seed's map at every
+        filter size) at columns ``first .. first + count - 1``: float32, seeds x filters x
+        count. Its ``null_chunk`` turns the same columns into a
+        :class:`~gpuale.engines._subsets.CoactivationPartial` (sums and products)."""
+        ...
+
     def observed_difference(self, spec: NullSpec) -> np.ndarray:
         """Observed ALE_A - ALE_B (float64) at the voxels of a contrast spec."""
         ...

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from gpuale.clusters import CONNECTIVITY_RANK
-from gpuale.engines import _contrast_blocks
+from gpuale.engines import _contrast_blocks, _subsets
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.nullspecs import (
     CONTRAST_STATISTICS,
@@ -660,6 +660,7 @@ class CudaEngine:
         self._contrast: tuple[ContrastNullSpec, list] | None = None
         self._tfce: tuple | None = None
         self._scale: tuple | None = None  # (spec, pipeline, observed -S, pool) of SCALE
+        self._subsets: tuple | None = None  # (spec, gained) of a co-activation spec
         self._lock = threading.Lock()
 
     @classmethod
@@ -706,6 +707,8 @@ class CudaEngine:
             return self.device
 
     def chunk_size(self, spec) -> int:
+        if getattr(spec, "kind", None) == _subsets.COACTIVATION:
+            return spec.chunk_columns
         if getattr(spec, "kind", None) == "scale":
             return self.GLOBAL_CHUNK
         return self.GLOBAL_CHUNK if isinstance(spec, GlobalNullSpec) else self.CONTRAST_CHUNK
@@ -738,6 +741,9 @@ class CudaEngine:
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
         with self._lock, self._on_device():
+            if getattr(spec, "kind", None) == _subsets.COACTIVATION:  # columns of a CBP
+                _, maps = self._subset_maps(spec, first, count)
+                return _subsets.coactivation_partial(self._xp(), spec, first, count, maps)
             if getattr(spec, "kind", None) == "balanced":
                 # Subsample products on the device; relocated foci's maps on the host,
                 # compiled (the numpy engine's maps bit for bit, about 10x faster).
@@ -753,6 +759,29 @@ class CudaEngine:
                 return GlobalNullPartial.of(first, *self._global_chunk(spec, seed, first,
                                                                        count))
             return self._contrast_chunk(spec, seed, first, count)
+
+    def subset_ale_maps(self, spec: _subsets.CoactivationSpec, first: int,
+                        count: int) -> np.ndarray:
+        """ALE maps of nested experiment subsets at columns ``first .. first + count - 1``
+        (:mod:`gpuale.engines._subsets`): exact matrix products on the device."""
+        with self._lock, self._on_device():
+            pool, maps = self._subset_maps(spec, first, count)
+            return _to_host(maps(0, count))
+
+    def _subset_maps(self, spec: _subsets.CoactivationSpec, first: int, count: int):
+        """The chunk's pool log terms (read on the host, compiled where numba is: the
+        same terms) and ``maps(lo, hi)`` of its columns on the device."""
+        _subsets.check_chunk(spec, first, count)
+        xp = self._xp()
+        if self._subsets is None or self._subsets[0] is not spec:
+            self._subsets = (spec, [xp.asarray(g) for g in _subsets.increments(spec)])
+        gained = self._subsets[1]
+        from gpuale.engines.numba_ import NumbaEngine, numba_available
+
+        host = NumbaEngine() if numba_available() else NumpyEngine()
+        pool = _subsets.pool_log_maps(spec.problem, first, count, host.experiment_log_maps)
+        return pool, lambda lo, hi: _subsets.matmul_subset_maps(xp, spec, pool, gained, lo,
+                                                                hi)
 
     def _contrast_chunk(self, spec: ContrastNullSpec, seed: int, first: int,
                         count: int) -> ContrastNullPartial:

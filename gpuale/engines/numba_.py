@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from gpuale.clusters import CONNECTIVITY_RANK
+from gpuale.engines import _numba_subsets, _subsets
 from gpuale.engines.numpy_ import NumpyEngine, _KernelRanks
 from gpuale.nullspecs import (
     CONTRAST_STATISTICS,
@@ -370,6 +371,7 @@ class NumbaEngine:
 
     name = "numba"
     device = "cpu"
+    subset_ale_maps = _numba_subsets.engine_subset_ale_maps  # nested subsets (CBP)
 
     def __init__(self) -> None:
         if numba is None:
@@ -408,10 +410,8 @@ class NumbaEngine:
         counts_start = np.concatenate([[0], np.cumsum(n_ranks)]).astype(np.int64)
         counts = np.zeros(int(counts_start[-1]), dtype=np.int64)
         log_sum = np.zeros(nx * ny * nz, dtype=np.float64)
-        _observed_log_sum(
-            *kernel_arrays, nx, ny, nz, grid.mask.reshape(-1), log_sum,
-            np.zeros(nx * ny * nz, dtype=np.int64), counts, counts_start,
-        )
+        _observed_log_sum(*kernel_arrays, nx, ny, nz, grid.mask.reshape(-1), log_sum,
+                          np.zeros(nx * ny * nz, dtype=np.int64), counts, counts_start)
         ma_values = []
         for e in range(problem.n_experiments):
             table = tables[problem.kernel_index[e]]
@@ -451,6 +451,8 @@ class NumbaEngine:
         """Permutations ``first .. first + count - 1`` of a global or contrast null."""
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
+        if getattr(spec, "kind", None) == _subsets.COACTIVATION:  # columns of a CBP
+            return _numba_subsets.coactivation_chunk(self, spec, first, count)
         if getattr(spec, "kind", None) == "balanced":
             from gpuale.engines._balanced_chunk import balanced_null_chunk
             from gpuale.engines._numba_balanced import mean_no_activation

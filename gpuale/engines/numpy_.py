@@ -18,7 +18,7 @@ import threading
 import numpy as np
 
 from gpuale.clusters import cluster_measures, connectivity_structure
-from gpuale.engines import _contrast_blocks
+from gpuale.engines import _contrast_blocks, _subsets
 from gpuale.engines._boxes import clipped_boxes
 from gpuale.nullspecs import (
     CONTRAST_STATISTICS,
@@ -82,6 +82,8 @@ class NumpyEngine:
         return "the CPU"
 
     def chunk_size(self, spec) -> int:
+        if getattr(spec, "kind", None) == _subsets.COACTIVATION:
+            return spec.chunk_columns
         return GLOBAL_CHUNK if isinstance(spec, GlobalNullSpec | ScaleNullSpec) else CONTRAST_CHUNK
 
     def concurrency(self, spec) -> str:
@@ -151,10 +153,26 @@ class NumpyEngine:
             log_maps[e, np.searchsorted(support, touched)] = values
         return support, log_maps
 
+    def subset_ale_maps(self, spec: _subsets.CoactivationSpec, first: int,
+                        count: int) -> np.ndarray:
+        """ALE maps of nested experiment subsets at columns ``first .. first + count - 1``
+        (:mod:`gpuale.engines._subsets`; this is its definition)."""
+        _subsets.check_chunk(spec, first, count)
+        pool = _subsets.pool_log_maps(spec.problem, first, count, self.experiment_log_maps)
+        return _subsets.subset_maps_definition(spec, pool, 0, count)
+
     def null_chunk(self, spec, seed: int, first: int, count: int):
-        """Permutations ``first .. first + count - 1`` of a global or contrast null."""
+        """Permutations ``first .. first + count - 1`` of a global or contrast null (or
+        columns of a co-activation spec: sums and products of the maps there)."""
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
+        if getattr(spec, "kind", None) == _subsets.COACTIVATION:
+            _subsets.check_chunk(spec, first, count)
+            pool = _subsets.pool_log_maps(spec.problem, first, count,
+                                          self.experiment_log_maps)
+            return _subsets.coactivation_partial(
+                np, spec, first, count,
+                lambda lo, hi: _subsets.subset_maps_definition(spec, pool, lo, hi))
         if getattr(spec, "kind", None) == "balanced":
             from gpuale.engines._balanced_chunk import balanced_null_chunk
 

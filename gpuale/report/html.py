@@ -22,6 +22,7 @@ from urllib.parse import quote
 import numpy as np
 
 from gpuale.dataset import foci_text
+from gpuale.report.cbp import parcellation_page
 from gpuale.report.methods import (
     CONNECTIVITY_TEXT,
     RECOMMENDED_ITERATIONS,
@@ -620,6 +621,7 @@ def _scale_page(run: RunFolder) -> Page:
 
 
 PAGE_BUILDERS: dict[str, Callable[[RunFolder], Page]] = {
+    "parcellate": parcellation_page,
     "scale": _scale_page,
     "ale": _global_page,
     "contrast": _contrast_page,
