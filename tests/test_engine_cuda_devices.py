@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpuale.engines import DeviceUnavailable, cuda, resolve_device
+from gpuale.engines import DeviceUnavailable, _devices, resolve_device
 
 
 @pytest.fixture
@@ -12,8 +12,8 @@ def gpus(monkeypatch):
     """Pretend CuPy sees ``n`` GPUs."""
 
     def pretend(n: int) -> None:
-        monkeypatch.setattr(cuda, "gpu_available", lambda: n > 0)
-        monkeypatch.setattr(cuda, "device_count", lambda: n)
+        monkeypatch.setattr(_devices, "gpu_available", lambda: n > 0)
+        monkeypatch.setattr(_devices, "device_count", lambda: n)
 
     return pretend
 
@@ -44,7 +44,7 @@ def test_no_gpu_is_still_reported_as_none(gpus):
 
 
 def test_device_count_is_zero_without_cupy_or_a_device():
-    if not cuda.gpu_available():
-        assert cuda.device_count() == 0
+    if not _devices.gpu_available():
+        assert _devices.device_count() == 0
     else:
-        assert cuda.device_count() >= 1
+        assert _devices.device_count() >= 1

@@ -101,7 +101,7 @@ class Engine(Protocol):
 
 def gpu_available() -> bool:
     """Whether CuPy imports and sees a usable CUDA device."""
-    from gpuale.engines.cuda import gpu_available as cuda_available
+    from gpuale.engines._devices import gpu_available as cuda_available
 
     return cuda_available()
 
@@ -131,7 +131,7 @@ def resolve_device(device: str) -> str:
                 "'gpu-cuda13' for CUDA 13) on a machine with an NVIDIA GPU, or "
                 f"{DeviceUnavailable.hint}"
             )
-        from gpuale.engines.cuda import device_count
+        from gpuale.engines._devices import device_count
 
         count = device_count()  # gpu:N past the last device would fail deep in CuPy
         if int(index) >= count:

@@ -37,6 +37,7 @@ import numpy as np
 
 from gpuale.clusters import CONNECTIVITY_RANK
 from gpuale.engines import _contrast_blocks, _subsets
+from gpuale.engines._devices import device_count, gpu_available
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.nullspecs import (
     CONTRAST_STATISTICS,
@@ -104,30 +105,6 @@ def kernel_dir() -> Path:
         f"CUDA kernel sources ({NULL_KERNEL_FILE}) are neither in {package / 'kernels'} "
         f"nor in {package.parent / 'kernels'}; reinstall gpuale"
     )
-
-
-def gpu_available() -> bool:
-    """Whether CuPy imports and sees a usable CUDA device."""
-    try:
-        import cupy
-    except Exception:  # a broken CUDA install raises more than ImportError
-        return False
-    try:
-        return bool(cupy.is_available())
-    except Exception:
-        return False
-
-
-def device_count() -> int:
-    """Number of CUDA devices CuPy sees (0 without CuPy, a driver or a device)."""
-    try:
-        import cupy
-    except Exception:  # a broken CUDA install raises more than ImportError
-        return 0
-    try:
-        return int(cupy.cuda.runtime.getDeviceCount())
-    except Exception:
-        return 0
 
 
 @functools.cache
