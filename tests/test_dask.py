@@ -262,11 +262,11 @@ def test_an_engine_no_worker_can_make_is_a_clear_error(client, problem):
 def a_gpu_here(monkeypatch):
     """CuPy 'sees' two GPUs (gpu_available, device_count patched), and workers start
     without engines of their own."""
-    import gpuale.engines.cuda as cuda
     from gpuale import nulls
+    from gpuale.engines import _devices
 
-    monkeypatch.setattr(cuda, "gpu_available", lambda: True)
-    monkeypatch.setattr(cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(_devices, "gpu_available", lambda: True)
+    monkeypatch.setattr(_devices, "device_count", lambda: 2)
     monkeypatch.setattr(nulls, "_WORKER_ENGINES", {})
 
 
@@ -285,12 +285,11 @@ def test_the_cuda_engine_travels_as_its_device_and_a_worker_makes_its_own(a_gpu_
 
 
 def test_a_worker_without_the_gpu_it_is_sent_for_fails_clearly(monkeypatch):
-    import gpuale.engines.cuda as cuda
     from gpuale import nulls
-    from gpuale.engines import DeviceUnavailable
+    from gpuale.engines import DeviceUnavailable, _devices
     from gpuale.nulls import _EngineOnWorker, _worker_engine
 
-    monkeypatch.setattr(cuda, "gpu_available", lambda: False)
+    monkeypatch.setattr(_devices, "gpu_available", lambda: False)
     monkeypatch.setattr(nulls, "_WORKER_ENGINES", {})
     with pytest.raises(DeviceUnavailable, match="asked for a GPU, but CuPy sees none"):
         _worker_engine(_EngineOnWorker("cuda", "gpu:0"))
