@@ -52,8 +52,8 @@ from synthetic import synthetic_dataset  # noqa: E402
 from gpuale.analysis import run_ale  # noqa: E402
 from gpuale.compare import masses_differ  # noqa: E402
 from gpuale.dataset import Dataset, Experiment  # noqa: E402
-from gpuale.engines import get_engine  # noqa: E402
-from gpuale.engines.cuda import CudaEngine, gpu_available, kernel_dir  # noqa: E402
+from gpuale.engines import get_engine, gpu_available  # noqa: E402
+from gpuale.engines.cuda import CudaEngine, kernel_dir  # noqa: E402
 from gpuale.examples import example_path  # noqa: E402
 from gpuale.grid import load_grid  # noqa: E402
 from gpuale.io import load_dataset  # noqa: E402

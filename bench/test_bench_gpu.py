@@ -16,7 +16,8 @@ from conftest import load_example
 from synthetic import synthetic_dataset
 
 from gpuale.analysis import run_ale
-from gpuale.engines.cuda import CudaEngine, gpu_available
+from gpuale.engines import gpu_available
+from gpuale.engines.cuda import CudaEngine
 from gpuale.nulls import monte_carlo_null
 
 pytestmark = [

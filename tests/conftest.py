@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from gpuale import _hostshim
 from gpuale.dataset import Dataset, Experiment
-from gpuale.engines.cuda import gpu_available
+from gpuale.engines import gpu_available
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.grid import Grid

@@ -185,7 +185,7 @@ def test_one_argument_without_a_form_asks_for_two_runs(tmp_path):
 @pytest.mark.gpu
 def test_devices_cpu_and_gpu_give_the_same_nulls(tmp_path):
     """How a user verifies their GPU (run by bench/gpu_check.sh's gpu-marked tests)."""
-    from gpuale.engines.cuda import gpu_available
+    from gpuale.engines import gpu_available
 
     if not gpu_available():
         pytest.skip("needs CuPy and a CUDA device")

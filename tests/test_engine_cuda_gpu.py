@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gpuale import _hostshim
-from gpuale.engines import cuda
+from gpuale.engines import cuda, gpu_available
 from gpuale.grid import Grid
 from gpuale.kernel import ale_kernel
 from gpuale.nullspecs import ContrastNullSpec, GlobalNullSpec
@@ -21,7 +21,7 @@ from gpuale.problem import Problem
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not cuda.gpu_available(), reason="needs CuPy and a CUDA device"),
+    pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device"),
 ]
 
 SEED = 20240607

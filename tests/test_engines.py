@@ -26,8 +26,7 @@ from conftest import (
     random_dataset,
 )
 
-from gpuale.engines import Engine, get_engine
-from gpuale.engines.cuda import gpu_available
+from gpuale.engines import Engine, get_engine, gpu_available
 from gpuale.engines.numba_ import NumbaEngine
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.nulls import run_null

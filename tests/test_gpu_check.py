@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO
 
 from gpuale import _hostshim
-from gpuale.engines.cuda import gpu_available
+from gpuale.engines import gpu_available
 
 SCRIPT = REPO / "bench" / "gpu_check.sh"
 #: Files the device tool brings back from $OUT.

@@ -37,7 +37,6 @@ import numpy as np
 
 from gpuale.clusters import CONNECTIVITY_RANK
 from gpuale.engines import _contrast_blocks, _subsets
-from gpuale.engines._devices import device_count, gpu_available
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.nullspecs import (
     CONTRAST_STATISTICS,
@@ -54,7 +53,7 @@ from gpuale.problem import Problem
 from gpuale.stats import ObservedALE
 from gpuale.tfce import TfceWork, largest_tfce, tfce_log_cut
 
-__all__ = ["CudaEngine", "device_count", "gpu_available", "kernel_dir", "supra_threshold_cut"]
+__all__ = ["CudaEngine", "kernel_dir", "supra_threshold_cut"]
 
 #: The kernels of the Monte Carlo null.
 NULL_KERNEL_FILE = "ale_null.cu"
