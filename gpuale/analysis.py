@@ -6,8 +6,8 @@ import dataclasses
 import time
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 
 from gpuale.clusters import cluster_table, experiment_contributions, label_clusters
@@ -39,6 +39,9 @@ from gpuale.stopping import (
     run_null_until_settled,
 )
 from gpuale.tfce import TfceInference, correct_tfce, z_table
+
+if TYPE_CHECKING:  # imported by Grid.to_image when an image is made
+    import nibabel as nib
 
 __all__ = [
     "DEFAULT_ALPHA",

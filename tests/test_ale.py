@@ -152,3 +152,25 @@ def test_threshold_for_p_is_last_bin_with_tail_above_p():
     assert null.threshold_for_p(0.05) == centres[4]
     with pytest.raises(ValueError):
         null.threshold_for_p(0)
+
+
+def test_an_uncorrected_ale_imports_no_image_or_database_reader():
+    """Issue 29's fixed cost: an ALE of a Sleuth file that writes no image needs neither
+    nibabel (the default grid has a packed-bits copy) nor the database and JSON readers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from gpuale.analysis import run_ale\n"
+        "from gpuale.examples import example_path\n"
+        "from gpuale.io import load_dataset\n"
+        "result = run_ale(load_dataset(example_path('semantic-children')), n_iters=0)\n"
+        "assert result.z.max() > 3\n"
+        "lazy = ('nibabel', 'gpuale.io.neurosynth', 'gpuale.io.studyset',\n"
+        "        'gpuale.io.nimare_json')\n"
+        "print(','.join(name for name in lazy if name in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == ""

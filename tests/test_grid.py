@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from gpuale.grid import load_grid
+from gpuale.grid import apply_affine, default_mask_path, load_grid
 
 
 def test_default_mask_is_mni152_2mm():
@@ -12,6 +12,30 @@ def test_default_mask_is_mni152_2mm():
     assert grid.shape == (91, 109, 91)
     assert grid.n_voxels == 228_483
     np.testing.assert_allclose(grid.affine[:3, 3], [-90, -126, -72])
+
+
+def test_default_grid_without_nibabel_is_the_bundled_nifti():
+    """The packed-bits copy the default grid loads from equals the NIfTI file read by
+    nibabel: mask, affine and voxel sizes to the bit, and the same checksum."""
+    packed = load_grid()
+    image = nib.load(str(default_mask_path()))
+    data = np.asanyarray(image.dataobj)
+    assert np.array_equal(packed.mask, data != 0)
+    assert packed.affine.dtype == image.affine.dtype
+    assert np.array_equal(packed.affine, image.affine)
+    assert packed.voxel_sizes == tuple(np.float32(z) for z in image.header.get_zooms()[:3])
+    assert packed.checksum() == load_grid(default_mask_path()).checksum()
+    assert packed.source == str(default_mask_path())
+
+
+def test_apply_affine_is_nibabels_to_the_bit():
+    rng = np.random.default_rng(3)
+    affine = load_grid().affine.copy()
+    affine[:3, :3] += rng.normal(scale=0.1, size=(3, 3))
+    points = rng.normal(scale=60, size=(500, 3))
+    for transform in (affine, np.linalg.inv(affine)):
+        assert np.array_equal(apply_affine(transform, points),
+                              nib.affines.apply_affine(transform, points))
 
 
 def test_mm_to_voxel_rounds_half_to_even_as_nimare():

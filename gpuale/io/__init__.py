@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 import warnings
@@ -34,17 +35,8 @@ from gpuale.io.errors import (
     read_text,
     split_lines,
 )
-from gpuale.io.files import describe_input
-from gpuale.io.neurosynth import find_release, is_neurosynth_header, read_neurosynth
-from gpuale.io.nimare_json import read_nimare_json
+from gpuale.io.files import PARQUET_MANIFEST, describe_input
 from gpuale.io.sleuth import COMMENT, read_sleuth
-from gpuale.io.studyset import (
-    is_parquet_studyset,
-    is_studyset_document,
-    load_json,
-    read_studyset_json,
-    read_studyset_parquet,
-)
 from gpuale.io.table import (
     EXPERIMENT_COLUMNS,
     FOCI_DIR,
@@ -84,16 +76,59 @@ NEUROSYNTH = "neurosynth"
 STUDYSET_JSON = "studyset_json"
 STUDYSET_PARQUET = "studyset_parquet"
 
+#: Readers of the database and JSON formats, in modules imported on first use: a Sleuth
+#: file or a table needs none of them (issue 29: the fixed cost of a small analysis).
+_LAZY_READERS = {
+    "read_neurosynth": "gpuale.io.neurosynth",
+    "read_nimare_json": "gpuale.io.nimare_json",
+    "read_studyset_json": "gpuale.io.studyset",
+    "read_studyset_parquet": "gpuale.io.studyset",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_READERS:
+        return getattr(importlib.import_module(_LAZY_READERS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _lazy_reader(name: str) -> Callable[..., Dataset]:
+    def read(path: PathLike, **options) -> Dataset:
+        return __getattr__(name)(path, **options)
+
+    read.__name__ = read.__qualname__ = name
+    read.__doc__ = f"``{_LAZY_READERS[name]}.{name}``, imported on first use."
+    return read
+
+
 #: Format name → reader; every reader takes ``(path, *, space, tal_transform)``.
 FORMATS: dict[str, Callable[..., Dataset]] = {
     SLEUTH: read_sleuth,
     TABLE: read_table,
     SHEET: read_experiment_sheet,
-    NIMARE_JSON: read_nimare_json,
-    NEUROSYNTH: read_neurosynth,
-    STUDYSET_JSON: read_studyset_json,
-    STUDYSET_PARQUET: read_studyset_parquet,
+    NIMARE_JSON: _lazy_reader("read_nimare_json"),
+    NEUROSYNTH: _lazy_reader("read_neurosynth"),
+    STUDYSET_JSON: _lazy_reader("read_studyset_json"),
+    STUDYSET_PARQUET: _lazy_reader("read_studyset_parquet"),
 }
+
+
+def is_parquet_studyset(path: PathLike) -> bool:
+    """:func:`gpuale.io.studyset.is_parquet_studyset`, its module imported only for a
+    folder or a file named like a parquet Studyset's manifest."""
+    path = Path(path)
+    if not path.is_dir() and path.name != PARQUET_MANIFEST:
+        return False
+    from gpuale.io.studyset import is_parquet_studyset as check
+
+    return check(path)
+
+
+def find_release(path: PathLike):
+    """:func:`gpuale.io.neurosynth.find_release` (imported on first use)."""
+    from gpuale.io.neurosynth import find_release as find
+
+    return find(path)
 #: Readers that also take ``sample_size`` (N of experiments without one: every format),
 #: ``columns`` (optional metadata columns to load) and the table options
 #: ``experiment_column`` and ``sample_size_column``.
@@ -215,6 +250,8 @@ def detect_format(path: PathLike) -> str:
     if first.startswith(COMMENT):
         return SLEUTH
     header = read_table_header(path, text)
+    from gpuale.io.neurosynth import is_neurosynth_header
+
     # Releases are tab-separated whatever the name; a metadata file has no x, y, z for
     # the table sniffer to find its delimiter by.
     if is_neurosynth_header(header) or is_neurosynth_header(
@@ -232,6 +269,8 @@ def _json_format(path: Path, text: str) -> str:
     """A Studyset (an object with a list of ``studies``) or a NiMARE dataset."""
     if '"studies"' not in text:  # cheap: most dataset files need no parse here
         return NIMARE_JSON
+    from gpuale.io.studyset import is_studyset_document, load_json
+
     if is_studyset_document(load_json(path, keep=True)):
         return STUDYSET_JSON  # its reader takes the parsed document
     load_json(path)  # not a Studyset: let go of the parsed document

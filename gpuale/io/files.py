@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["describe_input", "input_size"]
+__all__ = ["PARQUET_MANIFEST", "describe_input", "input_size"]
+
+#: The manifest of a parquet Studyset folder (NiMARE's format; :mod:`gpuale.io.studyset`).
+PARQUET_MANIFEST = "studyset.json"
 
 
 def input_size(path: str | Path) -> int:

@@ -58,6 +58,7 @@ from gpuale.io.errors import (
     read_text,
     to_mni,
 )
+from gpuale.io.files import PARQUET_MANIFEST
 from gpuale.io.neurosynth import _check_sample_size
 from gpuale.space import DEFAULT_TAL_TRANSFORM, TAL, normalize_space, tal2mni
 
@@ -71,7 +72,6 @@ __all__ = [
 ]
 
 PARQUET_FORMAT = "nimare-studyset-parquet"
-PARQUET_MANIFEST = "studyset.json"
 #: The largest parquet manifest (``studyset.json``) read while detecting the format.
 MAX_MANIFEST_BYTES = 1 << 20
 #: The most rows of one parquet table: far above any release (NeuroStore's have ~10^6
