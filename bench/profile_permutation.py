@@ -6,7 +6,9 @@ minimum over ROUNDS rounds of 8 permutations, and prints a Markdown table with t
 average before and after. Also times the whole ``null_chunk`` and, with ``--numpy``,
 the numpy engine (the definition) on the same permutations.
 
-Run: ``python bench/profile_permutation.py [--rounds 5] [--numpy]``
+Run: ``python bench/profile_permutation.py [--rounds 5] [--numpy] [--data NAME]``; NAME is
+a bundled example or ``macm-ifg``, the MACM selection of bench/macm_whole_release.py (the
+whole Neurosynth release, a 6 mm sphere at MNI -40, 20, 10: 356 experiments).
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ def best(function, rounds: int, per: int = 8) -> float:
     return 1000 * min(times)
 
 
+def _macm_selection():
+    from macm_whole_release import N, RELEASE, SPHERE
+
+    from gpuale.dataset import Dataset
+    from gpuale.grid import load_grid
+    from gpuale.io import load_dataset
+    from gpuale.macm import roi_from_sphere, select_by_roi
+
+    grid = load_grid()
+    database = load_dataset(RELEASE, space="MNI", sample_size=N)
+    chosen = select_by_roi(database, roi_from_sphere(SPHERE[:3], SPHERE[3], grid), grid)
+    return Dataset(tuple(database[int(i)] for i in chosen))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
@@ -52,7 +68,8 @@ def main() -> None:
     from gpuale.stats import ale_from_log_sum
 
     load_before = os.getloadavg()
-    result = run_ale(load_example(args.data), n_iters=0)
+    result = run_ale(_macm_selection() if args.data == "macm-ifg" else load_example(args.data),
+                     n_iters=0)
     spec = GlobalNullSpec(result.problem, float(result.threshold), 6)
     engine = numba_.NumbaEngine()
     engine.null_chunk(spec, 0, 0, 2)  # compiled code loaded, tables and scratch made

@@ -133,3 +133,62 @@ def test_experiment_log_maps_are_the_numpy_engines(children_problem):
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
         assert got[1].dtype == want[1].dtype == np.float32
+
+
+def _box_groups_by_pairs(ijk, offsets, side, shape):
+    """The definition: every pair of an experiment's clipped boxes compared, components by
+    a plain union-find, groups in the order of their first focus, members ascending."""
+    r = side // 2
+    lo = np.maximum(ijk - r[:, None], 0)
+    hi = np.minimum(ijk + r[:, None] + 1, np.array(shape))
+    boxes = np.stack([lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1], lo[:, 2], hi[:, 2]], axis=1)
+    groups, group_boxes = [], []
+    for e in range(offsets.size - 1):
+        members = list(range(offsets[e], offsets[e + 1]))
+        label = {f: f for f in members}
+
+        def find(f):
+            while label[f] != f:
+                f = label[f]
+            return f
+
+        for a in members:
+            for b in members:
+                if a < b and all(max(lo[a, d], lo[b, d]) < min(hi[a, d], hi[b, d])
+                                 for d in range(3)):
+                    ra, rb = find(a), find(b)
+                    label[max(ra, rb)] = min(ra, rb)
+        for root in members:
+            if find(root) == root:
+                group = [f for f in members if find(f) == root]
+                groups.append(group)
+                group_boxes.append([lo[group, 0].min(), hi[group, 0].max(),
+                                    lo[group, 1].min(), hi[group, 1].max()])
+    return boxes, groups, np.array(group_boxes)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_box_groups_are_the_components_of_every_pair(seed):
+    """The x-sweep of ``box_groups`` finds the same groups, in the same order, as comparing
+    every pair (database experiments with hundreds of foci, boxes clipped at the edges)."""
+    from gpuale.engines._numba_slab import box_groups
+
+    rng = np.random.default_rng(seed)
+    shape = (30, 34, 28)
+    sizes = np.concatenate([rng.integers(1, 6, 20), rng.integers(40, 160, 3), [1, 2]])
+    rng.shuffle(sizes)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    n = int(offsets[-1])
+    ijk = np.stack([rng.integers(0, s, n) for s in shape], axis=1).astype(np.int64)
+    ijk[: n // 10] = ijk[0]  # foci on one voxel
+    side = rng.choice([5, 7, 9, 13], n).astype(np.int64)
+    box, parent, order = (np.empty((n, 6), np.int64), np.empty(n, np.int64),
+                          np.empty(n, np.int64))
+    group_start, group_box = np.empty(n + 1, np.int64), np.empty((n, 4), np.int64)
+    n_groups = box_groups(ijk, offsets, side, *shape, box, parent, order, group_start,
+                          group_box)
+    boxes, groups, group_boxes = _box_groups_by_pairs(ijk, offsets, side, shape)
+    assert np.array_equal(box, boxes)
+    assert n_groups == len(groups) and 1 < n_groups < n
+    assert [order[group_start[g]:group_start[g + 1]].tolist() for g in range(n_groups)] == groups
+    assert np.array_equal(group_box[:n_groups], group_boxes)

@@ -51,7 +51,8 @@ def box_groups(ijk, offsets, focus_side, nx, ny, nz, box, parent, order, group_s
     """Clip each focus's box to the volume (``box[f] = x0, x1, y0, y1, z0, z1``) and
     group the overlapping boxes of each experiment: group g is the foci
     ``order[group_start[g]:group_start[g + 1]]`` (ascending), with the union of their
-    x and y ranges in ``group_box[g]``; groups come experiment by experiment.
+    x and y ranges in ``group_box[g]``; groups come experiment by experiment, each
+    experiment's in the order of their first focus.
 
     Returns the number of groups.
     """
@@ -66,37 +67,69 @@ def box_groups(ijk, offsets, focus_side, nx, ny, nz, box, parent, order, group_s
         box[f, 4] = max(z - r, 0)
         box[f, 5] = min(z + r + 1, nz)
         parent[f] = f
+    largest = 0
+    for e in range(offsets.size - 1):
+        largest = max(largest, offsets[e + 1] - offsets[e])
+    # Per experiment: its foci by x0 with their boxes copied in that order (the sweep
+    # reads them in sequence), and a count and a cursor per group.
+    by_x = np.empty(largest, dtype=np.int64)
+    sorted_box = np.empty((6, largest), dtype=np.int64)
+    count = np.empty(largest, dtype=np.int64)
     n_groups = 0
     n = 0
     for e in range(offsets.size - 1):
         first, stop = offsets[e], offsets[e + 1]
-        for f in range(first, stop):
-            x0, x1, y0, y1 = box[f, 0], box[f, 1], box[f, 2], box[f, 3]
-            z0, z1 = box[f, 4], box[f, 5]
-            for g in range(f + 1, stop):
-                if (max(x0, box[g, 0]) < min(x1, box[g, 1])
-                        and max(y0, box[g, 2]) < min(y1, box[g, 3])
-                        and max(z0, box[g, 4]) < min(z1, box[g, 5])):
-                    a, b = _root(parent, f), _root(parent, g)
+        m = stop - first
+        # Sweep along x (a database experiment has hundreds of foci; comparing every
+        # pair was a fifth of a MACM permutation): once a box starts at or past f's end,
+        # so do all later ones. Boxes are never empty, so x0[g] < x1[f] is an x overlap.
+        by_x[:m] = np.argsort(box[first:stop, 0]) + first
+        for i in range(m):
+            for c in range(6):
+                sorted_box[c, i] = box[by_x[i], c]
+        x0s, y0s, y1s = sorted_box[0], sorted_box[2], sorted_box[3]
+        z0s, z1s = sorted_box[4], sorted_box[5]
+        for i in range(m):
+            f = by_x[i]
+            x1, y0, y1, z0, z1 = sorted_box[1, i], y0s[i], y1s[i], z0s[i], z1s[i]
+            a = _root(parent, f)  # kept current below: one find per overlap, not two
+            for j in range(i + 1, m):
+                if x0s[j] >= x1:
+                    break
+                if max(y0, y0s[j]) < min(y1, y1s[j]) and max(z0, z0s[j]) < min(z1, z1s[j]):
+                    b = _root(parent, by_x[j])
                     if a != b:  # the smaller index is the root: a group's first focus
                         parent[max(a, b)] = min(a, b)
+                        a = min(a, b)
+        # Groups in the order of their roots (each group's first focus), members
+        # ascending: the group of each focus (in ``by_x``, no longer needed), a count per
+        # group, then each focus at its group's cursor.
+        first_group = n_groups
         for f in range(first, stop):
-            if _root(parent, f) != f:
-                continue
-            group_start[n_groups] = n
-            group_box[n_groups, 0] = box[f, 0]
-            group_box[n_groups, 1] = box[f, 1]
-            group_box[n_groups, 2] = box[f, 2]
-            group_box[n_groups, 3] = box[f, 3]
-            for g in range(f, stop):
-                if _root(parent, g) == f:
-                    order[n] = g
-                    n += 1
-                    group_box[n_groups, 0] = min(group_box[n_groups, 0], box[g, 0])
-                    group_box[n_groups, 1] = max(group_box[n_groups, 1], box[g, 1])
-                    group_box[n_groups, 2] = min(group_box[n_groups, 2], box[g, 2])
-                    group_box[n_groups, 3] = max(group_box[n_groups, 3], box[g, 3])
-            n_groups += 1
+            root = _root(parent, f)
+            if root == f:
+                by_x[f - first] = n_groups
+                count[n_groups - first_group] = 0
+                for c in range(4):
+                    group_box[n_groups, c] = box[f, c]
+                n_groups += 1
+            else:  # root < f: its group is known
+                by_x[f - first] = by_x[root - first]
+        for f in range(first, stop):
+            k = by_x[f - first]
+            count[k - first_group] += 1
+            group_box[k, 0] = min(group_box[k, 0], box[f, 0])
+            group_box[k, 1] = max(group_box[k, 1], box[f, 1])
+            group_box[k, 2] = min(group_box[k, 2], box[f, 2])
+            group_box[k, 3] = max(group_box[k, 3], box[f, 3])
+        for k in range(first_group, n_groups):
+            group_start[k] = n
+            n += count[k - first_group]
+            count[k - first_group] = group_start[k]  # from here on, the group's cursor
+        for f in range(first, stop):
+            k = by_x[f - first]
+            order[count[k - first_group]] = f
+            count[k - first_group] += 1
     group_start[n_groups] = n
     return n_groups
 
