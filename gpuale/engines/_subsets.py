@@ -19,8 +19,9 @@ bit; the rounding costs at most ``2**-41`` per experiment (below 1e-10 in ALE).
 Chunks run over the *columns* (the brain mask's voxels, in order): a chunk reads the
 pool's log terms there (:func:`pool_log_maps`, on a crop of the grid around the chunk's
 x-planes; the CUDA engine reads the same terms on the device,
-:mod:`gpuale.engines._cuda_subsets`) and reduces every seed's maps, a block of columns at a time, to the sums and
-cross-products of the maps per filter size (:func:`coactivation_partial`); these add up
+:mod:`gpuale.engines._cuda_subsets`) and reduces every seed's maps, a block of columns
+at a time, to the sums and cross-products of the maps per filter size
+(:func:`coactivation_partial`); these add up
 over chunks into the voxel-by-voxel correlation of the maps. Memory is bounded by one
 chunk's log terms and one block's maps, never all maps at once.
 """
