@@ -21,7 +21,7 @@
 # same way (`unzip -p .whl/NAME-*.whl '*/METADATA' | grep ^Requires-Dist` lists its needs;
 # one version of each).
 #
-# Step limits add up to 330 s (environment, install and probes included), so with the
+# Step limits add up to 360 s (environment, install and probes included), so with the
 # 1-2 minutes a machine takes to start, a failed first try can be rerun within the 15
 # minutes of one lease. Steps, each under its own limit (LIMIT below):
 #   env           nvidia-smi: card, driver, clocks
@@ -47,18 +47,27 @@
 #   scale         SCALE's null at the bench MACM's size (356 experiments, 27,244 foci, a
 #                 507,891-focus pool): 64 permutations, 10,000 projected on one GPU, and
 #                 GPU counts equal to the numba engine's on the first 8 (bench/scale_gpu.py)
+#   cbp           co-activation-based parcellation at the whole release's size (a synthetic
+#                 5,000-experiment pool, 1,000 ROI voxels x filters n = 20..200 step 20:
+#                 10,000 MACM maps): whole chunks of columns timed for ~4 s, the maps and
+#                 correlations of all 228,483 columns projected on one GPU, the pool's
+#                 terms equal to the numba engine's bit for bit and the maps within 2e-7 on
+#                 a smaller spec, K = 2..9 clustering timed on the host where scikit-learn
+#                 is installed (bench/cbp_gpu.py)
 #
-# Output in OUT_DIR, at most 8 files whatever happens (5, and a *.tmp while one is
+# Output in OUT_DIR, at most 8 files whatever happens (6, and a *.tmp while one is
 # rewritten):
 #   gpu-check.md         the summary, rewritten as each step ends
 #   gpu-check-logs.txt   every step's log, appended as each step ends
 #   throughput.json      the throughput rows, rewritten as each data set ends
 #   projection.json      the projection
 #   scale.json           SCALE's throughput and its CPU = GPU check
+#   cbp.json             CBP's timing, projection and CPU = GPU check
 #
 # Usage: bash bench/gpu_check.sh [--dry-run] [OUT_DIR]   (default: $OUT, else ./gpu-check-out)
 # --dry-run checks the script on a machine without a GPU: the probes (CuPy optional),
-# then throughput and projection with the kernels on the CPU through the host shim.
+# then throughput, projection, scale and cbp with the kernels on the CPU through the
+# host shim, at small sizes.
 # Exit status: 0 every step ok, 1 a step failed, 2 a probe failed, 3 no GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -79,7 +88,7 @@ STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 declare -A LIMIT=(
     [env]=5 [install]=10 [probe-nibabel]=5 [probe-gpuale]=10 [probe-cupy]=10
     [probe-device]=20 [gpu-tests]=55 [memcheck]=25 [initcheck]=25 [throughput]=75 [ncu]=30
-    [projection]=35 [scale]=25
+    [projection]=35 [scale]=25 [cbp]=30
 )
 # A dry run is the host shim on a CPU: far slower, and nothing depends on its time.
 DRY_LIMIT=600
@@ -134,6 +143,12 @@ write_summary() {  # the summary from what the steps left so far, renamed into p
             echo "## SCALE at the bench MACM's size"
             echo
             grep '^scale: ' "$WORK/scale.log"
+        fi
+        if [ -s "$WORK/cbp.log" ]; then
+            echo
+            echo "## CBP: 1,000 voxels x 10 filter sizes at the whole release's size"
+            echo
+            grep '^cbp: ' "$WORK/cbp.log"
         fi
         if [ -s "$WORK/memcheck.log" ] || [ -s "$WORK/initcheck.log" ]; then
             echo
@@ -334,6 +349,7 @@ if [ $DRY -eq 1 ]; then
     step projection "$PY" bench/gpu_bench.py --projection --dry-run --studies 200 \
         --threshold 0.05 --seconds 0 --json "$OUT_DIR/projection.json" || FAILED=1
     step scale "$PY" bench/scale_gpu.py --dry-run --json "$OUT_DIR/scale.json" || FAILED=1
+    step cbp "$PY" bench/cbp_gpu.py --dry-run --json "$OUT_DIR/cbp.json" || FAILED=1
 else
     step gpu-tests "$PY" -m pytest -q -p no:cacheprovider -m gpu tests || FAILED=1
     for tool in memcheck initcheck; do
@@ -354,6 +370,7 @@ else
     step projection "$PY" bench/gpu_bench.py --projection --seconds 15 \
         --json "$OUT_DIR/projection.json" || FAILED=1
     step scale "$PY" bench/scale_gpu.py --iters 64 --json "$OUT_DIR/scale.json" || FAILED=1
+    step cbp "$PY" bench/cbp_gpu.py --seconds 4 --json "$OUT_DIR/cbp.json" || FAILED=1
 fi
 [ $FAILED -eq 0 ] || problem "a step failed: see the table and gpu-check-logs.txt"
 finish $FAILED

@@ -22,6 +22,12 @@
 //   gpuale_scale_exceed          per in-mask voxel, the permutations whose -S reaches the
 //                                observed -S, and max -S per permutation
 //
+// Co-activation-based parcellation (gpuale.engines._subsets; the numpy definition is
+// pool_log_maps with NumpyEngine.experiment_log_maps) reads its pool's MA on the device:
+//
+//   gpuale_pool_ranks            per (pool experiment, in-mask voxel of a chunk), the rank
+//                                of its MA among its kernel's distinct values
+//
 // Plain CUDA C++: grid-stride loops with 64-bit counters (any launch shape is correct, and
 // no index wraps however large a batch is), atomics, relaxed atomic loads and stores
 // (relaxed.cuh) where a thread reads a word others update atomically, no shared memory,
@@ -678,6 +684,49 @@ extern "C" __global__ void gpuale_scale_exceed(int n_perm, int n_mask,
             // running maximum.
             if (d > gpuale_ld_relaxed(&max_neg_log_sum[b])) atomicMax(&max_neg_log_sum[b], d);
             if (d >= observed[m]) atomicAdd(&counts[m], 1u);
+        }
+    }
+}
+
+// CBP. out[row * n_mask + m] = the largest rank any focus of experiment ``row`` stamps on
+// in-mask voxel m (zeroed by the host): a rank is the 1-based position of a kernel value
+// among that kernel's sorted distinct values (0: untouched), so the largest rank is the
+// MA, as NumpyEngine.observed_ale stamps it (_KernelRanks), and the host looks up
+// log1p(-MA) in the same float32 table the numpy engine uses. Integer maxima: any order
+// of the atomics gives the same ranks. One thread per kernel-box column (a, b) of a focus,
+// down its k line; focus[f * 6 + (0 .. 5)] = (i, j, k, row, start of its kernel's ranks,
+// side), first_column[f] = the first of its side * side columns (first_column[n_foci]:
+// their number). Boxes are clipped to the volume; voxels outside the mask map to -1.
+extern "C" __global__ void gpuale_pool_ranks(int n_foci, const int* focus,
+                                             const long long* first_column, const int* ranks,
+                                             int nx, int ny, int nz, const int* vox_to_mask,
+                                             int n_mask, int* out) {
+    const long long n_columns = first_column[n_foci];
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n_columns;
+         t += stride) {
+        int lo = 0, hi = n_foci - 1;  // the last focus whose first column is <= t
+        while (lo < hi) {
+            const int mid = lo + (hi - lo + 1) / 2;
+            if (first_column[mid] <= t) lo = mid; else hi = mid - 1;
+        }
+        const int* f = focus + (long long)lo * 6;
+        const int side = f[5], half = side / 2;
+        const long long c = t - first_column[lo];
+        const int a = (int)(c / side), b = (int)(c - (long long)a * side);
+        const int i = f[0] + a - half, j = f[1] + b - half;
+        if ((unsigned int)i >= (unsigned int)nx || (unsigned int)j >= (unsigned int)ny) continue;
+        const int* line = ranks + f[4] + ((long long)a * side + b) * side;
+        int* row = out + (long long)f[3] * n_mask;
+        const long long base = ((long long)i * ny + j) * nz;
+        for (int d = 0; d < side; ++d) {
+            const int k = f[2] + d - half;
+            if ((unsigned int)k >= (unsigned int)nz) continue;
+            const int m = vox_to_mask[base + k];
+            const int r = line[d];
+            if (m < 0 || r == 0) continue;
+            // A relaxed read first, as gpuale_scale_exceed: most stamps lose.
+            if (r > gpuale_ld_relaxed(&row[m])) atomicMax(&row[m], r);
         }
     }
 }

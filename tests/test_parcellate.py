@@ -147,6 +147,51 @@ def test_pool_read_in_small_blocks_gives_the_same_terms(pool, monkeypatch):
     assert whole.indices.max() < 2000 and whole.values.max() <= 0
 
 
+@pytest.mark.parametrize("mode", ["sequential", "fibers"])
+def test_pool_terms_on_the_device_are_the_numpy_engines(grid, mode, monkeypatch):
+    """gpuale_pool_ranks (through the host shim, thread after thread and as interleaved
+    fibers that may read older values) gives the numpy engine's pool terms bit for bit,
+    over chunks that start and end inside x-planes, with foci off the grid and an
+    experiment with no focus near a chunk; small launches make every row block and
+    grid-stride loop take turns."""
+    from gpuale import _hostshim
+    from gpuale.engines import _cuda_subsets
+    from gpuale.engines.cuda import CudaEngine, kernel_dir
+
+    if not _hostshim.compiler_available():
+        pytest.skip("g++ runs the kernels here")
+    rng = np.random.default_rng(5)
+    dataset = random_dataset(grid, 9, rng, foci_range=(1, 9))
+    edge = np.array([[0.0, 0.0, 0.0], [-200.0, 40.0, 10.0]])  # a corner, off the grid
+    edge[0] = grid.voxel_to_mm(np.array([[0, 0, 0]]))[0]
+    dataset = Dataset((*dataset.experiments,
+                       Experiment(id="edge", label="", n_subjects=12, foci=edge)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        problem = compile_problem(dataset, grid)
+    module = _hostshim.load(kernel_dir() / "ale_null.cu", mode=mode)
+    monkeypatch.setattr(_cuda_subsets, "RANK_WORDS", 1500)  # a few rows per launch
+    tables = _cuda_subsets.RankTables.of(np, problem)
+    numpy_engine = NumpyEngine()
+    for trial, (first, count) in enumerate([(0, 700), (650, 1111), (2000, 377),
+                                            (problem.grid.n_voxels - 500, 500)]):
+        if mode == "fibers":
+            module.configure_fibers(trial, switch_probability=0.5, stale_probability=0.5)
+        got = _cuda_subsets.pool_log_terms(np, module.launch, tables, problem, first, count,
+                                           block_size=32, max_grid=(7, 5))
+        pool = pool_log_maps(problem, first, count, numpy_engine.experiment_log_maps)
+        want = np.zeros((problem.n_experiments, count), dtype=np.float32)
+        for e in range(problem.n_experiments):
+            span = slice(pool.indptr[e], pool.indptr[e + 1])
+            want[e, pool.indices[span]] = pool.values[span]
+        assert got.dtype == np.float32 and np.count_nonzero(want) > 0
+        np.testing.assert_array_equal(got, want)
+    spec = _spec(problem, chunk_columns=900)
+    engine = CudaEngine.on_host(module.launch, block_size=32, max_grid=(7, 5))
+    np.testing.assert_array_equal(engine.subset_ale_maps(spec, 650, 1111),
+                                  numpy_engine.subset_ale_maps(spec, 650, 1111))
+
+
 def test_sets_are_the_nearest_experiments_ties_by_database_order(grid):
     rng = np.random.default_rng(5)
     database = random_dataset(grid, 30, rng)

@@ -18,8 +18,10 @@ bit; the rounding costs at most ``2**-41`` per experiment (below 1e-10 in ALE).
 
 Chunks run over the *columns* (the brain mask's voxels, in order): a chunk reads the
 pool's log terms there (:func:`pool_log_maps`, on a crop of the grid around the chunk's
-x-planes) and reduces every seed's maps, a block of columns at a time, to the sums and
-cross-products of the maps per filter size (:func:`coactivation_partial`); these add up
+x-planes; the CUDA engine reads the same terms on the device,
+:mod:`gpuale.engines._cuda_subsets`) and reduces every seed's maps, a block of columns
+at a time, to the sums and cross-products of the maps per filter size
+(:func:`coactivation_partial`); these add up
 over chunks into the voxel-by-voxel correlation of the maps. Memory is bounded by one
 chunk's log terms and one block's maps, never all maps at once.
 """
@@ -286,9 +288,11 @@ def pool_log_maps(problem: Problem, first: int, count: int,
                        np.concatenate(values) if values else np.zeros(0, np.float32))
 
 
-def units(log_terms: np.ndarray) -> np.ndarray:
-    """float32 ``log1p(-MA)`` in integer units of 2**-40 (float64; exact below 2**53)."""
-    return np.round(log_terms.astype(np.float64) * LOG_SCALE)
+def units(log_terms, xp=np):
+    """float32 ``log1p(-MA)`` in integer units of 2**-40 (float64; exact below 2**53;
+    numpy or CuPy arrays: a product by a power of two and a rounding to even, the same
+    bits on either)."""
+    return xp.rint(log_terms.astype(xp.float64) * LOG_SCALE)
 
 
 def dense_block(pool: PoolLogMaps, lo: int, hi: int) -> np.ndarray:
@@ -338,15 +342,16 @@ def increments(spec: CoactivationSpec) -> list[np.ndarray]:
     return out
 
 
-def matmul_subset_maps(xp, spec: CoactivationSpec, pool: PoolLogMaps, gained: list,
-                       lo: int, hi: int):
+def matmul_subset_maps(xp, spec: CoactivationSpec, block, gained: list):
     """The maps as matrix products (a GPU's way): at each filter size the log-sums grow
     by ``gained[f] @ block``; integer-valued terms make the products exact, so the maps
-    are :func:`subset_maps_definition`'s. ``gained``: :func:`increments` as ``xp``
-    arrays. Returns an ``xp`` array (n_seeds x n_filters x count float32)."""
-    block = xp.asarray(dense_block(pool, lo, hi))
-    out = xp.empty((spec.n_seeds, spec.n_filters, hi - lo), dtype=xp.float32)
-    log_sum = xp.zeros((spec.n_seeds, hi - lo), dtype=xp.float64)
+    are :func:`subset_maps_definition`'s. ``block``: the pool's log terms at some
+    columns in :func:`units` (an ``xp`` array, n_experiments x columns, as
+    :func:`dense_block`); ``gained``: :func:`increments` as ``xp`` arrays. Returns an
+    ``xp`` array (n_seeds x n_filters x columns float32)."""
+    columns = block.shape[1]
+    out = xp.empty((spec.n_seeds, spec.n_filters, columns), dtype=xp.float32)
+    log_sum = xp.zeros((spec.n_seeds, columns), dtype=xp.float64)
     for f in range(spec.n_filters):
         log_sum += gained[f] @ block
         out[:, f, :] = ale_from_units(log_sum, xp)

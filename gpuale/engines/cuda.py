@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from gpuale.clusters import CONNECTIVITY_RANK
-from gpuale.engines import _contrast_blocks, _subsets
+from gpuale.engines import _contrast_blocks, _cuda_subsets, _subsets
 from gpuale.engines.numpy_ import NumpyEngine
 from gpuale.nullspecs import (
     CONTRAST_STATISTICS,
@@ -636,7 +636,7 @@ class CudaEngine:
         self._contrast: tuple[ContrastNullSpec, list] | None = None
         self._tfce: tuple | None = None
         self._scale: tuple | None = None  # (spec, pipeline, observed -S, pool) of SCALE
-        self._subsets: tuple | None = None  # (spec, gained) of a co-activation spec
+        self._subsets: tuple | None = None  # (spec, gained, rank tables) of a CBP spec
         self._lock = threading.Lock()
 
     @classmethod
@@ -718,7 +718,7 @@ class CudaEngine:
             raise ValueError(f"count must be positive, got {count}")
         with self._lock, self._on_device():
             if getattr(spec, "kind", None) == _subsets.COACTIVATION:  # columns of a CBP
-                _, maps = self._subset_maps(spec, first, count)
+                maps = self._subset_maps(spec, first, count)
                 return _subsets.coactivation_partial(self._xp(), spec, first, count, maps)
             if getattr(spec, "kind", None) == "balanced":
                 # Subsample products on the device; relocated foci's maps on the host,
@@ -741,23 +741,26 @@ class CudaEngine:
         """ALE maps of nested experiment subsets at columns ``first .. first + count - 1``
         (:mod:`gpuale.engines._subsets`): exact matrix products on the device."""
         with self._lock, self._on_device():
-            pool, maps = self._subset_maps(spec, first, count)
-            return _to_host(maps(0, count))
+            return _to_host(self._subset_maps(spec, first, count)(0, count))
 
     def _subset_maps(self, spec: _subsets.CoactivationSpec, first: int, count: int):
-        """The chunk's pool log terms (read on the host, compiled where numba is: the
-        same terms) and ``maps(lo, hi)`` of its columns on the device."""
+        """``maps(lo, hi)`` of the chunk's columns, on the device: the pool's log terms
+        read there by ``gpuale_pool_ranks`` (:mod:`gpuale.engines._cuda_subsets`: the
+        numpy engine's terms bit for bit), then exact matrix products."""
         _subsets.check_chunk(spec, first, count)
         xp = self._xp()
         if self._subsets is None or self._subsets[0] is not spec:
-            self._subsets = (spec, [xp.asarray(g) for g in _subsets.increments(spec)])
-        gained = self._subsets[1]
-        from gpuale.engines.numba_ import NumbaEngine, numba_available
-
-        host = NumbaEngine() if numba_available() else NumpyEngine()
-        pool = _subsets.pool_log_maps(spec.problem, first, count, host.experiment_log_maps)
-        return pool, lambda lo, hi: _subsets.matmul_subset_maps(xp, spec, pool, gained, lo,
-                                                                hi)
+            self._subsets = None  # free the previous spec's tables first
+            self._subsets = (spec, [xp.asarray(g) for g in _subsets.increments(spec)],
+                             _cuda_subsets.RankTables.of(xp, spec.problem))
+        _, gained, tables = self._subsets
+        launch = _cupy_launcher() if self.on_gpu else self._host_launch
+        terms = _cuda_subsets.pool_log_terms(
+            xp, launch, tables, spec.problem, first, count,
+            block_size=self._launch_shape["block_size"],
+            max_grid=self._launch_shape["max_grid"])
+        return lambda lo, hi: _subsets.matmul_subset_maps(
+            xp, spec, _subsets.units(terms[:, lo:hi], xp), gained)
 
     def _contrast_chunk(self, spec: ContrastNullSpec, seed: int, first: int,
                         count: int) -> ContrastNullPartial:
