@@ -38,7 +38,7 @@ def best(function, rounds: int, per: int = 8) -> float:
 
 
 def _macm_selection():
-    from macm_whole_release import N, RELEASE, SPHERE
+    from macm_whole_release import RELEASE, SPHERE, N
 
     from gpuale.dataset import Dataset
     from gpuale.grid import load_grid
