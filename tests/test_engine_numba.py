@@ -147,7 +147,7 @@ def _box_groups_by_pairs(ijk, offsets, side, shape):
         members = list(range(offsets[e], offsets[e + 1]))
         label = {f: f for f in members}
 
-        def find(f):
+        def find(f, label=label):
             while label[f] != f:
                 f = label[f]
             return f
