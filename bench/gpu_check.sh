@@ -287,7 +287,7 @@ probe nibabel 'import nibabel; print("nibabel", nibabel.__version__, nibabel.__f
 probe gpuale '
 import sys, traceback
 try:
-    import gpuale, gpuale.analysis, gpuale.engines.cuda
+    import gpuale, gpuale.analysis, gpuale.engines.cuda, gpuale.runfolder  # runfolder: NIfTI
 except ImportError as error:
     traceback.print_exc()
     frames = traceback.extract_tb(error.__traceback__)
