@@ -27,7 +27,7 @@ def default_mask_path() -> Path:
 #: The same mask as packed bits with its affine and voxel sizes (tests check it equals the
 #: NIfTI file): the default grid loads without importing nibabel, ~0.1 s of every analysis
 #: that writes no image (issue 29).
-DEFAULT_MASK_BITS = DEFAULT_MASK_NAME.replace(".nii.gz", ".npz")
+DEFAULT_MASK_BITS = "tpl-MNI152NLin6Asym_res-02_desc-brain_mask.npz"
 
 
 #: The balanced contrast's grey-matter prior on the bundled mask's grid (see
