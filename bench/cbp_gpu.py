@@ -33,8 +33,8 @@ import time
 import warnings
 
 import numpy as np
+from synthetic import database_experiments
 
-from gpuale.dataset import Dataset, Experiment
 from gpuale.engines._subsets import CoactivationSpec, pool_log_maps
 from gpuale.grid import load_grid
 from gpuale.problem import compile_problem
@@ -50,18 +50,11 @@ RESTARTS = 50
 
 def _problem(n_experiments: int, foci_per_experiment: float, seed: int):
     grid = load_grid()
-    rng = np.random.default_rng(seed)
-    voxels = np.argwhere(grid.mask)
     n_foci = int(round(n_experiments * foci_per_experiment))
-    counts = np.full(n_experiments, n_foci // n_experiments)
-    counts[: n_foci - counts.sum()] += 1
-    experiments = tuple(
-        Experiment(id=f"e{e}", label=f"e{e}", n_subjects=20,
-                   foci=grid.voxel_to_mm(voxels[rng.integers(len(voxels), size=k)]))
-        for e, k in enumerate(counts))
+    dataset = database_experiments(n_experiments, n_foci, np.random.default_rng(seed), grid)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return compile_problem(Dataset(experiments), grid)
+        return compile_problem(dataset, grid)
 
 
 def _spec(problem, n_seeds: int, filters: tuple[int, ...], seed: int,

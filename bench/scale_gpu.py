@@ -16,8 +16,8 @@ import json
 import time
 
 import numpy as np
+from synthetic import database_experiments
 
-from gpuale.dataset import Dataset, Experiment
 from gpuale.grid import load_grid
 from gpuale.nullspecs import ScaleNullSpec
 from gpuale.problem import compile_problem
@@ -26,14 +26,8 @@ from gpuale.problem import compile_problem
 def _spec(n_experiments: int, n_foci: int, n_pool: int) -> ScaleNullSpec:
     grid = load_grid()
     rng = np.random.default_rng(23)
+    problem = compile_problem(database_experiments(n_experiments, n_foci, rng, grid), grid)
     voxels = np.argwhere(grid.mask)
-    counts = np.full(n_experiments, n_foci // n_experiments)
-    counts[: n_foci - counts.sum()] += 1
-    experiments = tuple(
-        Experiment(id=f"e{e}", label=f"e{e}", n_subjects=20,
-                   foci=grid.voxel_to_mm(voxels[rng.integers(len(voxels), size=k)]))
-        for e, k in enumerate(counts))
-    problem = compile_problem(Dataset(experiments), grid)
     pool = voxels[rng.integers(len(voxels), size=n_pool)].astype(np.int32)
     return ScaleNullSpec(problem, pool)
 

@@ -22,3 +22,16 @@ def synthetic_dataset(n_experiments: int, foci_per_experiment: int = 15, seed: i
                        n_subjects=int(rng.integers(10, 41)), foci=grid.voxel_to_mm(picks))
         )
     return Dataset(tuple(experiments))
+
+
+def database_experiments(n_experiments: int, n_foci: int, rng: np.random.Generator,
+                         grid) -> Dataset:
+    """A database's stand-in: ``n_foci`` foci at random in-mask voxel centres spread evenly
+    over the experiments, N = 20 each (``--sample-size 20``, as the Neurosynth benches)."""
+    voxels = np.argwhere(grid.mask)
+    counts = np.full(n_experiments, n_foci // n_experiments)
+    counts[: n_foci - counts.sum()] += 1
+    return Dataset(tuple(
+        Experiment(id=f"e{e}", label=f"e{e}", n_subjects=20,
+                   foci=grid.voxel_to_mm(voxels[rng.integers(len(voxels), size=k)]))
+        for e, k in enumerate(counts)))
