@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from gpuale.engines._subsets import chunk_problem
-from gpuale.engines.numpy_ import _KernelRanks
+from gpuale.engines.numpy_ import flat_rank_tables
 from gpuale.problem import Problem
 
 __all__ = ["RankTables", "pool_log_terms"]
@@ -55,19 +55,12 @@ class RankTables:
 
     @classmethod
     def of(cls, xp, problem: Problem) -> RankTables:
-        tables = [_KernelRanks(kernel) for kernel in problem.kernels]
-        ranks = [t.ranks.ravel() for t in tables]
-        # float64 there, float32 values exactly: the numpy engine's float32 log1p.
-        logs = [t.log1m.astype(np.float32) for t in tables]
-        if sum(r.size for r in ranks) >= 2**31:
+        _, ranks, rank_starts, log1m, log_starts = flat_rank_tables(problem)
+        if ranks.size >= 2**31:
             raise ValueError("the kernels hold too many values for the GPU backend")
-        return cls(xp.asarray(np.concatenate(ranks).astype(np.int32)), _starts(ranks),
-                   xp.asarray(np.concatenate(logs)), _starts(logs))
-
-
-def _starts(parts: list[np.ndarray]) -> np.ndarray:
-    sizes = np.array([p.size for p in parts], dtype=np.int64)
-    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        # float64 there, float32 values exactly: the numpy engine's float32 log1p.
+        return cls(xp.asarray(ranks.astype(np.int32)), rank_starts,
+                   xp.asarray(log1m.astype(np.float32)), log_starts)
 
 
 def pool_log_terms(xp, launch, tables: RankTables, problem: Problem, first: int, count: int,

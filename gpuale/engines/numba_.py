@@ -31,7 +31,7 @@ import numpy as np
 
 from gpuale.clusters import CONNECTIVITY_RANK
 from gpuale.engines import _numba_subsets, _subsets
-from gpuale.engines.numpy_ import NumpyEngine, _KernelRanks
+from gpuale.engines.numpy_ import NumpyEngine, flat_rank_tables
 from gpuale.nullspecs import (
     CONTRAST_STATISTICS,
     ContrastNullPartial,
@@ -273,17 +273,13 @@ def _rank_tables(problem: Problem) -> tuple[list, tuple]:
     """Kernel ranks and ``log1p(-value)`` tables of a problem, flattened for the compiled
     passes: (tables, (ijk, offsets, focus_side, focus_start, kernel_of_experiment,
     rank_table, log1m_table, log1m_start))."""
-    tables = [_KernelRanks(k) for k in problem.kernels]
-    rank_parts = [t.ranks.ravel() for t in tables]
-    rank_start = np.concatenate([[0], np.cumsum([r.size for r in rank_parts])[:-1]])
-    log1m_start = np.concatenate([[0], np.cumsum([t.log1m.size for t in tables])[:-1]])
+    tables, ranks, rank_start, log1m, log1m_start = flat_rank_tables(problem)
     sides = np.array([k.shape[0] for k in problem.kernels], dtype=np.int64)
     kernel_of_focus = problem.kernel_index[problem.focus_experiment]
     return tables, (
         problem.focus_ijk.astype(np.int64), problem.experiment_offsets.astype(np.int64),
-        sides[kernel_of_focus], rank_start[kernel_of_focus].astype(np.int64),
-        problem.kernel_index.astype(np.int64), np.concatenate(rank_parts).astype(np.int64),
-        np.concatenate([t.log1m for t in tables]), log1m_start.astype(np.int64),
+        sides[kernel_of_focus], rank_start[kernel_of_focus],
+        problem.kernel_index.astype(np.int64), ranks.astype(np.int64), log1m, log1m_start,
     )
 
 

@@ -60,6 +60,20 @@ class _KernelRanks:
         self.log1m = np.concatenate([[0.0], np.log1p(-values).astype(np.float64)])
 
 
+def flat_rank_tables(problem: Problem) -> tuple[list[_KernelRanks], np.ndarray, np.ndarray,
+                                                np.ndarray, np.ndarray]:
+    """Every kernel of a problem as :class:`_KernelRanks`, and their ranks and
+    ``log1p(-value)`` laid end to end for the compiled and device passes:
+    ``(tables, ranks, rank_start, log1m, log1m_start)``; ``*_start[k]`` is where kernel k
+    begins."""
+    tables = [_KernelRanks(k) for k in problem.kernels]
+    rank_parts = [t.ranks.ravel() for t in tables]
+    rank_start = np.concatenate([[0], np.cumsum([r.size for r in rank_parts])[:-1]])
+    log1m_start = np.concatenate([[0], np.cumsum([t.log1m.size for t in tables])[:-1]])
+    return (tables, np.concatenate(rank_parts), rank_start.astype(np.int64),
+            np.concatenate([t.log1m for t in tables]), log1m_start.astype(np.int64))
+
+
 class NumpyEngine:
     """The numpy engine (see the module docstring)."""
 
