@@ -1,5 +1,5 @@
 """``python -m gpuale``: the command line."""
 
-from gpuale.cli import app
+from gpuale.cli import main
 
-app(prog_name="gpuale")
+main()

@@ -413,3 +413,31 @@ def test_option_names_are_not_replaced_inside_paths():
     assert cli._in_cli_words(ValueError(message)) == (
         "'/data/fwhm_mm/foci.txt' line 3: --fwhm = 0.1 is narrower; see "
         "fwhm_mm.txt or name it with --sample-size-column.")
+
+
+@pytest.mark.parametrize("run_main", [True, False])
+def test_only_the_console_script_skips_the_last_collection_at_exit(run_main):
+    """``gpuale`` (:func:`gpuale.cli.main`) freezes the heap at exit so the interpreter
+    skips its last walk over numba's objects; importing the CLI changes no host's exit.
+    An exit handler registered before ``main`` runs after its freeze and reports it."""
+    script = textwrap.dedent(f"""
+        import atexit, gc, sys
+        atexit.register(lambda: print("frozen", gc.get_freeze_count() > 0))
+        import gpuale.cli
+        if {run_main}:
+            sys.argv = ["gpuale", "--help"]
+            gpuale.cli.main()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **WIDE})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"frozen {run_main}"
+    if run_main:
+        assert "global" in _plain(done.stdout)  # the help ran
+
+
+def test_the_console_script_is_main():
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="gpuale")
+    assert script.value == "gpuale.cli:main"
