@@ -84,12 +84,12 @@ def box_groups(ijk, offsets, focus_side, nx, ny, nz, box, parent, order, group_s
         m = stop - first
         # Sweep along x (a database experiment has hundreds of foci; comparing every
         # pair was a fifth of a MACM permutation): once a box starts at or past f's end,
-        # so do all later ones. The boxes are sorted
-        # on x0, a plane index, by counting (m + nx steps; argsort took a fifth of the
-        # pass). A box is empty only for a focus outside the volume (SCALE's pool
-        # positions are not clamped); past the end it sorts last, under key nx, and
-        # stops every sweep that reaches it; before the start (x1 <= 0) it sorts
-        # among the first, which ``x0 < x1[g]`` keeps out of every group.
+        # so do all later ones. The boxes are sorted on x0, a plane index, by counting
+        # (m + nx steps; argsort took a fifth of the pass). A box is empty only for a
+        # focus outside the volume (SCALE's pool positions are not clamped): past the
+        # end it sorts last, under key nx, and stops every sweep that reaches it; before
+        # the start (x1 <= 0) it sorts among the first, and ``x0 < x1[g]`` keeps it out
+        # of every group.
         bucket[:] = 0
         for f in range(first, stop):
             bucket[min(box[f, 0], nx) + 1] += 1
