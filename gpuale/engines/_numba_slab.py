@@ -70,8 +70,9 @@ def box_groups(ijk, offsets, focus_side, nx, ny, nz, box, parent, order, group_s
     largest = 0
     for e in range(offsets.size - 1):
         largest = max(largest, offsets[e + 1] - offsets[e])
-    # Per experiment: its foci by x0 with their boxes copied in that order (the sweep
-    # reads them in sequence), and a count and a cursor per group.
+    # Per experiment: its foci by x0 (a counting sort's buckets) with their boxes copied
+    # in that order (the sweep reads them in sequence), one focus's overlaps, and a count
+    # and a cursor per group.
     by_x = np.empty(largest, dtype=np.int64)
     sorted_box = np.empty((6, largest), dtype=np.int64)
     count = np.empty(largest, dtype=np.int64)
