@@ -150,7 +150,11 @@ def compile_problem(dataset: Dataset, grid: Grid, *, fwhm_mm: float | None = Non
         # sample_sizes first: it names experiments without N (loaded for a fixed FWHM).
         fwhms = np.asarray(fwhm_from_sample_size(dataset.sample_sizes), dtype=np.float64)
         fwhms = np.atleast_1d(fwhms)
-        sigmas = [kernel_sigma(grid.voxel_sizes, n_subjects=exp.n_subjects) for exp in dataset]
+        # One sigma per distinct sample size (a database has thousands of experiments
+        # and a few hundred sizes).
+        sigma_of = {n: kernel_sigma(grid.voxel_sizes, n_subjects=n)
+                    for n in dict.fromkeys(exp.n_subjects for exp in dataset)}
+        sigmas = [sigma_of[exp.n_subjects] for exp in dataset]
     unique_sigmas = sorted(set(sigmas))
     kernel_index = np.array([unique_sigmas.index(s) for s in sigmas], dtype=np.int32)
     kernels = tuple(ale_kernel(s) for s in unique_sigmas)

@@ -129,6 +129,26 @@ def test_experiment_bins_equal_the_dense_histogram():
         np.testing.assert_array_equal(probs, hist[idx])
 
 
+def test_all_experiment_bins_are_each_experiments_bins():
+    rng = np.random.default_rng(12)
+    n_voxels, n_bins, inv = 228483, 5000, 1e5
+    experiments = [
+        (np.array([3e-6, 0.0101, 1e-7, 0.01012, 0.0101], np.float32),  # unsorted, bin 0
+         np.array([5, 1, 2, 7, 3], np.int64)),
+        (np.array([], np.float32), np.array([], np.int64)),  # only zero voxels
+        (np.array([0.002, 0.003], np.float32), np.array([n_voxels - 10, 10], np.int64)),
+        (np.array([0.049999], np.float32), np.array([1], np.int64)),  # the last bin
+    ]
+    values = np.sort(rng.random(300).astype(np.float32) * 0.03)
+    experiments.append((values, rng.integers(1, 500, values.size)))
+    bins, probs, starts = stats._all_experiment_bins(experiments, n_voxels, inv, n_bins)
+    assert starts[0] == 0 and starts[-1] == bins.size
+    for e, (values, counts) in enumerate(experiments):
+        idx, p = _experiment_bins(values, counts, n_voxels, inv, n_bins)
+        np.testing.assert_array_equal(bins[starts[e] : starts[e + 1]], idx)
+        np.testing.assert_array_equal(probs[starts[e] : starts[e + 1]], p)
+
+
 def _numpy_null(ma_values, n_mask_voxels, max_ale=None):
     """:func:`analytic_null` as it was before it was compiled (dense histograms, numpy)."""
     max_ma = np.array([v.max() if v.size else 0.0 for v, _ in ma_values], dtype=np.float32)

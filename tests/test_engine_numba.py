@@ -116,6 +116,39 @@ def test_observed_maps_are_the_numpy_engines(fwhm):
         assert values.dtype == want_values.dtype and counts.dtype == want_counts.dtype
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+def test_observed_maps_on_any_number_of_threads_are_the_numpy_engines(threads):
+    # Planes split among threads; boxes cross the splits and reach the grid's edges.
+    grid = make_small_grid()
+    dataset = random_dataset(grid, 25, np.random.default_rng(8), foci_range=(1, 10))
+    problem = compile_problem(dataset, grid)
+    engine = NumbaEngine()
+    engine.observed_threads = threads
+    got, want = engine.observed_ale(problem), NumpyEngine().observed_ale(problem)
+    np.testing.assert_array_equal(got.log_sum, want.log_sum)
+    for (values, counts), (want_values, want_counts) in zip(got.ma_values, want.ma_values):
+        np.testing.assert_array_equal(values, want_values)
+        np.testing.assert_array_equal(counts, want_counts)
+
+
+def test_balanced_planes_split_the_box_work_evenly():
+    nx = 40
+    # Work only in planes 10-19 (boxes of side 5 around 12-17): four parts of it.
+    x = np.repeat(np.arange(12, 18), 10)
+    side = np.full(x.size, 5)
+    bounds = numba_.balanced_planes(x, side, nx, 4)
+    assert bounds[0] == 0 and bounds[-1] == nx and np.all(np.diff(bounds) > 0)
+    per_plane = np.zeros(nx)
+    for centre in x:
+        per_plane[centre - 2 : centre + 3] += 25
+    shares = [per_plane[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])]
+    assert len(shares) == 4 and max(shares) <= 1.5 * per_plane.sum() / 4
+    # One part, no work, or a single plane: the whole range.
+    for parts, xs, n in ((1, x, nx), (4, np.array([-50]), nx), (3, np.array([0]), 1)):
+        np.testing.assert_array_equal(
+            numba_.balanced_planes(xs, np.full(xs.size, 5), n, parts), [0, n])
+
+
 def test_observed_maps_of_real_data_are_the_numpy_engines(children_problem):
     problem, _ = children_problem
     got, want = NumbaEngine().observed_ale(problem), NumpyEngine().observed_ale(problem)

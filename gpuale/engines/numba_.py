@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from gpuale._cores import default_workers
 from gpuale.clusters import CONNECTIVITY_RANK
 from gpuale.engines import _numba_subsets, _subsets
 from gpuale.engines.numpy_ import NumpyEngine, flat_rank_tables
@@ -185,43 +187,51 @@ def _largest_per_group(bounds, flat, excess, nx, ny, nz, offsets, label, parent,
 
 
 @_njit
-def _stamp_ranks(scratch, first, stop, ijk, focus_side, focus_start, rank_table, nx, ny, nz):
+def _stamp_ranks(scratch, first, stop, ijk, focus_side, focus_start, rank_table, x_lo,
+                 x_hi, ny, nz):
     """Stamp the kernel ranks of foci ``first .. stop - 1`` (one experiment) into
-    ``scratch``, keeping the largest: ranks grow with the kernel value, so the largest
-    rank is the maximum MA."""
+    ``scratch`` at planes ``x_lo .. x_hi - 1``, keeping the largest: ranks grow with the
+    kernel value, so the largest rank is the maximum MA."""
     for f in range(first, stop):
         side = focus_side[f]
         r = side // 2
         x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
-        for i in range(max(x - r, 0), min(x + r + 1, nx)):
+        for i in range(max(x - r, x_lo), min(x + r + 1, x_hi)):
             for j in range(max(y - r, 0), min(y + r + 1, ny)):
                 row = (i * ny + j) * nz
                 krow = focus_start[f] + ((i - x + r) * side + j - y + r) * side - z + r
-                for k in range(max(z - r, 0), min(z + r + 1, nz)):
-                    scratch[row + k] = max(scratch[row + k], rank_table[krow + k])
+                # Unsigned offsets: with signed ones numba checks each index for
+                # wraparound and LLVM leaves the loop scalar.
+                z0 = max(z - r, 0)
+                to = np.uint64(row + z0)
+                at = np.uint64(krow + z0)
+                for k in range(np.uint64(max(min(z + r + 1, nz) - z0, 0))):
+                    scratch[to + k] = max(scratch[to + k], rank_table[at + k])
 
 
 @_njit
 def _observed_log_sum(ijk, offsets, focus_side, focus_start, kernel_of_experiment,
-                      rank_table, log1m_table, log1m_start, nx, ny, nz, mask_flat, log_sum,
-                      scratch, counts, counts_start):
-    """The observed log-sum volume and, per experiment, how many in-mask voxels hold each
-    distinct kernel value (``counts[counts_start[e] + rank]``).
+                      rank_table, log1m_table, log1m_start, x_lo, x_hi, ny, nz, mask_flat,
+                      log_sum, scratch, counts, counts_start):
+    """The observed log-sum at planes ``x_lo .. x_hi - 1`` and, per experiment, how many
+    in-mask voxels there hold each distinct kernel value (``counts[counts_start[e] +
+    rank]``).
 
     Each experiment stamps the rank of its kernel values (ranks grow with the value, so
     the largest rank is the maximum MA) into ``scratch``, then adds ``log1p(-value)`` of
     each stamped voxel once and clears it: experiment by experiment, as the numpy engine.
+    Threads given disjoint planes share ``log_sum`` and ``scratch``, not ``counts``.
     """
     for e in range(offsets.size - 1):
         table = log1m_start[kernel_of_experiment[e]]
         base = counts_start[e]
         _stamp_ranks(scratch, offsets[e], offsets[e + 1], ijk, focus_side, focus_start,
-                     rank_table, nx, ny, nz)
+                     rank_table, x_lo, x_hi, ny, nz)
         for f in range(offsets[e], offsets[e + 1]):
             side = focus_side[f]
             r = side // 2
             x, y, z = ijk[f, 0], ijk[f, 1], ijk[f, 2]
-            for i in range(max(x - r, 0), min(x + r + 1, nx)):
+            for i in range(max(x - r, x_lo), min(x + r + 1, x_hi)):
                 for j in range(max(y - r, 0), min(y + r + 1, ny)):
                     row = (i * ny + j) * nz
                     for k in range(max(z - r, 0), min(z + r + 1, nz)):
@@ -247,7 +257,7 @@ def _experiment_terms(ijk, offsets, focus_side, focus_start, kernel_of_experimen
     for e in range(offsets.size - 1):
         table = log1m_start[kernel_of_experiment[e]]
         _stamp_ranks(scratch, offsets[e], offsets[e + 1], ijk, focus_side, focus_start,
-                     rank_table, nx, ny, nz)
+                     rank_table, 0, nx, ny, nz)
         for f in range(offsets[e], offsets[e + 1]):
             side = focus_side[f]
             r = side // 2
@@ -267,6 +277,21 @@ def _experiment_terms(ijk, offsets, focus_side, focus_start, kernel_of_experimen
                                 n += 1
                             scratch[row + k] = 0
     return n
+
+
+def balanced_planes(x: np.ndarray, side: np.ndarray, nx: int, parts: int) -> np.ndarray:
+    """Plane bounds ``0 = b[0] < b[1] < ... = nx`` that split the stamping of kernel boxes
+    (centred at planes ``x``, of ``side`` voxels; ``side**2`` voxels a plane) into at
+    most ``parts`` shares of about equal work."""
+    r = side // 2
+    area = (side.astype(np.float64)) ** 2
+    change = (np.bincount(np.clip(x - r, 0, nx), area, minlength=nx + 1)
+              - np.bincount(np.clip(x + r + 1, 0, nx), area, minlength=nx + 1))
+    done = np.cumsum(np.cumsum(change[:nx]))  # work of planes 0 .. i
+    if parts <= 1 or nx <= 1 or done[-1] <= 0:
+        return np.array([0, nx], dtype=np.int64)
+    cuts = np.searchsorted(done, done[-1] * np.arange(1, parts) / parts) + 1
+    return np.unique(np.concatenate([[0], np.clip(cuts, 1, nx), [nx]])).astype(np.int64)
 
 
 def _rank_tables(problem: Problem) -> tuple[list, tuple]:
@@ -378,6 +403,9 @@ class NumbaEngine:
         self._contrast: tuple[ContrastNullSpec, object] | None = None
         self._scale: tuple | None = None
         self._local = threading.local()
+        #: Threads of the observed pass (planes split among them; any number gives the
+        #: same bits).
+        self.observed_threads = default_workers()
 
     def __getstate__(self) -> dict:
         return {}
@@ -404,10 +432,25 @@ class NumbaEngine:
         tables, kernel_arrays = _rank_tables(problem)
         n_ranks = np.array([t.log1m.size for t in tables])[problem.kernel_index]
         counts_start = np.concatenate([[0], np.cumsum(n_ranks)]).astype(np.int64)
-        counts = np.zeros(int(counts_start[-1]), dtype=np.int64)
         log_sum = np.zeros(nx * ny * nz, dtype=np.float64)
-        _observed_log_sum(*kernel_arrays, nx, ny, nz, grid.mask.reshape(-1), log_sum,
-                          np.zeros(nx * ny * nz, dtype=np.int64), counts, counts_start)
+        scratch = np.zeros(nx * ny * nz, dtype=np.int64)
+        # The planes split among threads: each voxel's sum is still added experiment by
+        # experiment, in one thread; only the integer counts are summed afterwards.
+        bounds = balanced_planes(kernel_arrays[0][:, 0], kernel_arrays[2], nx,
+                                 self.observed_threads)
+        counts = np.zeros((bounds.size - 1, int(counts_start[-1])), dtype=np.int64)
+
+        def planes(part: int) -> None:
+            _observed_log_sum(*kernel_arrays, bounds[part], bounds[part + 1], ny, nz,
+                              grid.mask.reshape(-1), log_sum, scratch, counts[part],
+                              counts_start)
+
+        if bounds.size == 2:
+            planes(0)
+        else:
+            with ThreadPoolExecutor(max_workers=bounds.size - 1) as pool:
+                list(pool.map(planes, range(bounds.size - 1)))
+        counts = counts.sum(axis=0)
         ma_values = []
         for e in range(problem.n_experiments):
             table = tables[problem.kernel_index[e]]

@@ -238,6 +238,17 @@ class _SleuthParser:
         return [field.replace(",", ".") for field in fields]
 
     def _parse_row(self, number: int, text: str) -> tuple[float, float, float]:
+        # Most rows are three numbers between blanks: no field has a comma, so neither
+        # separator rule below would read them differently.
+        plain = text.split()
+        if len(plain) == N_COORDINATES:
+            try:
+                x, y, z = float(plain[0]), float(plain[1]), float(plain[2])
+            except ValueError:
+                pass
+            else:
+                if math.isfinite(x) and math.isfinite(y) and math.isfinite(z):
+                    return x, y, z
         fields = self._decimal_comma_fields(text)
         if fields is not None:
             if self.decimal_comma_line is None:
