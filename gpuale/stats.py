@@ -23,9 +23,12 @@ agree bit for bit; numpy alone is used where numba does not import.
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 from scipy import special
+
+from gpuale._cores import default_workers
 
 try:
     import numba
@@ -367,24 +370,47 @@ def _stair_start(one_minus_row, e, level, lo_bound, top, bin_centers, inv_step, 
 
 
 @_njit
-def _combine_kernel(ale_hist, top, exp_idx, exp_p, bin_centers, inv_step, n_bins, out):
+def _first_reaching(one_minus_row, d_lo, top, bin_centers, inv_step, n_bins):
+    """First ``a <= top`` with ``dest(e, a) >= d_lo`` (one exists: ``dest`` rises with
+    ``a`` and the caller checked ``a = top``)."""
+    if _dest_bin(one_minus_row, bin_centers[0], inv_step, n_bins) >= d_lo:
+        return 0
+    lo, hi = 0, top  # dest(lo) < d_lo <= dest(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _dest_bin(one_minus_row, bin_centers[mid], inv_step, n_bins) >= d_lo:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@_njit
+def _combine_kernel(ale_hist, top, exp_idx, exp_p, bin_centers, inv_step, n_bins, out,
+                    d_lo, d_hi):
     """Add ``exp_p[r] * ale_hist[a]`` into ``out[min(dest(exp_idx[r], a), cut + 1)]`` for
-    every row ``r`` (outer) and ALE bin ``a <= top`` (inner), in that order.
+    every row ``r`` (outer) and ALE bin ``a <= top`` (inner), in that order, where that
+    bin lies in ``d_lo .. d_hi - 1`` (``0 .. cut + 1``: all of them).
 
     Each row is walked stair by stair (:func:`_row_shifts`): on a stair ``dest = a +
     shift``, so the inner loop is a contiguous ``out[a + shift] += p * h[a]`` that touches
     each bin once and may be vectorised without changing any sum. Consecutive stairs
     share one bin (the shift falls by one where ``dest`` stays), and they run in order.
+    The bin rises with ``a``, so a range of bins is a stretch of each row: two threads
+    given adjacent ranges add the serial kernel's terms, each bin's in the same order.
     """
     cut = ale_hist.size - 1
     for r in range(exp_idx.size):
         e = exp_idx[r]
         p = exp_p[r]
         one_minus_row = 1.0 - bin_centers[e]
-        shift = _dest_bin(one_minus_row, bin_centers[0], inv_step, n_bins)
         last = _dest_bin(one_minus_row, bin_centers[top], inv_step, n_bins) - top
-        a0 = 0
-        while True:
+        if min(top + last, cut + 1) < d_lo:
+            continue
+        a0 = 0 if d_lo == 0 else _first_reaching(one_minus_row, d_lo, top, bin_centers,
+                                                 inv_step, n_bins)
+        shift = _dest_bin(one_minus_row, bin_centers[a0], inv_step, n_bins) - a0
+        while min(a0 + shift, cut + 1) < d_hi:
             if shift > last:
                 a1 = _stair_start(one_minus_row, e, shift, a0, top, bin_centers, inv_step,
                                   n_bins)
@@ -392,14 +418,18 @@ def _combine_kernel(ale_hist, top, exp_idx, exp_p, bin_centers, inv_step, n_bins
                 a1 = top + 1
             # Bins up to the cut take their pairs one to one; the rest go to cut + 1.
             split = min(max(cut + 1 - shift, a0), a1)
-            # Slices, not out[a + shift]: with a possibly negative index numba checks for
-            # wraparound on every access, and LLVM then leaves the loop scalar.
-            dest = out[a0 + shift : split + shift]
-            mass = ale_hist[a0:split]
-            for i in range(mass.size):
-                dest[i] += p * mass[i]
-            for a in range(split, a1):
-                out[cut + 1] += p * ale_hist[a]
+            lo = max(a0, d_lo - shift)
+            hi = min(split, d_hi - shift)
+            if lo < hi:
+                # Slices, not out[a + shift]: with a possibly negative index numba checks
+                # for wraparound on every access, and LLVM then leaves the loop scalar.
+                dest = out[lo + shift : hi + shift]
+                mass = ale_hist[lo:hi]
+                for i in range(mass.size):
+                    dest[i] += p * mass[i]
+            if d_hi > cut + 1:
+                for a in range(split, a1):
+                    out[cut + 1] += p * ale_hist[a]
             if a1 > top:
                 break
             a0 = a1
@@ -428,7 +458,7 @@ def _combine_bins(
                     np.ascontiguousarray(exp_idx, dtype=np.int64),
                     np.ascontiguousarray(exp_p, dtype=np.float64),
                     np.ascontiguousarray(bin_centers, dtype=np.float64), float(inv_step),
-                    int(n_bins), out)
+                    int(n_bins), out, 0, cut + 2)
     # Mass already above the cut stays above it whatever it is combined with.
     overflow = out[-1] + overflow * float(np.sum(exp_p))
     return out[:-1], overflow
@@ -457,32 +487,137 @@ def _all_experiment_bins(
 
 
 @_njit
-def _combine_all(ale_hist, overflow, bins, probs, starts, sums, bin_centers, inv_step,
-                 n_bins):
-    """:func:`_combine_bins` of every experiment in turn (``bins[starts[e]:starts[e +
-    1]]`` with their probabilities, ``sums[e]`` their sum as numpy takes it), in place
-    in ``ale_hist``: the same kernel on the same arrays, without a return to Python
-    between experiments. Returns the overflow, or -1.0 where a histogram has no mass up
-    to the cut (the error of ``_combine_bins``)."""
+def _combine_steps(ale_hist, overflow, bins, probs, starts, sums, bin_centers, inv_step,
+                   n_bins, first, stop, d_lo, d_hi, strips, strip_lo, has_mass):
+    """Experiments ``first .. stop - 1`` of :func:`_combine_bins` in turn (``bins[starts[e]
+    : starts[e + 1]]``, their probabilities, ``sums[e]`` their sum as numpy takes it), in
+    place in ``ale_hist``, for the bins ``d_lo .. d_hi - 1`` (``0 .. cut + 1``: all, and
+    the overflow, which is returned). ``has_mass[e]``: the part's own bins held mass
+    before experiment e.
+
+    Split between two threads at D, the low part needs only its own bins and writes the
+    strip ``strip_lo .. D - 1`` of each step's input into the ring ``strips``; the high
+    part copies it back into its own array before the step (no bin is reached from more
+    than ``D - strip_lo`` bins below it). Plain loops, not slice assignments: numba's
+    generic array code is most of what a process loads from the cache (~3x the time).
+    """
     cut = ale_hist.size - 1
     out = np.empty(cut + 2, dtype=np.float64)
-    # Plain loops, not slice assignments: numba's generic array code is most of what a
-    # process loads from the cache for this function (~3x the time).
-    for e in range(starts.size - 1):
-        top = cut
-        while top > 0 and not ale_hist[top] > 0:
+    own_stop = min(d_hi, cut + 1)
+    lowest = strip_lo if d_lo > 0 else 0
+    for e in range(first, stop):
+        if strips.shape[0] > 0:
+            strip = strips[e % strips.shape[0]]
+            for i in range(strip.size):
+                if d_lo == 0:
+                    strip[i] = ale_hist[strip_lo + i]
+                else:
+                    ale_hist[strip_lo + i] = strip[i]
+        top = own_stop - 1
+        while top > lowest and not ale_hist[top] > 0:
             top -= 1
-        if not ale_hist[top] > 0:
-            return -1.0
-        for a in range(cut + 2):
+        has_mass[e] = top >= d_lo and ale_hist[top] > 0
+        for a in range(d_lo, min(d_hi, cut + 2)):
             out[a] = 0.0
-        _combine_kernel(ale_hist, top, bins[starts[e] : starts[e + 1]],
-                        probs[starts[e] : starts[e + 1]], bin_centers, inv_step, n_bins, out)
-        # Mass already above the cut stays above it whatever it is combined with.
-        overflow = out[cut + 1] + overflow * sums[e]
-        for a in range(cut + 1):
+        if ale_hist[top] > 0:
+            _combine_kernel(ale_hist, top, bins[starts[e] : starts[e + 1]],
+                            probs[starts[e] : starts[e + 1]], bin_centers, inv_step, n_bins,
+                            out, d_lo, d_hi)
+        if d_hi > cut + 1:
+            # Mass already above the cut stays above it whatever it is combined with.
+            overflow = out[cut + 1] + overflow * sums[e]
+        for a in range(d_lo, own_stop):
             ale_hist[a] = out[a]
     return overflow
+
+
+#: Below this many ALE-bin x experiment-bin terms (~10 ms) the null runs on one thread.
+_THREADED_TERMS = 3e7
+
+
+def _combine_experiments(ale_hist: np.ndarray, overflow: float, bins: np.ndarray,
+                         probs: np.ndarray, starts: np.ndarray, bin_centers: np.ndarray,
+                         inv_step: float, n_bins: int, *, threads: int | None = None,
+                         split: int | None = None, block: int = 8,
+                         ring_blocks: int = 8) -> float:
+    """:func:`_combine_bins` of every experiment in turn, in place in ``ale_hist``;
+    returns the overflow. Large nulls run on two threads, the bins split at ``split``
+    (default: where the work halves), the high thread a block of experiments behind the
+    low one; every bin gets the serial kernel's terms in its order, so the same bits."""
+    n, cut = starts.size - 1, ale_hist.size - 1
+    # numpy's pairwise sum, as in _combine_bins (a loop in numba adds in another order)
+    sums = np.array([np.sum(probs[a:b]) for a, b in zip(starts[:-1], starts[1:])],
+                    dtype=np.float64)
+    width = int(bins.max()) + 2 if bins.size else 2  # a row reaches <= its bin + 1 above
+    rows = np.diff(starts).astype(np.float64)
+    threads = default_workers() if threads is None else threads
+    if split is None and threads > 1 and n >= 2 * block and rows.all():
+        # Before each experiment, mass lies at most at the largest ALE possible by then.
+        largest = np.concatenate([[np.flatnonzero(ale_hist)[-1:].sum()],
+                                  np.maximum.reduceat(bins, starts[:-1])])
+        reach = 1.0 - np.cumprod(1.0 - largest / HISTOGRAM_INV_STEP)[:-1]
+        top = np.minimum(reach * HISTOGRAM_INV_STEP + 1, cut + 1)
+    if split is None and threads > 1 and n >= 2 * block and rows.all() and (
+            rows @ top > _THREADED_TERMS):
+        lo, hi = width, cut  # the low part's work minus the high part's rises with split
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            low = rows @ np.minimum(top, mid)
+            lo, hi = (mid, hi) if low < rows @ top - low else (lo, mid)
+        split = hi
+    if split is None or threads < 2 or not width <= split <= cut:
+        has_mass = np.zeros(n, dtype=np.bool_)
+        overflow = _combine_steps(ale_hist, overflow, bins, probs, starts, sums, bin_centers,
+                                  inv_step, n_bins, 0, n, 0, cut + 2, np.empty((0, 0)), 0,
+                                  has_mass)
+        return -1.0 if not has_mass.all() else overflow
+    strips = np.empty((ring_blocks * block, width), dtype=np.float64)
+    high_hist = ale_hist.copy()
+    low_mass, high_mass = np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_)
+    blocks = range(0, n, block)
+    low_done = [threading.Event() for _ in blocks]
+    high_done = [threading.Event() for _ in blocks]
+    failed: list[BaseException] = []
+
+    def low() -> None:
+        try:
+            for b, first in enumerate(blocks):
+                if b >= ring_blocks:  # its ring rows are read by then
+                    high_done[b - ring_blocks].wait()
+                if failed:
+                    return
+                _combine_steps(ale_hist, 0.0, bins, probs, starts, sums, bin_centers,
+                               inv_step, n_bins, first, min(n, first + block), 0, split,
+                               strips, split - width, low_mass)
+                low_done[b].set()
+        except BaseException as error:
+            failed.append(error)
+        finally:
+            for done in low_done:
+                done.set()
+
+    worker = threading.Thread(target=low, name="gpuale-analytic-null", daemon=True)
+    worker.start()
+    try:
+        for b, first in enumerate(blocks):
+            low_done[b].wait()
+            if failed:
+                break
+            overflow = _combine_steps(high_hist, overflow, bins, probs, starts, sums,
+                                      bin_centers, inv_step, n_bins, first,
+                                      min(n, first + block), split, cut + 2, strips,
+                                      split - width, high_mass)
+            high_done[b].set()
+    except BaseException as error:
+        failed.append(error)
+    finally:
+        for done in high_done:
+            done.set()
+        worker.join()
+    if failed:
+        raise failed[0]
+    ale_hist[split:] = high_hist[split:]
+    return -1.0 if not (low_mass | high_mass).all() else overflow
 
 
 def _combine(
@@ -568,11 +703,8 @@ def analytic_null(
     if numba is not None and len(ma_values) > 1:
         bins, probs, starts = _all_experiment_bins(ma_values[1:], n_mask_voxels, inv_step,
                                                    n_bins)
-        # numpy's pairwise sum, as in _combine_bins (a loop in numba adds in another order)
-        sums = np.array([np.sum(probs[a:b]) for a, b in zip(starts[:-1], starts[1:])],
-                        dtype=np.float64)
-        overflow = _combine_all(ale_hist, overflow, bins, probs, starts, sums, bin_centers,
-                                float(inv_step), int(n_bins))
+        overflow = _combine_experiments(ale_hist, overflow, bins, probs, starts, bin_centers,
+                                        float(inv_step), int(n_bins))
         if overflow < 0:
             raise ValueError("the ALE null histogram has no mass up to its cut")
         return AnalyticNull(bin_centers=bin_centers, weights=ale_hist, overflow=overflow)

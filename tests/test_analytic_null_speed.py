@@ -192,3 +192,36 @@ def test_analytic_null_of_a_real_data_set_is_unchanged(children, cut):
         fallback = analytic_null(observed.ma_values, n_voxels, max_ale=max_ale)
     np.testing.assert_array_equal(fallback.weights, weights)
     assert fallback.overflow == overflow
+
+
+def _steps_of(observed, n_voxels):
+    """The inputs of :func:`stats._combine_experiments` for a data set's null (cut at its
+    largest ALE)."""
+    ma = observed.ma_values
+    max_ma = np.array([v.max() if v.size else 0.0 for v, _ in ma], dtype=np.float32)
+    centres = histogram_bins(max_ma).astype(np.float64)
+    inv = float(1 / (centres[1] - centres[0]))
+    cut = int(stats._round_half_away(np.array([float(observed.ale.max()) * inv]))[0]) + 1
+    first = experiment_histogram(*ma[0], n_voxels, inv, centres.size)
+    bins, probs, starts = stats._all_experiment_bins(ma[1:], n_voxels, inv, centres.size)
+    return first[: cut + 1], float(np.sum(first[cut + 1 :])), bins, probs, starts, centres, inv
+
+
+@pytest.mark.parametrize(("split", "block", "ring"), [
+    ("width", 1, 1), ("middle", 3, 2), ("middle", 8, 8), ("cut", 2, 1), ("auto", 8, 8)])
+def test_two_threads_give_the_serial_null(children, split, block, ring):
+    # The high thread trails the low one by blocks of experiments through a ring of
+    # strips; every split, block and ring size gives the one-thread bits.
+    observed, n_voxels = children
+    start, overflow, bins, probs, starts, centres, inv = _steps_of(observed, n_voxels)
+    cut, width = start.size - 1, int(bins.max()) + 2
+    want = start.copy()
+    want_overflow = stats._combine_experiments(want, overflow, bins, probs, starts, centres,
+                                               inv, centres.size, threads=1)
+    at = {"width": width, "middle": (width + cut) // 2, "cut": cut, "auto": None}[split]
+    got = start.copy()
+    got_overflow = stats._combine_experiments(got, overflow, bins, probs, starts, centres,
+                                              inv, centres.size, threads=2, split=at,
+                                              block=block, ring_blocks=ring)
+    np.testing.assert_array_equal(got, want)
+    assert got_overflow == want_overflow
