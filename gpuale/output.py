@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gpuale._cores import default_workers
 from gpuale._files import atomic_output_dir, environment, write_json, write_tsv
 from gpuale.analysis import ALEResult
 from gpuale.balanced import BalancedContrastResult
@@ -144,10 +145,7 @@ def save_ale(
         The run folder.
     """
     with atomic_output_dir(out_dir, force=force, inputs=_input_paths(inputs)) as tmp:
-        written = []
-        for name, image in {**result.images(), **(extra_images or {})}.items():
-            image.to_filename(str(tmp / map_file(name)))
-            written.append(map_file(name))
+        written = write_images({**result.images(), **(extra_images or {})}, tmp)
         clusters = result.clusters()
         if result.inference is not None:
             write_table(tmp / CLUSTERS_TSV, peak_rows(clusters), CLUSTER_COLUMNS)
@@ -204,13 +202,9 @@ def save_macm(
                         extra={**macm, **(extra or {})}, extra_images={ROI_MAP: roi})
     scale, ale = result.scale, result.ale
     with atomic_output_dir(out_dir, force=force, inputs=_input_paths(inputs)) as tmp:
-        written = []
-        for name, values in scale.maps().items():
-            ale.grid.to_image(values, description=f"gpuale:{name}").to_filename(
-                str(tmp / map_file(name)))
-            written.append(map_file(name))
-        roi.to_filename(str(tmp / map_file(ROI_MAP)))
-        written.append(map_file(ROI_MAP))
+        written = write_images(
+            {**{name: ale.grid.to_image(values, description=f"gpuale:{name}")
+                for name, values in scale.maps().items()}, ROI_MAP: roi}, tmp)
         np.savez_compressed(tmp / NULLS_NPZ, max_ale=scale.null.max_ale,
                             exceedance_counts=scale.null.counts,
                             seed=np.array(scale.null.seed, dtype=np.uint64))
@@ -243,12 +237,24 @@ def _input_paths(inputs: Sequence[InputItem]) -> list[Path]:
 def write_contrast_maps(result, folder: Path) -> list[str]:
     """A contrast's maps (``result.maps()``, in-mask vectors) as NIfTI files in
     ``folder``; the file names written."""
-    written = []
-    for name, values in result.maps().items():
-        result.grid.to_image(values, description=f"gpuale:{name}").to_filename(
-            str(folder / map_file(name)))
-        written.append(map_file(name))
-    return written
+    return write_images({name: result.grid.to_image(values, description=f"gpuale:{name}")
+                         for name, values in result.maps().items()}, folder)
+
+
+def write_images(images: dict, folder: Path) -> list[str]:
+    """NIfTI images (name -> image) as ``folder/<name>.nii.gz``, on every core (gzip
+    releases the GIL: 11 maps of a Monte Carlo run in about half the time); the file
+    names written, in the order given."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def write(name: str) -> str:
+        images[name].to_filename(str(folder / map_file(name)))
+        return map_file(name)
+
+    if len(images) < 2:
+        return [write(name) for name in images]
+    with ThreadPoolExecutor(max_workers=min(len(images), default_workers())) as pool:
+        return list(pool.map(write, images))
 
 
 def _json_settings(settings: dict | None) -> dict | None:

@@ -192,3 +192,16 @@ def test_only_runfolder_names_run_folder_files():
         if found:
             offenders[relative] = sorted(found)
     assert not offenders, f"run-folder file names outside runfolder.py: {offenders}"
+
+
+def test_images_written_side_by_side_come_back_whole_and_in_order(tmp_path):
+    from gpuale.output import write_images
+
+    grid = load_grid()
+    rng = np.random.default_rng(3)
+    maps = {name: rng.random(grid.n_voxels).astype(np.float32) for name in "edcba"}
+    names = write_images({k: grid.to_image(v) for k, v in maps.items()}, tmp_path)
+    assert names == [runfolder.map_file(k) for k in "edcba"]
+    for name, values in maps.items():
+        np.testing.assert_array_equal(_in_mask(tmp_path / runfolder.map_file(name), grid),
+                                      values)
