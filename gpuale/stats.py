@@ -17,7 +17,8 @@ leaves every p of an observed value unchanged and skips most of the work.
 
 The combination is compiled with numba (:func:`_combine`), adding the same float64
 products in the same order as the numpy definition (:func:`_combine_numpy`), so the two
-agree bit for bit; numpy alone is used where numba does not import.
+agree bit for bit; numpy alone is used where numba does not import. A large null runs on
+two threads, each adding the terms of one range of bins (:func:`_combine_experiments`).
 """
 
 from __future__ import annotations
