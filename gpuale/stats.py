@@ -287,60 +287,37 @@ def _dest_bin(one_minus_row: float, col_center: float, inv_step: float, n_bins: 
     return _nearest_bin_one(1.0 - one_minus_row * (1.0 - col_center), inv_step, n_bins)
 
 
-@_njit
-def _experiment_bins_kernel(values, counts, n_mask_voxels, inv_step, n_bins):
-    """:func:`experiment_histogram`'s non-empty bins (ascending) and their probabilities:
-    counts added bin by bin in the order given, then the zero voxels to bin 0, then the
-    scaling by ``1 / n_mask_voxels``, as there."""
-    n = values.size
-    bins = np.empty(n, dtype=np.int64)
-    total = 0
-    for i in range(n):
-        bins[i] = _nearest_bin_one(np.float64(values[i]), inv_step, n_bins)
-        total += counts[i]
-    # A stable sort keeps the values of each bin in their order, the order np.add.at adds
-    # them in.
-    order = np.argsort(bins, kind="mergesort")
-    idx = np.empty(n + 1, dtype=np.int64)
-    mass = np.empty(n + 1, dtype=np.float64)
-    idx[0] = 0
-    mass[0] = 0.0
-    m = 1
-    for j in range(n):
-        b = bins[order[j]]
-        if b != idx[m - 1]:
-            idx[m] = b
-            mass[m] = 0.0
-            m += 1
-        mass[m - 1] += np.float64(counts[order[j]])
-    mass[0] += np.float64(n_mask_voxels - total)
-    scale = 1.0 / n_mask_voxels
-    kept = 0
-    for j in range(m):
-        p = mass[j] * scale
-        if p > 0:
-            idx[kept] = idx[j]
-            mass[kept] = p
-            kept += 1
-    return idx[:kept], mass[:kept]
+def _all_experiment_bins(
+    ma_values: list[tuple[np.ndarray, np.ndarray]], n_mask_voxels: int, inv_step: float,
+    n_bins: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-empty bins of every experiment's :func:`experiment_histogram` (ascending)
+    and their probabilities, laid end to end: (bins, probabilities, each experiment's
+    start). Equal to ``idx = flatnonzero(hist > 0), hist[idx]`` bit for bit, without a
+    histogram of every bin: a bin's mass is a sum of voxel counts, a whole number, so any
+    order of adding gives the same bits."""
+    n = len(ma_values)
+    sizes = [v.size for v, _ in ma_values]
+    experiment = np.repeat(np.arange(n, dtype=np.int64), sizes)
+    values = np.concatenate([v for v, _ in ma_values]).astype(np.float64)
+    counts = np.concatenate([c for _, c in ma_values]).astype(np.float64)
+    zeros = n_mask_voxels - np.bincount(experiment, weights=counts, minlength=n)
+    keys = np.concatenate([experiment * n_bins + _nearest_bin(values, inv_step, n_bins),
+                           np.arange(n, dtype=np.int64) * n_bins])
+    keys, where = np.unique(keys, return_inverse=True)
+    probs = np.bincount(where, weights=np.concatenate([counts, zeros])) * (1.0 / n_mask_voxels)
+    keys, probs = keys[probs > 0], probs[probs > 0]
+    starts = np.searchsorted(keys, np.arange(n + 1, dtype=np.int64) * n_bins)
+    return keys % n_bins, probs, starts
 
 
 def _experiment_bins(
     values: np.ndarray, counts: np.ndarray, n_mask_voxels: int, inv_step: float, n_bins: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The non-empty bins of :func:`experiment_histogram` and their probabilities.
-
-    Equal to ``idx = flatnonzero(hist > 0), hist[idx]``, bit for bit, without the
-    histogram of every bin (most of them empty).
-    """
-    if numba is None:  # pragma: no cover - see the import
-        hist = experiment_histogram(values, counts, n_mask_voxels, inv_step, n_bins)
-        idx = np.flatnonzero(hist > 0)
-        return idx, hist[idx]
-    return _experiment_bins_kernel(
-        np.ascontiguousarray(values), np.ascontiguousarray(counts, dtype=np.int64),
-        int(n_mask_voxels), float(inv_step), int(n_bins),
-    )
+    """:func:`_all_experiment_bins` of one experiment: (bins, probabilities)."""
+    bins, probs, _ = _all_experiment_bins([(values, counts)], n_mask_voxels, inv_step,
+                                          n_bins)
+    return bins, probs
 
 
 @_njit
@@ -465,28 +442,6 @@ def _combine_bins(
     return out[:-1], overflow
 
 
-def _all_experiment_bins(
-    ma_values: list[tuple[np.ndarray, np.ndarray]], n_mask_voxels: int, inv_step: float,
-    n_bins: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_experiment_bins` of every experiment, laid end to end: (bins,
-    probabilities, each experiment's start). A bin's mass is a sum of voxel counts, a
-    whole number, so any order of adding gives the same bits."""
-    n = len(ma_values)
-    sizes = [v.size for v, _ in ma_values]
-    experiment = np.repeat(np.arange(n, dtype=np.int64), sizes)
-    values = np.concatenate([v for v, _ in ma_values]).astype(np.float64)
-    counts = np.concatenate([c for _, c in ma_values]).astype(np.float64)
-    zeros = n_mask_voxels - np.bincount(experiment, weights=counts, minlength=n)
-    keys = np.concatenate([experiment * n_bins + _nearest_bin(values, inv_step, n_bins),
-                           np.arange(n, dtype=np.int64) * n_bins])
-    keys, where = np.unique(keys, return_inverse=True)
-    probs = np.bincount(where, weights=np.concatenate([counts, zeros])) * (1.0 / n_mask_voxels)
-    keys, probs = keys[probs > 0], probs[probs > 0]
-    starts = np.searchsorted(keys, np.arange(n + 1, dtype=np.int64) * n_bins)
-    return keys % n_bins, probs, starts
-
-
 @_njit
 def _combine_steps(ale_hist, overflow, bins, probs, starts, sums, bin_centers, inv_step,
                    n_bins, first, stop, d_lo, d_hi, strips, strip_lo, has_mass):
@@ -558,14 +513,13 @@ def _combine_experiments(ale_hist: np.ndarray, overflow: float, bins: np.ndarray
                                   np.maximum.reduceat(bins, starts[:-1])])
         reach = 1.0 - np.cumprod(1.0 - largest / HISTOGRAM_INV_STEP)[:-1]
         top = np.minimum(reach * HISTOGRAM_INV_STEP + 1, cut + 1)
-    if split is None and threads > 1 and n >= 2 * block and rows.all() and (
-            rows @ top > _THREADED_TERMS):
-        lo, hi = width, cut  # the low part's work minus the high part's rises with split
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            low = rows @ np.minimum(top, mid)
-            lo, hi = (mid, hi) if low < rows @ top - low else (lo, mid)
-        split = hi
+        if rows @ top > _THREADED_TERMS:
+            lo, hi = width, cut  # the low part's work minus the high part's rises with split
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                low = rows @ np.minimum(top, mid)
+                lo, hi = (mid, hi) if low < rows @ top - low else (lo, mid)
+            split = hi
     if split is None or threads < 2 or not width <= split <= cut:
         has_mass = np.zeros(n, dtype=np.bool_)
         overflow = _combine_steps(ale_hist, overflow, bins, probs, starts, sums, bin_centers,
